@@ -1,0 +1,19 @@
+//! Processes, identified so that a reused pid is never confused with its predecessor.
+
+/// A process identity: pid plus start time (clock ticks after boot, field 22 of
+/// `/proc/<pid>/stat`). Two processes with the same pid never share a start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// What pidcap knows of a process. `cmdline` is kept for queries but never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub key: ProcessKey,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub uid: u32,
+    pub cmdline: Vec<String>,
+}
