@@ -1,7 +1,19 @@
 #![doc = include_str!("../README.md")]
 
+mod attribute;
+mod cache;
+mod counters;
+mod ledger;
 mod process;
 mod socket;
+mod table;
 
+pub use attribute::{attribute, Credit, UnknownReason, Verdict};
+pub use cache::{AttributionCache, Lookup};
+pub use counters::{Counters, Tally, Totals};
+pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, Usage};
 pub use process::{ProcessInfo, ProcessKey};
 pub use socket::{NetNsId, SocketEntry, TcpState};
+pub use table::{
+    canonical, canonical_ip, choose_owner, MatchKind, SocketMatch, SocketTable, TableParts,
+};

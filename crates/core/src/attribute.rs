@@ -1,0 +1,92 @@
+//! Attribution: which local socket, and so which process, each end of a packet belongs to.
+//!
+//! Pure and allocation-free: a packet's flow and a [`SocketTable`] in, a [`Verdict`] out.
+
+use pidcap_wire::{FlowKey, IpProto};
+
+use crate::table::{MatchKind, SocketTable};
+use crate::ProcessKey;
+
+/// Why a direction of a packet went to the `unknown` bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnknownReason {
+    /// No socket matched the local end.
+    NoSocket,
+    /// A socket matched, but no process holds it (inode 0, or the holder was not seen).
+    NoProcess,
+    /// The protocol (or a packet without ports) is not attributed yet.
+    Unsupported,
+}
+
+/// Who one direction of a packet is credited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Credit {
+    Process { key: ProcessKey, kind: MatchKind },
+    Unknown(UnknownReason),
+}
+
+impl Credit {
+    /// True when this credit found no owner and a refresh might find one.
+    pub fn is_miss(self) -> bool {
+        matches!(
+            self,
+            Credit::Unknown(UnknownReason::NoSocket | UnknownReason::NoProcess)
+        )
+    }
+}
+
+/// The result for one packet: `tx` when its source is local, `rx` when its destination is
+/// local (a loopback packet between two local processes has both); neither means the packet
+/// is foreign (counted apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    pub tx: Option<Credit>,
+    pub rx: Option<Credit>,
+}
+
+impl Verdict {
+    /// True when either direction is a miss worth a refresh.
+    pub fn has_miss(&self) -> bool {
+        self.tx.is_some_and(Credit::is_miss) || self.rx.is_some_and(Credit::is_miss)
+    }
+}
+
+/// Protocols whose sockets the table holds (ports identify the socket).
+fn attributable(proto: IpProto) -> bool {
+    matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite)
+}
+
+/// Attributes both ends of a packet. `ports_known` is false for non-first fragments and
+/// truncated transport headers; such packets are counted but not attributed.
+pub fn attribute(table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Verdict {
+    let supported = ports_known && attributable(flow.proto);
+    Verdict {
+        tx: side(table, flow.proto, flow.src, flow.dst, supported),
+        rx: side(table, flow.proto, flow.dst, flow.src, supported),
+    }
+}
+
+/// Credit for the end `local` of a packet, or `None` when that end is not on this host.
+/// The end is local when a socket matches it, falling back to the host's own addresses.
+fn side(
+    table: &SocketTable,
+    proto: IpProto,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    supported: bool,
+) -> Option<Credit> {
+    if !supported {
+        return table
+            .is_local(local.ip())
+            .then_some(Credit::Unknown(UnknownReason::Unsupported));
+    }
+    match table.lookup(proto, local, remote) {
+        Some(m) => Some(match m.owner {
+            Some(key) => Credit::Process { key, kind: m.kind },
+            None => Credit::Unknown(UnknownReason::NoProcess),
+        }),
+        None => table
+            .is_local(local.ip())
+            .then_some(Credit::Unknown(UnknownReason::NoSocket)),
+    }
+}

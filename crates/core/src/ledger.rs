@@ -1,0 +1,268 @@
+//! The ledger: per-process counters since start, what the usage log has written, rates, and
+//! retention of exited processes.
+//!
+//! Invariants: counters only grow. The usage log is written in two phases
+//! ([`Ledger::log_batch`] then [`Ledger::commit_log`]); until a batch is committed the
+//! ledger keeps reporting its bytes as unlogged, so a failed write loses nothing and the next
+//! successful write covers the whole gap. An exited process is forgotten only once everything
+//! it did is logged and the retention period has passed. Time is always a parameter.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::counters::{Counters, Tally, Totals};
+use crate::table::SocketTable;
+use crate::ProcessKey;
+
+/// The facts about a process that the log and queries show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessMeta {
+    pub comm: String,
+    pub exe: Option<String>,
+    pub uid: u32,
+}
+
+/// Bytes per second over the last sampling period.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rate {
+    pub rx_bps: f64,
+    pub tx_bps: f64,
+    sampled: Counters,
+}
+
+impl Rate {
+    fn sample(&mut self, total: &Counters, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if secs > 0.0 {
+            let delta = total.since(&self.sampled);
+            self.rx_bps = delta.rx_bytes as f64 / secs;
+            self.tx_bps = delta.tx_bytes as f64 / secs;
+        }
+        self.sampled = *total;
+    }
+}
+
+/// Counters of one bucket (a process or `unknown`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Since the bucket was first seen.
+    pub total: Counters,
+    /// The totals the usage log has written so far.
+    pub logged: Counters,
+    pub rate: Rate,
+}
+
+impl Usage {
+    /// What the next log line will report for this bucket.
+    pub fn unlogged(&self) -> Counters {
+        self.total.since(&self.logged)
+    }
+}
+
+/// One process's entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessUsage {
+    pub key: ProcessKey,
+    pub meta: ProcessMeta,
+    pub usage: Usage,
+    /// When the process was seen to have exited; `None` while alive.
+    pub exited_at: Option<Instant>,
+}
+
+impl ProcessUsage {
+    pub fn alive(&self) -> bool {
+        self.exited_at.is_none()
+    }
+}
+
+/// One line of the usage log, before serialisation. `key` is `None` for `unknown`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    pub key: Option<ProcessKey>,
+    pub meta: Option<ProcessMeta>,
+    pub interval: Counters,
+    pub total: Counters,
+    pub exited: bool,
+}
+
+/// What one usage-log write covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogBatch {
+    /// Time since the last successful write (or since start).
+    pub interval: Duration,
+    pub records: Vec<LogRecord>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Ledger {
+    processes: HashMap<ProcessKey, ProcessUsage>,
+    unknown: Usage,
+    totals: Totals,
+    started: Instant,
+    last_logged_at: Instant,
+    last_sampled_at: Instant,
+}
+
+impl Ledger {
+    pub fn new(now: Instant) -> Ledger {
+        Ledger {
+            processes: HashMap::new(),
+            unknown: Usage::default(),
+            totals: Totals::default(),
+            started: now,
+            last_logged_at: now,
+            last_sampled_at: now,
+        }
+    }
+
+    /// Moves a batch's counts into the ledger and clears the tally. Facts about newly seen
+    /// processes come from `table` (the table their packets were attributed with).
+    pub fn merge(&mut self, tally: &mut Tally, table: &SocketTable) {
+        for (key, counts) in tally.processes.drain() {
+            let entry = self
+                .processes
+                .entry(key)
+                .or_insert_with(|| new_entry(key, table));
+            entry.usage.total.absorb(&counts);
+        }
+        let unknown = tally.totals.unknown;
+        self.unknown.total.absorb(&unknown);
+        self.totals.absorb(&tally.totals);
+        tally.clear();
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    pub fn unknown(&self) -> &Usage {
+        &self.unknown
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessUsage> {
+        self.processes.values()
+    }
+
+    pub fn process(&self, key: &ProcessKey) -> Option<&ProcessUsage> {
+        self.processes.get(key)
+    }
+
+    /// The entry for `pid`, preferring a live process over exited ones with the same pid.
+    pub fn find_pid(&self, pid: u32) -> Option<&ProcessUsage> {
+        self.processes
+            .values()
+            .filter(|p| p.key.pid == pid)
+            .max_by_key(|p| (p.alive(), p.key.start_time))
+    }
+
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Recomputes every bucket's rate over the time since the previous call.
+    pub fn sample_rates(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last_sampled_at);
+        for p in self.processes.values_mut() {
+            let total = p.usage.total;
+            p.usage.rate.sample(&total, elapsed);
+        }
+        let total = self.unknown.total;
+        self.unknown.rate.sample(&total, elapsed);
+        self.last_sampled_at = now;
+    }
+
+    /// Keys of processes not yet known to have exited.
+    pub fn live_keys(&self) -> Vec<ProcessKey> {
+        self.processes
+            .values()
+            .filter(|p| p.alive())
+            .map(|p| p.key)
+            .collect()
+    }
+
+    /// Records that a process exited (idempotent).
+    pub fn mark_exited(&mut self, key: &ProcessKey, now: Instant) {
+        if let Some(p) = self.processes.get_mut(key) {
+            p.exited_at.get_or_insert(now);
+        }
+    }
+
+    /// The records the usage log should write now: every process with unlogged traffic,
+    /// and always one for `unknown`. Nothing changes until [`Ledger::commit_log`].
+    pub fn log_batch(&self, now: Instant) -> LogBatch {
+        let mut records: Vec<LogRecord> = self
+            .processes
+            .values()
+            .filter(|p| !p.usage.unlogged().is_zero())
+            .map(|p| LogRecord {
+                key: Some(p.key),
+                meta: Some(p.meta.clone()),
+                interval: p.usage.unlogged(),
+                total: p.usage.total,
+                exited: !p.alive(),
+            })
+            .collect();
+        records.sort_by_key(|r| r.key);
+        records.push(LogRecord {
+            key: None,
+            meta: None,
+            interval: self.unknown.unlogged(),
+            total: self.unknown.total,
+            exited: false,
+        });
+        LogBatch {
+            interval: now.saturating_duration_since(self.last_logged_at),
+            records,
+        }
+    }
+
+    /// Marks a batch as written: its totals become the logged baseline.
+    pub fn commit_log(&mut self, batch: &LogBatch, now: Instant) {
+        for record in &batch.records {
+            match record.key {
+                Some(key) => {
+                    if let Some(p) = self.processes.get_mut(&key) {
+                        p.usage.logged = record.total;
+                    }
+                }
+                None => self.unknown.logged = record.total,
+            }
+        }
+        self.last_logged_at = now;
+    }
+
+    /// Forgets exited processes whose counts are all logged and whose exit is older than
+    /// `retention`. Returns how many were forgotten.
+    pub fn expire(&mut self, now: Instant, retention: Duration) -> usize {
+        let before = self.processes.len();
+        self.processes.retain(|_, p| {
+            let expired = p
+                .exited_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= retention);
+            !(expired && p.usage.unlogged().is_zero())
+        });
+        before - self.processes.len()
+    }
+}
+
+fn new_entry(key: ProcessKey, table: &SocketTable) -> ProcessUsage {
+    let meta = match table.process(&key) {
+        Some(info) => ProcessMeta {
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
+            uid: info.uid,
+        },
+        None => ProcessMeta {
+            comm: format!("pid-{}", key.pid),
+            exe: None,
+            uid: u32::MAX,
+        },
+    };
+    ProcessUsage {
+        key,
+        meta,
+        usage: Usage::default(),
+        exited_at: None,
+    }
+}

@@ -1,0 +1,235 @@
+//! The socket table: one consistent snapshot of sockets, their holders and the host's addresses.
+//!
+//! Invariants: a `SocketTable` is immutable once built, so readers never see half a refresh; the
+//! daemon swaps whole tables. Addresses are canonical: IPv4-mapped IPv6 addresses
+//! (`::ffff:a.b.c.d`) are stored and looked up as IPv4, so a dual-stack socket matches IPv4
+//! traffic. Lookups allocate nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use pidcap_wire::IpProto;
+
+use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
+
+/// How a packet's local end matched a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatchKind {
+    /// A connected socket with the same local and remote address and port.
+    Exact,
+    /// A socket bound to the local address (or a wildcard address) and port with no peer:
+    /// a listener or an unconnected datagram socket.
+    Wildcard,
+}
+
+impl MatchKind {
+    /// The name used in the query protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "exact",
+            MatchKind::Wildcard => "wildcard",
+        }
+    }
+}
+
+/// A socket found for one end of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMatch {
+    pub inode: u64,
+    pub kind: MatchKind,
+    /// The credited holder, by [`choose_owner`]; `None` when no process holds the inode.
+    pub owner: Option<ProcessKey>,
+}
+
+type ExactKey = (IpProto, SocketAddr, SocketAddr);
+type BoundKey = (IpProto, SocketAddr);
+
+/// Everything attribution needs from one refresh.
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    generation: u64,
+    netns: Option<NetNsId>,
+    sockets: Vec<SocketEntry>,
+    exact: HashMap<ExactKey, usize>,
+    bound: HashMap<BoundKey, usize>,
+    holders: HashMap<u64, Vec<ProcessKey>>,
+    processes: HashMap<ProcessKey, ProcessInfo>,
+    local: HashSet<IpAddr>,
+}
+
+/// The parts a refresh gathers, from which a [`SocketTable`] is built.
+#[derive(Debug, Default)]
+pub struct TableParts {
+    pub netns: Option<NetNsId>,
+    pub sockets: Vec<SocketEntry>,
+    pub holders: HashMap<u64, Vec<ProcessKey>>,
+    pub processes: HashMap<ProcessKey, ProcessInfo>,
+    pub local_addrs: Vec<IpAddr>,
+}
+
+/// Maps `::ffff:a.b.c.d` to `a.b.c.d`; every other address is returned unchanged.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// [`canonical_ip`] for a socket address; IPv6 flow info and scope id are cleared.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+/// The deterministic rule for a socket held by several processes: the most recently started
+/// holder is credited (after `fork` + `exec` the child is the one doing the I/O; a parent that
+/// keeps a listener open hands connections to its newest worker), ties broken by lowest pid.
+pub fn choose_owner(holders: &[ProcessKey]) -> Option<ProcessKey> {
+    holders
+        .iter()
+        .copied()
+        .max_by(|a, b| a.start_time.cmp(&b.start_time).then(b.pid.cmp(&a.pid)))
+}
+
+impl SocketTable {
+    /// Builds the lookup indexes. `generation` must grow with every refresh.
+    pub fn build(generation: u64, parts: TableParts) -> SocketTable {
+        let mut table = SocketTable {
+            generation,
+            netns: parts.netns,
+            holders: parts.holders,
+            processes: parts.processes,
+            local: parts.local_addrs.into_iter().map(canonical_ip).collect(),
+            ..SocketTable::default()
+        };
+        for mut entry in parts.sockets {
+            entry.local = canonical(entry.local);
+            entry.remote = canonical(entry.remote);
+            table.index(entry);
+        }
+        table
+    }
+
+    fn index(&mut self, entry: SocketEntry) {
+        let at = self.sockets.len();
+        if entry.is_wildcard_remote() {
+            // A socket no process holds (inode 0) never hides one that a process holds.
+            let key = (entry.proto, entry.local);
+            let keep_old = self
+                .bound
+                .get(&key)
+                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
+            if !keep_old {
+                self.bound.insert(key, at);
+            }
+        } else {
+            let key = (entry.proto, entry.local, entry.remote);
+            let keep_old = self
+                .exact
+                .get(&key)
+                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
+            if !keep_old {
+                self.exact.insert(key, at);
+            }
+        }
+        self.sockets.push(entry);
+    }
+
+    /// The refresh generation this table came from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The network namespace whose sockets this table holds.
+    pub fn netns(&self) -> Option<NetNsId> {
+        self.netns
+    }
+
+    /// Every socket in the table, with canonical addresses.
+    pub fn sockets(&self) -> &[SocketEntry] {
+        &self.sockets
+    }
+
+    /// Number of processes known to hold sockets.
+    pub fn process_count(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Facts about a process that held a socket at refresh time.
+    pub fn process(&self, key: &ProcessKey) -> Option<&ProcessInfo> {
+        self.processes.get(key)
+    }
+
+    /// Every process holding `inode`, in no particular order.
+    pub fn holders(&self, inode: u64) -> &[ProcessKey] {
+        self.holders.get(&inode).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// True when `ip` is one of this host's addresses (any loopback address counts).
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_loopback() || self.local.contains(&ip)
+    }
+
+    /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
+    /// documented lookup order: exact connected socket; then a socket bound to the local
+    /// address and port with no peer; then one bound to the wildcard address of the family
+    /// (for IPv4, also `::` of a dual-stack IPv6 socket), but only when `local` is one of this
+    /// host's addresses.
+    pub fn lookup(
+        &self,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<SocketMatch> {
+        let local = canonical(local);
+        let remote = canonical(remote);
+        if let Some(&at) = self.exact.get(&(proto, local, remote)) {
+            return Some(self.matched(at, MatchKind::Exact));
+        }
+        self.lookup_bound(proto, local)
+            .map(|at| self.matched(at, MatchKind::Wildcard))
+    }
+
+    fn lookup_bound(&self, proto: IpProto, local: SocketAddr) -> Option<usize> {
+        if let Some(&at) = self.bound.get(&(proto, local)) {
+            return Some(at);
+        }
+        if !self.is_local(local.ip()) {
+            return None;
+        }
+        let port = local.port();
+        let any_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+        if local.is_ipv4() {
+            let any_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            if let Some(&at) = self.bound.get(&(proto, any_v4)) {
+                return Some(at);
+            }
+        }
+        self.bound.get(&(proto, any_v6)).copied()
+    }
+
+    fn matched(&self, at: usize, kind: MatchKind) -> SocketMatch {
+        let inode = self.sockets[at].inode;
+        let owner = if inode == 0 {
+            None
+        } else {
+            choose_owner(self.holders(inode))
+        };
+        SocketMatch { inode, kind, owner }
+    }
+
+    /// The sockets held by `pid` (any holder, not just the credited one).
+    pub fn connections_of(&self, pid: u32) -> impl Iterator<Item = &SocketEntry> {
+        self.sockets
+            .iter()
+            .filter(move |s| s.inode != 0 && self.holders(s.inode).iter().any(|k| k.pid == pid))
+    }
+
+    /// The process identity of `pid` if it held sockets at refresh time.
+    pub fn key_of_pid(&self, pid: u32) -> Option<ProcessKey> {
+        self.processes.keys().find(|k| k.pid == pid).copied()
+    }
+}

@@ -1,0 +1,424 @@
+//! The lookup order, loopback double credit, conservation, pid reuse and shared sockets.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use pidcap_core::{
+    attribute, AttributionCache, Credit, Ledger, MatchKind, NetNsId, ProcessInfo, ProcessKey,
+    SocketEntry, SocketTable, TableParts, Tally, TcpState, UnknownReason,
+};
+use pidcap_wire::{FlowKey, IpProto};
+use proptest::prelude::*;
+
+const NS: NetNsId = NetNsId(4026531840);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn sock(proto: IpProto, local: &str, remote: &str, inode: u64) -> SocketEntry {
+    SocketEntry {
+        netns: NS,
+        proto,
+        local: addr(local),
+        remote: addr(remote),
+        state: TcpState::Established,
+        inode,
+        uid: 1000,
+    }
+}
+
+fn key(pid: u32, start_time: u64) -> ProcessKey {
+    ProcessKey { pid, start_time }
+}
+
+fn info(k: ProcessKey, comm: &str) -> ProcessInfo {
+    ProcessInfo {
+        key: k,
+        comm: comm.into(),
+        exe: Some(format!("/usr/bin/{comm}")),
+        uid: 1000,
+        cmdline: vec![comm.into()],
+    }
+}
+
+/// A table from sockets and `(inode, holders)`; every holder is a known process.
+fn table(
+    sockets: Vec<SocketEntry>,
+    holders: &[(u64, &[ProcessKey])],
+    local: &[&str],
+) -> SocketTable {
+    let mut h = HashMap::new();
+    let mut processes = HashMap::new();
+    for (inode, keys) in holders {
+        h.insert(*inode, keys.to_vec());
+        for k in *keys {
+            processes.insert(*k, info(*k, &format!("p{}", k.pid)));
+        }
+    }
+    SocketTable::build(
+        1,
+        TableParts {
+            netns: Some(NS),
+            sockets,
+            holders: h,
+            processes,
+            local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
+        },
+    )
+}
+
+fn flow(proto: IpProto, src: &str, dst: &str) -> FlowKey {
+    FlowKey {
+        proto,
+        src: addr(src),
+        dst: addr(dst),
+    }
+}
+
+fn credited(c: Option<Credit>) -> Option<(u32, MatchKind)> {
+    match c? {
+        Credit::Process { key, kind } => Some((key.pid, kind)),
+        Credit::Unknown(_) => None,
+    }
+}
+
+#[test]
+fn exact_socket_wins_over_listener() {
+    let t = table(
+        vec![
+            sock(IpProto::Tcp, "10.0.0.1:80", "0.0.0.0:0", 1),
+            sock(IpProto::Tcp, "10.0.0.1:80", "192.0.2.7:5555", 2),
+        ],
+        &[(1, &[key(10, 100)]), (2, &[key(20, 200)])],
+        &["10.0.0.1"],
+    );
+    let v = attribute(
+        &t,
+        &flow(IpProto::Tcp, "192.0.2.7:5555", "10.0.0.1:80"),
+        true,
+    );
+    assert_eq!(credited(v.rx), Some((20, MatchKind::Exact)));
+    assert_eq!(v.tx, None, "the remote end is not local");
+    let other = attribute(&t, &flow(IpProto::Tcp, "192.0.2.8:1", "10.0.0.1:80"), true);
+    assert_eq!(credited(other.rx), Some((10, MatchKind::Wildcard)));
+}
+
+#[test]
+fn wildcard_address_and_dual_stack_sockets_match_local_traffic() {
+    let t = table(
+        vec![
+            sock(IpProto::Udp, "0.0.0.0:53", "0.0.0.0:0", 1),
+            sock(IpProto::Udp, "[::]:5353", "[::]:0", 2),
+            sock(
+                IpProto::Tcp,
+                "[::ffff:10.0.0.1]:8080",
+                "[::ffff:192.0.2.1]:4000",
+                3,
+            ),
+        ],
+        &[(1, &[key(1, 1)]), (2, &[key(2, 2)]), (3, &[key(3, 3)])],
+        &["10.0.0.1", "2001:db8::1"],
+    );
+    let v4 = attribute(
+        &t,
+        &flow(IpProto::Udp, "192.0.2.1:999", "10.0.0.1:53"),
+        true,
+    );
+    assert_eq!(credited(v4.rx), Some((1, MatchKind::Wildcard)));
+    let dual = attribute(
+        &t,
+        &flow(IpProto::Udp, "192.0.2.1:999", "10.0.0.1:5353"),
+        true,
+    );
+    assert_eq!(
+        credited(dual.rx),
+        Some((2, MatchKind::Wildcard)),
+        "IPv4 on a [::] socket"
+    );
+    let v6 = attribute(
+        &t,
+        &flow(IpProto::Udp, "[2001:db8::9]:1", "[2001:db8::1]:5353"),
+        true,
+    );
+    assert_eq!(credited(v6.rx), Some((2, MatchKind::Wildcard)));
+    let mapped = attribute(
+        &t,
+        &flow(IpProto::Tcp, "10.0.0.1:8080", "192.0.2.1:4000"),
+        true,
+    );
+    assert_eq!(
+        credited(mapped.tx),
+        Some((3, MatchKind::Exact)),
+        "v4-mapped connected socket"
+    );
+}
+
+#[test]
+fn wildcard_socket_does_not_claim_traffic_to_foreign_addresses() {
+    let t = table(
+        vec![sock(IpProto::Udp, "0.0.0.0:53", "0.0.0.0:0", 1)],
+        &[(1, &[key(1, 1)])],
+        &["10.0.0.1"],
+    );
+    let v = attribute(
+        &t,
+        &flow(IpProto::Udp, "192.0.2.1:999", "198.51.100.1:53"),
+        true,
+    );
+    assert_eq!(v.rx, None);
+    assert_eq!(v.tx, None);
+}
+
+#[test]
+fn loopback_packet_credits_sender_tx_and_receiver_rx() {
+    let t = table(
+        vec![
+            sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.1:5000", 1),
+            sock(IpProto::Tcp, "127.0.0.1:5000", "127.0.0.1:40000", 2),
+        ],
+        &[(1, &[key(100, 1)]), (2, &[key(200, 2)])],
+        &[],
+    );
+    let v = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.1:5000"),
+        true,
+    );
+    assert_eq!(credited(v.tx), Some((100, MatchKind::Exact)));
+    assert_eq!(credited(v.rx), Some((200, MatchKind::Exact)));
+}
+
+#[test]
+fn unmatched_local_end_is_unknown_by_reason() {
+    let t = table(
+        vec![sock(IpProto::Tcp, "127.0.0.1:6000", "127.0.0.1:6001", 0)],
+        &[],
+        &["10.0.0.1"],
+    );
+    let time_wait = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:6000", "127.0.0.1:6001"),
+        true,
+    );
+    assert_eq!(
+        time_wait.tx,
+        Some(Credit::Unknown(UnknownReason::NoProcess))
+    );
+    assert_eq!(time_wait.rx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+    let icmp = attribute(&t, &flow(IpProto::Icmp, "10.0.0.1:0", "192.0.2.1:0"), false);
+    assert_eq!(icmp.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
+    assert_eq!(icmp.rx, None);
+}
+
+#[test]
+fn shared_socket_is_credited_to_newest_holder_deterministically() {
+    let parent = key(50, 1000);
+    let child = key(60, 2000);
+    let twin = key(55, 2000);
+    let sockets = vec![sock(IpProto::Tcp, "127.0.0.1:7000", "0.0.0.0:0", 9)];
+    let holders: &[ProcessKey] = &[parent, child, twin];
+    let t = table(sockets.clone(), &[(9, holders)], &[]);
+    let v = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:7000"),
+        true,
+    );
+    assert_eq!(
+        credited(v.rx),
+        Some((55, MatchKind::Wildcard)),
+        "newest, then lowest pid"
+    );
+    let reversed: &[ProcessKey] = &[twin, child, parent];
+    let t2 = table(sockets, &[(9, reversed)], &[]);
+    let v2 = attribute(
+        &t2,
+        &flow(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:7000"),
+        true,
+    );
+    assert_eq!(v.rx, v2.rx, "holder order does not matter");
+    assert_eq!(t.holders(9).len(), 3);
+}
+
+#[test]
+fn reused_pid_never_inherits_counts() {
+    let old = key(4242, 100);
+    let new = key(4242, 900);
+    let now = Instant::now();
+    let mut ledger = Ledger::new(now);
+    let mut tally = Tally::default();
+    let t1 = table(
+        vec![sock(IpProto::Udp, "127.0.0.1:9000", "127.0.0.1:9001", 1)],
+        &[(1, &[old])],
+        &[],
+    );
+    let f = flow(IpProto::Udp, "127.0.0.1:9000", "127.0.0.1:9001");
+    tally.record(&attribute(&t1, &f, true), 100);
+    ledger.merge(&mut tally, &t1);
+    ledger.mark_exited(&old, now);
+    let t2 = table(
+        vec![sock(IpProto::Udp, "127.0.0.1:9000", "127.0.0.1:9001", 2)],
+        &[(2, &[new])],
+        &[],
+    );
+    tally.record(&attribute(&t2, &f, true), 30);
+    ledger.merge(&mut tally, &t2);
+    assert_eq!(ledger.process(&old).unwrap().usage.total.tx_bytes, 100);
+    assert_eq!(ledger.process(&new).unwrap().usage.total.tx_bytes, 30);
+    assert!(!ledger.process(&old).unwrap().alive());
+    assert_eq!(
+        ledger.find_pid(4242).unwrap().key,
+        new,
+        "the live process wins"
+    );
+}
+
+#[test]
+fn cache_is_invalidated_by_a_new_generation() {
+    let f = flow(IpProto::Tcp, "127.0.0.1:1000", "127.0.0.1:2000");
+    let empty = SocketTable::build(1, TableParts::default());
+    let cache = AttributionCache::new(16);
+    let first = cache.attribute(&empty, &f, true);
+    assert!(first.new_miss);
+    assert!(
+        !cache.attribute(&empty, &f, true).new_miss,
+        "a miss is reported once"
+    );
+    let mut parts = TableParts {
+        sockets: vec![sock(IpProto::Tcp, "127.0.0.1:1000", "127.0.0.1:2000", 5)],
+        ..TableParts::default()
+    };
+    parts.holders.insert(5, vec![key(7, 7)]);
+    let full = SocketTable::build(2, parts);
+    let second = cache.attribute(&full, &f, true);
+    assert_eq!(credited(second.verdict.tx), Some((7, MatchKind::Exact)));
+}
+
+#[test]
+fn cache_stays_within_capacity() {
+    let t = SocketTable::build(1, TableParts::default());
+    let cache = AttributionCache::new(8);
+    for port in 1..100u16 {
+        let f = flow(IpProto::Udp, "127.0.0.1:1", &format!("127.0.0.1:{port}"));
+        cache.attribute(&t, &f, true);
+        assert!(cache.len() <= 8);
+    }
+}
+
+#[test]
+fn failed_log_write_loses_nothing_and_exit_waits_for_the_log() {
+    let p = key(1, 1);
+    let t = table(
+        vec![sock(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:2", 1)],
+        &[(1, &[p])],
+        &[],
+    );
+    let f = flow(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:2");
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(t0);
+    let mut tally = Tally::default();
+    tally.record(&attribute(&t, &f, true), 60);
+    ledger.merge(&mut tally, &t);
+    let _failed = ledger.log_batch(t0 + Duration::from_secs(10)); // never committed
+    tally.record(&attribute(&t, &f, true), 40);
+    ledger.merge(&mut tally, &t);
+    ledger.mark_exited(&p, t0 + Duration::from_secs(11));
+    assert_eq!(
+        ledger.expire(t0 + Duration::from_secs(3600), Duration::from_secs(600)),
+        0
+    );
+    let batch = ledger.log_batch(t0 + Duration::from_secs(20));
+    assert_eq!(batch.interval, Duration::from_secs(20));
+    let rec = &batch.records[0];
+    assert_eq!(
+        (rec.interval.tx_bytes, rec.total.tx_bytes, rec.exited),
+        (100, 100, true)
+    );
+    assert_eq!(
+        batch.records.last().unwrap().key,
+        None,
+        "unknown is always logged"
+    );
+    ledger.commit_log(&batch, t0 + Duration::from_secs(20));
+    let next = ledger.log_batch(t0 + Duration::from_secs(30));
+    assert_eq!(next.records.len(), 1, "nothing new to log for the process");
+    assert_eq!(
+        ledger.expire(t0 + Duration::from_secs(300), Duration::from_secs(600)),
+        0
+    );
+    assert_eq!(
+        ledger.expire(t0 + Duration::from_secs(611), Duration::from_secs(600)),
+        1
+    );
+}
+
+#[test]
+fn rates_follow_the_sampling_period() {
+    let p = key(1, 1);
+    let t = table(
+        vec![sock(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:2", 1)],
+        &[(1, &[p])],
+        &[],
+    );
+    let f = flow(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:2");
+    let t0 = Instant::now();
+    let mut ledger = Ledger::new(t0);
+    let mut tally = Tally::default();
+    for _ in 0..10 {
+        tally.record(&attribute(&t, &f, true), 1000);
+    }
+    ledger.merge(&mut tally, &t);
+    ledger.sample_rates(t0 + Duration::from_secs(2));
+    let rate = ledger.process(&p).unwrap().usage.rate;
+    assert_eq!(rate.tx_bps, 5000.0);
+    assert_eq!(rate.rx_bps, 0.0);
+}
+
+fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+    (
+        prop::sample::select(vec![
+            "127.0.0.1",
+            "10.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "2001:db8::1",
+        ]),
+        1u16..6,
+    )
+        .prop_map(|(ip, port)| SocketAddr::new(ip.parse().unwrap(), port))
+}
+
+proptest! {
+    /// Conservation: per direction, credited + unknown == captured, for any mix of packets.
+    #[test]
+    fn conservation_holds(packets in prop::collection::vec((arb_addr(), arb_addr(), 20u32..1500, any::<bool>()), 0..200)) {
+        let t = table(
+            vec![
+                sock(IpProto::Tcp, "127.0.0.1:1", "127.0.0.1:2", 1),
+                sock(IpProto::Tcp, "0.0.0.0:3", "0.0.0.0:0", 2),
+                sock(IpProto::Tcp, "[::]:4", "[::]:0", 3),
+                sock(IpProto::Tcp, "10.0.0.1:5", "192.0.2.1:5", 0),
+            ],
+            &[(1, &[key(1, 1)]), (2, &[key(2, 2)]), (3, &[key(3, 3), key(4, 4)])],
+            &["10.0.0.1", "2001:db8::1"],
+        );
+        let mut ledger = Ledger::new(Instant::now());
+        let mut tally = Tally::default();
+        let mut ip_bytes = 0u64;
+        for (src, dst, len, known) in packets {
+            let f = FlowKey { proto: IpProto::Tcp, src, dst };
+            tally.record(&attribute(&t, &f, known), len);
+            ip_bytes += u64::from(len);
+        }
+        ledger.merge(&mut tally, &t);
+        let tot = ledger.totals();
+        prop_assert_eq!(tot.credited.rx_bytes + tot.unknown.rx_bytes, tot.captured.rx_bytes);
+        prop_assert_eq!(tot.credited.tx_bytes + tot.unknown.tx_bytes, tot.captured.tx_bytes);
+        prop_assert_eq!(tot.credited.rx_packets + tot.unknown.rx_packets, tot.captured.rx_packets);
+        let per_process: u64 = ledger.processes().map(|p| p.usage.total.rx_bytes + p.usage.total.tx_bytes).sum();
+        prop_assert_eq!(per_process, tot.credited.rx_bytes + tot.credited.tx_bytes);
+        prop_assert_eq!(ledger.unknown().total, tot.unknown);
+        prop_assert!(tot.captured.rx_bytes + tot.captured.tx_bytes + tot.foreign_bytes >= ip_bytes);
+    }
+}
