@@ -1,0 +1,278 @@
+//! Replies: the typed bodies daemon and CLI share, inside an [`Envelope`].
+//!
+//! Invariant: every reply serializes as one JSON object that starts with `"v"` and `"ok"`.
+//! Deserializing ignores unknown fields (a newer daemon may add some) but requires every field
+//! this version defines.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// The `comm` the unknown bucket carries in a [`WatchFrame`].
+pub const UNKNOWN_COMM: &str = "<unknown>";
+/// [`Owner::matched`] when the socket's four-tuple matched exactly.
+pub const MATCH_EXACT: &str = "exact";
+/// [`Owner::matched`] when only a listening or unconnected socket (wildcard remote or local
+/// address) matched.
+pub const MATCH_WILDCARD: &str = "wildcard";
+
+/// `{"v":1,"ok":…}` followed by the body's own fields. Build it with [`crate::ok`] or
+/// [`crate::error_reply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Protocol version, [`crate::VERSION`].
+    pub v: u32,
+    /// `true` for a result, `false` for an [`ErrorReply`].
+    pub ok: bool,
+    /// The reply's fields.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// Byte and packet counters and current rates of one process or of the unknown bucket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Bytes received since the last usage-log line (what the next line would report).
+    pub rx_bytes: u64,
+    /// Bytes sent since the last usage-log line.
+    pub tx_bytes: u64,
+    /// Packets received since the last usage-log line.
+    pub rx_packets: u64,
+    /// Packets sent since the last usage-log line.
+    pub tx_packets: u64,
+    /// Bytes received since first seen.
+    pub rx_bytes_total: u64,
+    /// Bytes sent since first seen.
+    pub tx_bytes_total: u64,
+    /// Packets received since first seen.
+    pub rx_packets_total: u64,
+    /// Packets sent since first seen.
+    pub tx_packets_total: u64,
+    /// Current receive rate, bytes per second.
+    pub rx_bps: f64,
+    /// Current send rate, bytes per second.
+    pub tx_bps: f64,
+}
+
+/// The unknown bucket of `processes`: traffic of local addresses no socket owner was found for.
+pub type UnknownRow = Usage;
+
+/// One process in `processes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRow {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot (field 22 of `/proc/<pid>/stat`); with `pid` it
+    /// names the process even after the pid is reused.
+    pub start_time: u64,
+    /// Command name (`/proc/<pid>/comm`), as the process set it: untrusted text.
+    pub comm: String,
+    /// Executable path, `null` when it could not be read.
+    #[serde(default)]
+    pub exe: Option<String>,
+    /// Real user id.
+    pub uid: u32,
+    /// Counters and rates.
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// `false` once the process has exited (its counters are kept until logged).
+    pub alive: bool,
+}
+
+/// One socket of a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Protocol name (`tcp`, `udp`, …, as in [`crate::TransportProto`]).
+    pub proto: String,
+    /// Local end, `IP:PORT`.
+    pub local: String,
+    /// Remote end, `IP:PORT` (`0.0.0.0:0` or `[::]:0` when unconnected).
+    pub remote: String,
+    /// Kernel state, e.g. `ESTABLISHED`, `LISTEN`.
+    pub state: String,
+    /// Socket inode.
+    pub inode: u64,
+}
+
+/// `process`: a [`ProcessRow`] plus command line and sockets, all at the same level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessDetail {
+    /// The row fields, flattened.
+    #[serde(flatten)]
+    pub row: ProcessRow,
+    /// Arguments (`/proc/<pid>/cmdline`), empty for kernel threads or exited processes.
+    pub cmdline: Vec<String>,
+    /// Sockets the process holds.
+    pub connections: Vec<Connection>,
+}
+
+/// The process a `lookup` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Process credited with the flow.
+    pub pid: u32,
+    /// Its start time (clock ticks after boot).
+    pub start_time: u64,
+    /// Its command name.
+    pub comm: String,
+    /// The socket inode that matched.
+    pub inode: u64,
+    /// [`MATCH_EXACT`] or [`MATCH_WILDCARD`].
+    pub matched: String,
+    /// Every pid holding the socket (the credited one included).
+    pub holders: Vec<u32>,
+}
+
+/// Daemon-wide counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Seconds since the daemon started.
+    pub uptime_s: f64,
+    /// Packets captured towards a local address.
+    pub rx_packets: u64,
+    /// Bytes captured towards a local address.
+    pub rx_bytes: u64,
+    /// Packets captured from a local address.
+    pub tx_packets: u64,
+    /// Bytes captured from a local address.
+    pub tx_bytes: u64,
+    /// Packets with neither end local.
+    pub foreign_packets: u64,
+    /// Bytes with neither end local.
+    pub foreign_bytes: u64,
+    /// Received bytes credited to a process.
+    pub credited_rx_bytes: u64,
+    /// Sent bytes credited to a process.
+    pub credited_tx_bytes: u64,
+    /// Received packets credited to a process.
+    pub credited_rx_packets: u64,
+    /// Sent packets credited to a process.
+    pub credited_tx_packets: u64,
+    /// Received bytes in the unknown bucket.
+    pub unknown_rx_bytes: u64,
+    /// Sent bytes in the unknown bucket.
+    pub unknown_tx_bytes: u64,
+    /// Received packets in the unknown bucket.
+    pub unknown_rx_packets: u64,
+    /// Sent packets in the unknown bucket.
+    pub unknown_tx_packets: u64,
+    /// Frames that carried no IP packet.
+    pub non_ip_packets: u64,
+    /// Frames too short or inconsistent to parse.
+    pub malformed_packets: u64,
+    /// libpcap's `ps_recv`.
+    pub pcap_received: u64,
+    /// libpcap's `ps_drop` (buffer full).
+    pub pcap_dropped: u64,
+    /// libpcap's `ps_ifdrop` (dropped by the interface).
+    pub pcap_if_dropped: u64,
+    /// Sockets in the socket table.
+    pub sockets_known: u64,
+    /// Processes with counters.
+    pub processes_known: u64,
+    /// Socket-table refreshes done.
+    pub refreshes: u64,
+    /// Duration of the last refresh, milliseconds.
+    pub last_refresh_ms: f64,
+    /// Capture interface name.
+    pub interface: String,
+    /// Link type of the capture, e.g. `EN10MB`.
+    pub link_type: String,
+}
+
+/// One row of a `watch` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateRow {
+    /// Process id; `null` for the unknown bucket.
+    pub pid: Option<u32>,
+    /// Command name; [`UNKNOWN_COMM`] for the unknown bucket.
+    pub comm: String,
+    /// Receive rate, bytes per second.
+    pub rx_bps: f64,
+    /// Send rate, bytes per second.
+    pub tx_bps: f64,
+    /// Bytes received since first seen.
+    pub rx_bytes_total: u64,
+    /// Bytes sent since first seen.
+    pub tx_bytes_total: u64,
+}
+
+/// Body of the `processes` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessesReply {
+    /// Every process with counters.
+    pub processes: Vec<ProcessRow>,
+    /// The unknown bucket.
+    pub unknown: UnknownRow,
+}
+
+/// Body of the `process` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReply {
+    /// The process.
+    pub process: ProcessDetail,
+}
+
+/// Body of the `lookup` reply: `{"found":true,"owner":…}` or `{"found":false}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupReply {
+    /// Whether an owner was found.
+    pub found: bool,
+    /// The owner; absent when not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+impl LookupReply {
+    /// The reply for a found owner.
+    pub fn found(owner: Owner) -> Self {
+        LookupReply {
+            found: true,
+            owner: Some(owner),
+        }
+    }
+
+    /// The reply when no owner was found.
+    pub fn not_found() -> Self {
+        LookupReply {
+            found: false,
+            owner: None,
+        }
+    }
+}
+
+/// Body of the `stats` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// The counters.
+    pub stats: Stats,
+}
+
+/// One line of a `watch` stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchFrame {
+    /// When the frame was taken, RFC 3339 (e.g. `2024-05-01T12:00:00.250Z`).
+    pub ts: String,
+    /// The interval in force, milliseconds.
+    pub interval_ms: u64,
+    /// Processes with their rates.
+    pub processes: Vec<RateRow>,
+    /// The unknown bucket (`pid` null, `comm` [`UNKNOWN_COMM`]).
+    pub unknown: RateRow,
+}
+
+/// Body of an error reply (`"ok":false`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// `{"code":…,"message":…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
