@@ -1,5 +1,61 @@
 #![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
+mod error;
+mod field;
 mod flow;
+mod icmp;
+mod ip;
+mod ipv4;
+mod ipv6;
+mod ipv6_ext;
+mod link;
+mod meta;
+mod ports;
+mod transport;
 
+use std::net::SocketAddr;
+
+pub use error::WireError;
 pub use flow::{FlowKey, IpProto};
+pub use link::{LinkDirection, LinkType};
+pub use meta::{Fragment, PacketMeta};
+
+use field::len_u32;
+use link::Network;
+use transport::Ports;
+
+/// Parses one captured frame into its packet metadata.
+///
+/// `frame` is the captured bytes (cut at the snaplen), `orig_len` the packet's length on the
+/// wire (pcap's `len`), used only when the IP header declares a length of 0 (see
+/// [`PacketMeta::ip_len`]). Never panics, never allocates.
+pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, WireError> {
+    let l2 = link::decode(link, frame)?;
+    let packet = frame.get(l2.header_len..).ok_or(WireError::Truncated)?;
+    let wire_len = orig_len.saturating_sub(len_u32(l2.header_len));
+    let net = match l2.network {
+        Network::Ipv4 => ipv4::parse(packet, wire_len)?,
+        Network::Ipv6 => ipv6::parse(packet, wire_len)?,
+    };
+    let ports = net
+        .transport
+        .map_or(Ports::UNKNOWN, |t| transport::ports(net.proto, t));
+    Ok(PacketMeta {
+        flow: FlowKey {
+            proto: net.proto,
+            src: SocketAddr::new(net.src, ports.src),
+            dst: SocketAddr::new(net.dst, ports.dst),
+        },
+        ip_len: net.ip_len,
+        ports_known: ports.known,
+        fragment: net.fragment,
+        icmp_echo: ports.icmp_echo,
+        direction: l2.direction,
+        ifindex: l2.ifindex,
+    })
+}

@@ -1,0 +1,48 @@
+//! What [`parse`](crate::parse) returns for one packet.
+
+use crate::flow::FlowKey;
+use crate::link::LinkDirection;
+
+/// An IPv4 or IPv6 fragment's identity and place.
+///
+/// Present for every real fragment, first or not. Not present for an unfragmented packet,
+/// including an IPv6 "atomic fragment" (fragment header with offset 0 and M clear, RFC 6946),
+/// which needs no reassembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fragment {
+    /// IPv4 identification (16 bits, widened) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    /// Fragment offset in 8-byte units; 0 for the first fragment.
+    pub offset: u16,
+    /// More fragments follow (IPv4 MF flag, IPv6 M flag).
+    pub more: bool,
+}
+
+impl Fragment {
+    /// The first fragment carries the transport header; later ones do not.
+    pub fn is_first(self) -> bool {
+        self.offset == 0
+    }
+}
+
+/// The metadata of one captured packet: its flow and its IP-layer size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PacketMeta {
+    /// Protocol, source and destination (see [`FlowKey`] for the port invariants).
+    pub flow: FlowKey,
+    /// IP-layer length: IPv4 total length, IPv6 40 + payload length. When the header says 0
+    /// (Linux TSO/GSO super-packets, IPv6 jumbograms) it is `orig_len` minus the link header.
+    pub ip_len: u32,
+    /// The flow's ports are real: false for non-first fragments, protocols without ports
+    /// (including non-echo ICMP), or a transport header cut by the snaplen. When false, both
+    /// ports are 0.
+    pub ports_known: bool,
+    /// Some for any IPv4/IPv6 fragment, first or not.
+    pub fragment: Option<Fragment>,
+    /// ICMP/ICMPv6 echo request or reply: both flow ports hold the echo identifier.
+    pub icmp_echo: bool,
+    /// From the LINUX_SLL/SLL2 packet type; `Unknown` for other link types.
+    pub direction: LinkDirection,
+    /// The interface index LINUX_SLL2 carries; `None` for other link types.
+    pub ifindex: Option<u32>,
+}

@@ -1,0 +1,82 @@
+//! From an upper-layer protocol and its captured bytes to the flow's ports.
+//!
+//! Invariant: never fails. A transport header cut by the snaplen (or by the declared IP
+//! length) gives unknown ports, not an error: the addresses are still worth counting.
+
+use crate::flow::IpProto;
+use crate::{icmp, ports};
+
+/// The ports of one packet's flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ports {
+    pub(crate) src: u16,
+    pub(crate) dst: u16,
+    pub(crate) known: bool,
+    pub(crate) icmp_echo: bool,
+}
+
+impl Ports {
+    /// Both ports 0: no ports, non-first fragment, or header not captured.
+    pub(crate) const UNKNOWN: Ports = Ports {
+        src: 0,
+        dst: 0,
+        known: false,
+        icmp_echo: false,
+    };
+
+    fn pair(src: u16, dst: u16) -> Ports {
+        Ports {
+            src,
+            dst,
+            known: true,
+            icmp_echo: false,
+        }
+    }
+
+    fn echo(ident: u16) -> Ports {
+        Ports {
+            icmp_echo: true,
+            ..Ports::pair(ident, ident)
+        }
+    }
+}
+
+/// Reads the ports of `proto` from the start of `bytes`.
+pub(crate) fn ports(proto: IpProto, bytes: &[u8]) -> Ports {
+    match proto {
+        IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp => port_pair(bytes),
+        IpProto::Icmp => echo(bytes, icmp::Version::V4),
+        IpProto::Icmpv6 => echo(bytes, icmp::Version::V6),
+        IpProto::Unknown(_) => Ports::UNKNOWN,
+    }
+}
+
+fn port_pair(bytes: &[u8]) -> Ports {
+    ports::Packet::new_checked(bytes)
+        .map_or(Ports::UNKNOWN, |p| Ports::pair(p.src_port(), p.dst_port()))
+}
+
+fn echo(bytes: &[u8], version: icmp::Version) -> Ports {
+    icmp::Packet::new_checked(bytes)
+        .ok()
+        .and_then(|p| p.echo_ident(version))
+        .map_or(Ports::UNKNOWN, Ports::echo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_port_bytes_are_not_enough() {
+        assert_eq!(ports(IpProto::Sctp, &[0, 1, 0]), Ports::UNKNOWN);
+        assert_eq!(ports(IpProto::Sctp, &[0, 1, 0, 2]), Ports::pair(1, 2));
+    }
+
+    #[test]
+    fn icmp_type_numbers_depend_on_the_version() {
+        let v4_request = [8, 0, 0, 0, 0x12, 0x34, 0, 1];
+        assert_eq!(ports(IpProto::Icmp, &v4_request), Ports::echo(0x1234));
+        assert_eq!(ports(IpProto::Icmpv6, &v4_request), Ports::UNKNOWN);
+    }
+}
