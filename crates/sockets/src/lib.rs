@@ -1,1 +1,16 @@
 #![doc = include_str!("../README.md")]
+
+mod addrs;
+mod error;
+mod fds;
+mod netns;
+mod proc_net;
+mod process;
+mod root;
+mod text;
+
+pub use addrs::local_addresses;
+pub use error::{Error, Result};
+pub use fds::{OwnerScan, ScanStats};
+pub use proc_net::{parse_net_table, parse_net_table_into, NetTable};
+pub use root::ProcRoot;

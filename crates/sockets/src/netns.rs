@@ -1,0 +1,52 @@
+//! Network namespaces, named by the inode in their `ns/net` link (`net:[4026531840]`).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use pidcap_core::NetNsId;
+
+use crate::error::{Error, Result};
+use crate::root::{read_link, ProcRoot};
+use crate::text::bracketed;
+
+/// The namespace named by an `ns/net` link target, `net:[N]`.
+pub(crate) fn parse_ns_link(target: &[u8]) -> Option<NetNsId> {
+    bracketed(target, b"net:[").map(NetNsId)
+}
+
+fn netns_at(link: &Path) -> Result<NetNsId> {
+    let target = read_link(link)?;
+    parse_ns_link(target.as_os_str().as_bytes()).ok_or_else(|| {
+        let reason = format!("expected net:[N], got {:?}", target.display().to_string());
+        Error::parse(link.display().to_string(), 0, reason)
+    })
+}
+
+impl ProcRoot {
+    /// The network namespace of the reading process (`<root>/self/ns/net`): the one whose
+    /// sockets [`ProcRoot::read_sockets`] lists.
+    pub fn self_netns(&self) -> Result<NetNsId> {
+        netns_at(&self.path().join("self/ns/net"))
+    }
+
+    /// The network namespace of process `pid`. [`Error::NotFound`] if it exited.
+    pub fn netns_of(&self, pid: u32) -> Result<NetNsId> {
+        netns_at(&self.pid_dir(pid).join("ns/net"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_namespace_inode() {
+        assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(NetNsId(4026531840)));
+    }
+
+    #[test]
+    fn rejects_other_namespace_kinds() {
+        assert_eq!(parse_ns_link(b"mnt:[4026531841]"), None);
+        assert_eq!(parse_ns_link(b"net:[]"), None);
+    }
+}

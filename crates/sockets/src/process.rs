@@ -1,0 +1,144 @@
+//! Facts about one process, from `<root>/<pid>/{stat,status,cmdline,exe}`.
+//!
+//! Invariants: the parsers never panic; `comm` and `cmdline` are decoded lossily (a process
+//! may name itself with any bytes). A process that exits while being read yields
+//! [`Error::NotFound`]. The files are read one after the other, so if the pid is reused
+//! between the reads the later facts could describe the successor; the key (pid + start
+//! time) comes from `stat`, read first. Reading through one open `<pid>` directory fd would
+//! close that window (planned with the openat-based scan).
+
+use std::path::Path;
+
+use pidcap_core::{ProcessInfo, ProcessKey};
+
+use crate::error::{Error, Result};
+use crate::root::{read_file, read_link, ProcRoot};
+use crate::text::{dec, fields};
+
+/// Index of `starttime` (field 22 of `stat`) among the fields after the `(comm)` field,
+/// which begin with field 3 (`state`).
+const START_TIME_AFTER_COMM: usize = 22 - 3;
+
+/// `comm` and start time from `/proc/<pid>/stat`: `pid (comm) state ppid ... starttime ...`.
+/// `comm` may contain spaces and parentheses, so it runs from the first `(` to the *last* `)`.
+pub(crate) fn parse_stat(stat: &[u8]) -> std::result::Result<(String, u64), String> {
+    let open = stat.iter().position(|&b| b == b'(').ok_or("no '(' before comm")?;
+    let close = stat.iter().rposition(|&b| b == b')').ok_or("no ')' after comm")?;
+    if close < open {
+        return Err("')' before '('".into());
+    }
+    let comm = String::from_utf8_lossy(&stat[open + 1..close]).into_owned();
+    let rest = fields::<{ START_TIME_AFTER_COMM + 1 }>(&stat[close + 1..])
+        .ok_or("fewer than 22 fields")?;
+    let start_time = dec(rest[START_TIME_AFTER_COMM]).ok_or("bad starttime (field 22)")?;
+    Ok((comm, start_time))
+}
+
+/// The real uid: first number of the `Uid:` line of `/proc/<pid>/status`.
+pub(crate) fn parse_status_uid(status: &[u8]) -> std::result::Result<u32, (usize, String)> {
+    let mut lines = status.split(|&b| b == b'\n').enumerate();
+    let (index, rest) = lines
+        .find_map(|(i, line)| Some((i, line.strip_prefix(b"Uid:")?)))
+        .ok_or_else(|| (0, "no Uid: line".to_string()))?;
+    let [real] = fields::<1>(rest).ok_or_else(|| (index + 1, "empty Uid: line".into()))?;
+    dec(real)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| (index + 1, format!("bad uid {:?}", String::from_utf8_lossy(real))))
+}
+
+/// `/proc/<pid>/cmdline`: arguments separated (and normally terminated) by NUL. Empty for
+/// kernel threads and zombies.
+pub(crate) fn parse_cmdline(cmdline: &[u8]) -> Vec<String> {
+    let cmdline = cmdline.strip_suffix(b"\0").unwrap_or(cmdline);
+    if cmdline.is_empty() {
+        return Vec::new();
+    }
+    cmdline
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+fn stat_of(dir: &Path) -> Result<(String, u64)> {
+    let path = dir.join("stat");
+    parse_stat(&read_file(&path)?).map_err(|reason| Error::parse(path.display().to_string(), 1, reason))
+}
+
+fn uid_of(dir: &Path) -> Result<u32> {
+    let path = dir.join("status");
+    parse_status_uid(&read_file(&path)?)
+        .map_err(|(line, reason)| Error::parse(path.display().to_string(), line, reason))
+}
+
+/// The executable path, or `None` when it cannot be read: kernel threads have none, and
+/// reading another user's `exe` needs ptrace access. Not knowing it is normal, not an error.
+fn exe_of(dir: &Path) -> Option<String> {
+    let target = read_link(&dir.join("exe")).ok()?;
+    Some(target.to_string_lossy().into_owned())
+}
+
+impl ProcRoot {
+    /// What is known of process `pid`: its key (pid + start time), `comm`, real uid,
+    /// executable and command line. [`Error::NotFound`] if it exited.
+    pub fn process(&self, pid: u32) -> Result<ProcessInfo> {
+        let dir = self.pid_dir(pid);
+        let (comm, start_time) = stat_of(&dir)?;
+        let uid = uid_of(&dir)?;
+        let cmdline = parse_cmdline(&read_file(&dir.join("cmdline"))?);
+        Ok(ProcessInfo {
+            key: ProcessKey { pid, start_time },
+            comm,
+            exe: exe_of(&dir),
+            uid,
+            cmdline,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/proc/<pid>/stat` of a python3 process, Linux 6.18, with its comm changed (via
+    /// prctl(PR_SET_NAME)) to contain spaces and parentheses.
+    const STAT_LINUX_6_18: &[u8] = b"7843 (my (weird) comm) R 7841 7841 4659 0 -1 4194304 2890 6497 2 1 7 4 7 2 20 0 1 0 57139 17133568 3442 18446744073709551615 93910699917312 93910699917653 140732038216256 0 0 0 0 16781312 2 0 0 0 17 1 0 0 0 0 0 93910699929008 93910699929624 93911311872000 140732038219866 140732038220071 140732038220071 140732038221775 0\n";
+
+    #[test]
+    fn comm_runs_to_the_last_paren() {
+        let (comm, start) = parse_stat(STAT_LINUX_6_18).unwrap();
+        assert_eq!(comm, "my (weird) comm");
+        assert_eq!(start, 57139);
+    }
+
+    #[test]
+    fn comm_with_a_closing_paren_and_field_like_words() {
+        let stat = b"7 (a) S 1 2 3) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0\n";
+        assert_eq!(parse_stat(stat).unwrap(), ("a) S 1 2 3".to_string(), 99));
+    }
+
+    #[test]
+    fn truncated_stat_is_an_error_not_a_panic() {
+        assert!(parse_stat(b"7 (sh) S 1 2").is_err());
+        assert!(parse_stat(b"7 )sh( S").is_err());
+        assert!(parse_stat(b"").is_err());
+    }
+
+    #[test]
+    fn real_uid_is_the_first_uid_column() {
+        let status = b"Name:\tsshd\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status_uid(status), Ok(1000));
+    }
+
+    #[test]
+    fn missing_or_bad_uid_line_is_an_error_with_its_line() {
+        assert_eq!(parse_status_uid(b"Name:\tx\n").unwrap_err().0, 0);
+        assert_eq!(parse_status_uid(b"Name:\tx\nUid:\tme\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn cmdline_splits_on_nul_and_keeps_empty_arguments() {
+        assert_eq!(parse_cmdline(b"python3\0-c\0\0x y\0"), ["python3", "-c", "", "x y"]);
+        assert_eq!(parse_cmdline(b"rewritten title"), ["rewritten title"]);
+        assert!(parse_cmdline(b"").is_empty());
+    }
+}
