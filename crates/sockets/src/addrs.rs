@@ -67,7 +67,9 @@ unsafe fn ip_of(addr: *const libc::sockaddr) -> Option<IpAddr> {
         match i32::from((*addr).sa_family) {
             libc::AF_INET => {
                 let sin = &*addr.cast::<libc::sockaddr_in>();
-                Some(IpAddr::V4(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())))
+                Some(IpAddr::V4(Ipv4Addr::from(
+                    sin.sin_addr.s_addr.to_ne_bytes(),
+                )))
             }
             libc::AF_INET6 => {
                 let sin6 = &*addr.cast::<libc::sockaddr_in6>();

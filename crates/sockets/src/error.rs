@@ -102,6 +102,8 @@ mod tests {
     #[test]
     fn other_errnos_stay_io_errors_with_their_source() {
         let e = classify(libc::EMFILE);
-        assert!(matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EMFILE)));
+        assert!(
+            matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EMFILE))
+        );
     }
 }

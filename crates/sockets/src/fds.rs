@@ -150,7 +150,12 @@ mod tests {
 
     #[test]
     fn other_links_are_not_sockets() {
-        for target in [&b"pipe:[9]"[..], b"/dev/null", b"anon_inode:[eventfd]", b"socket:[x]"] {
+        for target in [
+            &b"pipe:[9]"[..],
+            b"/dev/null",
+            b"anon_inode:[eventfd]",
+            b"socket:[x]",
+        ] {
             assert_eq!(parse_socket_link(target), None);
         }
     }
@@ -166,13 +171,20 @@ mod tests {
     #[test]
     fn tolerated_failures_are_counted_and_others_propagate() {
         let mut stats = ScanStats::default();
-        let gone: Result<()> = Err(Error::NotFound { path: "/proc/1".into() });
-        let denied: Result<()> = Err(Error::PermissionDenied { path: "/proc/1/fd".into() });
+        let gone: Result<()> = Err(Error::NotFound {
+            path: "/proc/1".into(),
+        });
+        let denied: Result<()> = Err(Error::PermissionDenied {
+            path: "/proc/1/fd".into(),
+        });
         assert!(tolerate(gone, &mut stats).unwrap().is_none());
         assert!(tolerate(denied, &mut stats).unwrap().is_none());
         assert_eq!((stats.vanished, stats.permission_denied), (1, 1));
         let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
-        let other: Result<()> = Err(Error::Io { path: "/proc/1/fd".into(), source: emfile });
+        let other: Result<()> = Err(Error::Io {
+            path: "/proc/1/fd".into(),
+            source: emfile,
+        });
         assert!(tolerate(other, &mut stats).is_err());
     }
 }

@@ -41,7 +41,10 @@ mod tests {
 
     #[test]
     fn parses_the_namespace_inode() {
-        assert_eq!(parse_ns_link(b"net:[4026531840]"), Some(NetNsId(4026531840)));
+        assert_eq!(
+            parse_ns_link(b"net:[4026531840]"),
+            Some(NetNsId(4026531840))
+        );
     }
 
     #[test]

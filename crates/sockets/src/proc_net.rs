@@ -56,7 +56,8 @@ pub enum NetTable {
 
 impl NetTable {
     /// The tables [`ProcRoot::read_sockets`] reads.
-    pub const TCP_UDP: [NetTable; 4] = [NetTable::Tcp, NetTable::Tcp6, NetTable::Udp, NetTable::Udp6];
+    pub const TCP_UDP: [NetTable; 4] =
+        [NetTable::Tcp, NetTable::Tcp6, NetTable::Udp, NetTable::Udp6];
 
     /// The file name under `<root>/net/`.
     pub fn file_name(self) -> &'static str {

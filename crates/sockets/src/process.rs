@@ -22,8 +22,14 @@ const START_TIME_AFTER_COMM: usize = 22 - 3;
 /// `comm` and start time from `/proc/<pid>/stat`: `pid (comm) state ppid ... starttime ...`.
 /// `comm` may contain spaces and parentheses, so it runs from the first `(` to the *last* `)`.
 pub(crate) fn parse_stat(stat: &[u8]) -> std::result::Result<(String, u64), String> {
-    let open = stat.iter().position(|&b| b == b'(').ok_or("no '(' before comm")?;
-    let close = stat.iter().rposition(|&b| b == b')').ok_or("no ')' after comm")?;
+    let open = stat
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or("no '(' before comm")?;
+    let close = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or("no ')' after comm")?;
     if close < open {
         return Err("')' before '('".into());
     }
@@ -43,7 +49,12 @@ pub(crate) fn parse_status_uid(status: &[u8]) -> std::result::Result<u32, (usize
     let [real] = fields::<1>(rest).ok_or_else(|| (index + 1, "empty Uid: line".into()))?;
     dec(real)
         .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| (index + 1, format!("bad uid {:?}", String::from_utf8_lossy(real))))
+        .ok_or_else(|| {
+            (
+                index + 1,
+                format!("bad uid {:?}", String::from_utf8_lossy(real)),
+            )
+        })
 }
 
 /// `/proc/<pid>/cmdline`: arguments separated (and normally terminated) by NUL. Empty for
@@ -61,7 +72,8 @@ pub(crate) fn parse_cmdline(cmdline: &[u8]) -> Vec<String> {
 
 fn stat_of(dir: &Path) -> Result<(String, u64)> {
     let path = dir.join("stat");
-    parse_stat(&read_file(&path)?).map_err(|reason| Error::parse(path.display().to_string(), 1, reason))
+    parse_stat(&read_file(&path)?)
+        .map_err(|reason| Error::parse(path.display().to_string(), 1, reason))
 }
 
 fn uid_of(dir: &Path) -> Result<u32> {
@@ -137,8 +149,20 @@ mod tests {
 
     #[test]
     fn cmdline_splits_on_nul_and_keeps_empty_arguments() {
-        assert_eq!(parse_cmdline(b"python3\0-c\0\0x y\0"), ["python3", "-c", "", "x y"]);
+        assert_eq!(
+            parse_cmdline(b"python3\0-c\0\0x y\0"),
+            ["python3", "-c", "", "x y"]
+        );
         assert_eq!(parse_cmdline(b"rewritten title"), ["rewritten title"]);
         assert!(parse_cmdline(b"").is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = parse_stat(&bytes);
+            let _ = parse_status_uid(&bytes);
+            let _ = parse_cmdline(&bytes);
+        }
     }
 }

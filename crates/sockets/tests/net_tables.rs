@@ -46,7 +46,9 @@ fn find(entries: &[SocketEntry], local: SocketAddr, remote: SocketAddr) -> Socke
 fn tcp_linux_6_18_every_line_is_an_entry() {
     let entries = parse(TCP_LINUX_6_18, IpProto::Tcp, false);
     assert_eq!(entries.len(), 9);
-    assert!(entries.iter().all(|e| e.proto == IpProto::Tcp && e.netns == NS && e.uid == 0));
+    assert!(entries
+        .iter()
+        .all(|e| e.proto == IpProto::Tcp && e.netns == NS && e.uid == 0));
 }
 
 #[test]
@@ -63,8 +65,16 @@ fn tcp_linux_6_18_listeners_have_wildcard_remote() {
 #[test]
 fn tcp_linux_6_18_established_pair() {
     let entries = parse(TCP_LINUX_6_18, IpProto::Tcp, false);
-    let client = find(&entries, v4([127, 0, 0, 1], 0xBA8C), v4([127, 0, 0, 1], 45001));
-    let server = find(&entries, v4([127, 0, 0, 1], 45001), v4([127, 0, 0, 1], 0xBA8C));
+    let client = find(
+        &entries,
+        v4([127, 0, 0, 1], 0xBA8C),
+        v4([127, 0, 0, 1], 45001),
+    );
+    let server = find(
+        &entries,
+        v4([127, 0, 0, 1], 45001),
+        v4([127, 0, 0, 1], 0xBA8C),
+    );
     assert_eq!((client.state, client.inode), (TcpState::Established, 8261));
     assert_eq!((server.state, server.inode), (TcpState::Established, 8262));
 }
@@ -72,18 +82,32 @@ fn tcp_linux_6_18_established_pair() {
 #[test]
 fn tcp_linux_6_18_time_wait_has_inode_0() {
     let entries = parse(TCP_LINUX_6_18, IpProto::Tcp, false);
-    let tw = find(&entries, v4([127, 0, 0, 1], 0xB88A), v4([127, 0, 0, 1], 45001));
+    let tw = find(
+        &entries,
+        v4([127, 0, 0, 1], 0xB88A),
+        v4([127, 0, 0, 1], 45001),
+    );
     assert_eq!((tw.state, tw.inode), (TcpState::TimeWait, 0));
-    let waiting = entries.iter().filter(|e| e.state == TcpState::TimeWait).count();
+    let waiting = entries
+        .iter()
+        .filter(|e| e.state == TcpState::TimeWait)
+        .count();
     assert_eq!(waiting, 4);
-    assert!(entries.iter().filter(|e| e.state == TcpState::TimeWait).all(|e| e.inode == 0));
+    assert!(entries
+        .iter()
+        .filter(|e| e.state == TcpState::TimeWait)
+        .all(|e| e.inode == 0));
 }
 
 #[test]
 fn tcp6_linux_6_18_dual_stack_listener_and_loopback_pair() {
     let entries = parse(TCP6_LINUX_6_18, IpProto::Tcp, true);
     assert_eq!(entries.len(), 5);
-    let listener = find(&entries, v6(Ipv6Addr::UNSPECIFIED, 45002), v6(Ipv6Addr::UNSPECIFIED, 0));
+    let listener = find(
+        &entries,
+        v6(Ipv6Addr::UNSPECIFIED, 45002),
+        v6(Ipv6Addr::UNSPECIFIED, 0),
+    );
     assert_eq!((listener.state, listener.inode), (TcpState::Listen, 8263));
     let lo = Ipv6Addr::LOCALHOST;
     let client = find(&entries, v6(lo, 0x8880), v6(lo, 45002));
@@ -95,7 +119,10 @@ fn tcp6_linux_6_18_v4_mapped_stays_v6() {
     let entries = parse(TCP6_LINUX_6_18, IpProto::Tcp, true);
     let mapped = Ipv4Addr::LOCALHOST.to_ipv6_mapped();
     let accepted = find(&entries, v6(mapped, 45002), v6(mapped, 0x9E86));
-    assert_eq!((accepted.state, accepted.inode), (TcpState::Established, 8267));
+    assert_eq!(
+        (accepted.state, accepted.inode),
+        (TcpState::Established, 8267)
+    );
     assert!(accepted.local.is_ipv6());
 }
 
@@ -112,9 +139,19 @@ fn udp_linux_6_18_unconnected_and_connected() {
     let entries = parse(UDP_LINUX_6_18, IpProto::Udp, false);
     assert_eq!(entries.len(), 2);
     let bound = find(&entries, v4([127, 0, 0, 1], 45003), v4([0, 0, 0, 0], 0));
-    assert_eq!((bound.state, bound.inode, bound.proto), (TcpState::Close, 8270, IpProto::Udp));
-    let connected = find(&entries, v4([127, 0, 0, 1], 0xB03C), v4([127, 0, 0, 1], 45003));
-    assert_eq!((connected.state, connected.inode), (TcpState::Established, 8271));
+    assert_eq!(
+        (bound.state, bound.inode, bound.proto),
+        (TcpState::Close, 8270, IpProto::Udp)
+    );
+    let connected = find(
+        &entries,
+        v4([127, 0, 0, 1], 0xB03C),
+        v4([127, 0, 0, 1], 45003),
+    );
+    assert_eq!(
+        (connected.state, connected.inode),
+        (TcpState::Established, 8271)
+    );
 }
 
 #[test]
@@ -124,7 +161,10 @@ fn udp6_linux_6_18_unconnected_and_connected() {
     let bound = find(&entries, v6(lo, 45004), v6(Ipv6Addr::UNSPECIFIED, 0));
     assert_eq!((bound.state, bound.inode), (TcpState::Close, 8272));
     let connected = find(&entries, v6(lo, 0xA939), v6(lo, 45004));
-    assert_eq!((connected.state, connected.inode), (TcpState::Established, 8273));
+    assert_eq!(
+        (connected.state, connected.inode),
+        (TcpState::Established, 8273)
+    );
 }
 
 #[test]
@@ -133,7 +173,10 @@ fn raw_linux_6_18_port_column_is_the_protocol() {
     assert_eq!(raw.len(), 1);
     assert_eq!((raw[0].local, raw[0].inode), (v4([0, 0, 0, 0], 1), 8274));
     let raw6 = parse(RAW6_LINUX_6_18, IpProto::Icmpv6, true);
-    assert_eq!((raw6[0].local, raw6[0].inode), (v6(Ipv6Addr::UNSPECIFIED, 58), 8275));
+    assert_eq!(
+        (raw6[0].local, raw6[0].inode),
+        (v6(Ipv6Addr::UNSPECIFIED, 58), 8275)
+    );
 }
 
 #[test]
@@ -180,7 +223,11 @@ fn wrong_family_is_an_error_on_the_first_data_line() {
 
 #[test]
 fn missing_header_is_an_error_on_line_1() {
-    let data_only: String = TCP_LINUX_6_18.lines().skip(1).collect::<Vec<_>>().join("\n");
+    let data_only: String = TCP_LINUX_6_18
+        .lines()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n");
     let err = parse_net_table(data_only.as_bytes(), IpProto::Tcp, false, NS);
     assert!(matches!(err, Err(Error::Parse { line: 1, .. })), "{err:?}");
 }
