@@ -1,1 +1,143 @@
-fn main() {}
+//! `pidcapd`: the binary. Owns configuration, the log subscriber, exit codes and the runtime.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use pidcap_capture::{CaptureError, LiveConfig, Source};
+use pidcap_sockets::ProcRoot;
+use pidcapd::config::{Config, Flags};
+use pidcapd::refresh::build_table;
+use pidcapd::state::Shared;
+use pidcapd::{bind_socket, privileges, serve, Opened};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+/// sysexits.h: a usage or configuration error.
+const EX_CONFIG: u8 = 64;
+/// sysexits.h: missing permissions.
+const EX_NOPERM: u8 = 77;
+
+/// A startup failure with its exit code.
+struct Fatal(u8, String);
+
+fn main() -> ExitCode {
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal(code, message)) => {
+            eprintln!("pidcapd: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn start() -> Result<(), Fatal> {
+    let flags = match Flags::try_parse() {
+        Ok(flags) => flags,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(Fatal(
+                EX_CONFIG,
+                e.to_string()
+                    .trim_end()
+                    .trim_start_matches("error: ")
+                    .to_string(),
+            ))
+        }
+    };
+    let config = Config::load(flags).map_err(|e| Fatal(EX_CONFIG, e.to_string()))?;
+    init_tracing();
+    if config.pcap_file.is_none() {
+        privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
+    }
+    let source = open_source(&config)?;
+    let proc = ProcRoot::default();
+    let netns = proc.self_netns().map_err(|e| {
+        Fatal(
+            1,
+            format!("cannot read this process's network namespace: {e}"),
+        )
+    })?;
+    let table = build_table(&proc, netns, 1)
+        .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?;
+    let shared = Shared::new(table, Instant::now());
+    {
+        let mut info = shared.capture_info();
+        info.origin = source.origin().to_string();
+        info.link_name = source.link_name();
+    }
+    let listener = bind_socket(&config.socket).map_err(|e| {
+        Fatal(
+            1,
+            format!("cannot listen on {}: {e:#}", config.socket.display()),
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("pidcapd-rt")
+        .build()
+        .map_err(|e| Fatal(1, format!("cannot start the runtime: {e}")))?;
+    let socket_path = config.socket.clone();
+    let opened = Opened {
+        config,
+        source,
+        shared,
+        proc,
+        netns,
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        serve(opened, listener, CancellationToken::new()).await
+    });
+    let _ = std::fs::remove_file(&socket_path);
+    result.map_err(|e| Fatal(1, format!("{e:#}")))
+}
+
+fn open_source(config: &Config) -> Result<Source, Fatal> {
+    let opened = match &config.pcap_file {
+        Some(path) => Source::open_file(path, config.filter.as_deref()),
+        None => Source::open_live(&LiveConfig {
+            interface: config.interface.clone(),
+            snaplen: config.snaplen,
+            buffer_size: config.buffer_size,
+            filter: config.filter.clone(),
+            ..LiveConfig::default()
+        }),
+    };
+    opened.map_err(|e| {
+        let code = match &e {
+            CaptureError::BadFilter { .. }
+            | CaptureError::NoSuchDevice { .. }
+            | CaptureError::File { .. } => EX_CONFIG,
+            CaptureError::PermissionDenied { .. } => EX_NOPERM,
+            _ => 1,
+        };
+        Fatal(code, e.to_string())
+    })
+}
+
+/// Logs go to journald when systemd started us (JOURNAL_STREAM is set), else to stderr.
+/// The level comes from RUST_LOG (default `info`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .is_some()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok);
+    let registry = tracing_subscriber::registry().with(filter);
+    match journald {
+        Some(layer) => registry.with(layer).init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .init(),
+    }
+}

@@ -1,0 +1,371 @@
+//! Configuration in stages: parse flags, read the optional TOML file, apply flag overrides,
+//! validate. All of it happens before anything is opened; any problem is a [`ConfigError`],
+//! which `main` turns into a message and exit code 64.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default configuration file; a missing default file is not an error.
+pub const DEFAULT_CONFIG: &str = "/etc/pidcap/pidcap.toml";
+pub const DEFAULT_USAGE_LOG: &str = "/var/log/pidcap/usage.jsonl";
+
+/// Command-line flags. Every flag overrides the same key of the configuration file.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "pidcapd",
+    version,
+    about = "Attributes every captured packet to the process that owns its socket."
+)]
+pub struct Flags {
+    /// Interface to capture on, or `any` for all of them [default: any]
+    #[arg(long, short = 'i', value_name = "IFACE|any")]
+    pub interface: Option<String>,
+    /// BPF filter applied in the kernel (tcpdump syntax)
+    #[arg(long, value_name = "BPF")]
+    pub filter: Option<String>,
+    /// Bytes captured per packet; headers are enough, lengths come from the IP header [default: 256]
+    #[arg(long, value_name = "N")]
+    pub snaplen: Option<i32>,
+    /// Kernel capture buffer, in bytes or with a unit (e.g. 32MiB) [default: 16MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub buffer_size: Option<String>,
+    /// Query socket path [default: /run/pidcap/pidcap.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Usage log path (JSON lines) [default: /var/log/pidcap/usage.jsonl]
+    #[arg(long, value_name = "PATH")]
+    pub usage_log: Option<PathBuf>,
+    /// How often the usage log is written, e.g. 10s, 1m [default: 10s]
+    #[arg(long, value_name = "DUR")]
+    pub log_interval: Option<String>,
+    /// How often the socket table is fully refreshed [default: 1s]
+    #[arg(long, value_name = "DUR")]
+    pub refresh_interval: Option<String>,
+    /// How long an exited process's counters are kept after they are logged [default: 10m]
+    #[arg(long, value_name = "DUR")]
+    pub retention: Option<String>,
+    /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Replay a pcap/pcapng file through the pipeline instead of capturing, then exit
+    #[arg(long, value_name = "FILE")]
+    pub pcap_file: Option<PathBuf>,
+}
+
+/// The configuration file's keys (all optional; unknown keys are an error).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    interface: Option<String>,
+    filter: Option<String>,
+    snaplen: Option<i32>,
+    buffer_size: Option<toml::Value>,
+    socket: Option<PathBuf>,
+    usage_log: Option<PathBuf>,
+    log_interval: Option<String>,
+    refresh_interval: Option<String>,
+    retention: Option<String>,
+    pcap_file: Option<PathBuf>,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub interface: String,
+    pub filter: Option<String>,
+    pub snaplen: i32,
+    pub buffer_size: i32,
+    pub socket: PathBuf,
+    pub usage_log: PathBuf,
+    pub log_interval: Duration,
+    pub refresh_interval: Duration,
+    pub retention: Duration,
+    pub pcap_file: Option<PathBuf>,
+}
+
+/// A configuration problem, named precisely enough to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads the config file named by `flags` (or the default one if it exists), applies the
+    /// flags over it and validates the result. Opens nothing but the config file.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        Config::merge(file, flags)
+    }
+
+    fn merge(file: FileConfig, flags: Flags) -> Result<Config, ConfigError> {
+        let buffer_size = match (flags.buffer_size, file.buffer_size) {
+            (Some(s), _) => parse_size(&s)?,
+            (None, Some(toml::Value::Integer(n))) => i64_to_size(n)?,
+            (None, Some(toml::Value::String(s))) => parse_size(&s)?,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "buffer_size",
+                    "must be a number of bytes or a string like \"16MiB\"",
+                ))
+            }
+            (None, None) => 16 << 20,
+        };
+        let config = Config {
+            interface: flags
+                .interface
+                .or(file.interface)
+                .unwrap_or_else(|| "any".into()),
+            filter: flags.filter.or(file.filter),
+            snaplen: flags.snaplen.or(file.snaplen).unwrap_or(256),
+            buffer_size,
+            socket: flags
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| pidcap_proto::DEFAULT_SOCKET.into()),
+            usage_log: flags
+                .usage_log
+                .or(file.usage_log)
+                .unwrap_or_else(|| DEFAULT_USAGE_LOG.into()),
+            log_interval: duration(
+                "log_interval",
+                flags.log_interval.or(file.log_interval),
+                "10s",
+            )?,
+            refresh_interval: duration(
+                "refresh_interval",
+                flags.refresh_interval.or(file.refresh_interval),
+                "1s",
+            )?,
+            retention: duration("retention", flags.retention.or(file.retention), "10m")?,
+            pcap_file: flags.pcap_file.or(file.pcap_file),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interface.is_empty() || self.interface.len() > 15 {
+            return Err(invalid(
+                "interface",
+                "must be an interface name (1 to 15 characters) or `any`",
+            ));
+        }
+        if !(64..=262_144).contains(&self.snaplen) {
+            return Err(invalid(
+                "snaplen",
+                format!("{} is out of range 64..=262144", self.snaplen),
+            ));
+        }
+        if self.buffer_size < (1 << 20) {
+            return Err(invalid("buffer_size", "must be at least 1MiB"));
+        }
+        check_min(
+            "log_interval",
+            self.log_interval,
+            Duration::from_millis(100),
+        )?;
+        check_min(
+            "refresh_interval",
+            self.refresh_interval,
+            Duration::from_millis(100),
+        )?;
+        check_path("socket", &self.socket)?;
+        check_path("usage_log", &self.usage_log)?;
+        if let Some(f) = &self.filter {
+            if f.trim().is_empty() {
+                return Err(invalid(
+                    "filter",
+                    "is empty; leave it out to capture everything",
+                ));
+            }
+        }
+        if let Some(p) = &self.pcap_file {
+            if !p.is_file() {
+                return Err(invalid(
+                    "pcap_file",
+                    format!("{} is not a readable file", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.into(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.into());
+    humantime::parse_duration(&text).map_err(|e| {
+        invalid(
+            key,
+            format!("{text:?} is not a duration ({e}); use e.g. 500ms, 10s, 1m"),
+        )
+    })
+}
+
+fn check_min(key: &'static str, value: Duration, min: Duration) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!("must be at least {}", humantime::format_duration(min)),
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() || path.file_name().is_none() {
+        return Err(invalid(
+            key,
+            format!("{:?} is not a file path", path.display().to_string()),
+        ));
+    }
+    if path.is_dir() {
+        return Err(invalid(key, format!("{} is a directory", path.display())));
+    }
+    Ok(())
+}
+
+fn i64_to_size(n: i64) -> Result<i32, ConfigError> {
+    i32::try_from(n).map_err(|_| {
+        invalid(
+            "buffer_size",
+            format!("{n} is out of range (at most 2GiB - 1)"),
+        )
+    })
+}
+
+/// Parses `123`, `64KiB`, `16MiB`, `1GiB` (also KB/MB/GB as powers of 1000, K/M/G as binary).
+fn parse_size(text: &str) -> Result<i32, ConfigError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num.parse().map_err(|_| {
+        invalid(
+            "buffer_size",
+            format!("{text:?} is not a size; use e.g. 16MiB"),
+        )
+    })?;
+    let mult: i64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(invalid(
+                "buffer_size",
+                format!("unknown unit {other:?}; use B, KiB, MiB or GiB"),
+            ))
+        }
+    };
+    i64_to_size(n.saturating_mul(mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("pidcapd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let c = Config::merge(FileConfig::default(), Flags::default()).unwrap();
+        assert_eq!(c.interface, "any");
+        assert_eq!(c.snaplen, 256);
+        assert_eq!(c.buffer_size, 16 << 20);
+        assert_eq!(c.log_interval, Duration::from_secs(10));
+        assert_eq!(c.refresh_interval, Duration::from_secs(1));
+        assert_eq!(c.retention, Duration::from_secs(600));
+        assert_eq!(c.socket, PathBuf::from("/run/pidcap/pidcap.sock"));
+        assert_eq!(c.usage_log, PathBuf::from(DEFAULT_USAGE_LOG));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: FileConfig = toml::from_str(
+            "interface = \"eth0\"\nsnaplen = 128\nbuffer_size = \"32MiB\"\nlog_interval = \"5s\"",
+        )
+        .unwrap();
+        let c = Config::merge(file, flags(&["--snaplen", "512", "--log-interval", "2s"])).unwrap();
+        assert_eq!(c.interface, "eth0");
+        assert_eq!(c.snaplen, 512);
+        assert_eq!(c.buffer_size, 32 << 20);
+        assert_eq!(c.log_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--snaplen", "10"], "snaplen"),
+            (&["--log-interval", "soon"], "log_interval"),
+            (&["--refresh-interval", "1ms"], "refresh_interval"),
+            (&["--buffer-size", "12 parsecs"], "buffer_size"),
+            (&["--interface", "an-interface-name-too-long"], "interface"),
+            (&["--socket", "/"], "socket"),
+            (&["--pcap-file", "/nonexistent/file.pcap"], "pcap_file"),
+        ];
+        for (args, key) in cases {
+            let err = Config::merge(FileConfig::default(), flags(args)).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pidcap.toml");
+        std::fs::write(&path, "interfce = \"lo\"\n").unwrap();
+        let err = read_file(&path).unwrap_err();
+        assert!(err.to_string().contains("interfce"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("4GiB").is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! pidcapd: capture → attribute → count → log → answer queries.
+//!
+//! The binary's `main` parses and validates the configuration, checks privileges, opens the
+//! capture and does the first refresh (all before binding the query socket), then hands the
+//! pieces to [`serve`]. Threads: the capture loop and the refresher each run on their own
+//! OS thread; tokio runs only the query server, the usage-log writer, the rate sampler,
+//! the systemd watchdog and signal handling.
+
+pub mod config;
+pub mod pipeline;
+pub mod privileges;
+pub mod queries;
+pub mod refresh;
+pub mod server;
+pub mod state;
+pub mod usage_log;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use pidcap_capture::Source;
+use pidcap_core::NetNsId;
+use pidcap_sockets::ProcRoot;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::pipeline::{End, Pipeline};
+use crate::refresh::{miss_channel, Refresher};
+use crate::state::Shared;
+use crate::usage_log::UsageLog;
+
+/// How long connection tasks get to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Everything opened before the daemon starts serving.
+#[derive(Debug)]
+pub struct Opened {
+    pub config: Config,
+    pub source: Source,
+    pub shared: Arc<Shared>,
+    pub proc: ProcRoot,
+    pub netns: NetNsId,
+}
+
+/// Runs until `shutdown` is cancelled (signal) or the replayed file ends. Returns an error
+/// if capture failed; the final usage-log flush happens either way.
+pub async fn serve(
+    opened: Opened,
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Opened {
+        config,
+        source,
+        shared,
+        proc,
+        netns,
+    } = opened;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (misses, requests) = miss_channel();
+    let refresher = Refresher {
+        proc,
+        netns,
+        interval: config.refresh_interval,
+        shared: shared.clone(),
+        requests,
+        stop: stop.clone(),
+    };
+    let refresher = std::thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || refresher.run())?;
+    let pipeline = Pipeline {
+        source,
+        shared: shared.clone(),
+        misses,
+        stop: stop.clone(),
+    };
+    let capture_done = shutdown.clone();
+    let capture = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || {
+            let result = pipeline.run();
+            capture_done.cancel();
+            result
+        })?;
+
+    let tasks = TaskTracker::new();
+    let log = Arc::new(Mutex::new(UsageLog::new(config.usage_log.clone())));
+    tasks.spawn(server::run(
+        listener,
+        shared.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(log_task(
+        shared.clone(),
+        log.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(rate_task(shared.clone(), shutdown.clone()));
+    tasks.spawn(watchdog_task(shared.clone(), shutdown.clone()));
+    tasks.spawn(signal_task(log.clone(), shutdown.clone()));
+    notify_ready();
+    info!(interface = %config.interface, socket = %config.socket.display(), usage_log = %config.usage_log.display(), "pidcapd ready");
+
+    shutdown.cancelled().await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let captured = tokio::task::spawn_blocking(move || capture.join()).await?;
+    let _ = refresher.join();
+    tasks.close();
+    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        warn!("some query connections did not close in time");
+    }
+    let flushed = write_usage(&shared, &mut lock(&log), config.retention);
+    if !flushed {
+        error!(path = %config.usage_log.display(), "final usage-log write failed; the counts since the last successful write are lost");
+    }
+    match captured {
+        Ok(Ok(End::EndOfFile)) => info!("end of the replayed file"),
+        Ok(Ok(End::Stopped)) => info!("stopped"),
+        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("capture failed")),
+        Err(_) => anyhow::bail!("the capture thread panicked"),
+    }
+    Ok(())
+}
+
+fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes one usage-log batch; on success the ledger counts it as logged and forgets what
+/// retention allows. Returns whether the write succeeded.
+pub fn write_usage(shared: &Shared, log: &mut UsageLog, retention: Duration) -> bool {
+    let now = Instant::now();
+    let batch = shared.ledger().log_batch(now);
+    let bytes = usage_log::render(&batch, SystemTime::now());
+    if log.append(&bytes).is_err() {
+        return false;
+    }
+    let mut ledger = shared.ledger();
+    ledger.commit_log(&batch, now);
+    ledger.expire(now, retention);
+    true
+}
+
+async fn log_task(
+    shared: Arc<Shared>,
+    log: Arc<Mutex<UsageLog>>,
+    config: Config,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(config.log_interval);
+    ticker.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let (shared, log) = (shared.clone(), log.clone());
+        let retention = config.retention;
+        let _ =
+            tokio::task::spawn_blocking(move || write_usage(&shared, &mut lock(&log), retention))
+                .await;
+    }
+}
+
+async fn rate_task(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => shared.ledger().sample_rates(Instant::now()),
+        }
+    }
+}
+
+/// Sends systemd keep-alives only while the capture loop is going round.
+async fn watchdog_task(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec) / 2;
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let stale = shared.since_heartbeat(Instant::now());
+        if stale < period {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            warn!(
+                stale_ms = stale.as_millis() as u64,
+                "capture loop is not going round; withholding the watchdog keep-alive"
+            );
+        }
+    }
+}
+
+async fn signal_task(log: Arc<Mutex<UsageLog>>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = term.recv() => { info!(signal = "SIGTERM", "shutting down"); shutdown.cancel(); }
+            _ = int.recv() => { info!(signal = "SIGINT", "shutting down"); shutdown.cancel(); }
+            _ = hup.recv() => lock(&log).reopen(),
+        }
+    }
+}
+
+fn notify_ready() {
+    if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        warn!(error = %error, "cannot notify systemd");
+    }
+}
+
+/// Binds the query socket: creates its directory, refuses to steal the socket of a running
+/// daemon, removes a stale one, and sets mode 0660.
+pub fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another pidcapd is already answering on {}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -1,0 +1,87 @@
+//! State shared by the capture thread, the refresher and the tokio tasks.
+//!
+//! Invariants: the socket table is swapped whole (`ArcSwap`), never edited in place; the
+//! ledger's mutex is taken once per packet batch by the capture thread, never per packet,
+//! and query handlers copy what they need out of it before doing any I/O.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pidcap_capture::CaptureStats;
+use pidcap_core::{AttributionCache, Ledger, SocketTable};
+
+/// Flows the attribution cache holds before it is emptied.
+pub const CACHE_CAPACITY: usize = 65_536;
+
+/// What the refresher reports about itself.
+#[derive(Debug, Default, Clone)]
+pub struct RefreshInfo {
+    pub count: u64,
+    pub last_duration: Duration,
+    pub failures: u64,
+}
+
+/// Facts about the capture handle, refreshed by the capture thread.
+#[derive(Debug, Default, Clone)]
+pub struct CaptureInfo {
+    pub origin: String,
+    pub link_name: String,
+    pub stats: CaptureStats,
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub table: ArcSwap<SocketTable>,
+    pub cache: AttributionCache,
+    pub ledger: Mutex<Ledger>,
+    pub capture: Mutex<CaptureInfo>,
+    pub refresh: Mutex<RefreshInfo>,
+    started: Instant,
+    /// Milliseconds after `started` when the capture loop last went round.
+    heartbeat_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(table: SocketTable, now: Instant) -> Arc<Shared> {
+        Arc::new(Shared {
+            table: ArcSwap::from_pointee(table),
+            cache: AttributionCache::new(CACHE_CAPACITY),
+            ledger: Mutex::new(Ledger::new(now)),
+            capture: Mutex::new(CaptureInfo::default()),
+            refresh: Mutex::new(RefreshInfo::default()),
+            started: now,
+            heartbeat_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The ledger, even if a thread panicked while holding it (counters stay usable).
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn capture_info(&self) -> MutexGuard<'_, CaptureInfo> {
+        self.capture.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn refresh_info(&self) -> MutexGuard<'_, RefreshInfo> {
+        self.refresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Called by the capture loop each time round.
+    pub fn beat(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the capture loop last went round.
+    pub fn since_heartbeat(&self, now: Instant) -> Duration {
+        let beat = self.started + Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(beat)
+    }
+}
