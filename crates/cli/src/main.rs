@@ -1,1 +1,48 @@
-fn main() {}
+#![doc = include_str!("../README.md")]
+
+mod cli;
+mod client;
+mod commands;
+mod format;
+mod names;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::client::Client;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match run(&cli, &mut out) {
+        Ok(code) => code,
+        // `pidcap ps | head`: the reader left, which is not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("pidcap: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&cli.socket)?;
+    match &cli.command {
+        Command::Ps(args) => commands::ps::run(&mut client, args, out),
+        Command::Top(args) => commands::top::run(&mut client, args, out),
+        Command::Lookup(args) => commands::lookup::run(&mut client, args, out),
+        Command::Stats(args) => commands::stats::run(&mut client, args, out),
+        Command::Process(args) => commands::process::run(&mut client, args, out),
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}

@@ -1,0 +1,121 @@
+//! `pidcap stats`: the daemon's counters as a readable listing.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use pidcap_proto::{Request, Stats, StatsReply};
+
+use crate::cli::StatsArgs;
+use crate::client::Client;
+use crate::format;
+
+pub fn run(client: &mut Client, args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let reply = client.call::<StatsReply>(&Request::Stats)?;
+    if args.json {
+        super::write_raw(out, &reply.raw)?;
+    } else {
+        out.write_all(render(&reply.body.stats).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `N packets, SIZE (N bytes)`.
+fn traffic(packets: u64, bytes: u64) -> String {
+    format!(
+        "{packets} packets, {} ({bytes} bytes)",
+        format::bytes(bytes)
+    )
+}
+
+pub fn render(s: &Stats) -> String {
+    format::key_values(&[
+        ("interface", format!("{} ({})", s.interface, s.link_type)),
+        ("uptime", format::duration(s.uptime_s)),
+        ("captured rx", traffic(s.rx_packets, s.rx_bytes)),
+        ("captured tx", traffic(s.tx_packets, s.tx_bytes)),
+        ("foreign", traffic(s.foreign_packets, s.foreign_bytes)),
+        (
+            "credited rx",
+            traffic(s.credited_rx_packets, s.credited_rx_bytes),
+        ),
+        (
+            "credited tx",
+            traffic(s.credited_tx_packets, s.credited_tx_bytes),
+        ),
+        (
+            "unknown rx",
+            traffic(s.unknown_rx_packets, s.unknown_rx_bytes),
+        ),
+        (
+            "unknown tx",
+            traffic(s.unknown_tx_packets, s.unknown_tx_bytes),
+        ),
+        ("non-IP packets", s.non_ip_packets.to_string()),
+        ("malformed packets", s.malformed_packets.to_string()),
+        ("pcap received", s.pcap_received.to_string()),
+        ("pcap dropped", s.pcap_dropped.to_string()),
+        ("pcap if dropped", s.pcap_if_dropped.to_string()),
+        ("sockets known", s.sockets_known.to_string()),
+        ("processes known", s.processes_known.to_string()),
+        ("refreshes", s.refreshes.to_string()),
+        ("last refresh", format!("{:.1} ms", s.last_refresh_ms)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_listed() {
+        let stats = Stats {
+            uptime_s: 3725.0,
+            rx_packets: 10,
+            rx_bytes: 2048,
+            tx_packets: 11,
+            tx_bytes: 12,
+            foreign_packets: 13,
+            foreign_bytes: 14,
+            credited_rx_bytes: 15,
+            credited_tx_bytes: 16,
+            credited_rx_packets: 17,
+            credited_tx_packets: 18,
+            unknown_rx_bytes: 19,
+            unknown_tx_bytes: 20,
+            unknown_rx_packets: 21,
+            unknown_tx_packets: 22,
+            non_ip_packets: 23,
+            malformed_packets: 24,
+            pcap_received: 25,
+            pcap_dropped: 26,
+            pcap_if_dropped: 27,
+            sockets_known: 28,
+            processes_known: 29,
+            refreshes: 30,
+            last_refresh_ms: 1.25,
+            interface: "lo".into(),
+            link_type: "EN10MB".into(),
+        };
+        assert_eq!(
+            render(&stats),
+            "interface          lo (EN10MB)\n\
+             uptime             1h 02m 05s\n\
+             captured rx        10 packets, 2.0 KiB (2048 bytes)\n\
+             captured tx        11 packets, 12 B (12 bytes)\n\
+             foreign            13 packets, 14 B (14 bytes)\n\
+             credited rx        17 packets, 15 B (15 bytes)\n\
+             credited tx        18 packets, 16 B (16 bytes)\n\
+             unknown rx         21 packets, 19 B (19 bytes)\n\
+             unknown tx         22 packets, 20 B (20 bytes)\n\
+             non-IP packets     23\n\
+             malformed packets  24\n\
+             pcap received      25\n\
+             pcap dropped       26\n\
+             pcap if dropped    27\n\
+             sockets known      28\n\
+             processes known    29\n\
+             refreshes          30\n\
+             last refresh       1.2 ms\n"
+        );
+    }
+}
