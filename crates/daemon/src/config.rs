@@ -369,3 +369,38 @@ mod tests {
         assert!(parse_size("4GiB").is_err());
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The shipped example must stay loadable: it is what the README tells people to install.
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd/pidcap.toml.example");
+        let flags = Flags {
+            config: Some(path),
+            ..Flags::default()
+        };
+        let config = Config::load(flags).unwrap();
+        assert_eq!(config.interface, "any");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd/pidcap.toml.example"),
+        )
+        .unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let uncommented: String = uncommented
+            .lines()
+            .filter(|l| l.contains(" = "))
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_string() + "\n")
+            .collect();
+        let file: FileConfig = toml::from_str(&uncommented).unwrap();
+        let c = Config::merge(file, Flags::default()).unwrap();
+        assert_eq!(c.filter.as_deref(), Some("not port 22"));
+        assert_eq!(c.buffer_size, 16 << 20);
+    }
+}

@@ -62,7 +62,7 @@ fn start() -> Result<(), Fatal> {
             format!("cannot read this process's network namespace: {e}"),
         )
     })?;
-    let table = build_table(&proc, netns, 1)
+    let (table, _) = build_table(&proc, netns, 1)
         .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?;
     let shared = Shared::new(table, Instant::now());
     {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{NetNsId, ProcessKey, SocketTable, TableParts};
-use pidcap_sockets::{local_addresses, ProcRoot};
+use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
 use tracing::{debug, warn};
 
 use crate::state::Shared;
@@ -42,7 +42,7 @@ pub fn build_table(
     proc: &ProcRoot,
     netns: NetNsId,
     generation: u64,
-) -> anyhow::Result<SocketTable> {
+) -> anyhow::Result<(SocketTable, ScanStats)> {
     let sockets = proc.read_sockets(netns)?;
     let scan = proc.scan_socket_owners()?;
     debug!(
@@ -52,7 +52,8 @@ pub fn build_table(
         permission_denied = scan.stats.permission_denied,
         "socket table read"
     );
-    Ok(SocketTable::build(
+    let stats = scan.stats;
+    let table = SocketTable::build(
         generation,
         TableParts {
             netns: Some(netns),
@@ -61,7 +62,8 @@ pub fn build_table(
             processes: scan.processes,
             local_addrs: local_addresses()?,
         },
-    ))
+    );
+    Ok((table, stats))
 }
 
 /// The refresher's loop; returns when `stop` is set.
@@ -80,6 +82,7 @@ impl Refresher {
         let mut generation = self.shared.table.load().generation();
         let mut last = Instant::now();
         let mut failing = false;
+        let mut denied_warned = false;
         while !self.stop.load(Ordering::Relaxed) {
             let wait = self
                 .interval
@@ -93,15 +96,23 @@ impl Refresher {
             }
             generation += 1;
             last = Instant::now();
-            failing = self.refresh_once(generation, failing);
+            failing = self.refresh_once(generation, failing, &mut denied_warned);
         }
     }
 
     /// One refresh; returns whether it failed (so a persistent failure is warned once).
-    fn refresh_once(&self, generation: u64, was_failing: bool) -> bool {
+    fn refresh_once(&self, generation: u64, was_failing: bool, denied_warned: &mut bool) -> bool {
         let started = Instant::now();
         match build_table(&self.proc, self.netns, generation) {
-            Ok(table) => {
+            Ok((table, stats)) => {
+                if stats.permission_denied > 0 && !*denied_warned {
+                    *denied_warned = true;
+                    warn!(
+                        processes = stats.permission_denied,
+                        "some processes' file descriptors are unreadable; their traffic goes to unknown. \
+                         pidcapd needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (reported once)"
+                    );
+                }
                 self.mark_exits(&table);
                 self.shared.table.store(Arc::new(table));
                 let mut info = self.shared.refresh_info();
