@@ -1,1 +1,16 @@
 #![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod frame;
+mod interfaces;
+mod live;
+mod source;
+mod stats;
+
+pub use config::LiveConfig;
+pub use error::CaptureError;
+pub use frame::{Frame, Next};
+pub use interfaces::list_interfaces;
+pub use source::Source;
+pub use stats::CaptureStats;

@@ -1,0 +1,107 @@
+//! Reading a live capture with a read timeout that actually fires.
+//!
+//! Since libpcap 1.9.1, a blocking `pcap_next_ex` on Linux (TPACKET_V3 ring) waits until a
+//! packet arrives however long that takes: the kernel's block timer only starts with the first
+//! packet (libpcap issue #1001). A capture thread that must notice shutdown and feed the
+//! systemd watchdog cannot block like that, so the handle is put in non-blocking mode and an
+//! empty ring is waited on with `poll(2)` for at most the configured timeout.
+//!
+//! Invariant: `poll` is only called after libpcap reported its buffer empty, so no frame
+//! already handed to libpcap is ever waited on. A frame is copied once into a reused buffer
+//! (at most snaplen bytes, no allocation once the buffer has grown).
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use pcap::{Active, Capture};
+
+use crate::frame::{Frame, FrameBuf};
+
+/// A live, non-blocking libpcap handle plus the bounded wait that replaces its timeout.
+pub(crate) struct LiveCapture {
+    pub(crate) capture: Capture<Active>,
+    /// `poll` timeout: the configured read timeout, or -1 (forever) when that is 0.
+    poll_timeout_ms: i32,
+    frame: FrameBuf,
+}
+
+/// libpcap's maximum snapshot length, used when the configured one is not positive.
+const MAX_SNAPLEN: usize = 262_144;
+
+impl LiveCapture {
+    /// Wraps an activated handle; switches it to non-blocking mode.
+    pub(crate) fn new(
+        capture: Capture<Active>,
+        timeout_ms: i32,
+        snaplen: i32,
+    ) -> Result<LiveCapture, pcap::Error> {
+        let capacity = usize::try_from(snaplen)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(MAX_SNAPLEN);
+        Ok(LiveCapture {
+            capture: capture.setnonblock()?,
+            poll_timeout_ms: if timeout_ms > 0 { timeout_ms } else { -1 },
+            frame: FrameBuf::with_capacity(capacity),
+        })
+    }
+
+    /// The next frame, or `None` when none arrived within the timeout.
+    pub(crate) fn next(&mut self) -> Result<Option<Frame<'_>>, String> {
+        if !self.take_one()? {
+            let fd = self.capture.as_raw_fd();
+            if !wait_readable(fd, self.poll_timeout_ms)? || !self.take_one()? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.frame.as_frame()))
+    }
+
+    /// Copies the next buffered frame, if libpcap has one without blocking.
+    fn take_one(&mut self) -> Result<bool, String> {
+        match self.capture.next_packet() {
+            Ok(packet) => {
+                self.frame.copy_from(Frame::from_packet(&packet));
+                Ok(true)
+            }
+            Err(pcap::Error::TimeoutExpired) => Ok(false),
+            Err(e) => Err(crate::error::pcap_message(&e)),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (or in error, which the next read reports) for at most
+/// `timeout_ms` (-1: forever). `false` on timeout or when a signal interrupted the wait.
+fn wait_readable(fd: RawFd, timeout_ms: i32) -> Result<bool, String> {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is a valid, exclusively borrowed array of one element for the duration
+    // of the call; `fd` is owned by the capture handle, which outlives the call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+    if ready >= 0 {
+        return Ok(ready > 0);
+    }
+    let error = std::io::Error::last_os_error();
+    if error.kind() == std::io::ErrorKind::Interrupted {
+        Ok(false)
+    } else {
+        Err(format!("poll on the capture socket failed: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn wait_readable_times_out_then_sees_data() {
+        let (mut writer, reader) = UnixStream::pair().unwrap();
+        assert_eq!(wait_readable(reader.as_raw_fd(), 10), Ok(false));
+        writer.write_all(b"x").unwrap();
+        assert_eq!(wait_readable(reader.as_raw_fd(), 10_000), Ok(true));
+    }
+}
