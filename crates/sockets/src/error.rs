@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 ///   root or with `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`.
 /// - [`Error::Io`]: anything else from the system (`EMFILE`, `EIO`, …). Unexpected; report it.
 /// - [`Error::Parse`]: the kernel printed something this crate does not understand.
+/// - [`Error::Netlink`]: the kernel refused a netlink sock_diag request. Read the `/proc/net`
+///   tables instead.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path} not found (the process exited)", path = path.display())]
@@ -39,6 +41,13 @@ pub enum Error {
         line: usize,
         reason: String,
     },
+
+    /// The kernel answered a sock_diag request with an error. `what` names the request
+    /// (`udplite dump (AF_INET6)`); `errno` is positive: `ENOENT` from a dump means the
+    /// kernel has no diag module for the protocol. `EPROTONOSUPPORT` is also returned, without
+    /// asking the kernel, for a protocol the reader does not handle.
+    #[error("netlink sock_diag {what}: {}", io::Error::from_raw_os_error(*errno))]
+    Netlink { what: String, errno: i32 },
 }
 
 /// The result of every fallible call of this crate.

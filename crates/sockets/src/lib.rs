@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod addrs;
+mod diag;
 mod error;
 mod fds;
 mod netns;
@@ -10,6 +11,7 @@ mod root;
 mod text;
 
 pub use addrs::local_addresses;
+pub use diag::{SockDiag, ALL_STATES};
 pub use error::{Error, Result};
 pub use fds::{OwnerScan, ScanStats};
 pub use proc_net::{parse_net_table, parse_net_table_into, NetTable};
