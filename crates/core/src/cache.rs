@@ -8,6 +8,7 @@
 
 use dashmap::DashMap;
 use pidcap_wire::FlowKey;
+use rustc_hash::FxBuildHasher;
 
 use crate::attribute::{attribute, Verdict};
 use crate::table::SocketTable;
@@ -30,7 +31,7 @@ pub struct Lookup {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct AttributionCache {
-    entries: DashMap<FlowKey, Cached>,
+    entries: DashMap<FlowKey, Cached, FxBuildHasher>,
     capacity: usize,
 }
 
@@ -38,7 +39,7 @@ impl AttributionCache {
     /// A cache holding at most `capacity` flows (at least 1).
     pub fn new(capacity: usize) -> AttributionCache {
         AttributionCache {
-            entries: DashMap::new(),
+            entries: DashMap::with_hasher(FxBuildHasher),
             capacity: capacity.max(1),
         }
     }

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use pidcap_wire::IpProto;
+use rustc_hash::FxHashMap;
 
 use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 
@@ -50,8 +51,8 @@ pub struct SocketTable {
     generation: u64,
     netns: Option<NetNsId>,
     sockets: Vec<SocketEntry>,
-    exact: HashMap<ExactKey, usize>,
-    bound: HashMap<BoundKey, usize>,
+    exact: FxHashMap<ExactKey, usize>,
+    bound: FxHashMap<BoundKey, usize>,
     holders: HashMap<u64, Vec<ProcessKey>>,
     processes: HashMap<ProcessKey, ProcessInfo>,
     local: HashSet<IpAddr>,
