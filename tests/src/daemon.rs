@@ -4,6 +4,7 @@
 //! it); start and stop are bounded; Drop kills a daemon that was not stopped.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -202,10 +203,11 @@ impl Daemon {
     }
 
     /// Waits until `lookup` attributes the flow to `pid`; panics after `timeout`.
-    pub fn wait_owner(&self, proto: &str, local: &str, remote: &str, pid: u32) {
+    pub fn wait_owner(&self, proto: &str, local: SocketAddr, remote: SocketAddr, pid: u32) {
+        let (local, remote) = (local.to_string(), remote.to_string());
         let mut last = Value::Null;
         let found = wait_until(Duration::from_secs(15), || {
-            last = self.lookup(proto, local, remote);
+            last = self.lookup(proto, &local, &remote);
             last["owner"]["pid"].as_u64() == Some(u64::from(pid))
         });
         assert!(
@@ -246,6 +248,11 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // For debugging a failure: keep socket dir, usage log and stderr.
+        if std::env::var_os("PIDCAP_E2E_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("pidcap-e2e: kept {}", dir.keep().display());
+        }
     }
 }
 
@@ -277,7 +284,7 @@ pub fn wait_bounded(mut child: Child, timeout: Duration, what: &str) -> ExitStat
 }
 
 /// Runs `pidcapd args` to completion (bounded by `timeout`), without any default flags.
-pub fn run_pidcapd(args: &[&std::ffi::OsStr], timeout: Duration) -> Finished {
+pub fn run_pidcapd(args: &[&str], timeout: Duration) -> Finished {
     crate::require_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let stderr_file = dir.path().join("stderr.log");

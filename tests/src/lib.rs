@@ -3,6 +3,7 @@
 //! Invariants: every wait in this harness is bounded and panics with a message saying what
 //! it waited for; every process and namespace it creates is removed on Drop.
 
+pub mod check;
 pub mod daemon;
 pub mod frame;
 pub mod netns;
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use daemon::{Client, Counters, Daemon, Finished};
+pub use daemon::{run_pidcapd, Client, Counters, Daemon, Finished};
 pub use netns::Netns;
 pub use peer::{Done, Peer, PeerInfo};
 pub use refcap::{RefCapture, Tally, Truth};

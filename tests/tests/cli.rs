@@ -1,0 +1,109 @@
+//! The `pidcap` client against a running daemon, and without one.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pidcap_e2e::{bin_path, wait_until, Daemon, Peer};
+
+fn pidcap(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin_path("pidcap"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run pidcap")
+}
+
+/// A UDP sender/receiver pair that has exchanged a few datagrams.
+fn udp_pair() -> (Peer, Peer) {
+    let mut receiver = Peer::spawn(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "10",
+        "--reply-size",
+        "10",
+    ]);
+    let to = receiver.info.local.to_string();
+    let mut sender = Peer::spawn(&[
+        "udp-send",
+        "--bind",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--count",
+        "10",
+        "--size",
+        "500",
+        "--await-reply",
+    ]);
+    receiver.go();
+    sender.go();
+    receiver.wait_done();
+    sender.wait_done();
+    (receiver, sender)
+}
+
+#[test]
+fn ps_shows_the_peer_comm_and_pid() {
+    let daemon = Daemon::start(&["--interface", "lo"]);
+    let (receiver, sender) = udp_pair();
+    let listed = wait_until(Duration::from_secs(10), || {
+        daemon
+            .process(sender.pid())
+            .is_some_and(|p| p["tx_bytes_total"].as_u64() > Some(0))
+    });
+    assert!(
+        listed,
+        "pidcapd never listed the sender; stats: {}",
+        daemon.stats()
+    );
+    let out = pidcap(daemon.socket(), &["ps"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pidcap ps failed: {out:?}");
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == sender.pid().to_string()))
+        .unwrap_or_else(|| panic!("pid {} not in pidcap ps:\n{stdout}", sender.pid()));
+    assert!(line.contains("pidcap-peer"), "comm missing from {line:?}");
+    assert!(sender.finish().success());
+    assert!(receiver.finish().success());
+}
+
+#[test]
+fn lookup_prints_the_owner_of_a_socket() {
+    let daemon = Daemon::start(&["--interface", "lo"]);
+    let receiver = Peer::spawn(&["udp-recv", "--bind", "127.0.0.1:0", "--count", "1"]);
+    let local = receiver.info.local;
+    daemon.wait_owner("udp", local, "127.0.0.1:1".parse().unwrap(), receiver.pid());
+    let out = pidcap(
+        daemon.socket(),
+        &["lookup", "udp", &local.to_string(), "127.0.0.1:1"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pidcap lookup failed: {out:?}");
+    assert!(
+        stdout.contains(&receiver.pid().to_string()),
+        "no pid in {stdout:?}"
+    );
+    assert!(stdout.contains("pidcap-peer"), "no comm in {stdout:?}");
+}
+
+#[test]
+fn without_a_daemon_pidcap_fails_and_names_pidcapd() {
+    let out = pidcap(std::path::Path::new("/nonexistent/pidcap.sock"), &["ps"]);
+    assert!(
+        !out.status.success(),
+        "pidcap ps without a daemon succeeded: {out:?}"
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        text.contains("pidcapd"),
+        "message does not mention pidcapd: {text:?}"
+    );
+}
