@@ -7,8 +7,8 @@
 //! `lookup` query) share it through `dashmap`'s sharded locks; no global lock is taken.
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use pidcap_wire::FlowKey;
-use rustc_hash::FxBuildHasher;
 
 use crate::attribute::{attribute, Verdict};
 use crate::table::SocketTable;
@@ -31,7 +31,7 @@ pub struct Lookup {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct AttributionCache {
-    entries: DashMap<FlowKey, Cached, FxBuildHasher>,
+    entries: DashMap<FlowKey, Cached, RandomState>,
     capacity: usize,
 }
 
@@ -39,7 +39,7 @@ impl AttributionCache {
     /// A cache holding at most `capacity` flows (at least 1).
     pub fn new(capacity: usize) -> AttributionCache {
         AttributionCache {
-            entries: DashMap::with_hasher(FxBuildHasher),
+            entries: DashMap::with_hasher(RandomState::default()),
             capacity: capacity.max(1),
         }
     }

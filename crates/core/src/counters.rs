@@ -5,7 +5,7 @@
 //! of `credited`/`unknown` per local direction, and to `rx`/`tx` captured accordingly, so
 //! `credited_rx + unknown_rx == captured_rx` (and for tx) holds at every merge point.
 
-use rustc_hash::FxHashMap;
+use foldhash::HashMap as FastMap;
 
 use crate::attribute::{Credit, Verdict};
 use crate::ProcessKey;
@@ -83,7 +83,7 @@ impl Totals {
 /// workload allocates nothing per packet.
 #[derive(Debug, Default)]
 pub struct Tally {
-    pub(crate) processes: FxHashMap<ProcessKey, Counters>,
+    pub(crate) processes: FastMap<ProcessKey, Counters>,
     pub(crate) totals: Totals,
     packets: u64,
 }

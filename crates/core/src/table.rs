@@ -8,8 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use foldhash::HashMap as FastMap;
 use pidcap_wire::IpProto;
-use rustc_hash::FxHashMap;
 
 use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 
@@ -51,8 +51,8 @@ pub struct SocketTable {
     generation: u64,
     netns: Option<NetNsId>,
     sockets: Vec<SocketEntry>,
-    exact: FxHashMap<ExactKey, usize>,
-    bound: FxHashMap<BoundKey, usize>,
+    exact: FastMap<ExactKey, usize>,
+    bound: FastMap<BoundKey, usize>,
     holders: HashMap<u64, Vec<ProcessKey>>,
     processes: HashMap<ProcessKey, ProcessInfo>,
     local: HashSet<IpAddr>,
