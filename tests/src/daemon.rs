@@ -230,8 +230,9 @@ impl Daemon {
         );
     }
 
-    /// SIGTERM, then waits (bounded) for the exit; returns status and stderr.
-    pub fn stop(mut self) -> Finished {
+    /// SIGTERM, then waits (bounded) for the exit; returns status and stderr. The temp
+    /// directory (usage log, stderr) lives on until the `Daemon` is dropped.
+    pub fn stop(&mut self) -> Finished {
         self.signal(libc::SIGTERM);
         let child = self.child.take().expect("daemon already stopped");
         let status = wait_bounded(child, STOP_TIMEOUT, "pidcapd after SIGTERM");

@@ -11,7 +11,7 @@ const TCP_BYTES: &str = "200000";
 
 /// Runs the checks shared by every scenario once the traffic is done, then stops
 /// everything. `pair` is (a, b): two endpoints talking to each other over loopback.
-fn verify(daemon: Daemon, cap: RefCapture, pair: [Endpoint; 2], peers: Vec<Peer>) {
+fn verify(mut daemon: Daemon, cap: RefCapture, pair: [Endpoint; 2], peers: Vec<Peer>) {
     assert_totals_match(&daemon, &cap, &pair);
     assert_double_credit(&daemon, &pair);
     assert_conservation(&daemon.stats());

@@ -14,8 +14,8 @@ fn pidcap(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run pidcap")
 }
 
-/// A UDP sender/receiver pair that has exchanged a few datagrams.
-fn udp_pair() -> (Peer, Peer) {
+/// A UDP sender/receiver pair, known to the daemon, that has exchanged a few datagrams.
+fn udp_pair(daemon: &Daemon) -> (Peer, Peer) {
     let mut receiver = Peer::spawn(&[
         "udp-recv",
         "--bind",
@@ -38,6 +38,10 @@ fn udp_pair() -> (Peer, Peer) {
         "500",
         "--await-reply",
     ]);
+    let from = format!("127.0.0.1:{}", sender.info.local.port())
+        .parse()
+        .unwrap();
+    daemon.wait_owner("udp", from, receiver.info.local, sender.pid());
     receiver.go();
     sender.go();
     receiver.wait_done();
@@ -48,7 +52,7 @@ fn udp_pair() -> (Peer, Peer) {
 #[test]
 fn ps_shows_the_peer_comm_and_pid() {
     let daemon = Daemon::start(&["--interface", "lo"]);
-    let (receiver, sender) = udp_pair();
+    let (receiver, sender) = udp_pair(&daemon);
     let listed = wait_until(Duration::from_secs(10), || {
         daemon
             .process(sender.pid())

@@ -12,7 +12,7 @@ fn veth_scenario(v6: bool, daemon_on_any: bool) {
     } else {
         ns.host_if.as_str()
     };
-    let daemon = Daemon::start(&["--interface", interface]);
+    let mut daemon = Daemon::start(&["--interface", interface]);
     let bind = std::net::SocketAddr::new(ns.ns_ip(v6), 0).to_string();
     let mut server = Peer::spawn_in(
         &ns,

@@ -106,7 +106,7 @@ fn check_line(line: &Value) {
 
 #[test]
 fn log_lines_have_exactly_the_documented_fields_and_types() {
-    let daemon = Daemon::start(&["--interface", "lo"]);
+    let mut daemon = Daemon::start(&["--interface", "lo"]);
     let mut receiver = Peer::spawn(&[
         "udp-recv",
         "--bind",
@@ -136,6 +136,14 @@ fn log_lines_have_exactly_the_documented_fields_and_types() {
     sender.wait_done();
     receiver.wait_done();
     let pid = u64::from(sender.pid());
+    let credited = wait_until(Duration::from_secs(10), || {
+        daemon.totals(sender.pid()).tx_bytes > 0
+    });
+    assert!(
+        credited,
+        "pidcapd never credited the sender; stats: {}",
+        daemon.stats()
+    );
     // The shutdown flush writes every counter, so no waiting on the interval is needed.
     let path = daemon.usage_log().to_path_buf();
     let finished = daemon.stop();
@@ -161,7 +169,7 @@ fn line_count(path: &Path) -> usize {
 
 #[test]
 fn sighup_after_rename_writes_to_a_fresh_file_at_the_original_path() {
-    let daemon = Daemon::start(&["--interface", "lo"]);
+    let mut daemon = Daemon::start(&["--interface", "lo"]);
     let path = daemon.usage_log().to_path_buf();
     // The unknown line is written every interval, traffic or not.
     assert!(
