@@ -78,6 +78,10 @@ impl Pipeline {
             }
             match self.source.next() {
                 Ok(Next::Packet(frame)) => {
+                    if self.shared.generation() != batch.table.generation() {
+                        // A refresh landed: attribute this packet with the new table.
+                        merge(&self.shared, &mut batch);
+                    }
                     handle(
                         &self.shared,
                         &self.misses,
@@ -104,15 +108,9 @@ impl Pipeline {
         Ok(end)
     }
 
-    /// Merges the batch into the ledger and picks up the newest table.
+    /// Merges the batch and, at most once per `STATS_EVERY`, reads libpcap's counters.
     fn flush(&mut self, batch: &mut Batch) {
-        let now = Instant::now();
-        if !batch.tally.is_empty() {
-            self.shared.ledger().merge(&mut batch.tally, &batch.table);
-        }
-        batch.table = self.shared.table.load_full();
-        batch.opened_at = None;
-        self.shared.beat(now);
+        let now = merge(&self.shared, batch);
         if now.saturating_duration_since(batch.stats_at) >= STATS_EVERY {
             batch.stats_at = now;
             self.publish_stats();
@@ -141,6 +139,18 @@ impl Pipeline {
             Err(error) => info!(error = %error, "capture statistics unavailable"),
         }
     }
+}
+
+/// Merges the batch into the ledger and picks up the newest table. Returns the time.
+fn merge(shared: &Shared, batch: &mut Batch) -> Instant {
+    let now = Instant::now();
+    if !batch.tally.is_empty() {
+        shared.ledger().merge(&mut batch.tally, &batch.table);
+    }
+    batch.table = shared.table.load_full();
+    batch.opened_at = None;
+    shared.beat(now);
+    now
 }
 
 /// One frame: parse, attribute (through the cache), count.

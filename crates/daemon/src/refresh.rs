@@ -114,7 +114,7 @@ impl Refresher {
                     );
                 }
                 self.mark_exits(&table);
-                self.shared.table.store(Arc::new(table));
+                self.shared.publish(table);
                 let mut info = self.shared.refresh_info();
                 info.count += 1;
                 info.last_duration = started.elapsed();

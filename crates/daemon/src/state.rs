@@ -38,6 +38,8 @@ pub struct Shared {
     pub ledger: Mutex<Ledger>,
     pub capture: Mutex<CaptureInfo>,
     pub refresh: Mutex<RefreshInfo>,
+    /// Generation of the table in `table`, readable with one atomic load per packet.
+    generation: AtomicU64,
     started: Instant,
     /// Milliseconds after `started` when the capture loop last went round.
     heartbeat_ms: AtomicU64,
@@ -46,6 +48,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(table: SocketTable, now: Instant) -> Arc<Shared> {
         Arc::new(Shared {
+            generation: AtomicU64::new(table.generation()),
             table: ArcSwap::from_pointee(table),
             cache: AttributionCache::new(CACHE_CAPACITY),
             ledger: Mutex::new(Ledger::new(now)),
@@ -54,6 +57,18 @@ impl Shared {
             started: now,
             heartbeat_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Swaps in a new table; the capture thread picks it up before its next packet.
+    pub fn publish(&self, table: SocketTable) {
+        let generation = table.generation();
+        self.table.store(Arc::new(table));
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// Generation of the current table.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The ledger, even if a thread panicked while holding it (counters stay usable).
