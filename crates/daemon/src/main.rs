@@ -1,5 +1,6 @@
 //! `pidcapd`: the binary. Owns configuration, the log subscriber, exit codes and the runtime.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Instant;
 
