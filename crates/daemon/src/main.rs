@@ -137,6 +137,7 @@ fn init_tracing() {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false),
             )
             .init(),
