@@ -58,8 +58,9 @@ fn table() -> SocketTable {
                 pid: 1000 + (inode as usize / SOCKETS_PER_PROCESS) as u32,
                 start_time: 1,
             };
-            parts.holders.insert(inode, vec![key]);
-            parts.processes.entry(key).or_insert_with(|| ProcessInfo {
+            let owners = std::sync::Arc::make_mut(&mut parts.owners);
+            owners.holders.insert(inode, vec![key]);
+            owners.processes.entry(key).or_insert_with(|| ProcessInfo {
                 key,
                 comm: "bench".into(),
                 exe: None,

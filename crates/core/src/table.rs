@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use foldhash::HashMap as FastMap;
 use pidcap_wire::IpProto;
@@ -53,9 +54,16 @@ pub struct SocketTable {
     sockets: Vec<SocketEntry>,
     exact: FastMap<ExactKey, usize>,
     bound: FastMap<BoundKey, usize>,
-    holders: HashMap<u64, Vec<ProcessKey>>,
-    processes: HashMap<ProcessKey, ProcessInfo>,
+    owners: Arc<OwnerMap>,
     local: HashSet<IpAddr>,
+}
+
+/// Socket inode → holders, and the facts about every holder. Shared (`Arc`) between
+/// successive tables, so a refresh that learnt no new owner does not copy it.
+#[derive(Debug, Default, Clone)]
+pub struct OwnerMap {
+    pub holders: HashMap<u64, Vec<ProcessKey>>,
+    pub processes: HashMap<ProcessKey, ProcessInfo>,
 }
 
 /// The parts a refresh gathers, from which a [`SocketTable`] is built.
@@ -63,8 +71,7 @@ pub struct SocketTable {
 pub struct TableParts {
     pub netns: Option<NetNsId>,
     pub sockets: Vec<SocketEntry>,
-    pub holders: HashMap<u64, Vec<ProcessKey>>,
-    pub processes: HashMap<ProcessKey, ProcessInfo>,
+    pub owners: Arc<OwnerMap>,
     pub local_addrs: Vec<IpAddr>,
 }
 
@@ -100,8 +107,7 @@ impl SocketTable {
         let mut table = SocketTable {
             generation,
             netns: parts.netns,
-            holders: parts.holders,
-            processes: parts.processes,
+            owners: parts.owners,
             local: parts.local_addrs.into_iter().map(canonical_ip).collect(),
             ..SocketTable::default()
         };
@@ -155,17 +161,21 @@ impl SocketTable {
 
     /// Number of processes known to hold sockets.
     pub fn process_count(&self) -> usize {
-        self.processes.len()
+        self.owners.processes.len()
     }
 
     /// Facts about a process that held a socket at refresh time.
     pub fn process(&self, key: &ProcessKey) -> Option<&ProcessInfo> {
-        self.processes.get(key)
+        self.owners.processes.get(key)
     }
 
     /// Every process holding `inode`, in no particular order.
     pub fn holders(&self, inode: u64) -> &[ProcessKey] {
-        self.holders.get(&inode).map(Vec::as_slice).unwrap_or(&[])
+        self.owners
+            .holders
+            .get(&inode)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// True when `ip` is one of this host's addresses (any loopback address counts).
@@ -231,6 +241,6 @@ impl SocketTable {
 
     /// The process identity of `pid` if it held sockets at refresh time.
     pub fn key_of_pid(&self, pid: u32) -> Option<ProcessKey> {
-        self.processes.keys().find(|k| k.pid == pid).copied()
+        self.owners.processes.keys().find(|k| k.pid == pid).copied()
     }
 }

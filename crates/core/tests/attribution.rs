@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    attribute, AttributionCache, Credit, Ledger, MatchKind, NetNsId, ProcessInfo, ProcessKey,
-    SocketEntry, SocketTable, TableParts, Tally, TcpState, UnknownReason,
+    attribute, AttributionCache, Credit, Ledger, MatchKind, NetNsId, OwnerMap, ProcessInfo,
+    ProcessKey, SocketEntry, SocketTable, TableParts, Tally, TcpState, UnknownReason,
 };
 use pidcap_wire::{FlowKey, IpProto};
 use proptest::prelude::*;
@@ -62,8 +63,10 @@ fn table(
         TableParts {
             netns: Some(NS),
             sockets,
-            holders: h,
-            processes,
+            owners: Arc::new(OwnerMap {
+                holders: h,
+                processes,
+            }),
             local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
         },
     )
@@ -289,7 +292,9 @@ fn cache_is_invalidated_by_a_new_generation() {
         sockets: vec![sock(IpProto::Tcp, "127.0.0.1:1000", "127.0.0.1:2000", 5)],
         ..TableParts::default()
     };
-    parts.holders.insert(5, vec![key(7, 7)]);
+    Arc::make_mut(&mut parts.owners)
+        .holders
+        .insert(5, vec![key(7, 7)]);
     let full = SocketTable::build(2, parts);
     let second = cache.attribute(&full, &f, true);
     assert_eq!(credited(second.verdict.tx), Some((7, MatchKind::Exact)));

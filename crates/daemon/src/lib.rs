@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::pipeline::{End, Pipeline};
-use crate::refresh::{miss_channel, Refresher};
+use crate::refresh::{miss_channel, Refresher, TableBuilder};
 use crate::state::Shared;
 use crate::usage_log::UsageLog;
 
@@ -45,6 +45,8 @@ pub struct Opened {
     pub shared: Arc<Shared>,
     pub proc: ProcRoot,
     pub netns: NetNsId,
+    /// The builder that made the first table; it carries on refreshing.
+    pub builder: TableBuilder,
 }
 
 /// Runs until `shutdown` is cancelled (signal) or the replayed file ends. Returns an error
@@ -60,10 +62,12 @@ pub async fn serve(
         shared,
         proc,
         netns,
+        builder,
     } = opened;
     let stop = Arc::new(AtomicBool::new(false));
     let (misses, requests) = miss_channel();
     let refresher = Refresher {
+        builder,
         proc,
         netns,
         interval: config.refresh_interval,

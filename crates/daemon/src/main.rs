@@ -8,7 +8,7 @@ use clap::Parser;
 use pidcap_capture::{CaptureError, LiveConfig, Source};
 use pidcap_sockets::ProcRoot;
 use pidcapd::config::{Config, Flags};
-use pidcapd::refresh::build_table;
+use pidcapd::refresh::{TableBuilder, FULL_SCAN_EVERY};
 use pidcapd::state::Shared;
 use pidcapd::{bind_socket, privileges, serve, Opened};
 use tokio_util::sync::CancellationToken;
@@ -63,8 +63,12 @@ fn start() -> Result<(), Fatal> {
             format!("cannot read this process's network namespace: {e}"),
         )
     })?;
-    let (table, _) = build_table(&proc, netns, 1)
-        .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?;
+    let mut builder = TableBuilder::new(proc.clone(), FULL_SCAN_EVERY);
+    let table = builder
+        .build(netns, 1, Instant::now())
+        .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?
+        .table
+        .unwrap_or_default();
     let shared = Shared::new(table, Instant::now());
     {
         let mut info = shared.capture_info();
@@ -90,6 +94,7 @@ fn start() -> Result<(), Fatal> {
         shared,
         proc,
         netns,
+        builder,
     };
     let result = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;

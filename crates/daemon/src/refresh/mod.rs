@@ -1,21 +1,31 @@
 //! The refresher: builds socket tables from the kernel and swaps them in.
 //!
+//! Sockets come from netlink sock_diag (or `/proc/net` text as a fallback) on every pass;
+//! socket owners from a full fd scan at most every [`FULL_SCAN_EVERY`] and, in between, a
+//! search for new inodes only. A table is published only when something changed.
+//!
 //! Runs on its own thread (blocking procfs reads never sit on a tokio worker). A full
 //! refresh happens every `interval`; a lookup miss on the packet path asks for an early one
 //! through a one-slot channel, so concurrent misses coalesce into at most one pending
 //! request, and early refreshes are at least `MIN_GAP` apart. The packet path never waits.
 
-use std::collections::HashSet;
+mod owners;
+mod source;
+
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{NetNsId, ProcessKey, SocketTable, TableParts};
+use pidcap_core::{NetNsId, ProcessKey, SocketEntry, SocketTable, TableParts};
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
 use tracing::{debug, warn};
 
 use crate::state::Shared;
+
+pub use owners::{OwnerTracker, OwnerUpdate};
+pub use source::SocketSource;
 
 /// The shortest time between two refreshes asked for by misses.
 pub const MIN_GAP: Duration = Duration::from_millis(100);
@@ -37,38 +47,106 @@ pub fn miss_channel() -> (MissSignal, Receiver<()>) {
     (MissSignal(tx), rx)
 }
 
-/// Reads the kernel's sockets, their holders and the host's addresses into a new table.
+/// Full scans of every process's fds happen at most this often; in between, only new
+/// sockets are looked for.
+pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads the kernel's sockets, their holders and the host's addresses, in one go (used at
+/// start-up and by benchmarks; the refresher keeps state between passes instead).
 pub fn build_table(
     proc: &ProcRoot,
     netns: NetNsId,
     generation: u64,
 ) -> anyhow::Result<(SocketTable, ScanStats)> {
-    let sockets = proc.read_sockets(netns)?;
-    let scan = proc.scan_socket_owners()?;
-    debug!(
-        sockets = sockets.len(),
-        processes = scan.stats.processes_scanned,
-        vanished = scan.stats.vanished,
-        permission_denied = scan.stats.permission_denied,
-        "socket table read"
-    );
-    let stats = scan.stats;
-    let table = SocketTable::build(
-        generation,
-        TableParts {
-            netns: Some(netns),
-            sockets,
-            holders: scan.holders,
-            processes: scan.processes,
-            local_addrs: local_addresses()?,
-        },
-    );
-    Ok((table, stats))
+    let mut refresh = TableBuilder::new(proc.clone(), FULL_SCAN_EVERY);
+    let built = refresh.build(netns, generation, Instant::now())?;
+    Ok((built.table.unwrap_or_default(), built.stats))
+}
+
+/// Builds tables from the kernel, keeping what does not change between passes.
+#[derive(Debug)]
+pub struct TableBuilder {
+    sockets: SocketSource,
+    owners: OwnerTracker,
+    last_sockets: Vec<SocketEntry>,
+    last_addrs: Vec<IpAddr>,
+    scratch: Vec<SocketEntry>,
+    first: bool,
+}
+
+/// One pass: a new table when anything changed, and what the owner scan saw.
+#[derive(Debug)]
+pub struct Built {
+    pub table: Option<SocketTable>,
+    pub stats: ScanStats,
+    pub full_scan: bool,
+}
+
+impl TableBuilder {
+    pub fn new(proc: ProcRoot, full_every: Duration) -> TableBuilder {
+        TableBuilder {
+            sockets: SocketSource::open(proc.clone()),
+            owners: OwnerTracker::new(proc, full_every),
+            last_sockets: Vec::new(),
+            last_addrs: Vec::new(),
+            scratch: Vec::new(),
+            first: true,
+        }
+    }
+
+    /// Reads sockets, brings owners up to date, and returns a table only when sockets,
+    /// owners or addresses changed (so the attribution cache survives quiet periods).
+    pub fn build(
+        &mut self,
+        netns: NetNsId,
+        generation: u64,
+        now: Instant,
+    ) -> anyhow::Result<Built> {
+        self.sockets.read_into(netns, &mut self.scratch)?;
+        let update = self.owners.update(&self.scratch, now)?;
+        let addrs = local_addresses()?;
+        let same = !self.first
+            && !update.changed
+            && self.scratch == self.last_sockets
+            && addrs == self.last_addrs;
+        debug!(
+            sockets = self.scratch.len(),
+            source = self.sockets.kind(),
+            full_scan = update.full,
+            processes = update.stats.processes_scanned,
+            vanished = update.stats.vanished,
+            permission_denied = update.stats.permission_denied,
+            unchanged = same,
+            "socket table read"
+        );
+        std::mem::swap(&mut self.scratch, &mut self.last_sockets);
+        let built = |table| Built {
+            table,
+            stats: update.stats,
+            full_scan: update.full,
+        };
+        if same {
+            return Ok(built(None));
+        }
+        self.first = false;
+        self.last_addrs = addrs.clone();
+        let table = SocketTable::build(
+            generation,
+            TableParts {
+                netns: Some(netns),
+                sockets: self.last_sockets.clone(),
+                owners: self.owners.map(),
+                local_addrs: addrs,
+            },
+        );
+        Ok(built(Some(table)))
+    }
 }
 
 /// The refresher's loop; returns when `stop` is set.
 #[derive(Debug)]
 pub struct Refresher {
+    pub builder: TableBuilder,
     pub proc: ProcRoot,
     pub netns: NetNsId,
     pub interval: Duration,
@@ -78,7 +156,7 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut generation = self.shared.table.load().generation();
         let mut last = Instant::now();
         let mut failing = false;
@@ -101,20 +179,27 @@ impl Refresher {
     }
 
     /// One refresh; returns whether it failed (so a persistent failure is warned once).
-    fn refresh_once(&self, generation: u64, was_failing: bool, denied_warned: &mut bool) -> bool {
+    fn refresh_once(
+        &mut self,
+        generation: u64,
+        was_failing: bool,
+        denied_warned: &mut bool,
+    ) -> bool {
         let started = Instant::now();
-        match build_table(&self.proc, self.netns, generation) {
-            Ok((table, stats)) => {
-                if stats.permission_denied > 0 && !*denied_warned {
+        match self.builder.build(self.netns, generation, started) {
+            Ok(built) => {
+                if built.stats.permission_denied > 0 && !*denied_warned {
                     *denied_warned = true;
                     warn!(
-                        processes = stats.permission_denied,
+                        processes = built.stats.permission_denied,
                         "some processes' file descriptors are unreadable; their traffic goes to unknown. \
                          pidcapd needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (reported once)"
                     );
                 }
-                self.mark_exits(&table);
-                self.shared.publish(table);
+                if let Some(table) = built.table {
+                    self.shared.publish(table);
+                }
+                self.mark_exits();
                 let mut info = self.shared.refresh_info();
                 info.count += 1;
                 info.last_duration = started.elapsed();
@@ -134,16 +219,12 @@ impl Refresher {
     }
 
     /// Marks ledger processes that no longer exist (or whose pid now names another process).
-    fn mark_exits(&self, table: &SocketTable) {
+    /// Only processes that had traffic are checked: one small read each.
+    fn mark_exits(&self) {
         let live = self.shared.ledger().live_keys();
-        let seen: HashSet<ProcessKey> = live
-            .iter()
-            .filter(|k| table.process(k).is_some())
-            .copied()
-            .collect();
         let gone: Vec<ProcessKey> = live
             .into_iter()
-            .filter(|k| !seen.contains(k) && !self.still_running(k))
+            .filter(|k| !self.still_running(k))
             .collect();
         if gone.is_empty() {
             return;

@@ -1,0 +1,56 @@
+//! Where the socket list comes from: netlink sock_diag, or `/proc/net` text when netlink is
+//! unavailable (no `inet_diag` module, a seccomp filter, an old kernel). Both fill the same
+//! `SocketEntry` values (the sockets crate tests them against each other).
+
+use pidcap_core::{NetNsId, SocketEntry};
+use pidcap_sockets::{ProcRoot, SockDiag};
+use tracing::{info, warn};
+
+#[derive(Debug)]
+pub struct SocketSource {
+    diag: Option<SockDiag>,
+    proc: ProcRoot,
+}
+
+impl SocketSource {
+    /// Prefers netlink; says once which source is used.
+    pub fn open(proc: ProcRoot) -> SocketSource {
+        let diag = match SockDiag::open() {
+            Ok(diag) => Some(diag),
+            Err(error) => {
+                warn!(error = %error, "netlink sock_diag unavailable; reading /proc/net instead");
+                None
+            }
+        };
+        let source = SocketSource { diag, proc };
+        info!(source = source.kind(), "socket tables");
+        source
+    }
+
+    /// `"netlink"` or `"procfs"`.
+    pub fn kind(&self) -> &'static str {
+        if self.diag.is_some() {
+            "netlink"
+        } else {
+            "procfs"
+        }
+    }
+
+    /// Replaces `out` with every TCP and UDP socket of this namespace. A netlink failure
+    /// switches to `/proc/net` for good (warned once).
+    pub fn read_into(&mut self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> anyhow::Result<()> {
+        out.clear();
+        if let Some(diag) = self.diag.as_mut() {
+            match diag.read_sockets_into(netns, out) {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    warn!(error = %error, "netlink sock_diag failed; reading /proc/net from now on");
+                    self.diag = None;
+                    out.clear();
+                }
+            }
+        }
+        self.proc.read_sockets_into(netns, out)?;
+        Ok(())
+    }
+}
