@@ -124,7 +124,7 @@ pub(crate) fn parse(packet: &[u8], wire_len: u32) -> Result<NetworkRepr<'_>, Wir
     let p = Packet::new_checked(packet)?;
     let ip_len = ip::ip_len(u32::from(p.total_len()), p.header_len(), wire_len)?;
     let fragment = p.fragment();
-    let first = fragment.map_or(true, Fragment::is_first);
+    let first = fragment.is_none_or(Fragment::is_first);
     Ok(NetworkRepr {
         src: IpAddr::V4(p.src_addr()),
         dst: IpAddr::V4(p.dst_addr()),

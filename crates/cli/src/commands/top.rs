@@ -34,7 +34,7 @@ pub fn run(client: &mut Client, args: &TopArgs, out: &mut dyn Write) -> anyhow::
     }))?;
     let terminal = std::io::stdout().is_terminal();
     let mut shown = 0;
-    while args.count.map_or(true, |count| shown < count) {
+    while args.count.is_none_or(|count| shown < count) {
         let Some(line) = client.next_line()? else {
             bail!("the daemon closed the watch stream");
         };
