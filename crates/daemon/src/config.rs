@@ -47,6 +47,9 @@ pub struct Flags {
     /// How long an exited process's counters are kept after they are logged [default: 10m]
     #[arg(long, value_name = "DUR")]
     pub retention: Option<String>,
+    /// Flows whose attribution is cached; bounds memory under a flood of new flows [default: 65536]
+    #[arg(long, value_name = "N")]
+    pub max_flows: Option<usize>,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -68,6 +71,7 @@ struct FileConfig {
     log_interval: Option<String>,
     refresh_interval: Option<String>,
     retention: Option<String>,
+    max_flows: Option<usize>,
     pcap_file: Option<PathBuf>,
 }
 
@@ -83,6 +87,7 @@ pub struct Config {
     pub log_interval: Duration,
     pub refresh_interval: Duration,
     pub retention: Duration,
+    pub max_flows: usize,
     pub pcap_file: Option<PathBuf>,
 }
 
@@ -160,6 +165,7 @@ impl Config {
                 "1s",
             )?,
             retention: duration("retention", flags.retention.or(file.retention), "10m")?,
+            max_flows: flags.max_flows.or(file.max_flows).unwrap_or(65_536),
             pcap_file: flags.pcap_file.or(file.pcap_file),
         };
         config.validate()?;
@@ -192,6 +198,12 @@ impl Config {
             self.refresh_interval,
             Duration::from_millis(100),
         )?;
+        if !(1_024..=16_777_216).contains(&self.max_flows) {
+            return Err(invalid(
+                "max_flows",
+                format!("{} is out of range 1024..=16777216", self.max_flows),
+            ));
+        }
         check_path("socket", &self.socket)?;
         check_path("usage_log", &self.usage_log)?;
         if let Some(f) = &self.filter {
@@ -344,6 +356,7 @@ mod tests {
             (&["--interface", "an-interface-name-too-long"], "interface"),
             (&["--socket", "/"], "socket"),
             (&["--pcap-file", "/nonexistent/file.pcap"], "pcap_file"),
+            (&["--max-flows", "10"], "max_flows"),
         ];
         for (args, key) in cases {
             let err = Config::merge(FileConfig::default(), flags(args)).unwrap_err();

@@ -69,7 +69,7 @@ fn start() -> Result<(), Fatal> {
         .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?
         .table
         .unwrap_or_default();
-    let shared = Shared::new(table, Instant::now());
+    let shared = Shared::new(table, config.max_flows, Instant::now());
     {
         let mut info = shared.capture_info();
         info.origin = source.origin().to_string();

@@ -12,9 +12,6 @@ use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
 use pidcap_core::{AttributionCache, Ledger, SocketTable};
 
-/// Flows the attribution cache holds before it is emptied.
-pub const CACHE_CAPACITY: usize = 65_536;
-
 /// What the refresher reports about itself.
 #[derive(Debug, Default, Clone)]
 pub struct RefreshInfo {
@@ -46,11 +43,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(table: SocketTable, now: Instant) -> Arc<Shared> {
+    /// `max_flows` bounds the attribution cache (it is emptied when full).
+    pub fn new(table: SocketTable, max_flows: usize, now: Instant) -> Arc<Shared> {
         Arc::new(Shared {
             generation: AtomicU64::new(table.generation()),
             table: ArcSwap::from_pointee(table),
-            cache: AttributionCache::new(CACHE_CAPACITY),
+            cache: AttributionCache::new(max_flows),
             ledger: Mutex::new(Ledger::new(now)),
             capture: Mutex::new(CaptureInfo::default()),
             refresh: Mutex::new(RefreshInfo::default()),
