@@ -15,6 +15,6 @@ pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, U
 pub use process::{ProcessInfo, ProcessKey};
 pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
-    canonical, canonical_ip, choose_owner, MatchKind, OwnerMap, SocketMatch, SocketTable,
-    TableParts,
+    canonical, canonical_ip, choose_owner, ClosedSocket, MatchKind, OwnerMap, SocketMatch,
+    SocketTable, TableParts,
 };

@@ -22,6 +22,9 @@ pub enum MatchKind {
     /// A socket bound to the local address (or a wildcard address) and port with no peer:
     /// a listener or an unconnected datagram socket.
     Wildcard,
+    /// A connected socket with the same addresses that closed (or lost its holder, as in
+    /// TIME_WAIT) within the grace period: trailing FIN/ACK/RST and retransmits.
+    Recent,
 }
 
 impl MatchKind {
@@ -30,6 +33,7 @@ impl MatchKind {
         match self {
             MatchKind::Exact => "exact",
             MatchKind::Wildcard => "wildcard",
+            MatchKind::Recent => "recent",
         }
     }
 }
@@ -55,7 +59,20 @@ pub struct SocketTable {
     exact: FastMap<ExactKey, usize>,
     bound: FastMap<BoundKey, usize>,
     owners: Arc<OwnerMap>,
+    closed: FastMap<ExactKey, (u64, ProcessKey)>,
     local: HashSet<IpAddr>,
+}
+
+/// A connected socket that closed recently, with the process that held it. Tables keep
+/// these for a grace period so that trailing packets keep their owner; a live socket with
+/// the same addresses always wins, so a reused port is never credited to a dead process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedSocket {
+    pub proto: IpProto,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub inode: u64,
+    pub owner: ProcessKey,
 }
 
 /// Socket inode → holders, and the facts about every holder. Shared (`Arc`) between
@@ -72,6 +89,7 @@ pub struct TableParts {
     pub netns: Option<NetNsId>,
     pub sockets: Vec<SocketEntry>,
     pub owners: Arc<OwnerMap>,
+    pub closed: Vec<ClosedSocket>,
     pub local_addrs: Vec<IpAddr>,
 }
 
@@ -115,6 +133,10 @@ impl SocketTable {
             entry.local = canonical(entry.local);
             entry.remote = canonical(entry.remote);
             table.index(entry);
+        }
+        for c in parts.closed {
+            let key = (c.proto, canonical(c.local), canonical(c.remote));
+            table.closed.insert(key, (c.inode, c.owner));
         }
         table
     }
@@ -185,8 +207,9 @@ impl SocketTable {
     }
 
     /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
-    /// documented lookup order: exact connected socket; then a socket bound to the local
-    /// address and port with no peer; then one bound to the wildcard address of the family
+    /// documented lookup order: exact connected socket (if no process holds it, as in
+    /// TIME_WAIT, the holder it had before it closed); then a recently closed connected socket
+    /// with those addresses; then a socket bound to the local address and port with no peer; then one bound to the wildcard address of the family
     /// (for IPv4, also `::` of a dual-stack IPv6 socket), but only when `local` is one of this
     /// host's addresses.
     pub fn lookup(
@@ -195,13 +218,29 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Option<SocketMatch> {
-        let local = canonical(local);
-        let remote = canonical(remote);
-        if let Some(&at) = self.exact.get(&(proto, local, remote)) {
-            return Some(self.matched(at, MatchKind::Exact));
+        let key = (proto, canonical(local), canonical(remote));
+        if let Some(&at) = self.exact.get(&key) {
+            let found = self.matched(at, MatchKind::Exact);
+            if found.owner.is_some() {
+                return Some(found);
+            }
+            // TIME_WAIT and orphaned sockets have no holder: the last holder keeps the flow.
+            return Some(self.recently_closed(&key).unwrap_or(found));
         }
-        self.lookup_bound(proto, local)
+        if let Some(found) = self.recently_closed(&key) {
+            return Some(found);
+        }
+        self.lookup_bound(proto, key.1)
             .map(|at| self.matched(at, MatchKind::Wildcard))
+    }
+
+    fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {
+        let &(inode, owner) = self.closed.get(key)?;
+        Some(SocketMatch {
+            inode,
+            kind: MatchKind::Recent,
+            owner: Some(owner),
+        })
     }
 
     fn lookup_bound(&self, proto: IpProto, local: SocketAddr) -> Option<usize> {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    attribute, AttributionCache, Credit, Ledger, MatchKind, NetNsId, OwnerMap, ProcessInfo,
-    ProcessKey, SocketEntry, SocketTable, TableParts, Tally, TcpState, UnknownReason,
+    attribute, AttributionCache, ClosedSocket, Credit, Ledger, MatchKind, NetNsId, OwnerMap,
+    ProcessInfo, ProcessKey, SocketEntry, SocketTable, TableParts, Tally, TcpState, UnknownReason,
 };
 use pidcap_wire::{FlowKey, IpProto};
 use proptest::prelude::*;
@@ -67,6 +67,7 @@ fn table(
                 holders: h,
                 processes,
             }),
+            closed: Vec::new(),
             local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
         },
     )
@@ -426,4 +427,84 @@ proptest! {
         prop_assert_eq!(ledger.unknown().total, tot.unknown);
         prop_assert!(tot.captured.rx_bytes + tot.captured.tx_bytes + tot.foreign_bytes >= ip_bytes);
     }
+}
+
+fn table_with_closed(
+    sockets: Vec<SocketEntry>,
+    holders: &[(u64, &[ProcessKey])],
+    closed: Vec<ClosedSocket>,
+) -> SocketTable {
+    let mut parts = TableParts {
+        sockets,
+        closed,
+        ..TableParts::default()
+    };
+    let owners = Arc::make_mut(&mut parts.owners);
+    for (inode, keys) in holders {
+        owners.holders.insert(*inode, keys.to_vec());
+    }
+    SocketTable::build(2, parts)
+}
+
+#[test]
+fn trailing_packets_of_a_closed_connection_keep_their_owner() {
+    let dead = key(300, 30);
+    let closed = ClosedSocket {
+        proto: IpProto::Tcp,
+        local: addr("127.0.0.1:45000"),
+        remote: addr("127.0.0.1:80"),
+        inode: 77,
+        owner: dead,
+    };
+    // The client socket is in TIME_WAIT (inode 0): its last holder keeps the flow.
+    let t = table_with_closed(
+        vec![sock(IpProto::Tcp, "127.0.0.1:45000", "127.0.0.1:80", 0)],
+        &[],
+        vec![closed],
+    );
+    let fin = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:45000", "127.0.0.1:80"),
+        true,
+    );
+    assert_eq!(credited(fin.tx), Some((300, MatchKind::Recent)));
+    // Gone from the table altogether: still the last holder.
+    let t = table_with_closed(vec![], &[], vec![closed]);
+    let ack = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:80", "127.0.0.1:45000"),
+        true,
+    );
+    assert_eq!(credited(ack.rx), Some((300, MatchKind::Recent)));
+}
+
+#[test]
+fn a_live_socket_on_a_reused_port_wins_over_the_closed_one() {
+    let dead = key(300, 30);
+    let alive = key(400, 40);
+    let closed = ClosedSocket {
+        proto: IpProto::Udp,
+        local: addr("127.0.0.1:45000"),
+        remote: addr("127.0.0.1:53"),
+        inode: 77,
+        owner: dead,
+    };
+    let reused = table_with_closed(
+        vec![sock(IpProto::Udp, "127.0.0.1:45000", "127.0.0.1:53", 88)],
+        &[(88, &[alive])],
+        vec![closed],
+    );
+    let v = attribute(
+        &reused,
+        &flow(IpProto::Udp, "127.0.0.1:45000", "127.0.0.1:53"),
+        true,
+    );
+    assert_eq!(credited(v.tx), Some((400, MatchKind::Exact)));
+    // A closed socket never claims a different remote (that is a new flow).
+    let other = attribute(
+        &reused,
+        &flow(IpProto::Udp, "127.0.0.1:45000", "127.0.0.1:54"),
+        true,
+    );
+    assert_eq!(other.tx, Some(Credit::Unknown(UnknownReason::NoSocket)));
 }

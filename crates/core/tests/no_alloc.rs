@@ -122,6 +122,7 @@ fn table() -> SocketTable {
             netns: Some(NetNsId(1)),
             sockets,
             owners: Arc::new(owners),
+            closed: Vec::new(),
             local_addrs: vec![lo],
         },
     )
@@ -153,7 +154,10 @@ fn the_warm_packet_path_allocates_nothing_per_packet() {
     // does allocate, which also shows the counter counts.
     let cold = allocations();
     run_batch(&frames, &table, &cache, &mut tally, &mut ledger);
-    assert!(allocations() > cold, "the cold path must allocate (cache and maps grow)");
+    assert!(
+        allocations() > cold,
+        "the cold path must allocate (cache and maps grow)"
+    );
     run_batch(&frames, &table, &cache, &mut tally, &mut ledger);
 
     let before = allocations();

@@ -16,6 +16,10 @@ pub const MATCH_EXACT: &str = "exact";
 /// address) matched.
 pub const MATCH_WILDCARD: &str = "wildcard";
 
+/// `Owner::matched` for a connected socket that closed within the grace period (trailing
+/// packets keep the owner the socket had).
+pub const MATCH_RECENT: &str = "recent";
+
 /// `{"v":1,"ok":…}` followed by the body's own fields. Build it with [`crate::ok`] or
 /// [`crate::error_reply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

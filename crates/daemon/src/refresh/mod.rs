@@ -12,14 +12,18 @@
 mod owners;
 mod source;
 
-use std::net::IpAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{NetNsId, ProcessKey, SocketEntry, SocketTable, TableParts};
+use pidcap_core::{
+    choose_owner, ClosedSocket, NetNsId, ProcessKey, SocketEntry, SocketTable, TableParts,
+};
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
+use pidcap_wire::IpProto;
 use tracing::{debug, warn};
 
 use crate::state::Shared;
@@ -51,6 +55,10 @@ pub fn miss_channel() -> (MissSignal, Receiver<()>) {
 /// sockets are looked for.
 pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a closed connection keeps its owner for trailing packets (FIN/ACK/RST,
+/// retransmits, packets still in the capture buffer).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// Reads the kernel's sockets, their holders and the host's addresses, in one go (used at
 /// start-up and by benchmarks; the refresher keeps state between passes instead).
 pub fn build_table(
@@ -71,6 +79,7 @@ pub struct TableBuilder {
     last_sockets: Vec<SocketEntry>,
     last_addrs: Vec<IpAddr>,
     scratch: Vec<SocketEntry>,
+    closed: HashMap<(IpProto, SocketAddr, SocketAddr), (ClosedSocket, Instant)>,
     first: bool,
 }
 
@@ -90,6 +99,7 @@ impl TableBuilder {
             last_sockets: Vec::new(),
             last_addrs: Vec::new(),
             scratch: Vec::new(),
+            closed: HashMap::new(),
             first: true,
         }
     }
@@ -103,10 +113,12 @@ impl TableBuilder {
         now: Instant,
     ) -> anyhow::Result<Built> {
         self.sockets.read_into(netns, &mut self.scratch)?;
+        let closed_changed = self.remember_closed(now);
         let update = self.owners.update(&self.scratch, now)?;
         let addrs = local_addresses()?;
         let same = !self.first
             && !update.changed
+            && !closed_changed
             && self.scratch == self.last_sockets
             && addrs == self.last_addrs;
         debug!(
@@ -136,10 +148,52 @@ impl TableBuilder {
                 netns: Some(netns),
                 sockets: self.last_sockets.clone(),
                 owners: self.owners.map(),
+                closed: self.closed.values().map(|(c, _)| *c).collect(),
                 local_addrs: addrs,
             },
         );
         Ok(built(Some(table)))
+    }
+}
+
+impl TableBuilder {
+    /// Remembers the owners of connected sockets that disappeared (or lost their inode, as
+    /// in TIME_WAIT) since the last pass, and forgets those older than [`CLOSE_GRACE`].
+    /// Returns whether the set changed.
+    fn remember_closed(&mut self, now: Instant) -> bool {
+        let before = self.closed.len();
+        self.closed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        let mut changed = self.closed.len() != before;
+        if self.scratch == self.last_sockets {
+            return changed;
+        }
+        let present: HashSet<u64> = self
+            .scratch
+            .iter()
+            .map(|s| s.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let owners = self.owners.map();
+        for s in &self.last_sockets {
+            if s.is_wildcard_remote() || s.inode == 0 || present.contains(&s.inode) {
+                continue;
+            }
+            let Some(owner) = owners.holders.get(&s.inode).and_then(|h| choose_owner(h)) else {
+                continue;
+            };
+            let closed = ClosedSocket {
+                proto: s.proto,
+                local: s.local,
+                remote: s.remote,
+                inode: s.inode,
+                owner,
+            };
+            self.closed
+                .insert((s.proto, s.local, s.remote), (closed, now));
+            changed = true;
+        }
+        changed
     }
 }
 
