@@ -14,8 +14,10 @@ pub enum UnknownReason {
     NoSocket,
     /// A socket matched, but no process holds it (inode 0, or the holder was not seen).
     NoProcess,
-    /// The protocol (or a packet without ports) is not attributed yet.
+    /// The protocol (or a packet without ports) is not attributed.
     Unsupported,
+    /// The owner was still unknown when the packet's time in the pending buffer ran out.
+    PendingExpired,
 }
 
 /// Who one direction of a packet is credited to.

@@ -1,13 +1,15 @@
 //! Traffic counters: a per-batch [`Tally`] filled on the packet path, and [`Totals`] that
 //! make conservation checkable.
 //!
-//! Invariant (conservation): for every packet recorded, its IP length is added to exactly one
-//! of `credited`/`unknown` per local direction, and to `rx`/`tx` captured accordingly, so
-//! `credited_rx + unknown_rx == captured_rx` (and for tx) holds at every merge point.
+//! Invariant (conservation): every decided direction of a packet adds its IP length to
+//! exactly one of `credited`/`unknown` and to `captured` for that direction, so
+//! `credited + unknown == captured` holds for rx and tx at every merge point. A direction
+//! still waiting in the pending buffer is counted nowhere until it is decided.
 
 use foldhash::HashMap as FastMap;
 
-use crate::attribute::{Credit, Verdict};
+use crate::attribute::{Credit, UnknownReason, Verdict};
+use crate::table::MatchKind;
 use crate::ProcessKey;
 
 /// Bytes and packets in each direction.
@@ -19,6 +21,13 @@ pub struct Counters {
     pub tx_packets: u64,
 }
 
+/// Which end of a packet a count is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Rx,
+    Tx,
+}
+
 impl Counters {
     pub fn add_rx(&mut self, bytes: u64) {
         self.rx_bytes += bytes;
@@ -28,6 +37,13 @@ impl Counters {
     pub fn add_tx(&mut self, bytes: u64) {
         self.tx_bytes += bytes;
         self.tx_packets += 1;
+    }
+
+    pub fn add(&mut self, dir: Direction, bytes: u64) {
+        match dir {
+            Direction::Rx => self.add_rx(bytes),
+            Direction::Tx => self.add_tx(bytes),
+        }
     }
 
     /// Adds another set of counters.
@@ -53,13 +69,92 @@ impl Counters {
     }
 }
 
+/// How sure a credit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quality {
+    /// The connected socket with both addresses.
+    Exact,
+    /// A listener or unconnected socket on the local address and port.
+    Wildcard,
+    /// A connected socket that closed within the grace period (trailing packets).
+    Recent,
+    /// Held in the pending buffer and credited once a refresh found the owner.
+    Late,
+}
+
+/// Bytes per match quality (both directions together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QualityBytes {
+    pub exact: u64,
+    pub wildcard: u64,
+    pub recent: u64,
+    pub late: u64,
+}
+
+impl QualityBytes {
+    fn add(&mut self, quality: Quality, bytes: u64) {
+        match quality {
+            Quality::Exact => self.exact += bytes,
+            Quality::Wildcard => self.wildcard += bytes,
+            Quality::Recent => self.recent += bytes,
+            Quality::Late => self.late += bytes,
+        }
+    }
+
+    pub fn absorb(&mut self, other: &QualityBytes) {
+        self.exact += other.exact;
+        self.wildcard += other.wildcard;
+        self.recent += other.recent;
+        self.late += other.late;
+    }
+}
+
+impl From<MatchKind> for Quality {
+    fn from(kind: MatchKind) -> Quality {
+        match kind {
+            MatchKind::Exact => Quality::Exact,
+            MatchKind::Wildcard => Quality::Wildcard,
+            MatchKind::Recent => Quality::Recent,
+        }
+    }
+}
+
+/// Bytes in `unknown` per reason (both directions together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasonBytes {
+    pub no_socket: u64,
+    pub no_process: u64,
+    pub pending_expired: u64,
+    pub unsupported: u64,
+}
+
+impl ReasonBytes {
+    fn add(&mut self, reason: UnknownReason, bytes: u64) {
+        match reason {
+            UnknownReason::NoSocket => self.no_socket += bytes,
+            UnknownReason::NoProcess => self.no_process += bytes,
+            UnknownReason::PendingExpired => self.pending_expired += bytes,
+            UnknownReason::Unsupported => self.unsupported += bytes,
+        }
+    }
+
+    pub fn absorb(&mut self, other: &ReasonBytes) {
+        self.no_socket += other.no_socket;
+        self.no_process += other.no_process;
+        self.pending_expired += other.pending_expired;
+        self.unsupported += other.unsupported;
+    }
+}
+
 /// Daemon-wide totals; see the module invariant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
-    /// IP packets with a local source (`tx`) or destination (`rx`).
+    /// Decided IP packets with a local source (`tx`) or destination (`rx`).
     pub captured: Counters,
     pub credited: Counters,
     pub unknown: Counters,
+    pub credited_by_quality: QualityBytes,
+    pub unknown_by_reason: ReasonBytes,
     pub foreign_packets: u64,
     pub foreign_bytes: u64,
     pub non_ip_packets: u64,
@@ -71,6 +166,8 @@ impl Totals {
         self.captured.absorb(&other.captured);
         self.credited.absorb(&other.credited);
         self.unknown.absorb(&other.unknown);
+        self.credited_by_quality.absorb(&other.credited_by_quality);
+        self.unknown_by_reason.absorb(&other.unknown_by_reason);
         self.foreign_packets += other.foreign_packets;
         self.foreign_bytes += other.foreign_bytes;
         self.non_ip_packets += other.non_ip_packets;
@@ -78,44 +175,63 @@ impl Totals {
     }
 }
 
+/// One process's counts in a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessTally {
+    pub counters: Counters,
+    pub quality: QualityBytes,
+}
+
 /// Counts of one batch of packets, kept by the capture thread without any lock and merged
 /// into the shared ledger once per batch. Clearing keeps the map's capacity, so a steady
 /// workload allocates nothing per packet.
 #[derive(Debug, Default)]
 pub struct Tally {
-    pub(crate) processes: FastMap<ProcessKey, Counters>,
+    pub(crate) processes: FastMap<ProcessKey, ProcessTally>,
     pub(crate) totals: Totals,
     packets: u64,
 }
 
 impl Tally {
-    /// Records one IP packet of `len` bytes with its verdict.
+    /// Records one IP packet of `len` bytes with both directions decided.
     pub fn record(&mut self, verdict: &Verdict, len: u32) {
-        let len = u64::from(len);
         self.packets += 1;
-        if verdict.tx.is_none() && verdict.rx.is_none() {
-            self.totals.foreign_packets += 1;
-            self.totals.foreign_bytes += len;
-            return;
-        }
-        if let Some(credit) = verdict.tx {
-            self.totals.captured.add_tx(len);
-            match credit {
-                Credit::Process { key, .. } => {
-                    self.totals.credited.add_tx(len);
-                    self.processes.entry(key).or_default().add_tx(len);
+        match (verdict.tx, verdict.rx) {
+            (None, None) => self.record_foreign(len),
+            (tx, rx) => {
+                if let Some(credit) = tx {
+                    self.record_side(Direction::Tx, credit, false, len);
                 }
-                Credit::Unknown(_) => self.totals.unknown.add_tx(len),
+                if let Some(credit) = rx {
+                    self.record_side(Direction::Rx, credit, false, len);
+                }
             }
         }
-        if let Some(credit) = verdict.rx {
-            self.totals.captured.add_rx(len);
-            match credit {
-                Credit::Process { key, .. } => {
-                    self.totals.credited.add_rx(len);
-                    self.processes.entry(key).or_default().add_rx(len);
-                }
-                Credit::Unknown(_) => self.totals.unknown.add_rx(len),
+    }
+
+    /// Records a packet with no local end.
+    pub fn record_foreign(&mut self, len: u32) {
+        self.totals.foreign_packets += 1;
+        self.totals.foreign_bytes += u64::from(len);
+    }
+
+    /// Records one decided direction of a packet. `late` marks a credit that waited in the
+    /// pending buffer.
+    pub fn record_side(&mut self, dir: Direction, credit: Credit, late: bool, len: u32) {
+        let len = u64::from(len);
+        self.totals.captured.add(dir, len);
+        match credit {
+            Credit::Process { key, kind } => {
+                let quality = if late { Quality::Late } else { kind.into() };
+                self.totals.credited.add(dir, len);
+                self.totals.credited_by_quality.add(quality, len);
+                let entry = self.processes.entry(key).or_default();
+                entry.counters.add(dir, len);
+                entry.quality.add(quality, len);
+            }
+            Credit::Unknown(reason) => {
+                self.totals.unknown.add(dir, len);
+                self.totals.unknown_by_reason.add(reason, len);
             }
         }
     }
@@ -132,13 +248,18 @@ impl Tally {
         self.totals.malformed_packets += 1;
     }
 
+    /// Counts one frame handled (for batch sizing) without recording anything.
+    pub fn note_frame(&mut self) {
+        self.packets += 1;
+    }
+
     /// Frames recorded since the last merge.
     pub fn len(&self) -> u64 {
         self.packets
     }
 
     pub fn is_empty(&self) -> bool {
-        self.packets == 0
+        self.packets == 0 && self.totals == Totals::default()
     }
 
     pub(crate) fn clear(&mut self) {

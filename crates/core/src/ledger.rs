@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::counters::{Counters, Tally, Totals};
+use crate::counters::{Counters, QualityBytes, Tally, Totals};
 use crate::table::SocketTable;
 use crate::ProcessKey;
 
@@ -65,6 +65,8 @@ pub struct ProcessUsage {
     pub key: ProcessKey,
     pub meta: ProcessMeta,
     pub usage: Usage,
+    /// Bytes credited per match quality, since first seen.
+    pub quality: QualityBytes,
     /// When the process was seen to have exited; `None` while alive.
     pub exited_at: Option<Instant>,
 }
@@ -124,7 +126,8 @@ impl Ledger {
                 .processes
                 .entry(key)
                 .or_insert_with(|| new_entry(key, table));
-            entry.usage.total.absorb(&counts);
+            entry.usage.total.absorb(&counts.counters);
+            entry.quality.absorb(&counts.quality);
         }
         let unknown = tally.totals.unknown;
         self.unknown.total.absorb(&unknown);
@@ -263,6 +266,7 @@ fn new_entry(key: ProcessKey, table: &SocketTable) -> ProcessUsage {
         key,
         meta,
         usage: Usage::default(),
+        quality: QualityBytes::default(),
         exited_at: None,
     }
 }

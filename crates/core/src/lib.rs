@@ -4,14 +4,18 @@ mod attribute;
 mod cache;
 mod counters;
 mod ledger;
+mod pending;
 mod process;
 mod socket;
 mod table;
 
 pub use attribute::{attribute, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
-pub use counters::{Counters, Tally, Totals};
+pub use counters::{
+    Counters, Direction, ProcessTally, Quality, QualityBytes, ReasonBytes, Tally, Totals,
+};
 pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, Usage};
+pub use pending::{Pending, PendingLevel};
 pub use process::{ProcessInfo, ProcessKey};
 pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
