@@ -50,6 +50,12 @@ pub struct Flags {
     /// Flows whose attribution is cached; bounds memory under a flood of new flows [default: 65536]
     #[arg(long, value_name = "N")]
     pub max_flows: Option<usize>,
+    /// How long a packet whose owner is unknown waits for a refresh before it counts as unknown [default: 2s]
+    #[arg(long, value_name = "DUR")]
+    pub pending_timeout: Option<String>,
+    /// Most packet directions waiting for their owner at once; 0 disables late credit [default: 100000]
+    #[arg(long, value_name = "N")]
+    pub pending_max: Option<usize>,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -72,6 +78,8 @@ struct FileConfig {
     refresh_interval: Option<String>,
     retention: Option<String>,
     max_flows: Option<usize>,
+    pending_timeout: Option<String>,
+    pending_max: Option<usize>,
     pcap_file: Option<PathBuf>,
 }
 
@@ -88,6 +96,8 @@ pub struct Config {
     pub refresh_interval: Duration,
     pub retention: Duration,
     pub max_flows: usize,
+    pub pending_timeout: Duration,
+    pub pending_max: usize,
     pub pcap_file: Option<PathBuf>,
 }
 
@@ -166,6 +176,12 @@ impl Config {
             )?,
             retention: duration("retention", flags.retention.or(file.retention), "10m")?,
             max_flows: flags.max_flows.or(file.max_flows).unwrap_or(65_536),
+            pending_timeout: duration(
+                "pending_timeout",
+                flags.pending_timeout.or(file.pending_timeout),
+                "2s",
+            )?,
+            pending_max: flags.pending_max.or(file.pending_max).unwrap_or(100_000),
             pcap_file: flags.pcap_file.or(file.pcap_file),
         };
         config.validate()?;
@@ -202,6 +218,15 @@ impl Config {
             return Err(invalid(
                 "max_flows",
                 format!("{} is out of range 1024..=16777216", self.max_flows),
+            ));
+        }
+        if self.pending_timeout > Duration::from_secs(60) {
+            return Err(invalid("pending_timeout", "must be at most 1m"));
+        }
+        if self.pending_max > 10_000_000 {
+            return Err(invalid(
+                "pending_max",
+                format!("{} is over 10000000", self.pending_max),
             ));
         }
         check_path("socket", &self.socket)?;
@@ -357,6 +382,8 @@ mod tests {
             (&["--socket", "/"], "socket"),
             (&["--pcap-file", "/nonexistent/file.pcap"], "pcap_file"),
             (&["--max-flows", "10"], "max_flows"),
+            (&["--pending-timeout", "5m"], "pending_timeout"),
+            (&["--pending-max", "99999999"], "pending_max"),
         ];
         for (args, key) in cases {
             let err = Config::merge(FileConfig::default(), flags(args)).unwrap_err();

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::Source;
-use pidcap_core::NetNsId;
+use pidcap_core::{NetNsId, Pending};
 use pidcap_sockets::ProcRoot;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,7 @@ pub async fn serve(
         source,
         shared: shared.clone(),
         misses,
+        pending: Pending::new(config.pending_max, config.pending_timeout),
         stop: stop.clone(),
     };
     let capture_done = shutdown.clone();

@@ -1,17 +1,18 @@
 //! The packet path: capture → parse → attribute → tally, on its own thread.
 //!
-//! Invariants: nothing here blocks on anything but libpcap; the socket table is loaded once
-//! per batch; the ledger mutex is taken once per batch (at most `BATCH` packets or
-//! `FLUSH_EVERY` of time); misses only post a non-blocking request to the refresher.
-//! Malformed frames are counted, never fatal.
+//! Invariants: nothing here blocks on anything but libpcap; each packet is attributed with
+//! the newest table (one atomic generation check per packet); the ledger mutex is taken once
+//! per batch (at most `BATCH` packets or `FLUSH_EVERY` of capture time), never per packet;
+//! a direction whose owner is unknown waits in the bounded pending buffer and a refresh is
+//! requested without waiting. Malformed frames are counted, never fatal.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, Next, Source};
-use pidcap_core::{SocketTable, Tally};
-use pidcap_wire::{parse, LinkType, WireError};
+use pidcap_core::{Direction, Pending, SocketTable, Tally};
+use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{info, warn};
 
 use crate::refresh::MissSignal;
@@ -39,6 +40,7 @@ pub struct Pipeline {
     pub source: Source,
     pub shared: Arc<Shared>,
     pub misses: MissSignal,
+    pub pending: Pending,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -48,6 +50,8 @@ struct Batch {
     /// Capture timestamp of the first packet since the last merge. Packet timestamps, not
     /// the clock, decide when a trickle of packets is merged: no clock read per packet.
     opened_at: Option<SystemTime>,
+    /// Clock time of the last merge: the arrival time of pending entries (to a batch).
+    merged_at: Instant,
     stats_at: Instant,
 }
 
@@ -66,53 +70,65 @@ impl Pipeline {
     pub fn run(mut self) -> Result<End, CaptureError> {
         let link = self.source.link_type();
         self.publish_stats();
+        let now = Instant::now();
         let mut batch = Batch {
             tally: Tally::default(),
             table: self.shared.table.load_full(),
             opened_at: None,
-            stats_at: Instant::now(),
+            merged_at: now,
+            stats_at: now,
         };
-        let end = loop {
+        let result = self.capture(link, &mut batch);
+        self.finish(&mut batch);
+        result
+    }
+
+    fn capture(&mut self, link: LinkType, batch: &mut Batch) -> Result<End, CaptureError> {
+        loop {
             if self.stop.load(Ordering::Relaxed) {
-                break End::Stopped;
+                return Ok(End::Stopped);
             }
-            match self.source.next() {
-                Ok(Next::Packet(frame)) => {
+            match self.source.next()? {
+                Next::Packet(frame) => {
                     if self.shared.generation() != batch.table.generation() {
                         // A refresh landed: attribute this packet with the new table.
-                        merge(&self.shared, &mut batch);
+                        merge(&self.shared, &mut self.pending, batch);
                     }
                     handle(
                         &self.shared,
                         &self.misses,
-                        &mut batch,
+                        &mut self.pending,
+                        batch,
                         link,
                         frame.data,
                         frame.orig_len,
                     );
                     if batch.due(frame.ts) {
-                        self.flush(&mut batch);
+                        merge(&self.shared, &mut self.pending, batch);
+                        self.maybe_publish_stats(batch);
                     }
-                    continue;
                 }
-                Ok(Next::Timeout) => self.flush(&mut batch),
-                Ok(Next::End) => break End::EndOfFile,
-                Err(e) => {
-                    self.flush(&mut batch);
-                    return Err(e);
+                Next::Timeout => {
+                    merge(&self.shared, &mut self.pending, batch);
+                    self.maybe_publish_stats(batch);
                 }
+                Next::End => return Ok(End::EndOfFile),
             }
-        };
-        self.flush(&mut batch);
-        self.publish_stats();
-        Ok(end)
+        }
     }
 
-    /// Merges the batch and, at most once per `STATS_EVERY`, reads libpcap's counters.
-    fn flush(&mut self, batch: &mut Batch) {
-        let now = merge(&self.shared, batch);
-        if now.saturating_duration_since(batch.stats_at) >= STATS_EVERY {
-            batch.stats_at = now;
+    /// Decides everything still pending and merges the last counts.
+    fn finish(&mut self, batch: &mut Batch) {
+        merge(&self.shared, &mut self.pending, batch);
+        self.pending
+            .drain(&mut batch.tally, &batch.table, &self.shared.cache);
+        merge(&self.shared, &mut self.pending, batch);
+        self.publish_stats();
+    }
+
+    fn maybe_publish_stats(&mut self, batch: &mut Batch) {
+        if batch.merged_at.saturating_duration_since(batch.stats_at) >= STATS_EVERY {
+            batch.stats_at = batch.merged_at;
             self.publish_stats();
         }
     }
@@ -141,38 +157,70 @@ impl Pipeline {
     }
 }
 
-/// Merges the batch into the ledger and picks up the newest table. Returns the time.
-fn merge(shared: &Shared, batch: &mut Batch) -> Instant {
+/// Merges the batch into the ledger, switches to the newest table, retries the pending
+/// buffer against it (crediting late what it resolves) and merges that too.
+fn merge(shared: &Shared, pending: &mut Pending, batch: &mut Batch) {
     let now = Instant::now();
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
     batch.table = shared.table.load_full();
+    pending.settle(&mut batch.tally, &batch.table, &shared.cache, now);
+    if !batch.tally.is_empty() {
+        shared.ledger().merge(&mut batch.tally, &batch.table);
+    }
+    shared.set_pending(pending.level());
     batch.opened_at = None;
+    batch.merged_at = now;
     shared.beat(now);
-    now
 }
 
-/// One frame: parse, attribute (through the cache), count.
+/// One frame: parse, attribute (through the cache), count or hold.
 fn handle(
     shared: &Shared,
     misses: &MissSignal,
+    pending: &mut Pending,
     batch: &mut Batch,
     link: LinkType,
     data: &[u8],
     orig_len: u32,
 ) {
     match parse(link, data, orig_len) {
-        Ok(meta) => {
-            let lookup = shared
-                .cache
-                .attribute(&batch.table, &meta.flow, meta.ports_known);
-            if lookup.new_miss {
-                misses.request();
-            }
-            batch.tally.record(&lookup.verdict, meta.ip_len);
-        }
+        Ok(meta) => attribute(shared, misses, pending, batch, &meta),
         Err(WireError::NotIp(_)) => batch.tally.record_non_ip(),
         Err(_) => batch.tally.record_malformed(),
+    }
+}
+
+fn attribute(
+    shared: &Shared,
+    misses: &MissSignal,
+    pending: &mut Pending,
+    batch: &mut Batch,
+    meta: &PacketMeta,
+) {
+    let lookup = shared
+        .cache
+        .attribute(&batch.table, &meta.flow, meta.ports_known);
+    if lookup.new_miss {
+        misses.request();
+    }
+    let verdict = lookup.verdict;
+    batch.tally.note_frame();
+    if verdict.tx.is_none() && verdict.rx.is_none() {
+        batch.tally.record_foreign(meta.ip_len);
+        return;
+    }
+    for (dir, side) in [(Direction::Tx, verdict.tx), (Direction::Rx, verdict.rx)] {
+        if let Some(credit) = side {
+            pending.hold(
+                &mut batch.tally,
+                meta.flow,
+                dir,
+                credit,
+                meta.ip_len,
+                batch.merged_at,
+            );
+        }
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::{Instant, SystemTime};
 
-use pidcap_core::{canonical, ProcessUsage, SocketEntry, SocketTable, TcpState, Usage};
+use pidcap_core::{
+    canonical, ProcessUsage, QualityBytes, SocketEntry, SocketTable, TcpState, Usage,
+};
 use pidcap_proto as proto;
 use pidcap_proto::{ErrorCode, LookupQuery};
 use pidcap_wire::IpProto;
@@ -38,6 +40,16 @@ fn row(p: &ProcessUsage) -> proto::ProcessRow {
         uid: p.meta.uid,
         usage: usage(&p.usage),
         alive: p.alive(),
+        matched: matched(&p.quality),
+    }
+}
+
+fn matched(q: &QualityBytes) -> proto::MatchBytes {
+    proto::MatchBytes {
+        exact: q.exact,
+        wildcard: q.wildcard,
+        recent: q.recent,
+        late: q.late,
     }
 }
 
@@ -161,6 +173,8 @@ pub fn stats(shared: &Shared, now: Instant) -> Reply {
     let capture = shared.capture_info().clone();
     let refresh = shared.refresh_info().clone();
     let sockets = shared.table.load().sockets().len();
+    let pending = shared.pending();
+    let reasons = totals.unknown_by_reason;
     let stats = proto::Stats {
         uptime_s: uptime.as_secs_f64(),
         rx_packets: totals.captured.rx_packets,
@@ -188,6 +202,15 @@ pub fn stats(shared: &Shared, now: Instant) -> Reply {
         last_refresh_ms: refresh.last_duration.as_secs_f64() * 1000.0,
         interface: capture.origin,
         link_type: capture.link_name,
+        credited_matched: matched(&totals.credited_by_quality),
+        unknown_reasons: proto::UnknownReasons {
+            no_socket: reasons.no_socket,
+            no_process: reasons.no_process,
+            pending_expired: reasons.pending_expired,
+            unsupported: reasons.unsupported,
+        },
+        pending_packets: pending.packets,
+        pending_bytes: pending.bytes,
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
-use pidcap_core::{AttributionCache, Ledger, SocketTable};
+use pidcap_core::{AttributionCache, Ledger, PendingLevel, SocketTable};
 
 /// What the refresher reports about itself.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +35,7 @@ pub struct Shared {
     pub ledger: Mutex<Ledger>,
     pub capture: Mutex<CaptureInfo>,
     pub refresh: Mutex<RefreshInfo>,
+    pending: Mutex<PendingLevel>,
     /// Generation of the table in `table`, readable with one atomic load per packet.
     generation: AtomicU64,
     started: Instant,
@@ -52,6 +53,7 @@ impl Shared {
             ledger: Mutex::new(Ledger::new(now)),
             capture: Mutex::new(CaptureInfo::default()),
             refresh: Mutex::new(RefreshInfo::default()),
+            pending: Mutex::new(PendingLevel::default()),
             started: now,
             heartbeat_ms: AtomicU64::new(0),
         })
@@ -67,6 +69,15 @@ impl Shared {
     /// Generation of the current table.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// What waits in the capture thread's pending buffer (published once per batch).
+    pub fn set_pending(&self, level: PendingLevel) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = level;
+    }
+
+    pub fn pending(&self) -> PendingLevel {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The ledger, even if a thread panicked while holding it (counters stay usable).

@@ -81,6 +81,22 @@ pub struct ProcessRow {
     pub usage: Usage,
     /// `false` once the process has exited (its counters are kept until logged).
     pub alive: bool,
+    /// Bytes credited since first seen, per match quality.
+    #[serde(default)]
+    pub matched: MatchBytes,
+}
+
+/// Bytes credited per match quality: how sure each credit is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchBytes {
+    /// The connected socket with both addresses.
+    pub exact: u64,
+    /// A listener or unconnected socket on the local address and port.
+    pub wildcard: u64,
+    /// A connected socket that closed within the grace period (trailing packets).
+    pub recent: u64,
+    /// Waited in the pending buffer; credited once a refresh found the owner.
+    pub late: u64,
 }
 
 /// One socket of a process.
@@ -182,6 +198,31 @@ pub struct Stats {
     pub interface: String,
     /// Link type of the capture, e.g. `EN10MB`.
     pub link_type: String,
+    /// Credited bytes (both directions) per match quality.
+    #[serde(default)]
+    pub credited_matched: MatchBytes,
+    /// Unknown bytes (both directions) per reason.
+    #[serde(default)]
+    pub unknown_reasons: UnknownReasons,
+    /// Packet directions waiting for their owner in the pending buffer (not yet counted above).
+    #[serde(default)]
+    pub pending_packets: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub pending_bytes: u64,
+}
+
+/// Unknown bytes per reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownReasons {
+    /// No socket matched the local end.
+    pub no_socket: u64,
+    /// A socket matched but no process held it.
+    pub no_process: u64,
+    /// Still unresolved when its time in the pending buffer ran out.
+    pub pending_expired: u64,
+    /// A protocol or packet that is not attributed (e.g. non-first fragments of an unknown flow).
+    pub unsupported: u64,
 }
 
 /// One row of a `watch` frame.

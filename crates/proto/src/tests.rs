@@ -40,6 +40,12 @@ fn row() -> ProcessRow {
         uid: 1000,
         usage: usage(),
         alive: true,
+        matched: MatchBytes {
+            exact: 1,
+            wildcard: 2,
+            recent: 3,
+            late: 4,
+        },
     }
 }
 
@@ -82,6 +88,20 @@ fn stats() -> Stats {
         last_refresh_ms: 0.25,
         interface: "eth0".into(),
         link_type: "EN10MB".into(),
+        credited_matched: MatchBytes {
+            exact: 23,
+            wildcard: 24,
+            recent: 25,
+            late: 26,
+        },
+        unknown_reasons: UnknownReasons {
+            no_socket: 27,
+            no_process: 28,
+            pending_expired: 29,
+            unsupported: 30,
+        },
+        pending_packets: 31,
+        pending_bytes: 32,
     }
 }
 
@@ -361,7 +381,7 @@ fn processes_reply_shape_is_exact() {
         unknown: usage(),
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true}}],"unknown":{{{USAGE_JSON}}}}}"#
+        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}}}}],"unknown":{{{USAGE_JSON}}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -392,7 +412,7 @@ fn process_reply_flattens_the_row() {
         },
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999}}]}}}}"#
+        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999}}]}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -416,7 +436,7 @@ fn lookup_reply_shapes_are_exact() {
 #[test]
 fn stats_reply_shape_is_exact() {
     let reply = ok(StatsReply { stats: stats() });
-    let expected = r#"{"v":1,"ok":true,"stats":{"uptime_s":12.5,"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"foreign_packets":5,"foreign_bytes":6,"credited_rx_bytes":7,"credited_tx_bytes":8,"credited_rx_packets":9,"credited_tx_packets":10,"unknown_rx_bytes":11,"unknown_tx_bytes":12,"unknown_rx_packets":13,"unknown_tx_packets":14,"non_ip_packets":15,"malformed_packets":16,"pcap_received":17,"pcap_dropped":18,"pcap_if_dropped":19,"sockets_known":20,"processes_known":21,"refreshes":22,"last_refresh_ms":0.25,"interface":"eth0","link_type":"EN10MB"}}"#;
+    let expected = r#"{"v":1,"ok":true,"stats":{"uptime_s":12.5,"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"foreign_packets":5,"foreign_bytes":6,"credited_rx_bytes":7,"credited_tx_bytes":8,"credited_rx_packets":9,"credited_tx_packets":10,"unknown_rx_bytes":11,"unknown_tx_bytes":12,"unknown_rx_packets":13,"unknown_tx_packets":14,"non_ip_packets":15,"malformed_packets":16,"pcap_received":17,"pcap_dropped":18,"pcap_if_dropped":19,"sockets_known":20,"processes_known":21,"refreshes":22,"last_refresh_ms":0.25,"interface":"eth0","link_type":"EN10MB","credited_matched":{"exact":23,"wildcard":24,"recent":25,"late":26},"unknown_reasons":{"no_socket":27,"no_process":28,"pending_expired":29,"unsupported":30},"pending_packets":31,"pending_bytes":32}}"#;
     assert_eq!(encoded(&reply), expected.to_owned() + "\n");
     round_trip(&reply);
 }

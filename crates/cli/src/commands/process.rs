@@ -109,6 +109,7 @@ mod tests {
                     ..Usage::default()
                 },
                 alive: false,
+                matched: Default::default(),
             },
             cmdline: vec!["curl".into(), "-d".into(), "a b".into()],
             connections,

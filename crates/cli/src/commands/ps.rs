@@ -105,6 +105,7 @@ mod tests {
                 ..Usage::default()
             },
             alive: pid != 3,
+            matched: Default::default(),
         }
     }
 

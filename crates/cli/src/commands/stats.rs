@@ -50,6 +50,27 @@ pub fn render(s: &Stats) -> String {
             "unknown tx",
             traffic(s.unknown_tx_packets, s.unknown_tx_bytes),
         ),
+        ("pending", traffic(s.pending_packets, s.pending_bytes)),
+        (
+            "credited by match",
+            format!(
+                "exact {} B, wildcard {} B, recent {} B, late {} B",
+                s.credited_matched.exact,
+                s.credited_matched.wildcard,
+                s.credited_matched.recent,
+                s.credited_matched.late
+            ),
+        ),
+        (
+            "unknown by reason",
+            format!(
+                "no socket {} B, no process {} B, pending expired {} B, unsupported {} B",
+                s.unknown_reasons.no_socket,
+                s.unknown_reasons.no_process,
+                s.unknown_reasons.pending_expired,
+                s.unknown_reasons.unsupported
+            ),
+        ),
         ("non-IP packets", s.non_ip_packets.to_string()),
         ("malformed packets", s.malformed_packets.to_string()),
         ("pcap received", s.pcap_received.to_string()),
@@ -95,6 +116,20 @@ mod tests {
             last_refresh_ms: 1.25,
             interface: "lo".into(),
             link_type: "EN10MB".into(),
+            credited_matched: pidcap_proto::MatchBytes {
+                exact: 31,
+                wildcard: 32,
+                recent: 33,
+                late: 34,
+            },
+            unknown_reasons: pidcap_proto::UnknownReasons {
+                no_socket: 35,
+                no_process: 36,
+                pending_expired: 37,
+                unsupported: 38,
+            },
+            pending_packets: 39,
+            pending_bytes: 40,
         };
         assert_eq!(
             render(&stats),
@@ -107,6 +142,9 @@ mod tests {
              credited tx        18 packets, 16 B (16 bytes)\n\
              unknown rx         21 packets, 19 B (19 bytes)\n\
              unknown tx         22 packets, 20 B (20 bytes)\n\
+             pending            39 packets, 40 B (40 bytes)\n\
+             credited by match  exact 31 B, wildcard 32 B, recent 33 B, late 34 B\n\
+             unknown by reason  no socket 35 B, no process 36 B, pending expired 37 B, unsupported 38 B\n\
              non-IP packets     23\n\
              malformed packets  24\n\
              pcap received      25\n\
