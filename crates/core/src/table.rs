@@ -209,7 +209,9 @@ impl SocketTable {
     /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
     /// documented lookup order: exact connected socket (if no process holds it, as in
     /// TIME_WAIT, the holder it had before it closed); then a recently closed connected socket
-    /// with those addresses; then a socket bound to the local address and port with no peer; then one bound to the wildcard address of the family
+    /// with those addresses; then a socket bound to the local address and port with no peer
+    /// (for protocols without ports, and ICMP echo not sent from a ping socket: a raw socket
+    /// of that protocol, keyed with port 0); then one bound to the wildcard address of the family
     /// (for IPv4, also `::` of a dual-stack IPv6 socket), but only when `local` is one of this
     /// host's addresses.
     pub fn lookup(
@@ -230,8 +232,15 @@ impl SocketTable {
         if let Some(found) = self.recently_closed(&key) {
             return Some(found);
         }
-        self.lookup_bound(proto, key.1)
-            .map(|at| self.matched(at, MatchKind::Wildcard))
+        let local = key.1;
+        let bound = self.lookup_bound(proto, local).or_else(|| {
+            // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
+            let port_based = matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite);
+            (!port_based && local.port() != 0)
+                .then(|| self.lookup_bound(proto, SocketAddr::new(local.ip(), 0)))
+                .flatten()
+        });
+        bound.map(|at| self.matched(at, MatchKind::Wildcard))
     }
 
     fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {

@@ -211,8 +211,10 @@ fn unmatched_local_end_is_unknown_by_reason() {
         Some(Credit::Unknown(UnknownReason::NoProcess))
     );
     assert_eq!(time_wait.rx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+    // ICMP with neither a ping nor a raw socket: no socket (the kernel itself answered).
     let icmp = attribute(&t, &flow(IpProto::Icmp, "10.0.0.1:0", "192.0.2.1:0"), false);
-    assert_eq!(icmp.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
+    assert_eq!(icmp.tx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+
     assert_eq!(icmp.rx, None);
 }
 
@@ -507,4 +509,51 @@ fn a_live_socket_on_a_reused_port_wins_over_the_closed_one() {
         true,
     );
     assert_eq!(other.tx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+}
+
+#[test]
+fn ping_sockets_match_by_echo_identifier_and_raw_sockets_by_protocol() {
+    let t = table(
+        vec![
+            sock(IpProto::Icmp, "0.0.0.0:4242", "0.0.0.0:0", 1),
+            sock(IpProto::Icmpv6, "[::]:77", "[::]:0", 2),
+            sock(IpProto::Unknown(253), "0.0.0.0:0", "0.0.0.0:0", 3),
+            sock(IpProto::Icmp, "10.0.0.1:0", "0.0.0.0:0", 4),
+        ],
+        &[
+            (1, &[key(1, 1)]),
+            (2, &[key(2, 2)]),
+            (3, &[key(3, 3)]),
+            (4, &[key(4, 4)]),
+        ],
+        &["10.0.0.1", "2001:db8::1"],
+    );
+    // A ping socket's identifier is the pinger's "port": the source of its requests and the
+    // destination of the replies; the kernel's responder end (port 0) is nobody's.
+    let request = attribute(
+        &t,
+        &flow(IpProto::Icmp, "127.0.0.1:4242", "127.0.0.1:0"),
+        true,
+    );
+    assert_eq!(credited(request.tx), Some((1, MatchKind::Wildcard)));
+    assert_eq!(request.rx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+    let v6 = attribute(&t, &flow(IpProto::Icmpv6, "[::1]:0", "[::1]:77"), true);
+    assert_eq!(credited(v6.rx), Some((2, MatchKind::Wildcard)));
+    assert_eq!(v6.tx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+    // An unusual protocol without ports goes to the raw socket of that protocol.
+    let raw = attribute(
+        &t,
+        &flow(IpProto::Unknown(253), "192.0.2.9:0", "10.0.0.1:0"),
+        false,
+    );
+    assert_eq!(credited(raw.rx), Some((3, MatchKind::Wildcard)));
+    // ICMP that is not a ping-socket echo (here: another identifier) reaches the raw ICMP socket.
+    let other = attribute(&t, &flow(IpProto::Icmp, "192.0.2.9:9", "10.0.0.1:9"), true);
+    assert_eq!(credited(other.rx), Some((4, MatchKind::Wildcard)));
+    // SCTP sockets are not read: unsupported, never pending.
+    let sctp = attribute(&t, &flow(IpProto::Sctp, "10.0.0.1:1", "192.0.2.9:2"), true);
+    assert_eq!(sctp.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
+    // A TCP non-first fragment has no ports: unsupported.
+    let frag = attribute(&t, &flow(IpProto::Tcp, "10.0.0.1:0", "192.0.2.9:0"), false);
+    assert_eq!(frag.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
 }

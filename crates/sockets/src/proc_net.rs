@@ -282,6 +282,37 @@ impl ProcRoot {
         parse_table(reader, &path.display().to_string(), shape, out)?;
         Ok(true)
     }
+
+    /// Appends the raw IP sockets of `<root>/net/raw` and `raw6`. The kernel prints a raw
+    /// socket's protocol number where other tables have the local port: each entry gets that
+    /// protocol as `proto` and port 0 on both ends, which is how packets of protocols without
+    /// ports are keyed. Missing tables are skipped.
+    pub fn read_raw_into(&self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> Result<()> {
+        for (name, v6) in [("raw", false), ("raw6", true)] {
+            let path = self.path().join("net").join(name);
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) => match Error::from_io(&path, e) {
+                    Error::NotFound { .. } => continue,
+                    other => return Err(other),
+                },
+            };
+            let from = out.len();
+            let shape = Shape {
+                proto: IpProto::Unknown(255),
+                v6,
+                netns,
+            };
+            let reader = BufReader::with_capacity(READ_BUFFER, file);
+            parse_table(reader, &path.display().to_string(), shape, out)?;
+            for entry in &mut out[from..] {
+                entry.proto = IpProto::from(entry.local.port() as u8);
+                entry.local.set_port(0);
+                entry.remote.set_port(0);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -77,8 +77,9 @@ impl IpProto {
 ///
 /// Invariants: IPv6 addresses carry flow info and scope id 0, so equal flows hash equally.
 /// For protocols without ports (and non-first IP fragments) both ports are 0. For ICMP and
-/// ICMPv6 echo request/reply, both ports hold the echo identifier (which is how Linux ping
-/// sockets name their "local port").
+/// ICMPv6 echo, the echo identifier (which is how Linux ping sockets name their "local port")
+/// is the source port of a request and the destination port of a reply; the other port is 0
+/// (that end is the kernel's echo responder).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub proto: IpProto,

@@ -1,7 +1,9 @@
 //! ICMP and ICMPv6 headers, read only to recognise echo request/reply and their identifier.
 //!
 //! Linux ping sockets (`SOCK_DGRAM`, `IPPROTO_ICMP[V6]`) use the echo identifier as their
-//! local "port", which is why it becomes both flow ports.
+//! local "port". The identifier becomes the port of the end that owns it: the source port of
+//! a request (the pinger sent it) and the destination port of a reply (the pinger receives
+//! it); the other end, the kernel's echo responder, gets port 0.
 
 use crate::error::WireError;
 use crate::field::be_u16;
@@ -31,12 +33,20 @@ pub(crate) enum Version {
 
 impl Version {
     /// Echo request and reply types: 8/0 for ICMP, 128/129 for ICMPv6.
-    fn is_echo(self, msg_type: u8) -> bool {
-        match self {
-            Version::V4 => matches!(msg_type, 0 | 8),
-            Version::V6 => matches!(msg_type, 128 | 129),
+    fn echo_kind(self, msg_type: u8) -> Option<Echo> {
+        match (self, msg_type) {
+            (Version::V4, 8) | (Version::V6, 128) => Some(Echo::Request),
+            (Version::V4, 0) | (Version::V6, 129) => Some(Echo::Reply),
+            _ => None,
         }
     }
+}
+
+/// Which half of an echo exchange a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Echo {
+    Request,
+    Reply,
 }
 
 /// A length-checked view of an ICMP(v6) header.
@@ -57,10 +67,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::TYPE]
     }
 
-    /// The echo identifier, if this is an echo request or reply.
-    pub(crate) fn echo_ident(&self, version: Version) -> Option<u16> {
-        version
-            .is_echo(self.msg_type())
-            .then(|| be_u16(&self.buffer.as_ref()[field::ECHO_IDENT]))
+    /// The echo identifier and the kind of echo message, if this is an echo request or reply.
+    pub(crate) fn echo_ident(&self, version: Version) -> Option<(u16, Echo)> {
+        let kind = version.echo_kind(self.msg_type())?;
+        Some((be_u16(&self.buffer.as_ref()[field::ECHO_IDENT]), kind))
     }
 }

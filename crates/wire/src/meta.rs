@@ -39,7 +39,8 @@ pub struct PacketMeta {
     pub ports_known: bool,
     /// Some for any IPv4/IPv6 fragment, first or not.
     pub fragment: Option<Fragment>,
-    /// ICMP/ICMPv6 echo request or reply: both flow ports hold the echo identifier.
+    /// ICMP/ICMPv6 echo request or reply: the echo identifier is the source port of a request
+    /// and the destination port of a reply (the pinger's end); the other port is 0.
     pub icmp_echo: bool,
     /// From the LINUX_SLL/SLL2 packet type; `Unknown` for other link types.
     pub direction: LinkDirection,

@@ -33,10 +33,15 @@ impl Ports {
         }
     }
 
-    fn echo(ident: u16) -> Ports {
+    /// The identifier goes to the pinger's end: source of a request, destination of a reply.
+    fn echo((ident, kind): (u16, icmp::Echo)) -> Ports {
+        let (src, dst) = match kind {
+            icmp::Echo::Request => (ident, 0),
+            icmp::Echo::Reply => (0, ident),
+        };
         Ports {
             icmp_echo: true,
-            ..Ports::pair(ident, ident)
+            ..Ports::pair(src, dst)
         }
     }
 }
@@ -76,7 +81,13 @@ mod tests {
     #[test]
     fn icmp_type_numbers_depend_on_the_version() {
         let v4_request = [8, 0, 0, 0, 0x12, 0x34, 0, 1];
-        assert_eq!(ports(IpProto::Icmp, &v4_request), Ports::echo(0x1234));
+        assert_eq!(
+            ports(IpProto::Icmp, &v4_request),
+            Ports::echo((0x1234, icmp::Echo::Request))
+        );
         assert_eq!(ports(IpProto::Icmpv6, &v4_request), Ports::UNKNOWN);
+        let v6_reply = [129, 0, 0, 0, 0x12, 0x34, 0, 1];
+        let reply = ports(IpProto::Icmpv6, &v6_reply);
+        assert_eq!((reply.src, reply.dst, reply.icmp_echo), (0, 0x1234, true));
     }
 }

@@ -3,7 +3,7 @@
 //! `SocketEntry` values (the sockets crate tests them against each other).
 
 use pidcap_core::{NetNsId, SocketEntry};
-use pidcap_sockets::{ProcRoot, SockDiag};
+use pidcap_sockets::{NetTable, ProcRoot, SockDiag};
 use tracing::{info, warn};
 
 #[derive(Debug)]
@@ -36,9 +36,24 @@ impl SocketSource {
         }
     }
 
-    /// Replaces `out` with every TCP and UDP socket of this namespace. A netlink failure
-    /// switches to `/proc/net` for good (warned once).
+    /// Replaces `out` with every TCP, UDP, UDP-Lite, ping (ICMP/ICMPv6) and raw socket of
+    /// this namespace. A netlink failure switches to `/proc/net` for good (warned once).
     pub fn read_into(&mut self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> anyhow::Result<()> {
+        self.read_tcp_udp(netns, out)?;
+        // Small tables, empty on most hosts: always read as text.
+        for table in [
+            NetTable::UdpLite,
+            NetTable::UdpLite6,
+            NetTable::Icmp,
+            NetTable::Icmp6,
+        ] {
+            self.proc.read_table_into(table, netns, out)?;
+        }
+        self.proc.read_raw_into(netns, out)?;
+        Ok(())
+    }
+
+    fn read_tcp_udp(&mut self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> anyhow::Result<()> {
         out.clear();
         if let Some(diag) = self.diag.as_mut() {
             match diag.read_sockets_into(netns, out) {
