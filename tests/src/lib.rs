@@ -3,6 +3,7 @@
 //! Invariants: every wait in this harness is bounded and panics with a message saying what
 //! it waited for; every process and namespace it creates is removed on Drop.
 
+pub mod accuracy;
 pub mod check;
 pub mod daemon;
 pub mod frame;

@@ -9,14 +9,22 @@
 //!    `{"event":"done","sent":N,"received":M}` (application-level bytes);
 //! 4. it keeps its sockets open until stdin reaches EOF, then exits 0.
 //!
+//! Modes for the accuracy suite (`pidcap-accuracy`) follow other protocols, named per mode in
+//! [`USAGE`]: `tcp-sink` is a long-lived server for many connections; `tcp-burst` and
+//! `churn` are clients that start moving bytes the moment they are connected (they never wait
+//! for `go`), print one `{"event":"flow",…}` line per connection and exit; `udp-dual`, `ping`,
+//! `raw-send`, `raw-recv`, `sctp-server` and `sctp-client` use the ready/go/done/EOF steps
+//! above.
+//!
 //! Invariants: every wait is bounded (socket timeouts, a watchdog that exits with status 3
 //! after [`WATCHDOG`]), so a forgotten peer never outlives its test by long.
 
 use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use pidcap_e2e::accuracy::sockets;
 use serde_json::json;
 
 /// How long any single socket read or write may block.
@@ -45,6 +53,15 @@ fn run(args: &[String]) -> Result<()> {
         "tcp-client" => tcp_client(&opts),
         "udp-send" => udp_send(&opts),
         "udp-recv" => udp_recv(&opts),
+        "tcp-sink" => tcp_sink(&opts),
+        "tcp-burst" => tcp_burst(&opts),
+        "churn" => churn(&opts),
+        "udp-dual" => udp_dual(&opts),
+        "ping" => ping(&opts),
+        "raw-send" => raw_send(&opts),
+        "raw-recv" => raw_recv(&opts),
+        "sctp-server" => sctp_server(&opts),
+        "sctp-client" => sctp_client(&opts),
         other => bail!("unknown mode {other:?}; {USAGE}"),
     }
 }
@@ -52,7 +69,15 @@ fn run(args: &[String]) -> Result<()> {
 const USAGE: &str = "usage: pidcap-peer tcp-server --bind ADDR [--recv N] [--send M] | \
     tcp-client --connect ADDR [--send N] [--recv M] | \
     udp-send --bind ADDR [--connect ADDR | --to ADDR] --count K --size S [--await-reply] | \
-    udp-recv --bind ADDR --count K [--reply-size R]";
+    udp-recv --bind ADDR --count K [--reply-size R] | \
+    tcp-sink --bind ADDR [--max-conns N] | \
+    tcp-burst --connect ADDR --bytes N [--reply M] [--from IP] [--duration-ms D] | \
+    churn --connect ADDR --duration-ms T [--interval-ms I] [--bytes N] [--from IP] | \
+    udp-dual --to IPV4ADDR --count K --size S [--await-reply] | \
+    ping --to IP --count K --size S [--from IP] | \
+    raw-send --from IP --to IP --proto P --count K --size S | \
+    raw-recv --from IP [--to IP] --proto P --count K | \
+    sctp-server --bind ADDR --recv N | sctp-client --connect ADDR --send N";
 
 /// The command line options shared by all modes (each mode reads the ones it needs).
 #[derive(Debug, Default)]
@@ -66,6 +91,15 @@ struct Opts {
     size: usize,
     reply_size: usize,
     await_reply: bool,
+    // Accuracy-suite modes only.
+    bytes: usize,
+    reply: Option<usize>,
+    from: Option<IpAddr>,
+    to_ip: Option<IpAddr>,
+    duration_ms: u64,
+    interval_ms: Option<u64>,
+    max_conns: Option<usize>,
+    proto: Option<u8>,
 }
 
 impl Opts {
@@ -97,12 +131,35 @@ impl Opts {
         match flag {
             "--bind" => self.bind = Some(addr()?),
             "--connect" => self.connect = Some(addr()?),
-            "--to" => self.to = Some(addr()?),
+            "--to" => {
+                self.to = value.parse().ok();
+                self.to_ip = value.parse().ok();
+                if self.to.is_none() && self.to_ip.is_none() {
+                    bail!("--to {value:?}: neither IP:PORT nor IP");
+                }
+            }
             "--send" => self.send = num()?,
             "--recv" => self.recv = num()?,
             "--count" => self.count = num()?,
             "--size" => self.size = num()?,
             "--reply-size" => self.reply_size = num()?,
+            _ => return self.set_accuracy(flag, value),
+        }
+        Ok(())
+    }
+
+    /// The flags of the accuracy-suite modes. `--to` takes an IP for `ping`/`raw-*` (kept
+    /// apart from the socket address the UDP modes read).
+    fn set_accuracy(&mut self, flag: &str, value: &str) -> Result<()> {
+        let ctx = || format!("{flag} {value:?}");
+        match flag {
+            "--bytes" => self.bytes = value.parse().with_context(ctx)?,
+            "--reply" => self.reply = Some(value.parse().with_context(ctx)?),
+            "--from" => self.from = Some(value.parse().with_context(ctx)?),
+            "--duration-ms" => self.duration_ms = value.parse().with_context(ctx)?,
+            "--interval-ms" => self.interval_ms = Some(value.parse().with_context(ctx)?),
+            "--max-conns" => self.max_conns = Some(value.parse().with_context(ctx)?),
+            "--proto" => self.proto = Some(value.parse().with_context(ctx)?),
             _ => bail!("unknown flag {flag:?}; {USAGE}"),
         }
         Ok(())
@@ -282,5 +339,292 @@ fn udp_recv(opts: &Opts) -> Result<()> {
         }
     }
     done(sent, received)?;
+    wait_for_eof()
+}
+
+// ---- Accuracy-suite modes -------------------------------------------------------------------
+
+/// A connection's (local, remote), read while it is connected (after the close handshake
+/// `getpeername` fails).
+fn ends(stream: &TcpStream) -> Result<(SocketAddr, SocketAddr)> {
+    Ok((stream.local_addr()?, stream.peer_addr()?))
+}
+
+/// One `{"event":"flow",…}` line: the pid and the 5-tuple a connection used, and its bytes.
+fn flow_line(
+    proto: &str,
+    ends: (SocketAddr, SocketAddr),
+    sent: usize,
+    received: usize,
+) -> Result<()> {
+    emit(json!({
+        "event": "flow",
+        "pid": std::process::id(),
+        "proto": proto,
+        "local": ends.0.to_string(),
+        "remote": ends.1.to_string(),
+        "sent": sent,
+        "received": received,
+    }))
+}
+
+/// `tcp-sink`: accepts connections until stdin reaches EOF (at most `--max-conns`). On each:
+/// reads an 8-byte big-endian reply length, reads the payload to EOF, writes the reply,
+/// closes, and prints a `flow` line for its side.
+fn tcp_sink(opts: &Opts) -> Result<()> {
+    let bind = opts.bind.context("tcp-sink needs --bind")?;
+    let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+    describe("tcp", listener.local_addr()?, None)?;
+    let max = opts.max_conns.unwrap_or(100_000);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max) {
+            match stream {
+                Ok(stream) => {
+                    std::thread::spawn(move || {
+                        if let Err(e) = sink_one(stream) {
+                            eprintln!("pidcap-peer tcp-sink: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => eprintln!("pidcap-peer tcp-sink: accept: {e}"),
+            }
+        }
+    });
+    wait_for_eof()
+}
+
+fn sink_one(stream: TcpStream) -> Result<()> {
+    let mut stream = configure(stream)?;
+    let addrs = ends(&stream)?;
+    let mut header = [0_u8; 8];
+    stream.read_exact(&mut header).context("reply length")?;
+    let reply = usize::try_from(u64::from_be_bytes(header)).context("reply length")?;
+    let received = read_to_eof(&mut stream)?;
+    let sent = write_n(&mut stream, reply)?;
+    flow_line("tcp", addrs, sent, received)?;
+    // The peer may have gone already; the reply was written either way.
+    let _ = stream.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+fn read_to_eof(stream: &mut TcpStream) -> Result<usize> {
+    let mut buf = vec![0_u8; 64 * 1024];
+    let mut got = 0;
+    loop {
+        match stream.read(&mut buf).context("tcp read")? {
+            0 => return Ok(got),
+            k => got += k,
+        }
+    }
+}
+
+fn tcp_open(opts: &Opts, remote: SocketAddr) -> Result<TcpStream> {
+    let stream = match opts.from {
+        Some(ip) => sockets::tcp_connect_from(SocketAddr::new(ip, 0), remote, IO_TIMEOUT),
+        None => TcpStream::connect_timeout(&remote, IO_TIMEOUT),
+    };
+    configure(stream.with_context(|| format!("connect {remote}"))?)
+}
+
+/// One client exchange with a `tcp-sink`: connect, send `bytes` (spread over `duration`),
+/// half-close, read the reply to EOF, print the flow line. Returns (sent, received).
+fn exchange(opts: &Opts, remote: SocketAddr, duration: Duration) -> Result<(usize, usize)> {
+    let mut stream = tcp_open(opts, remote)?;
+    let addrs = ends(&stream)?;
+    let reply = opts.reply.unwrap_or(opts.bytes);
+    stream.write_all(&(reply as u64).to_be_bytes())?;
+    let sent = write_paced(&mut stream, opts.bytes, duration)?;
+    stream.shutdown(Shutdown::Write)?;
+    let received = read_to_eof(&mut stream)?;
+    if received != reply {
+        bail!("reply of {received} bytes, expected {reply}");
+    }
+    flow_line("tcp", addrs, sent, received)?;
+    Ok((sent, received))
+}
+
+/// Writes `n` bytes in 64 KiB chunks, sleeping between chunks so the whole takes `duration`.
+fn write_paced(stream: &mut TcpStream, n: usize, duration: Duration) -> Result<usize> {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = n.div_ceil(CHUNK).max(1);
+    let pause = duration / u32::try_from(chunks).unwrap_or(u32::MAX);
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(CHUNK);
+        write_n(stream, len)?;
+        left -= len;
+        if left > 0 && !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    Ok(n)
+}
+
+/// `tcp-burst`: one exchange with a `tcp-sink` the moment the process starts, then exit.
+fn tcp_burst(opts: &Opts) -> Result<()> {
+    let remote = opts.connect.context("tcp-burst needs --connect")?;
+    exchange(opts, remote, Duration::from_millis(opts.duration_ms))?;
+    Ok(())
+}
+
+/// `churn`: exchanges with a `tcp-sink` every `--interval-ms` (default 100) for
+/// `--duration-ms`, each on a fresh connection; then a `done` line and exit.
+fn churn(opts: &Opts) -> Result<()> {
+    let remote = opts.connect.context("churn needs --connect")?;
+    let interval = Duration::from_millis(opts.interval_ms.unwrap_or(100));
+    let end = Instant::now() + Duration::from_millis(opts.duration_ms);
+    let (mut sent, mut received, mut connections) = (0, 0, 0);
+    while Instant::now() < end && connections < 10_000 {
+        let (s, r) = exchange(opts, remote, Duration::ZERO)?;
+        (sent, received, connections) = (sent + s, received + r, connections + 1);
+        std::thread::sleep(interval);
+    }
+    emit(json!({"event": "done", "sent": sent, "received": received,
+        "connections": connections}))
+}
+
+/// `udp-dual`: a dual-stack `[::]` socket that sends IPv4 datagrams (as `::ffff:a.b.c.d`).
+fn udp_dual(opts: &Opts) -> Result<()> {
+    let to = match opts.to.context("udp-dual needs --to IPV4:PORT")? {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        SocketAddr::V6(_) => bail!("udp-dual sends IPv4: --to takes an IPv4 address"),
+    };
+    let socket = sockets::dual_stack_udp(0).context("dual-stack socket")?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    describe("udp", socket.local_addr()?, None)?;
+    wait_for_go()?;
+    let payload = vec![0xa5_u8; opts.size];
+    let mut reply = vec![0_u8; 65536];
+    let (mut sent, mut received) = (0, 0);
+    for _ in 0..opts.count {
+        sent += socket.send_to(&payload, to)?;
+        if opts.await_reply {
+            received += socket.recv(&mut reply).context("waiting for a reply")?;
+        }
+    }
+    done(sent, received)?;
+    wait_for_eof()
+}
+
+/// `ping`: a ping socket (ICMP for an IPv4 `--to`, ICMPv6 for IPv6) sends `--count` echo
+/// requests of `--size` payload bytes, each awaiting its reply. The describe line's local
+/// port is the echo identifier the kernel gave the socket.
+fn ping(opts: &Opts) -> Result<()> {
+    let to = opts.to_ip.context("ping needs --to IP")?;
+    let from = opts.from.unwrap_or(match to {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let socket = sockets::ping_socket(SocketAddr::new(from, 0))
+        .context("ping socket (is net.ipv4.ping_group_range set to include this group?)")?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    let proto = if to.is_ipv4() { "icmp" } else { "icmpv6" };
+    describe(proto, socket.local_addr()?, Some(SocketAddr::new(to, 0)))?;
+    wait_for_go()?;
+    let request_type = if to.is_ipv4() { 8 } else { 128 };
+    let mut reply = vec![0_u8; 65536];
+    let (mut sent, mut received) = (0, 0);
+    for seq in 0..opts.count {
+        let mut request = vec![request_type, 0, 0, 0, 0, 0];
+        request.extend_from_slice(&(seq as u16).to_be_bytes());
+        request.resize(8 + opts.size, 0x42);
+        sent += socket.send_to(&request, SocketAddr::new(to, 0))?;
+        received += socket
+            .recv(&mut reply)
+            .context("waiting for an echo reply")?;
+    }
+    done(sent, received)?;
+    wait_for_eof()
+}
+
+fn raw_proto(opts: &Opts) -> Result<u8> {
+    opts.proto.context("raw modes need --proto P")
+}
+
+/// `raw-send`: a raw socket of protocol `--proto` bound to `--from` sends `--count` packets.
+fn raw_send(opts: &Opts) -> Result<()> {
+    let proto = raw_proto(opts)?;
+    let from = opts.from.context("raw-send needs --from IP")?;
+    let to = SocketAddr::new(opts.to_ip.context("raw-send needs --to IP")?, 0);
+    let socket = sockets::raw_socket(SocketAddr::new(from, 0), proto).context("raw socket")?;
+    socket.set_write_timeout(Some(IO_TIMEOUT))?;
+    raw_describe(proto, SocketAddr::new(from, 0), Some(to))?;
+    wait_for_go()?;
+    let payload = vec![0x77_u8; opts.size];
+    let mut sent = 0;
+    for _ in 0..opts.count {
+        sent += socket.send_to(&payload, to)?;
+        // A raw receiver's buffer is small; pacing keeps it from overflowing.
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    done(sent, 0)?;
+    wait_for_eof()
+}
+
+fn raw_describe(proto: u8, local: SocketAddr, remote: Option<SocketAddr>) -> Result<()> {
+    emit(json!({
+        "event": "ready",
+        "pid": std::process::id(),
+        "proto": "raw",
+        "ip_proto": proto,
+        "local": local.to_string(),
+        "remote": remote.map(|r| r.to_string()),
+    }))
+}
+
+/// `raw-recv`: a raw socket of protocol `--proto` bound to `--from` (and connected to `--to`
+/// if given) reads until `--count` packets arrived or nothing came for 2 s.
+fn raw_recv(opts: &Opts) -> Result<()> {
+    let proto = raw_proto(opts)?;
+    let from = opts.from.context("raw-recv needs --from IP")?;
+    let socket = sockets::raw_socket(SocketAddr::new(from, 0), proto).context("raw socket")?;
+    let remote = opts.to_ip.map(|ip| SocketAddr::new(ip, 0));
+    if let Some(remote) = remote {
+        socket.connect(remote)?;
+    }
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    raw_describe(proto, SocketAddr::new(from, 0), remote)?;
+    wait_for_go()?;
+    let mut buf = vec![0_u8; 65536];
+    let mut received = 0;
+    for _ in 0..opts.count {
+        match socket.recv(&mut buf) {
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e).context("raw recv"),
+        }
+    }
+    done(0, received)?;
+    wait_for_eof()
+}
+
+/// `sctp-server`: like `tcp-server` over a one-to-one SCTP socket: accept, `go`, receive
+/// `--recv` bytes, done, EOF.
+fn sctp_server(opts: &Opts) -> Result<()> {
+    let bind = opts.bind.context("sctp-server needs --bind")?;
+    let listener = sockets::sctp_listen(bind).with_context(|| format!("sctp bind {bind}"))?;
+    describe("sctp", listener.local_addr()?, None)?;
+    let mut stream = accept_bounded(&listener)?;
+    emit(json!({
+        "event": "accepted",
+        "local": stream.local_addr()?.to_string(),
+        "remote": stream.peer_addr()?.to_string(),
+    }))?;
+    wait_for_go()?;
+    let received = read_n(&mut stream, opts.recv)?;
+    done(0, received)?;
+    wait_for_eof()
+}
+
+/// `sctp-client`: connect, `go`, send `--send` bytes, done, EOF.
+fn sctp_client(opts: &Opts) -> Result<()> {
+    let remote = opts.connect.context("sctp-client needs --connect")?;
+    let stream = sockets::sctp_connect(remote, IO_TIMEOUT)
+        .with_context(|| format!("sctp connect {remote}"))?;
+    let mut stream = configure(stream)?;
+    describe("sctp", stream.local_addr()?, Some(stream.peer_addr()?))?;
+    wait_for_go()?;
+    let sent = write_n(&mut stream, opts.send)?;
+    done(sent, 0)?;
     wait_for_eof()
 }

@@ -1,0 +1,633 @@
+//! The scenarios. Each starts its own `pidcapd` (filtered to its own traffic) and reference
+//! captures, runs real `pidcap-peer` processes, and returns an [`Outcome`].
+//!
+//! Invariants: a scenario panics only when it cannot run (a peer fails to start, a capture
+//! cannot open); its processes, daemon and namespace are cleaned up by Drop on every path.
+//! Traffic goes to loopback or into the scenario's own namespace only; counts and durations
+//! are fixed by [`Size`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::measure::{drain, DaemonView, Outcome, Ownership, PidBytes, Status};
+use super::sockets::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
+use super::spawn::{run_peers, Exited};
+use super::sysctl::PingGroupRange;
+use crate::{Daemon, Netns, Peer, RefCapture};
+
+/// Full size for the suite, small for the CI tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    Full,
+    Quick,
+}
+
+impl Size {
+    fn pick<T>(self, full: T, quick: T) -> T {
+        match self {
+            Size::Full => full,
+            Size::Quick => quick,
+        }
+    }
+}
+
+/// How long the daemon's counters must stay still before they are read, and the bound.
+const QUIET: Duration = Duration::from_secs(2);
+const DRAIN_BOUND: Duration = Duration::from_secs(20);
+/// Bound on a batch of short-lived peers.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A daemon and a reference capture watching one scenario's traffic (same interface, same
+/// filter).
+#[derive(Debug)]
+struct Watch {
+    daemon: Daemon,
+    cap: RefCapture,
+}
+
+impl Watch {
+    fn start(interface: &str, filter: &str) -> Watch {
+        let daemon = Daemon::start(&["--interface", interface, "--filter", filter]);
+        let cap = RefCapture::start(interface, filter);
+        Watch { daemon, cap }
+    }
+
+    /// Waits for the daemon to drain, builds the ownership (`own` runs after the drain, so
+    /// it may stop captures of its own), and compares.
+    fn finish(
+        self,
+        name: &str,
+        is_local: impl Fn(IpAddr) -> bool,
+        mut notes: Vec<String>,
+        own: impl FnOnce() -> Ownership,
+    ) -> (Outcome, DaemonView) {
+        let Watch { mut daemon, cap } = self;
+        if !drain(&daemon, QUIET, DRAIN_BOUND) {
+            notes.push(format!(
+                "daemon counters still moving after {DRAIN_BOUND:?}"
+            ));
+        }
+        let view = DaemonView::read(&daemon);
+        let truth = cap.stop();
+        let own = own();
+        if truth.unparsed > 0 {
+            notes.push(format!(
+                "reference capture could not parse {} frames",
+                truth.unparsed
+            ));
+        }
+        notes.extend(own.collisions.iter().cloned());
+        let mut outcome = Outcome::compare(name, &own.split(&truth, is_local), &view);
+        outcome.notes.extend(notes);
+        let finished = daemon.stop();
+        if !finished.status.success() {
+            outcome.notes.push(format!(
+                "pidcapd exited with {} after SIGTERM",
+                finished.status
+            ));
+        }
+        (outcome, view)
+    }
+}
+
+fn on_host(_: IpAddr) -> bool {
+    true
+}
+
+fn ports_filter(proto: &str, ports: impl IntoIterator<Item = u16>) -> String {
+    let ports: Vec<String> = ports.into_iter().map(|p| format!("port {p}")).collect();
+    format!("{proto} and ({})", ports.join(" or "))
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn sink(bind: &str) -> Peer {
+    Peer::spawn(&["tcp-sink", "--bind", bind])
+}
+
+/// A distinct loopback source address per client (`127.<net>.x.y`), so a port reused by a
+/// later process can never make two processes' traffic look alike.
+fn loopback_source(net: u8, i: usize) -> String {
+    format!("127.{net}.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// Adds every reported flow to `own`; returns notes about peers that failed.
+fn add_flows(own: &mut Ownership, exited: &[Exited], proto: u8) -> Vec<String> {
+    let mut failed = Vec::new();
+    for e in exited {
+        own.add_measured(e.pid, PidBytes::default());
+        for flow in &e.flows {
+            own.add(flow.pid, proto, flow.local);
+        }
+        if !e.status.is_some_and(|s| s.success()) {
+            failed.push(format!("pid {} ({:?})", e.pid, e.status));
+        }
+    }
+    match failed.is_empty() {
+        true => Vec::new(),
+        false => vec![format!(
+            "{} peer(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        )],
+    }
+}
+
+fn lifetimes_note(exited: &[Exited]) -> String {
+    let mut ms: Vec<u128> = exited.iter().map(|e| e.lifetime.as_millis()).collect();
+    ms.sort_unstable();
+    let at = |q: usize| {
+        ms.get(ms.len().saturating_sub(1) * q / 100)
+            .copied()
+            .unwrap_or(0)
+    };
+    format!(
+        "{} processes, lifetime min {} / median {} / max {} ms",
+        ms.len(),
+        at(0),
+        at(50),
+        at(100)
+    )
+}
+
+/// Closes the peers' stdin and waits; notes any that did not exit 0.
+fn finish_peers(peers: Vec<Peer>) -> Vec<String> {
+    peers
+        .into_iter()
+        .filter_map(|p| {
+            let pid = p.pid();
+            let status = p.finish();
+            (!status.success()).then(|| format!("peer {pid} exited with {status}"))
+        })
+        .collect()
+}
+
+/// 1. Long-lived TCP: client/server pairs over IPv4 and IPv6 at once, each client streaming
+///    1–4.5 MB (answered with half as much) over about two seconds.
+pub fn long_lived_tcp(size: Size) -> Outcome {
+    let name = "1. long-lived TCP, IPv4 + IPv6";
+    let (per_family, duration) = size.pick((4, "2000"), (1, "500"));
+    let sinks: Vec<Peer> = (0..per_family * 2)
+        .map(|i| sink(if i % 2 == 0 { "127.0.0.1:0" } else { "[::1]:0" }))
+        .collect();
+    let watch = Watch::start(
+        "lo",
+        &ports_filter("tcp", sinks.iter().map(|s| s.info.local.port())),
+    );
+    let runs: Vec<Vec<String>> = sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let bytes = 1_000_000 + i * 500_000;
+            let mut a = args(&["tcp-burst", "--connect", &s.info.local.to_string()]);
+            a.extend(args(&[
+                "--bytes",
+                &bytes.to_string(),
+                "--reply",
+                &(bytes / 2).to_string(),
+            ]));
+            a.extend(args(&["--duration-ms", duration]));
+            a
+        })
+        .collect();
+    let exited = run_peers(&runs, runs.len(), BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    sinks
+        .iter()
+        .for_each(|s| own.add(s.pid(), TCP, s.info.local));
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.extend(finish_peers(sinks));
+    watch.finish(name, on_host, notes, || own).0
+}
+
+/// 2. Short-lived clients: each a fresh process that connects to one long-lived server,
+///    moves 20–200 KB each way the moment it is connected, and exits.
+pub fn short_lived_tcp(size: Size) -> Outcome {
+    let (clients, parallel) = size.pick((200, 20), (30, 10));
+    let name = format!("2. {clients} short-lived TCP client processes");
+    let server = sink("127.0.0.1:0");
+    let watch = Watch::start("lo", &ports_filter("tcp", [server.info.local.port()]));
+    let target = server.info.local.to_string();
+    let runs: Vec<Vec<String>> = (0..clients)
+        .map(|i| {
+            let bytes = (20_000 + i * 7_919 % 180_001).to_string();
+            args(&["tcp-burst", "--connect", &target, "--bytes", &bytes])
+                .into_iter()
+                .chain(args(&["--from", &loopback_source(77, i)]))
+                .collect()
+        })
+        .collect();
+    let exited = run_peers(&runs, parallel, BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    own.add(server.pid(), TCP, server.info.local);
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.push(lifetimes_note(&exited));
+    notes.extend(finish_peers(vec![server]));
+    watch.finish(&name, on_host, notes, || own).0
+}
+
+/// A UDP receiver answering `count` datagrams, and its sender's arguments (after `bind`).
+fn udp_pair(recv_bind: &str, sender: &[&str], count: usize) -> (Peer, Peer) {
+    let count = count.to_string();
+    let receiver = Peer::spawn(&[
+        "udp-recv",
+        "--bind",
+        recv_bind,
+        "--count",
+        &count,
+        "--reply-size",
+        "300",
+    ]);
+    let port = receiver.info.local.port();
+    let fill = |a: &str| a.replace("PORT", &port.to_string());
+    let mut list: Vec<String> = sender.iter().map(|a| fill(a)).collect();
+    list.extend(args(&[
+        "--count",
+        &count,
+        "--size",
+        "1000",
+        "--await-reply",
+    ]));
+    let list: Vec<&str> = list.iter().map(String::as_str).collect();
+    (receiver, Peer::spawn(&list))
+}
+
+/// 3. UDP: connected sockets (full size only), unconnected sockets on `0.0.0.0` and `::`,
+///    and IPv4 on dual-stack `::` sockets (sender and receiver).
+pub fn udp(size: Size) -> Outcome {
+    let name = match size {
+        Size::Full => "3. UDP: connected, unconnected 0.0.0.0 / ::, IPv4 on dual-stack ::",
+        Size::Quick => "3. UDP: unconnected 0.0.0.0 / ::, IPv4 on dual-stack ::",
+    };
+    let count = size.pick(200, 50);
+    let mut pairs = vec![
+        udp_pair(
+            "0.0.0.0:0",
+            &["udp-send", "--bind", "0.0.0.0:0", "--to", "127.0.0.1:PORT"],
+            count,
+        ),
+        udp_pair(
+            "[::]:0",
+            &["udp-send", "--bind", "[::]:0", "--to", "[::1]:PORT"],
+            count,
+        ),
+        udp_pair("[::]:0", &["udp-dual", "--to", "127.0.0.1:PORT"], count),
+    ];
+    if size == Size::Full {
+        let connected = [
+            "udp-send",
+            "--bind",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:PORT",
+        ];
+        pairs.push(udp_pair("127.0.0.1:0", &connected, count));
+    }
+    let mut peers: Vec<Peer> = pairs.into_iter().flat_map(|(r, s)| [r, s]).collect();
+    let watch = Watch::start(
+        "lo",
+        &ports_filter("udp", peers.iter().map(|p| p.info.local.port())),
+    );
+    peers.iter_mut().for_each(Peer::go);
+    peers.iter_mut().for_each(|p| {
+        p.wait_done();
+    });
+    let mut own = Ownership::default();
+    peers
+        .iter()
+        .for_each(|p| own.add(p.pid(), UDP, p.info.local));
+    let notes = finish_peers(peers);
+    watch.finish(name, on_host, notes, || own).0
+}
+
+/// BPF for one ping socket's echo requests (`reply` false) or replies, by identifier.
+fn echo_filter(v6: bool, id: u16, reply: bool) -> String {
+    match (v6, reply) {
+        (false, false) => format!("(icmp and icmp[0] == 8 and icmp[4:2] == {id})"),
+        (false, true) => format!("(icmp and icmp[0] == 0 and icmp[4:2] == {id})"),
+        (true, false) => format!("(icmp6 and ip6[40] == 128 and ip6[44:2] == {id})"),
+        (true, true) => format!("(icmp6 and ip6[40] == 129 and ip6[44:2] == {id})"),
+    }
+}
+
+/// 4a. ICMP echo from ping sockets to 127.0.0.1 and ICMPv6 echo to ::1. A process's truth is
+///     its requests (tx) and the replies to its identifier (rx), each counted by a capture
+///     of its own; the kernel's side (request rx, reply tx) has no owner.
+pub fn ping(size: Size) -> Outcome {
+    let name = "4a. ICMP / ICMPv6 echo from ping sockets";
+    let _range = match PingGroupRange::open_to_all() {
+        Ok(range) => range,
+        Err(e) => return Outcome::not_run(name, Status::Failed(format!("ping_group_range: {e}"))),
+    };
+    let (per_family, count) = size.pick((2, "100"), (1, "30"));
+    let mut pingers: Vec<Peer> = (0..per_family * 2)
+        .map(|i| {
+            let to = if i % 2 == 0 { "127.0.0.1" } else { "::1" };
+            Peer::spawn(&["ping", "--to", to, "--count", count, "--size", "56"])
+        })
+        .collect();
+    let echo = |p: &Peer, reply| echo_filter(p.info.local.is_ipv6(), p.info.local.port(), reply);
+    let all: Vec<String> = pingers
+        .iter()
+        .flat_map(|p| [echo(p, false), echo(p, true)])
+        .collect();
+    let watch = Watch::start("lo", &all.join(" or "));
+    let caps: Vec<(u32, RefCapture, RefCapture)> = pingers
+        .iter()
+        .map(|p| {
+            let tx = RefCapture::start("lo", &echo(p, false));
+            (p.pid(), tx, RefCapture::start("lo", &echo(p, true)))
+        })
+        .collect();
+    pingers.iter_mut().for_each(Peer::go);
+    pingers.iter_mut().for_each(|p| {
+        p.wait_done();
+    });
+    let notes = finish_peers(pingers);
+    watch
+        .finish(name, on_host, notes, || {
+            let mut own = Ownership::default();
+            for (pid, tx, rx) in caps {
+                let (tx, rx) = (tx.stop().total().bytes, rx.stop().total().bytes);
+                own.add_measured(pid, PidBytes { rx, tx });
+            }
+            own
+        })
+        .0
+}
+
+/// 4b. Raw IP sockets of protocol 253: a sender bound to 127.0.0.3, a receiver bound to
+///     127.0.0.4 (and connected to .3). Distinct addresses keep the sender's own raw socket
+///     from receiving copies, so each packet has exactly one sender and one receiver.
+pub fn raw_ip() -> Outcome {
+    let name = "4b. raw IP sockets, protocol 253";
+    let (proto, count) = (253_u8, "200");
+    let mut receiver = Peer::spawn(&[
+        "raw-recv",
+        "--from",
+        "127.0.0.4",
+        "--to",
+        "127.0.0.3",
+        "--proto",
+        "253",
+        "--count",
+        count,
+    ]);
+    let mut sender = Peer::spawn(&[
+        "raw-send",
+        "--from",
+        "127.0.0.3",
+        "--to",
+        "127.0.0.4",
+        "--proto",
+        "253",
+        "--count",
+        count,
+        "--size",
+        "500",
+    ]);
+    let watch = Watch::start("lo", "ip proto 253 and (host 127.0.0.3 or host 127.0.0.4)");
+    receiver.go();
+    sender.go();
+    sender.wait_done();
+    let received = receiver.wait_done().received;
+    let mut own = Ownership::default();
+    own.add(sender.pid(), proto, sender.info.local);
+    own.add(receiver.pid(), proto, receiver.info.local);
+    let mut notes = vec![format!("receiver read {received} B (IP headers included)")];
+    notes.extend(finish_peers(vec![receiver, sender]));
+    watch.finish(name, on_host, notes, || own).0
+}
+
+/// 4c. SCTP over loopback, if the kernel offers it: one association, 1 MB client to server.
+pub fn sctp() -> Outcome {
+    let name = "4c. SCTP";
+    if let Err(e) = super::sockets::sctp_available() {
+        let why = format!("socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): {e}");
+        return Outcome::not_run(name, Status::Skipped(why));
+    }
+    let mut server = Peer::spawn(&["sctp-server", "--bind", "127.0.0.1:0", "--recv", "1000000"]);
+    let port = server.info.local.port();
+    let watch = Watch::start("lo", &format!("sctp and port {port}"));
+    let mut client = Peer::spawn(&[
+        "sctp-client",
+        "--connect",
+        &server.info.local.to_string(),
+        "--send",
+        "1000000",
+    ]);
+    server.accepted();
+    // The reference parser reads no SCTP ports, so each end is counted by captures of its own.
+    let end = |p: u16| {
+        let tx = RefCapture::start("lo", &format!("sctp and src port {p}"));
+        (
+            tx,
+            RefCapture::start("lo", &format!("sctp and dst port {p}")),
+        )
+    };
+    let ends = [
+        (server.pid(), end(port)),
+        (client.pid(), end(client.info.local.port())),
+    ];
+    server.go();
+    client.go();
+    client.wait_done();
+    server.wait_done();
+    let notes = finish_peers(vec![client, server]);
+    watch
+        .finish(name, on_host, notes, || {
+            let mut own = Ownership::default();
+            for (pid, (tx, rx)) in ends {
+                let (tx, rx) = (tx.stop().total().bytes, rx.stop().total().bytes);
+                own.add_measured(pid, PidBytes { rx, tx });
+            }
+            own
+        })
+        .0
+}
+
+/// 5. Two local processes over loopback (TCP 2 MB / 1 MB, connected UDP): every packet is
+///    tx for one and rx for the other, so each receiver's rx must equal its sender's tx.
+pub fn loopback_pair() -> Outcome {
+    let name = "5. loopback pair, both ends credited";
+    let mut server = Peer::spawn(&[
+        "tcp-server",
+        "--bind",
+        "127.0.0.1:0",
+        "--recv",
+        "2000000",
+        "--send",
+        "1000000",
+    ]);
+    let (receiver, sender) = udp_pair(
+        "127.0.0.1:0",
+        &[
+            "udp-send",
+            "--bind",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:PORT",
+        ],
+        200,
+    );
+    let ports = [
+        server.info.local.port(),
+        receiver.info.local.port(),
+        sender.info.local.port(),
+    ];
+    let watch = Watch::start("lo", &ports_filter("(tcp or udp)", ports));
+    let remote = server.info.local.to_string();
+    let client = Peer::spawn(&[
+        "tcp-client",
+        "--connect",
+        &remote,
+        "--send",
+        "2000000",
+        "--recv",
+        "1000000",
+    ]);
+    server.accepted();
+    let mut peers = vec![server, client, receiver, sender];
+    peers.iter_mut().for_each(Peer::go);
+    peers.iter_mut().for_each(|p| {
+        p.wait_done();
+    });
+    let mut own = Ownership::default();
+    for (p, proto) in peers.iter().zip([TCP, TCP, UDP, UDP]) {
+        own.add(p.pid(), proto, p.info.local);
+    }
+    let pids: Vec<u32> = peers.iter().map(Peer::pid).collect();
+    let notes = finish_peers(peers);
+    let (mut outcome, view) = watch.finish(name, on_host, notes, || own);
+    outcome
+        .notes
+        .extend(balance(&view, pids[0], pids[1], "tcp"));
+    outcome
+        .notes
+        .extend(balance(&view, pids[2], pids[3], "udp"));
+    outcome
+}
+
+/// "a rx == b tx and b rx == a tx" in the daemon's totals, as a note.
+fn balance(view: &DaemonView, a: u32, b: u32, what: &str) -> Vec<String> {
+    let get = |pid| {
+        view.per_pid
+            .get(&pid)
+            .map(|(bytes, _)| *bytes)
+            .unwrap_or_default()
+    };
+    let (a, b) = (get(a), get(b));
+    let verdict = |x: u64, y: u64| if x == y { "equal" } else { "DIFFER" };
+    vec![format!(
+        "{what}: server rx {} / client tx {} B {}; client rx {} / server tx {} B {}",
+        a.rx,
+        b.tx,
+        verdict(a.rx, b.tx),
+        b.rx,
+        a.tx,
+        verdict(b.rx, a.tx)
+    )]
+}
+
+/// 6. Across a veth pair: servers inside a namespace the scenario creates, host clients
+///    (long streams over IPv4 and IPv6, short-lived bursts over IPv4), daemon on `any`. Only
+///    the host's ends are local; the namespace's processes are not this host's to credit.
+pub fn veth(size: Size) -> Outcome {
+    let name = "6. veth into a network namespace (daemon on any)";
+    let ns = Netns::new();
+    let bind = |v6| SocketAddr::new(ns.ns_ip(v6), 0).to_string();
+    let sinks = [false, true].map(|v6| Peer::spawn_in(&ns, &["tcp-sink", "--bind", &bind(v6)]));
+    let n = ns.host_v4.octets()[2];
+    let filter = format!(
+        "{} and (net 10.231.{n}.0/24 or net fd00:231:{n}::/64)",
+        ports_filter("tcp", sinks.iter().map(|s| s.info.local.port()))
+    );
+    let watch = Watch::start("any", &filter);
+    let mut runs = Vec::new();
+    for s in &sinks {
+        for _ in 0..2 {
+            let to = s.info.local.to_string();
+            runs.push(args(&[
+                "tcp-burst",
+                "--connect",
+                &to,
+                "--bytes",
+                "2000000",
+                "--duration-ms",
+                "1000",
+            ]));
+        }
+    }
+    let to = sinks[0].info.local.to_string();
+    for _ in 0..size.pick(20, 5) {
+        runs.push(args(&["tcp-burst", "--connect", &to, "--bytes", "100000"]));
+    }
+    let exited = run_peers(&runs, 10, BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    sinks
+        .iter()
+        .for_each(|s| own.add_measured(s.pid(), PidBytes::default()));
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.extend(finish_peers(sinks.into()));
+    let (v4, v6) = (IpAddr::V4(ns.host_v4), IpAddr::V6(ns.host_v6));
+    let outcome = watch
+        .finish(name, |ip| ip == v4 || ip == v6, notes, || own)
+        .0;
+    drop(ns);
+    outcome
+}
+
+/// 7. Connection churn: processes that open a connection, move 2 KB each way, close it and
+///    sleep 100 ms, again and again for a few seconds.
+pub fn churn(size: Size) -> Outcome {
+    let (procs, millis) = size.pick((50, "5000"), (10, "2000"));
+    let name = format!("7. churn: {procs} processes reconnecting every 100 ms");
+    let server = sink("127.0.0.1:0");
+    let watch = Watch::start("lo", &ports_filter("tcp", [server.info.local.port()]));
+    let target = server.info.local.to_string();
+    let runs: Vec<Vec<String>> = (0..procs)
+        .map(|i| {
+            let mut a = args(&["churn", "--connect", &target, "--duration-ms", millis]);
+            a.extend(args(&[
+                "--bytes",
+                "2000",
+                "--from",
+                &loopback_source(78, i),
+            ]));
+            a
+        })
+        .collect();
+    let exited = run_peers(&runs, procs, BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    own.add(server.pid(), TCP, server.info.local);
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    let connections: usize = exited.iter().map(|e| e.flows.len()).sum();
+    notes.push(format!("{connections} connections"));
+    notes.extend(finish_peers(vec![server]));
+    watch.finish(&name, on_host, notes, || own).0
+}
+
+/// 8. A high-rate burst: many processes each open one TCP flow at the same moment and move
+///    1 MB each way.
+pub fn parallel_flows(size: Size) -> Outcome {
+    let flows = size.pick(64, 16);
+    let name = format!("8. {flows} parallel TCP flows, 1 MB each way");
+    let server = sink("127.0.0.1:0");
+    let watch = Watch::start("lo", &ports_filter("tcp", [server.info.local.port()]));
+    let target = server.info.local.to_string();
+    let runs: Vec<Vec<String>> = (0..flows)
+        .map(|i| {
+            let mut a = args(&["tcp-burst", "--connect", &target, "--bytes", "1000000"]);
+            a.extend(args(&["--from", &loopback_source(79, i)]));
+            a
+        })
+        .collect();
+    let exited = run_peers(&runs, flows, BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    own.add(server.pid(), TCP, server.info.local);
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.extend(finish_peers(vec![server]));
+    watch.finish(&name, on_host, notes, || own).0
+}
