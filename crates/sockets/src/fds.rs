@@ -10,9 +10,9 @@
 //! - reads process facts ([`ProcRoot::process`]) only for processes holding at least one
 //!   socket.
 //!
-//! Cost: one `read_dir` per process and one `readlink` (with a path allocation) per fd. A
-//! later version will use `openat`/`readlinkat` relative to an open directory fd, without
-//! allocating per fd.
+//! Cost: one `read_dir` per process and one `readlink` (with a path allocation) per fd.
+//! [`OwnerScanner`](crate::OwnerScanner) does the same relative to open directory fds,
+//! without allocating per fd.
 //!
 //! Expected races are counted in [`ScanStats`], never logged per event and never an error:
 //! a process that exits mid-scan (`ENOENT`/`ESRCH`) is `vanished`; one whose fds we may not
@@ -62,13 +62,13 @@ pub(crate) fn parse_socket_link(target: &[u8]) -> Option<u64> {
 }
 
 /// A pid from a proc root entry name; `None` for `self`, `net`, `sys`, ….
-fn parse_pid(name: &[u8]) -> Option<u32> {
+pub(crate) fn parse_pid(name: &[u8]) -> Option<u32> {
     dec(name).and_then(|n| u32::try_from(n).ok())
 }
 
 /// Turns the expected per-process failures into counts: `Ok(None)` when the process vanished
 /// or is off limits, `Err` for anything else.
-fn tolerate<T>(result: Result<T>, stats: &mut ScanStats) -> Result<Option<T>> {
+pub(crate) fn tolerate<T>(result: Result<T>, stats: &mut ScanStats) -> Result<Option<T>> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(Error::NotFound { .. }) => {

@@ -9,6 +9,7 @@ mod proc_events;
 mod proc_net;
 mod process;
 mod root;
+mod scanner;
 mod text;
 
 pub use addrs::local_addresses;
@@ -18,3 +19,4 @@ pub use fds::{OwnerScan, ScanStats};
 pub use proc_events::{parse_datagram, MalformedDatagram, ProcEvent, ProcEvents};
 pub use proc_net::{parse_net_table, parse_net_table_into, NetTable};
 pub use root::ProcRoot;
+pub use scanner::{OwnerScanner, ResolveStats};
