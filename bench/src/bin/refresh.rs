@@ -1,6 +1,8 @@
 //! `refresh`: times one full socket-table refresh of pidcapd against `ss -tunap` on the
-//! same state, side by side, alternating in each round; then the parts of a refresh, and a
-//! targeted resolution of one missed flow.
+//! same state, side by side, alternating in each round; then the parts of a refresh
+//! (`SockDiag::read_sockets_into` vs `ProcRoot::read_sockets`, `OwnerScanner::scan_all` vs
+//! `ProcRoot::scan_socket_owners`), and the targeted resolution of one missed flow
+//! (`SockDiag::find`, then `OwnerScanner::resolve` for the inode it names).
 //!
 //! Prints one line per figure: `figure=NAME median_ms=… min_ms=… max_ms=… runs=…` and
 //! for the side-by-side pair also `cpu_median_ms=…` (user+system CPU: of this process for
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use pidcap_bench::{cpu_time, ms, summarize};
 use pidcap_core::{NetNsId, SocketEntry};
-use pidcap_sockets::{ProcRoot, SockDiag};
+use pidcap_sockets::{OwnerScan, OwnerScanner, ProcRoot, SockDiag};
 use pidcap_wire::IpProto;
 
 /// Times pidcapd's refresh against `ss -tunap`; see the module docs.
@@ -124,28 +126,53 @@ fn parts(args: &Args, proc: &ProcRoot, netns: NetNsId) -> anyhow::Result<()> {
         "owners_scan_socket_owners",
         &repeat(n, || Ok(proc.scan_socket_owners().map(drop)?))?,
     );
+    let mut scanner = OwnerScanner::open(proc)?;
+    print(
+        "owners_scanner_scan_all",
+        &repeat(n, || Ok(scanner.scan_all().map(drop)?))?,
+    );
     Ok(())
 }
 
-/// A bound UDP socket on 127.0.0.1 from the dump: the target of the targeted lookup.
-fn pick_target(entries: &[SocketEntry]) -> Option<SocketAddr> {
+/// Bound UDP sockets on 127.0.0.1 from the dump: targets of the targeted lookups.
+fn udp_targets(entries: &[SocketEntry]) -> Vec<&SocketEntry> {
     entries
         .iter()
         .filter(|e| e.proto == IpProto::Udp && e.local.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST))
-        .map(|e| e.local)
-        .nth(entries.len() / 4)
-        .or_else(|| entries.iter().map(|e| e.local).next())
+        .collect()
 }
 
-/// A miss resolved without a full refresh: `SockDiag::find` for one 4-tuple.
-fn targeted(args: &Args, netns: NetNsId) -> anyhow::Result<()> {
+/// A miss resolved without a full refresh: `SockDiag::find` for the flow's 4-tuple, then
+/// `OwnerScanner::resolve` for the inode it names. Returns whether a holder was found.
+fn resolve_one(
+    diag: &mut SockDiag,
+    scanner: &mut OwnerScanner,
+    local: SocketAddr,
+    netns: NetNsId,
+) -> anyhow::Result<bool> {
+    let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+    let Some(entry) = diag.find(IpProto::Udp, local, remote, netns)? else {
+        return Ok(false);
+    };
+    let mut into = OwnerScan::default();
+    let stats = scanner.resolve(&[entry.inode], &[entry.uid], &mut into)?;
+    Ok(stats.found == 1)
+}
+
+/// Targeted resolution: `find` alone on one socket; `find` + `resolve` for the socket of the
+/// newest holder (a new connection's usual case) and for sockets spread over all holders
+/// (one different socket per run: the holder's age is anywhere).
+fn targeted(args: &Args, proc: &ProcRoot, netns: NetNsId) -> anyhow::Result<()> {
     let mut diag = SockDiag::open()?;
+    let mut scanner = OwnerScanner::open(proc)?;
     let mut all = Vec::new();
     diag.read_sockets_into(netns, &mut all)?;
-    let Some(local) = pick_target(&all) else {
+    let targets = udp_targets(&all);
+    if targets.is_empty() {
         println!("figure=miss_find skipped=no_sockets");
         return Ok(());
-    };
+    }
+    let local = targets[targets.len() / 4].local;
     let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
     let mut found = 0;
     let samples = repeat(args.lookups, || {
@@ -158,6 +185,37 @@ fn targeted(args: &Args, netns: NetNsId) -> anyhow::Result<()> {
         args.lookups
     );
     print("miss_find", &samples);
+
+    let owners = scanner.scan_all()?;
+    let newest = targets
+        .iter()
+        .filter_map(|e| {
+            Some((
+                owners.holders.get(&e.inode)?.iter().map(|k| k.pid).max()?,
+                e.local,
+            ))
+        })
+        .max()
+        .map(|(_, local)| local)
+        .unwrap_or(local);
+    let mut resolved = 0;
+    let samples = repeat(args.lookups, || {
+        resolved += usize::from(resolve_one(&mut diag, &mut scanner, newest, netns)?);
+        Ok(())
+    })?;
+    println!("miss_resolve_newest_found={resolved}/{}", args.lookups);
+    print("miss_find_resolve_newest", &samples);
+
+    let step = (targets.len() / args.lookups.max(1)).max(1);
+    let mut spread = targets.iter().step_by(step).map(|e| e.local).cycle();
+    let mut resolved = 0;
+    let samples = repeat(args.lookups, || {
+        let local = spread.next().unwrap_or(local);
+        resolved += usize::from(resolve_one(&mut diag, &mut scanner, local, netns)?);
+        Ok(())
+    })?;
+    println!("miss_resolve_spread_found={resolved}/{}", args.lookups);
+    print("miss_find_resolve_spread", &samples);
     Ok(())
 }
 
@@ -170,6 +228,6 @@ fn main() -> anyhow::Result<()> {
     run_ss(&args.ss)?;
     side_by_side(&args, &proc, netns)?;
     parts(&args, &proc, netns)?;
-    targeted(&args, netns)?;
+    targeted(&args, &proc, netns)?;
     Ok(())
 }
