@@ -237,12 +237,9 @@ fn write_record(
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    anyhow::ensure!(args.flows > 0, "--flows must be at least 1");
-    anyhow::ensure!(args.snaplen >= 64, "--snaplen must be at least 64");
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.out)?);
-    write_global_header(&mut out, args.snaplen, args.link)?;
+/// Writes the whole file (global header and `args.packets` records) to `out`.
+fn generate(args: &Args, out: &mut impl Write) -> std::io::Result<()> {
+    write_global_header(out, args.snaplen, args.link)?;
     let mut rng = Rng::new(args.seed);
     let mut frame = Vec::with_capacity(128);
     for n in 0..args.packets {
@@ -255,14 +252,103 @@ fn main() -> anyhow::Result<()> {
         let from_client = rng.below(2) == 0;
         let len = ip_len(&mut rng, &flow);
         let orig_len = build(&mut frame, args.link, &flow, from_client, len);
-        write_record(&mut out, n, &frame, orig_len, args.snaplen)?;
+        write_record(out, n, &frame, orig_len, args.snaplen)?;
     }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.flows > 0, "--flows must be at least 1");
+    anyhow::ensure!(args.snaplen >= 64, "--snaplen must be at least 64");
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&args.out)?);
+    generate(&args, &mut out)?;
     out.flush()?;
     println!(
         "wrote {} packets across {} flows to {}",
         args.packets,
-        args.flows.min(args.packets.min(u64::from(u32::MAX)) as u32),
+        u64::from(args.flows).min(args.packets),
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use pidcap_wire::{parse, FlowKey, LinkType};
+
+    use super::*;
+
+    fn args(link: Link, packets: u64, flows: u32) -> Args {
+        Args {
+            out: PathBuf::new(),
+            packets,
+            flows,
+            link,
+            snaplen: 96,
+            seed: 3,
+        }
+    }
+
+    /// (link type, caplen, orig_len, data) of every record of a pcap file in memory.
+    fn records(file: &[u8]) -> (u32, Vec<(u32, &[u8])>) {
+        let network = u32::from_le_bytes(file[20..24].try_into().unwrap());
+        let mut at = 24;
+        let mut out = Vec::new();
+        while at < file.len() {
+            let word = |i: usize| u32::from_le_bytes(file[at + i..at + i + 4].try_into().unwrap());
+            let (caplen, orig_len) = (word(8), word(12));
+            out.push((orig_len, &file[at + 16..at + 16 + caplen as usize]));
+            at += 16 + caplen as usize;
+        }
+        (network, out)
+    }
+
+    /// Every record parses as IP with known ports, its IP length matches its wire length,
+    /// and the file holds exactly the flows asked for.
+    fn check(link: Link, wire_link: LinkType, link_header: u32) {
+        let mut file = Vec::new();
+        generate(&args(link, 5_000, 700), &mut file).unwrap();
+        let (network, recs) = records(&file);
+        assert_eq!(LinkType::from_dlt(network as i32), wire_link);
+        assert_eq!(recs.len(), 5_000);
+        let mut flows = HashSet::new();
+        let (mut v6, mut udp) = (0, 0);
+        for (orig_len, data) in recs {
+            assert!(data.len() <= 96);
+            let meta = parse(wire_link, data, orig_len).expect("generated frames parse");
+            assert!(meta.ports_known);
+            assert_eq!(meta.ip_len, orig_len - link_header);
+            v6 += usize::from(meta.flow.src.is_ipv6());
+            udp += usize::from(meta.flow.proto == pidcap_wire::IpProto::Udp);
+            let FlowKey { proto, src, dst } = meta.flow;
+            flows.insert((u8::from(proto), src.min(dst), src.max(dst)));
+        }
+        assert_eq!(flows.len(), 700);
+        assert!(v6 > 500 && v6 < 2_500, "mixed families: {v6} IPv6 of 5000");
+        assert!(
+            udp > 500 && udp < 3_000,
+            "mixed protocols: {udp} UDP of 5000"
+        );
+    }
+
+    #[test]
+    fn ethernet_file_has_the_flows_asked_for() {
+        check(Link::Ethernet, LinkType::Ethernet, 14);
+    }
+
+    #[test]
+    fn sll2_file_has_the_flows_asked_for() {
+        check(Link::Sll2, LinkType::LinuxSll2, 20);
+    }
+
+    #[test]
+    fn same_seed_same_file() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        generate(&args(Link::Ethernet, 300, 50), &mut a).unwrap();
+        generate(&args(Link::Ethernet, 300, 50), &mut b).unwrap();
+        assert_eq!(a, b);
+    }
 }

@@ -143,3 +143,18 @@ fn main() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_bench_veth_subnet_and_loopback_are_allowed() {
+        assert!(allowed(Ipv4Addr::new(10, 199, 0, 1)));
+        assert!(allowed(Ipv4Addr::new(127, 0, 0, 1)));
+        assert!(!allowed(Ipv4Addr::new(10, 199, 1, 1)));
+        assert!(!allowed(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(!allowed(Ipv4Addr::new(192, 168, 1, 1)));
+        assert!(!allowed(Ipv4Addr::new(8, 8, 8, 8)));
+    }
+}
