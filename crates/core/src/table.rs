@@ -60,6 +60,7 @@ pub struct SocketTable {
     bound: FastMap<BoundKey, usize>,
     owners: Arc<OwnerMap>,
     closed: FastMap<ExactKey, (u64, ProcessKey)>,
+    departed: HashMap<ProcessKey, ProcessInfo>,
     local: HashSet<IpAddr>,
 }
 
@@ -90,6 +91,9 @@ pub struct TableParts {
     pub sockets: Vec<SocketEntry>,
     pub owners: Arc<OwnerMap>,
     pub closed: Vec<ClosedSocket>,
+    /// Facts about processes that held recently closed sockets and may have exited, so late
+    /// and trailing credits still name them.
+    pub departed: Vec<ProcessInfo>,
     pub local_addrs: Vec<IpAddr>,
 }
 
@@ -133,6 +137,9 @@ impl SocketTable {
             entry.local = canonical(entry.local);
             entry.remote = canonical(entry.remote);
             table.index(entry);
+        }
+        for info in parts.departed {
+            table.departed.insert(info.key, info);
         }
         for c in parts.closed {
             let key = (c.proto, canonical(c.local), canonical(c.remote));
@@ -186,9 +193,13 @@ impl SocketTable {
         self.owners.processes.len()
     }
 
-    /// Facts about a process that held a socket at refresh time.
+    /// Facts about a process that held a socket at refresh time (or, for a recently closed
+    /// socket, when it was last seen).
     pub fn process(&self, key: &ProcessKey) -> Option<&ProcessInfo> {
-        self.owners.processes.get(key)
+        self.owners
+            .processes
+            .get(key)
+            .or_else(|| self.departed.get(key))
     }
 
     /// Every process holding `inode`, in no particular order.
@@ -207,13 +218,14 @@ impl SocketTable {
     }
 
     /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
-    /// documented lookup order: exact connected socket (if no process holds it, as in
-    /// TIME_WAIT, the holder it had before it closed); then a recently closed connected socket
-    /// with those addresses; then a socket bound to the local address and port with no peer
-    /// (for protocols without ports, and ICMP echo not sent from a ping socket: a raw socket
-    /// of that protocol, keyed with port 0); then one bound to the wildcard address of the family
-    /// (for IPv4, also `::` of a dual-stack IPv6 socket), but only when `local` is one of this
-    /// host's addresses.
+    /// documented lookup order: exact connected socket held by a process; then a recently
+    /// closed connected socket with those addresses (its last holder); then a socket bound to
+    /// the local address and port with no peer (for protocols without ports, and ICMP echo
+    /// not sent from a ping socket: a raw socket of that protocol, keyed with port 0); then
+    /// one bound to the wildcard address of the family (for IPv4, also `::` of a dual-stack
+    /// IPv6 socket), but only when `local` is one of this host's addresses. A connected
+    /// socket that no process holds (TIME_WAIT) is the answer only when none of these finds
+    /// a holder.
     pub fn lookup(
         &self,
         proto: IpProto,
@@ -221,13 +233,15 @@ impl SocketTable {
         remote: SocketAddr,
     ) -> Option<SocketMatch> {
         let key = (proto, canonical(local), canonical(remote));
+        // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
+        // last holder, or the listener that accepted it, is a better answer.
+        let mut holderless = None;
         if let Some(&at) = self.exact.get(&key) {
             let found = self.matched(at, MatchKind::Exact);
             if found.owner.is_some() {
                 return Some(found);
             }
-            // TIME_WAIT and orphaned sockets have no holder: the last holder keeps the flow.
-            return Some(self.recently_closed(&key).unwrap_or(found));
+            holderless = Some(found);
         }
         if let Some(found) = self.recently_closed(&key) {
             return Some(found);
@@ -240,7 +254,10 @@ impl SocketTable {
                 .then(|| self.lookup_bound(proto, SocketAddr::new(local.ip(), 0)))
                 .flatten()
         });
-        bound.map(|at| self.matched(at, MatchKind::Wildcard))
+        match bound.map(|at| self.matched(at, MatchKind::Wildcard)) {
+            Some(found) if found.owner.is_some() => Some(found),
+            other => holderless.or(other),
+        }
     }
 
     fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {

@@ -68,6 +68,7 @@ fn table(
                 processes,
             }),
             closed: Vec::new(),
+            departed: Vec::new(),
             local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
         },
     )
@@ -556,4 +557,35 @@ fn ping_sockets_match_by_echo_identifier_and_raw_sockets_by_protocol() {
     // A TCP non-first fragment has no ports: unsupported.
     let frag = attribute(&t, &flow(IpProto::Tcp, "10.0.0.1:0", "192.0.2.9:0"), false);
     assert_eq!(frag.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
+}
+
+#[test]
+fn a_server_connection_in_time_wait_falls_back_to_its_listener() {
+    let server = key(80, 8);
+    let t = table(
+        vec![
+            sock(IpProto::Tcp, "127.0.0.1:8080", "0.0.0.0:0", 1),
+            sock(IpProto::Tcp, "127.0.0.1:8080", "127.0.0.1:50000", 0),
+        ],
+        &[(1, &[server])],
+        &[],
+    );
+    let fin = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:8080", "127.0.0.1:50000"),
+        true,
+    );
+    assert_eq!(credited(fin.tx), Some((80, MatchKind::Wildcard)));
+    // With no listener either, the holderless socket is what is known.
+    let t = table(
+        vec![sock(IpProto::Tcp, "127.0.0.1:8080", "127.0.0.1:50000", 0)],
+        &[],
+        &[],
+    );
+    let fin = attribute(
+        &t,
+        &flow(IpProto::Tcp, "127.0.0.1:8080", "127.0.0.1:50000"),
+        true,
+    );
+    assert_eq!(fin.tx, Some(Credit::Unknown(UnknownReason::NoProcess)));
 }

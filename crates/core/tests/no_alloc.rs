@@ -123,6 +123,7 @@ fn table() -> SocketTable {
             sockets,
             owners: Arc::new(owners),
             closed: Vec::new(),
+            departed: Vec::new(),
             local_addrs: vec![lo],
         },
     )

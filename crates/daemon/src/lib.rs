@@ -14,6 +14,7 @@ pub mod refresh;
 pub mod server;
 pub mod state;
 pub mod usage_log;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +67,8 @@ pub async fn serve(
     } = opened;
     let stop = Arc::new(AtomicBool::new(false));
     let (misses, requests) = miss_channel();
+    let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
+    let watcher = start_watcher(&proc, netns, learned_tx, misses.clone(), stop.clone())?;
     let refresher = Refresher {
         builder,
         proc,
@@ -73,6 +76,7 @@ pub async fn serve(
         interval: config.refresh_interval,
         shared: shared.clone(),
         requests,
+        learned,
         stop: stop.clone(),
     };
     let refresher = std::thread::Builder::new()
@@ -119,6 +123,9 @@ pub async fn serve(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let captured = tokio::task::spawn_blocking(move || capture.join()).await?;
     let _ = refresher.join();
+    if let Some(watcher) = watcher {
+        let _ = watcher.join();
+    }
     tasks.close();
     if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
         warn!("some query connections did not close in time");
@@ -134,6 +141,39 @@ pub async fn serve(
         Err(_) => anyhow::bail!("the capture thread panicked"),
     }
     Ok(())
+}
+
+/// Messages from the process watcher to the refresher that may wait at once.
+const LEARNED_QUEUE: usize = 4096;
+
+/// Starts the process watcher, unless the process-event connector is unavailable (then
+/// short-lived processes rely on the refresh and the pending buffer alone; warned once).
+fn start_watcher(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    learned: std::sync::mpsc::SyncSender<watch::Learned>,
+    wake: refresh::MissSignal,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    let events = match pidcap_sockets::ProcEvents::open() {
+        Ok(events) => events,
+        Err(error) => {
+            warn!(error = %error, "process-event connector unavailable; short-lived processes are learnt by refresh only");
+            return Ok(None);
+        }
+    };
+    let watcher = watch::Watcher {
+        events,
+        proc: proc.clone(),
+        netns,
+        learned,
+        wake,
+        stop,
+    };
+    std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || watcher.run())
+        .map(Some)
 }
 
 fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {

@@ -5,6 +5,7 @@ mod diag;
 mod error;
 mod fds;
 mod netns;
+mod pid_fds;
 mod proc_events;
 mod proc_net;
 mod process;

@@ -20,13 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    choose_owner, ClosedSocket, NetNsId, ProcessKey, SocketEntry, SocketTable, TableParts,
+    choose_owner, ClosedSocket, NetNsId, ProcessInfo, ProcessKey, SocketEntry, SocketTable,
+    TableParts,
 };
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
 use pidcap_wire::IpProto;
 use tracing::{debug, warn};
 
 use crate::state::Shared;
+use crate::watch::Learned;
 
 pub use owners::{OwnerTracker, OwnerUpdate};
 pub use source::SocketSource;
@@ -80,7 +82,8 @@ pub struct TableBuilder {
     last_addrs: Vec<IpAddr>,
     scratch: Vec<SocketEntry>,
     closed: HashMap<(IpProto, SocketAddr, SocketAddr), (ClosedSocket, Instant)>,
-    first: bool,
+    departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
+    dirty: bool,
 }
 
 /// One pass: a new table when anything changed, and what the owner scan saw.
@@ -100,7 +103,8 @@ impl TableBuilder {
             last_addrs: Vec::new(),
             scratch: Vec::new(),
             closed: HashMap::new(),
-            first: true,
+            departed: HashMap::new(),
+            dirty: true,
         }
     }
 
@@ -116,7 +120,7 @@ impl TableBuilder {
         let closed_changed = self.remember_closed(now);
         let update = self.owners.update(&self.scratch, now)?;
         let addrs = local_addresses()?;
-        let same = !self.first
+        let same = !self.dirty
             && !update.changed
             && !closed_changed
             && self.scratch == self.last_sockets
@@ -140,7 +144,7 @@ impl TableBuilder {
         if same {
             return Ok(built(None));
         }
-        self.first = false;
+        self.dirty = false;
         self.last_addrs = addrs.clone();
         let table = SocketTable::build(
             generation,
@@ -149,6 +153,7 @@ impl TableBuilder {
                 sockets: self.last_sockets.clone(),
                 owners: self.owners.map(),
                 closed: self.closed.values().map(|(c, _)| *c).collect(),
+                departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
                 local_addrs: addrs,
             },
         );
@@ -163,6 +168,8 @@ impl TableBuilder {
     fn remember_closed(&mut self, now: Instant) -> bool {
         let before = self.closed.len();
         self.closed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        self.departed
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
         let mut changed = self.closed.len() != before;
         if self.scratch == self.last_sockets {
@@ -191,9 +198,33 @@ impl TableBuilder {
             };
             self.closed
                 .insert((s.proto, s.local, s.remote), (closed, now));
+            if let Some(info) = owners.processes.get(&owner) {
+                self.departed.insert(owner, (info.clone(), now));
+            }
             changed = true;
         }
         changed
+    }
+
+    /// Takes in sockets the process watcher saw a new process holding. They are kept like
+    /// recently closed sockets (the exact table entry wins while the socket lives), so the
+    /// process's packets are credited to it even after it exited; the next pass publishes them.
+    pub fn learn(&mut self, learned: Learned, now: Instant) {
+        let key = learned.info.key;
+        for s in learned.sockets {
+            let closed = ClosedSocket {
+                proto: s.proto,
+                local: s.local,
+                remote: s.remote,
+                inode: s.inode,
+                owner: key,
+            };
+            self.closed
+                .insert((s.proto, s.local, s.remote), (closed, now));
+            self.owners.learn(s.inode, key);
+        }
+        self.departed.insert(key, (learned.info, now));
+        self.dirty = true; // publish on the next pass even if the socket list is unchanged
     }
 }
 
@@ -206,6 +237,7 @@ pub struct Refresher {
     pub interval: Duration,
     pub shared: Arc<Shared>,
     pub requests: Receiver<()>,
+    pub learned: Receiver<Learned>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -221,15 +253,29 @@ impl Refresher {
                 .saturating_sub(last.elapsed())
                 .min(Duration::from_millis(200));
             match self.requests.recv_timeout(wait) {
+                Ok(()) if self.take_learned() => {}
                 Ok(()) => std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed())),
                 Err(RecvTimeoutError::Timeout) if last.elapsed() < self.interval => continue,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.take_learned();
             generation += 1;
             last = Instant::now();
             failing = self.refresh_once(generation, failing, &mut denied_warned);
         }
+    }
+
+    /// Moves what the process watcher learnt into the builder; true if there was any (such
+    /// a refresh is not delayed: the process may already be gone).
+    fn take_learned(&mut self) -> bool {
+        let now = Instant::now();
+        let mut any = false;
+        while let Ok(learned) = self.learned.try_recv() {
+            self.builder.learn(learned, now);
+            any = true;
+        }
+        any
     }
 
     /// One refresh; returns whether it failed (so a persistent failure is warned once).

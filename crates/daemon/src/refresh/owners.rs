@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{OwnerMap, SocketEntry};
-use pidcap_sockets::{OwnerScan, ProcRoot, ScanStats};
+use pidcap_sockets::{OwnerScan, OwnerScanner, ProcRoot, ScanStats};
 
 #[derive(Debug)]
 pub struct OwnerTracker {
     proc: ProcRoot,
+    /// The cheap scanner (open /proc fd, no allocation per fd); `None` if /proc could not
+    /// be opened that way, then the plain scan is used.
+    scanner: Option<OwnerScanner>,
     map: Arc<OwnerMap>,
     unplaceable: HashSet<u64>,
     last_full: Option<Instant>,
@@ -33,6 +36,7 @@ pub struct OwnerUpdate {
 impl OwnerTracker {
     pub fn new(proc: ProcRoot, full_every: Duration) -> OwnerTracker {
         OwnerTracker {
+            scanner: OwnerScanner::open(&proc).ok(),
             proc,
             map: Arc::default(),
             unplaceable: HashSet::new(),
@@ -44,6 +48,18 @@ impl OwnerTracker {
     /// The current map, to put in a table.
     pub fn map(&self) -> Arc<OwnerMap> {
         self.map.clone()
+    }
+
+    /// Records a holder learnt from the process side (the process watcher).
+    pub fn learn(&mut self, inode: u64, key: pidcap_core::ProcessKey) {
+        let holders = Arc::make_mut(&mut self.map)
+            .holders
+            .entry(inode)
+            .or_default();
+        if !holders.contains(&key) {
+            holders.push(key);
+        }
+        self.unplaceable.remove(&inode);
     }
 
     /// Brings the map up to date for `sockets`.
@@ -58,11 +74,25 @@ impl OwnerTracker {
         if wanted.is_empty() {
             return Ok(OwnerUpdate::default());
         }
-        self.resolve(&wanted)
+        let mut uids: Vec<u32> = sockets
+            .iter()
+            .filter(|s| wanted.contains(&s.inode))
+            .map(|s| s.uid)
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        self.resolve(&wanted, &uids)
+    }
+
+    fn scan_all(&mut self) -> anyhow::Result<OwnerScan> {
+        Ok(match self.scanner.as_mut() {
+            Some(scanner) => scanner.scan_all()?,
+            None => self.proc.scan_socket_owners()?,
+        })
     }
 
     fn full_scan(&mut self, now: Instant) -> anyhow::Result<OwnerUpdate> {
-        let scan = self.proc.scan_socket_owners()?;
+        let scan = self.scan_all()?;
         let stats = scan.stats;
         self.map = Arc::new(into_map(scan));
         self.unplaceable.clear();
@@ -85,26 +115,34 @@ impl OwnerTracker {
             .collect()
     }
 
-    /// Finds holders for `wanted`; what stays unplaced is remembered until the next full scan.
-    fn resolve(&mut self, wanted: &[u64]) -> anyhow::Result<OwnerUpdate> {
-        let scan = self.proc.scan_socket_owners()?;
+    /// Finds holders for `wanted`, visiting the likeliest processes first (same uid, newest)
+    /// and stopping when all are found; what stays unplaced is remembered until the next
+    /// full scan.
+    fn resolve(&mut self, wanted: &[u64], uids: &[u32]) -> anyhow::Result<OwnerUpdate> {
+        let scan = match self.scanner.as_mut() {
+            Some(scanner) => {
+                let mut found = OwnerScan::default();
+                scanner.resolve(wanted, uids, &mut found)?;
+                found
+            }
+            None => self.proc.scan_socket_owners()?,
+        };
         let stats = scan.stats;
-        let map = Arc::make_mut(&mut self.map);
-        let mut changed = false;
-        for &inode in wanted {
-            match scan.holders.get(&inode) {
-                Some(holders) => {
-                    for key in holders {
-                        if let Some(info) = scan.processes.get(key) {
-                            map.processes.entry(*key).or_insert_with(|| info.clone());
-                        }
+        let (found, missing): (Vec<u64>, Vec<u64>) =
+            wanted.iter().partition(|i| scan.holders.contains_key(i));
+        self.unplaceable.extend(missing);
+        let changed = !found.is_empty();
+        if changed {
+            // Copies the map only when something was found (tables share it).
+            let map = Arc::make_mut(&mut self.map);
+            for inode in found {
+                let holders = &scan.holders[&inode];
+                for key in holders {
+                    if let Some(info) = scan.processes.get(key) {
+                        map.processes.entry(*key).or_insert_with(|| info.clone());
                     }
-                    map.holders.insert(inode, holders.clone());
-                    changed = true;
                 }
-                None => {
-                    self.unplaceable.insert(inode);
-                }
+                map.holders.insert(inode, holders.clone());
             }
         }
         Ok(OwnerUpdate {

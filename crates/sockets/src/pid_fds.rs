@@ -1,0 +1,57 @@
+//! The socket inodes one process holds: a quick look at `/proc/<pid>/fd`, used right after a
+//! process starts, while it may still be alive (the full scan is in `fds.rs`).
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::error::{Error, Result};
+use crate::fds::parse_socket_link;
+use crate::root::ProcRoot;
+
+impl ProcRoot {
+    /// Appends the inode of every socket `pid` holds to `out`. `NotFound` when the process
+    /// has exited; an fd closed while reading is skipped.
+    pub fn socket_inodes_of(&self, pid: u32, out: &mut Vec<u64>) -> Result<()> {
+        let dir = self.pid_dir(pid).join("fd");
+        let entries = fs::read_dir(&dir).map_err(|e| Error::from_io(&dir, e))?;
+        for entry in entries.flatten() {
+            let Ok(target) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            if let Some(inode) = parse_socket_link(target.as_os_str().as_bytes()) {
+                out.push(inode);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_socket_this_process_holds() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd_link = fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        ))
+        .unwrap();
+        let inode = parse_socket_link(fd_link.as_os_str().as_bytes()).unwrap();
+        let mut out = Vec::new();
+        ProcRoot::default()
+            .socket_inodes_of(std::process::id(), &mut out)
+            .unwrap();
+        assert!(out.contains(&inode));
+    }
+
+    #[test]
+    fn an_exited_process_is_not_found() {
+        let mut out = Vec::new();
+        let err = ProcRoot::default()
+            .socket_inodes_of(u32::MAX - 1, &mut out)
+            .unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+}
