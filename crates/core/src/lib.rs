@@ -3,6 +3,7 @@
 mod attribute;
 mod cache;
 mod counters;
+mod fragments;
 mod ledger;
 mod pending;
 mod process;
@@ -14,6 +15,7 @@ pub use cache::{AttributionCache, Lookup};
 pub use counters::{
     Counters, Direction, ProcessTally, Quality, QualityBytes, ReasonBytes, Tally, Totals,
 };
+pub use fragments::FragmentMap;
 pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, Usage};
 pub use pending::{Pending, PendingLevel};
 pub use process::{ProcessInfo, ProcessKey};

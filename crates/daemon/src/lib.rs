@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::Source;
-use pidcap_core::{NetNsId, Pending};
+use pidcap_core::{FragmentMap, NetNsId, Pending};
 use pidcap_sockets::ProcRoot;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,7 @@ pub async fn serve(
         shared: shared.clone(),
         misses,
         pending: Pending::new(config.pending_max, config.pending_timeout),
+        fragments: FragmentMap::new(FRAGMENTED_DATAGRAMS),
         stop: stop.clone(),
     };
     let capture_done = shutdown.clone();
@@ -142,6 +143,9 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Fragmented datagrams whose first fragment's ports are remembered.
+const FRAGMENTED_DATAGRAMS: usize = 4096;
 
 /// Messages from the process watcher to the refresher that may wait at once.
 const LEARNED_QUEUE: usize = 4096;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, Next, Source};
-use pidcap_core::{Direction, Pending, SocketTable, Tally};
+use pidcap_core::{Direction, FragmentMap, Pending, SocketTable, Tally};
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{info, warn};
 
@@ -41,11 +41,15 @@ pub struct Pipeline {
     pub shared: Arc<Shared>,
     pub misses: MissSignal,
     pub pending: Pending,
+    pub fragments: FragmentMap,
     pub stop: Arc<AtomicBool>,
 }
 
+/// The capture thread's own state: nothing here is shared or locked.
 struct Batch {
     tally: Tally,
+    pending: Pending,
+    fragments: FragmentMap,
     table: Arc<SocketTable>,
     /// Capture timestamp of the first packet since the last merge. Packet timestamps, not
     /// the clock, decide when a trickle of packets is merged: no clock read per packet.
@@ -71,8 +75,11 @@ impl Pipeline {
         let link = self.source.link_type();
         self.publish_stats();
         let now = Instant::now();
+        let placeholder = Pending::new(0, Duration::ZERO);
         let mut batch = Batch {
             tally: Tally::default(),
+            pending: std::mem::replace(&mut self.pending, placeholder),
+            fragments: std::mem::replace(&mut self.fragments, FragmentMap::new(2)),
             table: self.shared.table.load_full(),
             opened_at: None,
             merged_at: now,
@@ -92,24 +99,23 @@ impl Pipeline {
                 Next::Packet(frame) => {
                     if self.shared.generation() != batch.table.generation() {
                         // A refresh landed: attribute this packet with the new table.
-                        merge(&self.shared, &mut self.pending, batch);
+                        merge(&self.shared, batch);
                     }
                     handle(
                         &self.shared,
                         &self.misses,
-                        &mut self.pending,
                         batch,
                         link,
                         frame.data,
                         frame.orig_len,
                     );
                     if batch.due(frame.ts) {
-                        merge(&self.shared, &mut self.pending, batch);
+                        merge(&self.shared, batch);
                         self.maybe_publish_stats(batch);
                     }
                 }
                 Next::Timeout => {
-                    merge(&self.shared, &mut self.pending, batch);
+                    merge(&self.shared, batch);
                     self.maybe_publish_stats(batch);
                 }
                 Next::End => return Ok(End::EndOfFile),
@@ -119,10 +125,11 @@ impl Pipeline {
 
     /// Decides everything still pending and merges the last counts.
     fn finish(&mut self, batch: &mut Batch) {
-        merge(&self.shared, &mut self.pending, batch);
-        self.pending
+        merge(&self.shared, batch);
+        batch
+            .pending
             .drain(&mut batch.tally, &batch.table, &self.shared.cache);
-        merge(&self.shared, &mut self.pending, batch);
+        merge(&self.shared, batch);
         self.publish_stats();
     }
 
@@ -159,17 +166,19 @@ impl Pipeline {
 
 /// Merges the batch into the ledger, switches to the newest table, retries the pending
 /// buffer against it (crediting late what it resolves) and merges that too.
-fn merge(shared: &Shared, pending: &mut Pending, batch: &mut Batch) {
+fn merge(shared: &Shared, batch: &mut Batch) {
     let now = Instant::now();
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
     batch.table = shared.table.load_full();
-    pending.settle(&mut batch.tally, &batch.table, &shared.cache, now);
+    batch
+        .pending
+        .settle(&mut batch.tally, &batch.table, &shared.cache, now);
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
-    shared.set_pending(pending.level());
+    shared.set_pending(batch.pending.level());
     batch.opened_at = None;
     batch.merged_at = now;
     shared.beat(now);
@@ -179,26 +188,22 @@ fn merge(shared: &Shared, pending: &mut Pending, batch: &mut Batch) {
 fn handle(
     shared: &Shared,
     misses: &MissSignal,
-    pending: &mut Pending,
     batch: &mut Batch,
     link: LinkType,
     data: &[u8],
     orig_len: u32,
 ) {
     match parse(link, data, orig_len) {
-        Ok(meta) => attribute(shared, misses, pending, batch, &meta),
+        Ok(mut meta) => {
+            batch.fragments.resolve(&mut meta);
+            attribute(shared, misses, batch, &meta)
+        }
         Err(WireError::NotIp(_)) => batch.tally.record_non_ip(),
         Err(_) => batch.tally.record_malformed(),
     }
 }
 
-fn attribute(
-    shared: &Shared,
-    misses: &MissSignal,
-    pending: &mut Pending,
-    batch: &mut Batch,
-    meta: &PacketMeta,
-) {
+fn attribute(shared: &Shared, misses: &MissSignal, batch: &mut Batch, meta: &PacketMeta) {
     let lookup = shared
         .cache
         .attribute(&batch.table, &meta.flow, meta.ports_known);
@@ -213,7 +218,7 @@ fn attribute(
     }
     for (dir, side) in [(Direction::Tx, verdict.tx), (Direction::Rx, verdict.rx)] {
         if let Some(credit) = side {
-            pending.hold(
+            batch.pending.hold(
                 &mut batch.tally,
                 meta.flow,
                 dir,
