@@ -570,6 +570,7 @@ pub fn veth(size: Size) -> Outcome {
         .iter()
         .for_each(|s| own.add_measured(s.pid(), PidBytes::default()));
     let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.push(lifetimes_note(&exited));
     notes.extend(finish_peers(sinks.into()));
     let (v4, v6) = (IpAddr::V4(ns.host_v4), IpAddr::V6(ns.host_v6));
     let outcome = watch
@@ -628,6 +629,7 @@ pub fn parallel_flows(size: Size) -> Outcome {
     let mut own = Ownership::default();
     own.add(server.pid(), TCP, server.info.local);
     let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.push(lifetimes_note(&exited));
     notes.extend(finish_peers(vec![server]));
     watch.finish(&name, on_host, notes, || own).0
 }
