@@ -208,7 +208,7 @@ fn attribute(shared: &Shared, misses: &MissSignal, batch: &mut Batch, meta: &Pac
         .cache
         .attribute(&batch.table, &meta.flow, meta.ports_known);
     if lookup.new_miss {
-        misses.request();
+        misses.missed(meta.flow);
     }
     let verdict = lookup.verdict;
     batch.tally.note_frame();

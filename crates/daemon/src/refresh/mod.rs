@@ -5,9 +5,12 @@
 //! search for new inodes only. A table is published only when something changed.
 //!
 //! Runs on its own thread (blocking procfs reads never sit on a tokio worker). A full
-//! refresh happens every `interval`; a lookup miss on the packet path asks for an early one
-//! through a one-slot channel, so concurrent misses coalesce into at most one pending
-//! request, and early refreshes are at least `MIN_GAP` apart. The packet path never waits.
+//! refresh happens every `interval`. A lookup miss on the packet path posts the flow (a
+//! bounded queue) and a wake-up (a one-slot channel, so misses coalesce): the refresher asks
+//! the kernel for exactly those sockets (sock_diag by 4-tuple) and resolves their holders by
+//! a targeted search, publishing a table at most every `TARGETED_GAP`; if that cannot
+//! settle them, it does a full pass, at least `MIN_GAP` after the previous one. The packet
+//! path never waits.
 
 mod owners;
 mod source;
@@ -24,7 +27,7 @@ use pidcap_core::{
     TableParts,
 };
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
-use pidcap_wire::IpProto;
+use pidcap_wire::{FlowKey, IpProto};
 use tracing::{debug, warn};
 
 use crate::state::Shared;
@@ -36,21 +39,52 @@ pub use source::SocketSource;
 /// The shortest time between two refreshes asked for by misses.
 pub const MIN_GAP: Duration = Duration::from_millis(100);
 
-/// Asks the refresher for an early refresh; never blocks, drops the request if one is
-/// already pending.
+/// Asks the refresher for an early refresh; never blocks. Concurrent requests coalesce into
+/// at most one pending wake-up; missed flows queue (bounded, dropped when full) so the
+/// refresher can ask the kernel for exactly those sockets.
 #[derive(Debug, Clone)]
-pub struct MissSignal(SyncSender<()>);
+pub struct MissSignal {
+    wake: SyncSender<()>,
+    flows: SyncSender<FlowKey>,
+}
 
 impl MissSignal {
+    /// Wakes the refresher for a pass.
     pub fn request(&self) {
-        let _ = self.0.try_send(());
+        let _ = self.wake.try_send(());
+    }
+
+    /// Reports a flow no socket was found for, and wakes the refresher.
+    pub fn missed(&self, flow: FlowKey) {
+        let _ = self.flows.try_send(flow);
+        self.request();
     }
 }
 
-/// A one-slot request channel.
-pub fn miss_channel() -> (MissSignal, Receiver<()>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    (MissSignal(tx), rx)
+/// The refresher's end of a [`MissSignal`].
+#[derive(Debug)]
+pub struct MissRequests {
+    wake: Receiver<()>,
+    flows: Receiver<FlowKey>,
+}
+
+/// The shortest time between two tables published by targeted lookups.
+const TARGETED_GAP: Duration = Duration::from_millis(20);
+
+/// Missed flows that may wait for the refresher at once.
+const MISSED_FLOWS: usize = 1024;
+
+/// A one-slot wake-up channel and a bounded queue of missed flows.
+pub fn miss_channel() -> (MissSignal, MissRequests) {
+    let (wake, wake_rx) = std::sync::mpsc::sync_channel(1);
+    let (flows, flows_rx) = std::sync::mpsc::sync_channel(MISSED_FLOWS);
+    (
+        MissSignal { wake, flows },
+        MissRequests {
+            wake: wake_rx,
+            flows: flows_rx,
+        },
+    )
 }
 
 /// Full scans of every process's fds happen at most this often; in between, only new
@@ -206,6 +240,55 @@ impl TableBuilder {
         changed
     }
 
+    /// Looks up the sockets of `flows` one by one (netlink sock_diag) and, if every one was
+    /// found with a known or resolvable holder, returns a table with them added; `None` when
+    /// a full pass is needed instead (a flow not found, no netlink, a holder not found).
+    pub fn resolve_flows(
+        &mut self,
+        flows: &[FlowKey],
+        netns: NetNsId,
+        generation: u64,
+    ) -> anyhow::Result<Option<SocketTable>> {
+        let mut found: Vec<SocketEntry> = Vec::new();
+        for flow in flows {
+            let mut any = false;
+            for (local, remote) in [(flow.src, flow.dst), (flow.dst, flow.src)] {
+                match self.sockets.find(flow.proto, local, remote, netns)? {
+                    Some(entry) if entry.inode != 0 => {
+                        any = true;
+                        if !found.iter().any(|e| e.inode == entry.inode) {
+                            found.push(entry);
+                        }
+                    }
+                    Some(_) => any = true,
+                    None => {}
+                }
+            }
+            if !any {
+                return Ok(None);
+            }
+        }
+        if !self.owners.place(&found)? {
+            return Ok(None);
+        }
+        for entry in found {
+            if !self.last_sockets.iter().any(|e| e.inode == entry.inode) {
+                self.last_sockets.push(entry);
+            }
+        }
+        Ok(Some(SocketTable::build(
+            generation,
+            TableParts {
+                netns: Some(netns),
+                sockets: self.last_sockets.clone(),
+                owners: self.owners.map(),
+                closed: self.closed.values().map(|(c, _)| *c).collect(),
+                departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
+                local_addrs: self.last_addrs.clone(),
+            },
+        )))
+    }
+
     /// Takes in sockets the process watcher saw a new process holding. They are kept like
     /// recently closed sockets (the exact table entry wins while the socket lives), so the
     /// process's packets are credited to it even after it exited; the next pass publishes them.
@@ -236,7 +319,7 @@ pub struct Refresher {
     pub netns: NetNsId,
     pub interval: Duration,
     pub shared: Arc<Shared>,
-    pub requests: Receiver<()>,
+    pub requests: MissRequests,
     pub learned: Receiver<Learned>,
     pub stop: Arc<AtomicBool>,
 }
@@ -247,13 +330,15 @@ impl Refresher {
         let mut last = Instant::now();
         let mut failing = false;
         let mut denied_warned = false;
+        let mut targeted_at = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let wait = self
                 .interval
                 .saturating_sub(last.elapsed())
                 .min(Duration::from_millis(200));
-            match self.requests.recv_timeout(wait) {
+            match self.requests.wake.recv_timeout(wait) {
                 Ok(()) if self.take_learned() => {}
+                Ok(()) if self.resolve_missed(&mut generation, &mut targeted_at) => continue,
                 Ok(()) => std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed())),
                 Err(RecvTimeoutError::Timeout) if last.elapsed() < self.interval => continue,
                 Err(RecvTimeoutError::Timeout) => {}
@@ -276,6 +361,34 @@ impl Refresher {
             any = true;
         }
         any
+    }
+
+    /// Asks the kernel for exactly the sockets of missed flows and publishes what it
+    /// learnt; true when that settled every missed flow (no full pass needed now).
+    fn resolve_missed(&mut self, generation: &mut u64, targeted_at: &mut Instant) -> bool {
+        // Each new table empties the attribution cache: under a flood of new flows, tables
+        // must not follow each other faster than this.
+        std::thread::sleep(TARGETED_GAP.saturating_sub(targeted_at.elapsed()));
+        *targeted_at = Instant::now();
+        let flows: Vec<FlowKey> = self.requests.flows.try_iter().take(MISSED_FLOWS).collect();
+        if flows.is_empty() {
+            return false;
+        }
+        match self
+            .builder
+            .resolve_flows(&flows, self.netns, *generation + 1)
+        {
+            Ok(Some(table)) => {
+                *generation += 1;
+                self.shared.publish(table);
+                true
+            }
+            Ok(None) => false,
+            Err(error) => {
+                debug!(error = %error, "targeted socket lookup failed; doing a full pass");
+                false
+            }
+        }
     }
 
     /// One refresh; returns whether it failed (so a persistent failure is warned once).

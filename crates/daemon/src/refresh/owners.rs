@@ -62,6 +62,24 @@ impl OwnerTracker {
         self.unplaceable.remove(&inode);
     }
 
+    /// Makes sure every socket in `sockets` (inode ≠ 0) has a known holder, searching for
+    /// the missing ones; false if some stay unplaced.
+    pub fn place(&mut self, sockets: &[SocketEntry]) -> anyhow::Result<bool> {
+        let wanted: Vec<u64> = sockets
+            .iter()
+            .map(|s| s.inode)
+            .filter(|i| !self.map.holders.contains_key(i))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(true);
+        }
+        let mut uids: Vec<u32> = sockets.iter().map(|s| s.uid).collect();
+        uids.sort_unstable();
+        uids.dedup();
+        self.resolve(&wanted, &uids)?;
+        Ok(wanted.iter().all(|i| self.map.holders.contains_key(i)))
+    }
+
     /// Brings the map up to date for `sockets`.
     pub fn update(&mut self, sockets: &[SocketEntry], now: Instant) -> anyhow::Result<OwnerUpdate> {
         let due = self

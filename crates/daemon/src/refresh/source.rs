@@ -2,8 +2,11 @@
 //! unavailable (no `inet_diag` module, a seccomp filter, an old kernel). Both fill the same
 //! `SocketEntry` values (the sockets crate tests them against each other).
 
+use std::net::SocketAddr;
+
 use pidcap_core::{NetNsId, SocketEntry};
 use pidcap_sockets::{NetTable, ProcRoot, SockDiag};
+use pidcap_wire::IpProto;
 use tracing::{info, warn};
 
 #[derive(Debug)]
@@ -51,6 +54,24 @@ impl SocketSource {
         }
         self.proc.read_raw_into(netns, out)?;
         Ok(())
+    }
+
+    /// The socket that would receive a packet from `remote` to `local` (netlink only):
+    /// `None` when the kernel has none, or when netlink is unavailable.
+    pub fn find(
+        &mut self,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        netns: NetNsId,
+    ) -> anyhow::Result<Option<SocketEntry>> {
+        if !matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite) {
+            return Ok(None);
+        }
+        match self.diag.as_mut() {
+            Some(diag) => Ok(diag.find(proto, local, remote, netns)?),
+            None => Ok(None),
+        }
     }
 
     fn read_tcp_udp(&mut self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> anyhow::Result<()> {
