@@ -3,29 +3,35 @@
 //! Capture is batched, so a process that lives 5 ms may be gone before its first packet is
 //! read; by then its sockets have left the kernel's tables. The watcher listens to the
 //! kernel's process-event connector and, after every `exec`, looks at the new process's fds
-//! a few times (after 0, 1, 2, 4, … 128 ms, while it lives). When it sees socket inodes it
-//! has not seen for that process, it dumps the socket tables at once and sends the sockets
-//! found, with the process's identity and facts, to the refresher; the refresher keeps them
-//! (like recently closed sockets) for the grace period, so the packets, read later, are
+//! often while it is young (every 250 µs for its first 10 ms, then after 1, 2, 4 … 128 ms).
+//! A socket fd it has not seen is read from the socket itself (`pidfd_getfd`, then
+//! `getsockname`/`getpeername`: microseconds, so a socket that lives a millisecond is
+//! still caught), and sent with the process's identity and facts to the refresher, which
+//! keeps it (like a recently closed socket) for the grace period: packets read later are
 //! credited to the right process even after it exited.
 //!
-//! Runs on its own thread; bounded: at most `MAX_WATCHED` processes are watched at once
-//! (the oldest are dropped) and the channel to the refresher drops what does not fit.
+//! Runs on its own thread. Bounded: at most `MAX_WATCHED` processes are watched at once (the
+//! oldest dropped); the channel to the refresher drops what does not fit. Processes in
+//! another network namespace are not watched (their sockets are not this namespace's).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{NetNsId, ProcessInfo, SocketEntry};
-use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot};
+use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
-use crate::refresh::{MissSignal, SocketSource};
+use crate::refresh::MissSignal;
 
-/// Looks at a new process's fds this many times, doubling the delay from 1 ms.
-const ROUNDS: u32 = 9;
+/// Looks at a young process this often…
+const YOUNG_EVERY: Duration = Duration::from_micros(250);
+/// …for this long, then with doubling delays from 1 ms, this many more times.
+const YOUNG_FOR: Duration = Duration::from_millis(10);
+const LATER_ROUNDS: u32 = 8;
 /// Processes watched at once.
 const MAX_WATCHED: usize = 4096;
 
@@ -37,9 +43,12 @@ pub struct Learned {
 }
 
 struct Watched {
-    info: Option<ProcessInfo>,
-    inodes: HashSet<u64>,
-    round: u32,
+    since: Instant,
+    handle: ProcessHandle,
+    info: ProcessInfo,
+    /// Socket inodes already read (IP sockets sent, others ignored).
+    done: HashSet<u64>,
+    later_round: u32,
 }
 
 #[derive(Debug)]
@@ -54,10 +63,10 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn run(mut self) {
-        let mut sockets = SocketSource::open(self.proc.clone());
         let mut due: BTreeMap<(Instant, u32), ()> = BTreeMap::new();
         let mut watched: HashMap<u32, Watched> = HashMap::new();
         let mut events = Vec::new();
+        let mut fds = Vec::new();
         let mut failing = false;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -78,21 +87,54 @@ impl Watcher {
             }
             failing = false;
             for event in events.drain(..) {
-                if let ProcEvent::Exec { pid } = event {
-                    watch(&mut due, &mut watched, pid, Instant::now());
+                match event {
+                    ProcEvent::Exec { pid } => self.watch(&mut due, &mut watched, pid),
+                    ProcEvent::Exit { pid, .. } => {
+                        watched.remove(&pid);
+                    }
+                    ProcEvent::Fork { .. } => {}
                 }
             }
-            self.look_at_due(&mut due, &mut watched, &mut sockets);
+            self.look_at_due(&mut due, &mut watched, &mut fds);
         }
     }
 
-    /// Looks at every process whose turn has come, schedules its next look, and resolves
-    /// all the new socket inodes seen with one socket dump.
+    /// Starts (or restarts, after a new exec) watching `pid`, if it is in our namespace.
+    fn watch(
+        &self,
+        due: &mut BTreeMap<(Instant, u32), ()>,
+        watched: &mut HashMap<u32, Watched>,
+        pid: u32,
+    ) {
+        if self.proc.netns_of(pid).ok() != Some(self.netns) {
+            return;
+        }
+        let (Ok(handle), Ok(info)) = (ProcessHandle::open(pid), self.proc.process(pid)) else {
+            return; // already gone
+        };
+        if watched.len() >= MAX_WATCHED && !watched.contains_key(&pid) {
+            if let Some(((_, oldest), ())) = due.pop_first() {
+                watched.remove(&oldest);
+            }
+        }
+        let now = Instant::now();
+        let w = Watched {
+            since: now,
+            handle,
+            info,
+            done: HashSet::new(),
+            later_round: 0,
+        };
+        watched.insert(pid, w);
+        due.insert((now, pid), ());
+    }
+
+    /// Looks at every process whose turn has come and schedules its next look.
     fn look_at_due(
         &mut self,
         due: &mut BTreeMap<(Instant, u32), ()>,
         watched: &mut HashMap<u32, Watched>,
-        sockets: &mut SocketSource,
+        fds: &mut Vec<(RawFd, u64)>,
     ) {
         let now = Instant::now();
         let ready: Vec<u32> = due
@@ -100,97 +142,64 @@ impl Watcher {
             .map(|((_, pid), ())| *pid)
             .collect();
         due.retain(|(at, _), ()| *at > now);
-        let mut fresh: Vec<(u32, HashSet<u64>)> = Vec::new();
         for pid in ready {
             let Some(w) = watched.get_mut(&pid) else {
                 continue;
             };
-            let seen = self.look(pid, w);
-            w.round += 1;
-            match seen {
-                Some(new) if w.round < ROUNDS => {
-                    due.insert((now + Duration::from_millis(1 << (w.round - 1)), pid), ());
-                    if !new.is_empty() {
-                        fresh.push((pid, new));
-                    }
-                }
-                Some(new) => {
-                    if !new.is_empty() {
-                        fresh.push((pid, new));
-                    }
+            let next = if self.look(pid, w, fds) {
+                next_look(w, now)
+            } else {
+                None
+            };
+            match next {
+                Some(at) => {
+                    due.insert((at, pid), ());
                 }
                 None => {
                     watched.remove(&pid);
                 }
             }
         }
-        if !fresh.is_empty() {
-            self.resolve(&fresh, watched, sockets);
-        }
     }
 
-    /// One look at `pid`'s fds: the socket inodes not seen before, or `None` once the
-    /// process is gone.
-    fn look(&mut self, pid: u32, w: &mut Watched) -> Option<HashSet<u64>> {
-        if w.info.is_none() {
-            w.info = Some(self.proc.process(pid).ok()?);
+    /// Reads the sockets `pid` opened since the last look; false once it is gone.
+    fn look(&mut self, pid: u32, w: &mut Watched, fds: &mut Vec<(RawFd, u64)>) -> bool {
+        fds.clear();
+        if self.proc.socket_fds_of(pid, fds).is_err() {
+            return false;
         }
-        let mut inodes = Vec::new();
-        self.proc.socket_inodes_of(pid, &mut inodes).ok()?;
-        Some(inodes.into_iter().filter(|i| w.inodes.insert(*i)).collect())
-    }
-
-    /// Dumps the sockets once and sends each process the ones it was seen holding.
-    fn resolve(
-        &mut self,
-        fresh: &[(u32, HashSet<u64>)],
-        watched: &HashMap<u32, Watched>,
-        sockets: &mut SocketSource,
-    ) {
-        let mut all = Vec::new();
-        if let Err(error) = sockets.read_into(self.netns, &mut all) {
-            debug!(error = %error, "socket dump for new processes failed");
-            return;
-        }
-        for (pid, new) in fresh {
-            let found: Vec<SocketEntry> = all
-                .iter()
-                .filter(|s| new.contains(&s.inode))
-                .copied()
-                .collect();
-            let info = watched.get(pid).and_then(|w| w.info.clone());
-            if let (false, Some(info)) = (found.is_empty(), info) {
-                debug!(pid, sockets = found.len(), comm = %info.comm, "learnt sockets of a new process");
-                let _ = self.learned.try_send(Learned {
-                    sockets: found,
-                    info,
-                });
+        let mut found = Vec::new();
+        for &(fd, inode) in fds.iter() {
+            if w.done.contains(&inode) {
+                continue;
+            }
+            match w.handle.ip_socket(fd, inode, w.info.uid, self.netns) {
+                Ok(Some(entry)) => {
+                    w.done.insert(inode);
+                    found.push(entry);
+                }
+                Ok(None) => {} // not IP, or not bound yet: look again next time
+                Err(error) if error.is_not_found() => return false,
+                Err(error) => debug!(pid, fd, error = %error, "cannot read a new process's socket"),
             }
         }
-        self.wake.request();
+        if !found.is_empty() {
+            debug!(pid, sockets = found.len(), comm = %w.info.comm, "learnt sockets of a new process");
+            let _ = self.learned.try_send(Learned {
+                sockets: found,
+                info: w.info.clone(),
+            });
+            self.wake.request();
+        }
+        true
     }
 }
 
-/// Starts (or restarts, after a new exec) watching `pid`.
-fn watch(
-    due: &mut BTreeMap<(Instant, u32), ()>,
-    watched: &mut HashMap<u32, Watched>,
-    pid: u32,
-    now: Instant,
-) {
-    if watched.len() >= MAX_WATCHED && !watched.contains_key(&pid) {
-        if let Some(((at, oldest), ())) = due.pop_first() {
-            let _ = at;
-            watched.remove(&oldest);
-        }
+/// When to look at a process next: often while it is young, then less and less.
+fn next_look(w: &mut Watched, now: Instant) -> Option<Instant> {
+    if now.saturating_duration_since(w.since) < YOUNG_FOR {
+        return Some(now + YOUNG_EVERY);
     }
-    watched.insert(
-        pid,
-        Watched {
-            info: None,
-            inodes: HashSet::new(),
-            round: 0,
-        },
-    );
-    due.insert((now, pid), ());
+    w.later_round += 1;
+    (w.later_round <= LATER_ROUNDS).then(|| now + Duration::from_millis(1 << (w.later_round - 1)))
 }

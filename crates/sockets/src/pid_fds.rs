@@ -2,6 +2,7 @@
 //! process starts, while it may still be alive (the full scan is in `fds.rs`).
 
 use std::fs;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, Result};
@@ -9,17 +10,23 @@ use crate::fds::parse_socket_link;
 use crate::root::ProcRoot;
 
 impl ProcRoot {
-    /// Appends the inode of every socket `pid` holds to `out`. `NotFound` when the process
-    /// has exited; an fd closed while reading is skipped.
-    pub fn socket_inodes_of(&self, pid: u32, out: &mut Vec<u64>) -> Result<()> {
+    /// Appends (fd number, inode) of every socket `pid` holds to `out`. `NotFound` when the
+    /// process has exited; an fd closed while reading is skipped.
+    pub fn socket_fds_of(&self, pid: u32, out: &mut Vec<(RawFd, u64)>) -> Result<()> {
         let dir = self.pid_dir(pid).join("fd");
         let entries = fs::read_dir(&dir).map_err(|e| Error::from_io(&dir, e))?;
         for entry in entries.flatten() {
+            let Some(fd) = std::str::from_utf8(entry.file_name().as_bytes())
+                .ok()
+                .and_then(|n| n.parse::<RawFd>().ok())
+            else {
+                continue;
+            };
             let Ok(target) = fs::read_link(entry.path()) else {
                 continue;
             };
             if let Some(inode) = parse_socket_link(target.as_os_str().as_bytes()) {
-                out.push(inode);
+                out.push((fd, inode));
             }
         }
         Ok(())
@@ -41,16 +48,17 @@ mod tests {
         let inode = parse_socket_link(fd_link.as_os_str().as_bytes()).unwrap();
         let mut out = Vec::new();
         ProcRoot::default()
-            .socket_inodes_of(std::process::id(), &mut out)
+            .socket_fds_of(std::process::id(), &mut out)
             .unwrap();
-        assert!(out.contains(&inode));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        assert!(out.contains(&(fd, inode)));
     }
 
     #[test]
     fn an_exited_process_is_not_found() {
         let mut out = Vec::new();
         let err = ProcRoot::default()
-            .socket_inodes_of(u32::MAX - 1, &mut out)
+            .socket_fds_of(u32::MAX - 1, &mut out)
             .unwrap_err();
         assert!(err.is_not_found(), "{err}");
     }

@@ -1,0 +1,241 @@
+//! A running process's sockets, read from the sockets themselves: `pidfd_open` pins the
+//! process (no pid-reuse race), `pidfd_getfd` lends us a duplicate of one of its socket fds
+//! for the few microseconds it takes to ask `getsockname`/`getpeername`, and the duplicate is
+//! closed at once. This is how a socket that lives a millisecond is seen with its addresses,
+//! where a table dump would arrive too late. Needs Linux 5.6 and ptrace access
+//! (CAP_SYS_PTRACE).
+//!
+//! Invariant: the duplicate never outlives the call that made it (an `OwnedFd` dropped
+//! before returning); while it exists, a `close` by the process does not yet end the socket,
+//! which delays its FIN by those microseconds at most.
+
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use pidcap_core::{NetNsId, SocketEntry, TcpState};
+use pidcap_wire::IpProto;
+
+use crate::error::{Error, Result};
+
+/// A pinned process whose socket fds can be inspected.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pidfd: OwnedFd,
+    pid: u32,
+}
+
+impl ProcessHandle {
+    /// Pins `pid`. `NotFound` if it exited.
+    pub fn open(pid: u32) -> Result<ProcessHandle> {
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(os_error(pid, "pidfd_open"));
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(ProcessHandle { pidfd, pid })
+    }
+
+    /// The IP socket behind the process's fd `fd` (its inode known to be `inode`), or
+    /// `None` for a socket that is not IP (unix, netlink, packet) or not bound yet.
+    pub fn ip_socket(
+        &self,
+        fd: RawFd,
+        inode: u64,
+        uid: u32,
+        netns: NetNsId,
+    ) -> Result<Option<SocketEntry>> {
+        let dup = self.borrow_fd(fd)?;
+        let sock = dup.as_raw_fd();
+        let Some(proto) = protocol(sock) else {
+            return Ok(None);
+        };
+        let Some(local) = address(sock, libc::getsockname) else {
+            return Ok(None);
+        };
+        let remote = address(sock, libc::getpeername);
+        drop(dup);
+        let port_based = matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite);
+        if port_based && local.port() == 0 {
+            return Ok(None); // not bound yet: look again later
+        }
+        let unspecified = match local {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        };
+        let (local, remote) = match proto {
+            IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Icmp | IpProto::Icmpv6 => {
+                (local, remote.unwrap_or(unspecified))
+            }
+            // Raw sockets are keyed by protocol with port 0 (see ProcRoot::read_raw_into).
+            _ => (
+                with_port(local, 0),
+                with_port(remote.unwrap_or(unspecified), 0),
+            ),
+        };
+        let state = if remote.ip().is_unspecified() {
+            TcpState::Close
+        } else {
+            TcpState::Established
+        };
+        Ok(Some(SocketEntry {
+            netns,
+            proto,
+            local,
+            remote,
+            state,
+            inode,
+            uid,
+        }))
+    }
+
+    fn borrow_fd(&self, fd: RawFd) -> Result<OwnedFd> {
+        // SAFETY: pidfd_getfd(2) takes a pidfd, a target fd number and flags, and returns a
+        // new fd in this process or -1.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
+        if dup < 0 {
+            return Err(os_error(self.pid, "pidfd_getfd"));
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+    }
+}
+
+fn os_error(pid: u32, call: &str) -> Error {
+    let source = std::io::Error::last_os_error();
+    Error::from_io(std::path::Path::new(&format!("{call}({pid})")), source)
+}
+
+fn int_option(sock: RawFd, name: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of a c_int, as getsockopt(2) requires.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+/// The IP protocol of an AF_INET/AF_INET6 socket; `None` for other families.
+fn protocol(sock: RawFd) -> Option<IpProto> {
+    let domain = int_option(sock, libc::SO_DOMAIN)?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return None;
+    }
+    let proto = int_option(sock, libc::SO_PROTOCOL)?;
+    u8::try_from(proto).ok().map(IpProto::from)
+}
+
+type NameCall =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn address(sock: RawFd, call: NameCall) -> Option<SocketAddr> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage is large enough for any socket address and len says so.
+    let rc = unsafe { call(sock, storage.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised, and the kernel wrote at most `len` bytes of an address.
+    let storage = unsafe { storage.assume_init() };
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                0,
+                0,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
+    let mut addr = addr;
+    addr.set_port(port);
+    addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn inode_of(fd: RawFd) -> u64 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        crate::fds::parse_socket_link(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()))
+            .unwrap()
+    }
+
+    #[test]
+    fn reads_a_connected_tcp_socket_of_a_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let handle = ProcessHandle::open(std::process::id()).unwrap();
+        let fd = client.as_raw_fd();
+        let entry = handle
+            .ip_socket(fd, inode_of(fd), 0, NetNsId(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry.proto, IpProto::Tcp);
+        assert_eq!(entry.local, client.local_addr().unwrap());
+        assert_eq!(entry.remote, listener.local_addr().unwrap());
+        assert_eq!(entry.inode, inode_of(fd));
+        let lfd = listener.as_raw_fd();
+        let l = handle
+            .ip_socket(lfd, inode_of(lfd), 0, NetNsId(1))
+            .unwrap()
+            .unwrap();
+        assert!(l.is_wildcard_remote());
+    }
+
+    #[test]
+    fn an_unbound_or_non_ip_socket_is_none() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let handle = ProcessHandle::open(std::process::id()).unwrap();
+        assert_eq!(
+            handle.ip_socket(a.as_raw_fd(), 1, 0, NetNsId(1)).unwrap(),
+            None
+        );
+        // SAFETY: plain socket(2); closed below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert_eq!(
+            handle.ip_socket(raw, 2, 0, NetNsId(1)).unwrap(),
+            None,
+            "UDP not bound yet"
+        );
+        // SAFETY: ours.
+        unsafe { libc::close(raw) };
+    }
+
+    #[test]
+    fn an_exited_process_is_not_found() {
+        assert!(ProcessHandle::open(u32::MAX / 2)
+            .unwrap_err()
+            .is_not_found());
+    }
+}
