@@ -39,7 +39,9 @@ impl ProcessHandle {
     }
 
     /// The IP socket behind the process's fd `fd` (its inode known to be `inode`), or
-    /// `None` for a socket that is not IP (unix, netlink, packet) or not bound yet.
+    /// `None` for a socket that is not IP (unix, netlink, packet) or not bound yet (port 0,
+    /// including a ping socket whose echo identifier is not assigned yet). Raw sockets get
+    /// port 0 on both ends, as in the kernel's tables.
     pub fn ip_socket(
         &self,
         fd: RawFd,
@@ -52,28 +54,27 @@ impl ProcessHandle {
         let Some(proto) = protocol(sock) else {
             return Ok(None);
         };
+        let raw = int_option(sock, libc::SO_TYPE) == Some(libc::SOCK_RAW);
         let Some(local) = address(sock, libc::getsockname) else {
             return Ok(None);
         };
         let remote = address(sock, libc::getpeername);
         drop(dup);
-        let port_based = matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite);
-        if port_based && local.port() == 0 {
-            return Ok(None); // not bound yet: look again later
+        if !raw && local.port() == 0 {
+            // TCP/UDP not bound yet, or a ping socket before its first send assigned its
+            // echo identifier: look again later.
+            return Ok(None);
         }
         let unspecified = match local {
             SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
         };
-        let (local, remote) = match proto {
-            IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Icmp | IpProto::Icmpv6 => {
-                (local, remote.unwrap_or(unspecified))
-            }
-            // Raw sockets are keyed by protocol with port 0 (see ProcRoot::read_raw_into).
-            _ => (
-                with_port(local, 0),
-                with_port(remote.unwrap_or(unspecified), 0),
-            ),
+        let remote = remote.unwrap_or(unspecified);
+        // Raw sockets are keyed by protocol with port 0 (see ProcRoot::read_raw_into).
+        let (local, remote) = if raw {
+            (with_port(local, 0), with_port(remote, 0))
+        } else {
+            (local, remote)
         };
         let state = if remote.ip().is_unspecified() {
             TcpState::Close

@@ -256,6 +256,9 @@ pub struct Outcome {
     pub unowned: u64,
     pub conservation: Result<(), String>,
     pub notes: Vec<String>,
+    /// Workload processes that moved bytes, and how many of them got all their bytes.
+    pub processes: usize,
+    pub fully_credited: usize,
 }
 
 impl Outcome {
@@ -271,6 +274,8 @@ impl Outcome {
             unowned: 0,
             conservation: Ok(()),
             notes: Vec::new(),
+            processes: 0,
+            fully_credited: 0,
         }
     }
 
@@ -293,6 +298,12 @@ impl Outcome {
                 outcome.notes.push(format!(
                     "pid {pid} ({comm}) is not in the workload but got {excess} B"
                 ));
+            }
+            if want.total() > 0 {
+                outcome.processes += 1;
+                if got.min(want).total() == want.total() {
+                    outcome.fully_credited += 1;
+                }
             }
             if got.total() < want.total() {
                 short.push((want.total() - got.total(), pid, want.total()));

@@ -117,6 +117,8 @@ pub struct TableBuilder {
     scratch: Vec<SocketEntry>,
     closed: HashMap<(IpProto, SocketAddr, SocketAddr), (ClosedSocket, Instant)>,
     departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
+    /// Unconnected sockets the process watcher learnt, by inode.
+    learned_bound: HashMap<u64, (SocketEntry, Instant)>,
     dirty: bool,
 }
 
@@ -138,6 +140,7 @@ impl TableBuilder {
             scratch: Vec::new(),
             closed: HashMap::new(),
             departed: HashMap::new(),
+            learned_bound: HashMap::new(),
             dirty: true,
         }
     }
@@ -184,7 +187,7 @@ impl TableBuilder {
             generation,
             TableParts {
                 netns: Some(netns),
-                sockets: self.last_sockets.clone(),
+                sockets: self.table_sockets(),
                 owners: self.owners.map(),
                 closed: self.closed.values().map(|(c, _)| *c).collect(),
                 departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
@@ -205,7 +208,10 @@ impl TableBuilder {
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
         self.departed
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
-        let mut changed = self.closed.len() != before;
+        let learned = self.learned_bound.len();
+        self.learned_bound
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        let mut changed = self.closed.len() != before || self.learned_bound.len() != learned;
         if self.scratch == self.last_sockets {
             return changed;
         }
@@ -280,7 +286,7 @@ impl TableBuilder {
             generation,
             TableParts {
                 netns: Some(netns),
-                sockets: self.last_sockets.clone(),
+                sockets: self.table_sockets(),
                 owners: self.owners.map(),
                 closed: self.closed.values().map(|(c, _)| *c).collect(),
                 departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
@@ -289,12 +295,32 @@ impl TableBuilder {
         )))
     }
 
+    /// The live sockets plus learnt unconnected ones that the last dump did not show.
+    fn table_sockets(&self) -> Vec<SocketEntry> {
+        let mut sockets = self.last_sockets.clone();
+        let live: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+        sockets.extend(
+            self.learned_bound
+                .values()
+                .map(|(s, _)| *s)
+                .filter(|s| !live.contains(&s.inode)),
+        );
+        sockets
+    }
+
     /// Takes in sockets the process watcher saw a new process holding. They are kept like
     /// recently closed sockets (the exact table entry wins while the socket lives), so the
     /// process's packets are credited to it even after it exited; the next pass publishes them.
     pub fn learn(&mut self, learned: Learned, now: Instant) {
         let key = learned.info.key;
         for s in learned.sockets {
+            self.owners.learn(s.inode, key);
+            if s.is_wildcard_remote() {
+                // Listeners, unconnected UDP, ping and raw sockets are matched by their bound
+                // address: keep them in the socket list itself for the grace period.
+                self.learned_bound.insert(s.inode, (s, now));
+                continue;
+            }
             let closed = ClosedSocket {
                 proto: s.proto,
                 local: s.local,
@@ -304,7 +330,6 @@ impl TableBuilder {
             };
             self.closed
                 .insert((s.proto, s.local, s.remote), (closed, now));
-            self.owners.learn(s.inode, key);
         }
         self.departed.insert(key, (learned.info, now));
         self.dirty = true; // publish on the next pass even if the socket list is unchanged

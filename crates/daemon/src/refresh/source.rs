@@ -50,7 +50,13 @@ impl SocketSource {
             NetTable::Icmp,
             NetTable::Icmp6,
         ] {
+            let from = out.len();
             self.proc.read_table_into(table, netns, out)?;
+            if matches!(table, NetTable::Icmp | NetTable::Icmp6) {
+                // A ping socket shows port 0 until its first send assigns its identifier;
+                // keyed so, it would claim the kernel's side of every echo.
+                retain_from(out, from, |s| s.local.port() != 0);
+            }
         }
         self.proc.read_raw_into(netns, out)?;
         Ok(())
@@ -88,5 +94,17 @@ impl SocketSource {
         }
         self.proc.read_sockets_into(netns, out)?;
         Ok(())
+    }
+}
+
+/// Keeps, among `out[from..]`, only the entries `keep` accepts.
+fn retain_from(out: &mut Vec<SocketEntry>, from: usize, keep: impl Fn(&SocketEntry) -> bool) {
+    let mut i = from;
+    while i < out.len() {
+        if keep(&out[i]) {
+            i += 1;
+        } else {
+            out.swap_remove(i);
+        }
     }
 }
