@@ -182,19 +182,8 @@ impl TableBuilder {
             return Ok(built(None));
         }
         self.dirty = false;
-        self.last_addrs = addrs.clone();
-        let table = SocketTable::build(
-            generation,
-            TableParts {
-                netns: Some(netns),
-                sockets: self.table_sockets(),
-                owners: self.owners.map(),
-                closed: self.closed.values().map(|(c, _)| *c).collect(),
-                departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
-                local_addrs: addrs,
-            },
-        );
-        Ok(built(Some(table)))
+        self.last_addrs = addrs;
+        Ok(built(Some(self.table(netns, generation))))
     }
 }
 
@@ -282,7 +271,12 @@ impl TableBuilder {
                 self.last_sockets.push(entry);
             }
         }
-        Ok(Some(SocketTable::build(
+        Ok(Some(self.table(netns, generation)))
+    }
+
+    /// A table of everything the builder knows now.
+    fn table(&self, netns: NetNsId, generation: u64) -> SocketTable {
+        SocketTable::build(
             generation,
             TableParts {
                 netns: Some(netns),
@@ -292,7 +286,7 @@ impl TableBuilder {
                 departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
                 local_addrs: self.last_addrs.clone(),
             },
-        )))
+        )
     }
 
     /// The live sockets plus learnt unconnected ones that the last dump did not show.
