@@ -26,6 +26,7 @@ mod dir;
 mod facts;
 mod order;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
@@ -64,6 +65,10 @@ pub struct OwnerScanner {
     probed: Vec<u32>,
     /// Socket inodes of the process being read.
     inodes: Vec<u64>,
+    /// Facts of the socket holders of the last full pass, by pid: a holder whose `stat`
+    /// still shows the same start time and `comm` is not re-read (its status, cmdline and
+    /// exe are taken from here). A uid change without an exec is missed until it exits.
+    known: HashMap<u32, ProcessInfo>,
 }
 
 /// What one [`OwnerScanner::resolve`] did.
@@ -102,6 +107,7 @@ impl OwnerScanner {
             deferred: Vec::new(),
             probed: Vec::with_capacity(PROBE_WINDOW as usize),
             inodes: Vec::new(),
+            known: HashMap::new(),
         })
     }
 
@@ -122,6 +128,11 @@ impl OwnerScanner {
             }
         }
         tracing::debug!(stats = ?scan.stats, sockets = scan.holders.len(), "socket owner scan");
+        self.known = scan
+            .processes
+            .values()
+            .map(|info| (info.key.pid, info.clone()))
+            .collect();
         Ok(scan)
     }
 
@@ -362,6 +373,16 @@ impl OwnerScanner {
     ) -> Result<Option<ProcessInfo>> {
         if self.inodes.is_empty() {
             return Ok(None);
+        }
+        if let Some(known) = self.known.get(&pid) {
+            let seen = facts::stat_at(pid_dir, self.root.path(), pid, &mut self.file);
+            match tolerate(seen, stats)? {
+                Some((comm, start)) if start == known.key.start_time && comm == known.comm => {
+                    return Ok(Some(known.clone()));
+                }
+                Some(_) => {}
+                None => return Ok(None),
+            }
         }
         let facts = facts::process_at(pid_dir, self.root.path(), pid, &mut self.file);
         tolerate(facts, stats)

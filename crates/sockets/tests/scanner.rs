@@ -1044,3 +1044,31 @@ mod timing {
         });
     }
 }
+
+/// A second full pass reuses the facts of unchanged holders (only `stat` is read for them)
+/// and still gives the same answer.
+#[test]
+fn a_second_full_pass_reuses_facts_and_agrees() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut scanner =
+        pidcap_sockets::OwnerScanner::open(&pidcap_sockets::ProcRoot::default()).unwrap();
+    let first = scanner.scan_all().unwrap();
+    let second = scanner.scan_all().unwrap();
+    let me = std::process::id();
+    let mine = |scan: &pidcap_sockets::OwnerScan| {
+        scan.processes
+            .values()
+            .find(|p| p.key.pid == me)
+            .cloned()
+            .expect("this test process holds a socket")
+    };
+    assert_eq!(mine(&first), mine(&second));
+    let inode_holders = |scan: &pidcap_sockets::OwnerScan| {
+        scan.holders
+            .iter()
+            .filter(|(_, h)| h.iter().any(|k| k.pid == me))
+            .count()
+    };
+    assert_eq!(inode_holders(&first), inode_holders(&second));
+    drop(listener);
+}

@@ -77,6 +77,19 @@ pub(super) fn process_at(
     })
 }
 
+/// `comm` and start time from `stat` alone: enough to tell that a process seen before is
+/// still the same one, running the same program.
+pub(super) fn stat_at(
+    pid_dir: &OwnedFd,
+    root: &Path,
+    pid: u32,
+    buf: &mut Vec<u8>,
+) -> Result<(String, u64)> {
+    read_at(pid_dir, c"stat", buf).map_err(|e| Error::from_io(&proc_path(root, pid, "stat"), e))?;
+    parse_stat(buf)
+        .map_err(|r| Error::parse(proc_path(root, pid, "stat").display().to_string(), 1, r))
+}
+
 /// The executable path, or `None` when it cannot be read (kernel threads; another user's
 /// process without ptrace access): not knowing it is normal, as in `ProcRoot::process`.
 fn exe_at(pid_dir: &OwnedFd, buf: &mut Vec<u8>) -> Option<String> {
