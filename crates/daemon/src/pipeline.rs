@@ -168,6 +168,7 @@ impl Pipeline {
 /// buffer against it (crediting late what it resolves) and merges that too.
 fn merge(shared: &Shared, batch: &mut Batch) {
     let now = Instant::now();
+    shared.count_frames(batch.tally.len());
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }

@@ -41,6 +41,8 @@ pub struct Shared {
     started: Instant,
     /// Milliseconds after `started` when the capture loop last went round.
     heartbeat_ms: AtomicU64,
+    /// Frames handled by the capture loop since start (published once per batch).
+    frames: AtomicU64,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             pending: Mutex::new(PendingLevel::default()),
             started: now,
             heartbeat_ms: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
         })
     }
 
@@ -95,6 +98,16 @@ impl Shared {
 
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Adds a batch's frame count.
+    pub fn count_frames(&self, n: u64) {
+        self.frames.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Frames handled since start.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
     }
 
     /// Called by the capture loop each time round.

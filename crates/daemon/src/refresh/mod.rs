@@ -68,6 +68,9 @@ pub struct MissRequests {
     flows: Receiver<FlowKey>,
 }
 
+/// The full-pass period while no packet is captured.
+pub const IDLE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The shortest time between two tables published by targeted lookups.
 const TARGETED_GAP: Duration = Duration::from_millis(20);
 
@@ -350,20 +353,28 @@ impl Refresher {
         let mut failing = false;
         let mut denied_warned = false;
         let mut targeted_at = Instant::now();
+        let mut seen_frames = self.shared.frames();
         while !self.stop.load(Ordering::Relaxed) {
-            let wait = self
-                .interval
+            // With nothing captured since the last pass, a table only serves queries: refresh
+            // seldom (a miss still wakes the refresher at once when traffic resumes).
+            let period = if self.shared.frames() == seen_frames {
+                self.interval.max(IDLE_INTERVAL)
+            } else {
+                self.interval
+            };
+            let wait = period
                 .saturating_sub(last.elapsed())
                 .min(Duration::from_millis(200));
             match self.requests.wake.recv_timeout(wait) {
                 Ok(()) if self.take_learned() => {}
                 Ok(()) if self.resolve_missed(&mut generation, &mut targeted_at) => continue,
                 Ok(()) => std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed())),
-                Err(RecvTimeoutError::Timeout) if last.elapsed() < self.interval => continue,
+                Err(RecvTimeoutError::Timeout) if last.elapsed() < period => continue,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.take_learned();
+            seen_frames = self.shared.frames();
             generation += 1;
             last = Instant::now();
             failing = self.refresh_once(generation, failing, &mut denied_warned);
