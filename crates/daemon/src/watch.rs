@@ -35,6 +35,9 @@ const LATER_ROUNDS: u32 = 8;
 /// Processes watched at once.
 const MAX_WATCHED: usize = 4096;
 
+/// Whether the missing-privilege warning was given (once per daemon).
+static DENIED_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// Sockets a process was seen holding, with who it is.
 #[derive(Debug, Clone)]
 pub struct Learned {
@@ -180,6 +183,12 @@ impl Watcher {
                 }
                 Ok(None) => {} // not IP, or not bound yet: look again next time
                 Err(error) if error.is_not_found() => return false,
+                Err(error) if error.is_permission_denied() => {
+                    if !DENIED_WARNED.swap(true, Ordering::Relaxed) {
+                        warn!(error = %error, "cannot read new processes' sockets (pidfd_getfd needs CAP_SYS_PTRACE and, under systemd, SystemCallFilter=pidfd_getfd); short-lived processes may go to unknown (reported once)");
+                    }
+                    return false;
+                }
                 Err(error) => debug!(pid, fd, error = %error, "cannot read a new process's socket"),
             }
         }
