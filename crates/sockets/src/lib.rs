@@ -12,6 +12,7 @@ mod proc_net;
 mod process;
 mod root;
 mod scanner;
+mod sctp;
 mod text;
 
 pub use addrs::local_addresses;
@@ -23,3 +24,4 @@ pub use proc_events::{parse_datagram, MalformedDatagram, ProcEvent, ProcEvents};
 pub use proc_net::{parse_net_table, parse_net_table_into, NetTable};
 pub use root::ProcRoot;
 pub use scanner::{OwnerScanner, ResolveStats};
+pub use sctp::{parse_sctp_assocs, parse_sctp_eps};
