@@ -56,20 +56,19 @@ impl Verdict {
 /// Protocols whose sockets are found by port; a packet of theirs without ports (a non-first
 /// fragment, a truncated header) cannot be attributed.
 fn port_based(proto: IpProto) -> bool {
-    matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite)
+    matches!(
+        proto,
+        IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp
+    )
 }
 
 /// Attributes both ends of a packet. `ports_known` is false for non-first fragments and
 /// truncated transport headers; for TCP and UDP such packets are counted but not attributed.
 /// ICMP/ICMPv6 (ping sockets by echo identifier, raw sockets by protocol) and other protocols
-/// (raw sockets by protocol number, ports 0) are looked up as they are. SCTP sockets are not
-/// read, so SCTP is unsupported.
+/// (raw sockets by protocol number, ports 0) are looked up as they are. SCTP is matched by
+/// ports against every (local, remote) address pair of its associations.
 pub fn attribute(table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Verdict {
-    let supported = match flow.proto {
-        IpProto::Sctp => false,
-        p if port_based(p) => ports_known,
-        _ => true,
-    };
+    let supported = !port_based(flow.proto) || ports_known;
     Verdict {
         tx: side(table, flow.proto, flow.src, flow.dst, supported),
         rx: side(table, flow.proto, flow.dst, flow.src, supported),

@@ -249,7 +249,10 @@ impl SocketTable {
         let local = key.1;
         let bound = self.lookup_bound(proto, local).or_else(|| {
             // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
-            let port_based = matches!(proto, IpProto::Tcp | IpProto::Udp | IpProto::UdpLite);
+            let port_based = matches!(
+                proto,
+                IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp
+            );
             (!port_based && local.port() != 0)
                 .then(|| self.lookup_bound(proto, SocketAddr::new(local.ip(), 0)))
                 .flatten()

@@ -551,9 +551,9 @@ fn ping_sockets_match_by_echo_identifier_and_raw_sockets_by_protocol() {
     // ICMP that is not a ping-socket echo (here: another identifier) reaches the raw ICMP socket.
     let other = attribute(&t, &flow(IpProto::Icmp, "192.0.2.9:9", "10.0.0.1:9"), true);
     assert_eq!(credited(other.rx), Some((4, MatchKind::Wildcard)));
-    // SCTP sockets are not read: unsupported, never pending.
+    // SCTP is matched by ports like TCP; with no SCTP socket, a local end is a miss.
     let sctp = attribute(&t, &flow(IpProto::Sctp, "10.0.0.1:1", "192.0.2.9:2"), true);
-    assert_eq!(sctp.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
+    assert_eq!(sctp.tx, Some(Credit::Unknown(UnknownReason::NoSocket)));
     // A TCP non-first fragment has no ports: unsupported.
     let frag = attribute(&t, &flow(IpProto::Tcp, "10.0.0.1:0", "192.0.2.9:0"), false);
     assert_eq!(frag.tx, Some(Credit::Unknown(UnknownReason::Unsupported)));
@@ -588,4 +588,28 @@ fn a_server_connection_in_time_wait_falls_back_to_its_listener() {
         true,
     );
     assert_eq!(fin.tx, Some(Credit::Unknown(UnknownReason::NoProcess)));
+}
+
+#[test]
+fn sctp_associations_and_endpoints_match_by_ports() {
+    let t = table(
+        vec![
+            sock(IpProto::Sctp, "10.0.0.1:5060", "192.0.2.9:7000", 1),
+            sock(IpProto::Sctp, "0.0.0.0:5061", "0.0.0.0:0", 2),
+        ],
+        &[(1, &[key(1, 1)]), (2, &[key(2, 2)])],
+        &["10.0.0.1"],
+    );
+    let assoc = attribute(
+        &t,
+        &flow(IpProto::Sctp, "10.0.0.1:5060", "192.0.2.9:7000"),
+        true,
+    );
+    assert_eq!(credited(assoc.tx), Some((1, MatchKind::Exact)));
+    let ep = attribute(
+        &t,
+        &flow(IpProto::Sctp, "192.0.2.9:9", "10.0.0.1:5061"),
+        true,
+    );
+    assert_eq!(credited(ep.rx), Some((2, MatchKind::Wildcard)));
 }

@@ -221,7 +221,8 @@ pub struct UnknownReasons {
     pub no_process: u64,
     /// Still unresolved when its time in the pending buffer ran out.
     pub pending_expired: u64,
-    /// A protocol or packet that is not attributed (e.g. non-first fragments of an unknown flow).
+    /// A packet that cannot be attributed (a non-first fragment whose first fragment was not
+    /// seen, a truncated transport header).
     pub unsupported: u64,
 }
 

@@ -39,8 +39,8 @@ impl SocketSource {
         }
     }
 
-    /// Replaces `out` with every TCP, UDP, UDP-Lite, ping (ICMP/ICMPv6) and raw socket of
-    /// this namespace. A netlink failure switches to `/proc/net` for good (warned once).
+    /// Replaces `out` with every TCP, UDP, UDP-Lite, SCTP, ping (ICMP/ICMPv6) and raw socket
+    /// of this namespace. A netlink failure switches to `/proc/net` for good (warned once).
     pub fn read_into(&mut self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> anyhow::Result<()> {
         self.read_tcp_udp(netns, out)?;
         // Small tables, empty on most hosts: always read as text.
@@ -59,6 +59,7 @@ impl SocketSource {
             }
         }
         self.proc.read_raw_into(netns, out)?;
+        self.proc.read_sctp_into(netns, out)?;
         Ok(())
     }
 
