@@ -29,6 +29,9 @@ pub struct Flags {
     /// Bytes captured per packet; headers are enough, lengths come from the IP header [default: 256]
     #[arg(long, value_name = "N")]
     pub snaplen: Option<i32>,
+    /// Longest time libpcap holds captured packets before handing them over [default: 100ms]
+    #[arg(long, value_name = "DUR")]
+    pub capture_timeout: Option<String>,
     /// Kernel capture buffer, in bytes or with a unit (e.g. 32MiB) [default: 16MiB]
     #[arg(long, value_name = "SIZE")]
     pub buffer_size: Option<String>,
@@ -71,6 +74,7 @@ struct FileConfig {
     interface: Option<String>,
     filter: Option<String>,
     snaplen: Option<i32>,
+    capture_timeout: Option<String>,
     buffer_size: Option<toml::Value>,
     socket: Option<PathBuf>,
     usage_log: Option<PathBuf>,
@@ -89,6 +93,7 @@ pub struct Config {
     pub interface: String,
     pub filter: Option<String>,
     pub snaplen: i32,
+    pub capture_timeout: Duration,
     pub buffer_size: i32,
     pub socket: PathBuf,
     pub usage_log: PathBuf,
@@ -155,6 +160,11 @@ impl Config {
                 .unwrap_or_else(|| "any".into()),
             filter: flags.filter.or(file.filter),
             snaplen: flags.snaplen.or(file.snaplen).unwrap_or(256),
+            capture_timeout: duration(
+                "capture_timeout",
+                flags.capture_timeout.or(file.capture_timeout),
+                "100ms",
+            )?,
             buffer_size,
             socket: flags
                 .socket
@@ -203,6 +213,14 @@ impl Config {
         }
         if self.buffer_size < (1 << 20) {
             return Err(invalid("buffer_size", "must be at least 1MiB"));
+        }
+        check_min(
+            "capture_timeout",
+            self.capture_timeout,
+            Duration::from_millis(1),
+        )?;
+        if self.capture_timeout > Duration::from_secs(1) {
+            return Err(invalid("capture_timeout", "must be at most 1s"));
         }
         check_min(
             "log_interval",
@@ -382,6 +400,7 @@ mod tests {
             (&["--socket", "/"], "socket"),
             (&["--pcap-file", "/nonexistent/file.pcap"], "pcap_file"),
             (&["--max-flows", "10"], "max_flows"),
+            (&["--capture-timeout", "5s"], "capture_timeout"),
             (&["--pending-timeout", "5m"], "pending_timeout"),
             (&["--pending-max", "99999999"], "pending_max"),
         ];

@@ -111,6 +111,7 @@ fn open_source(config: &Config) -> Result<Source, Fatal> {
             interface: config.interface.clone(),
             snaplen: config.snaplen,
             buffer_size: config.buffer_size,
+            timeout_ms: config.capture_timeout.as_millis() as i32,
             filter: config.filter.clone(),
             ..LiveConfig::default()
         }),
