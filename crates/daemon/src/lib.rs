@@ -1,10 +1,4 @@
-//! pidcapd: capture → attribute → count → log → answer queries.
-//!
-//! The binary's `main` parses and validates the configuration, checks privileges, opens the
-//! capture and does the first refresh (all before binding the query socket), then hands the
-//! pieces to [`serve`]. Threads: the capture loop and the refresher each run on their own
-//! OS thread; tokio runs only the query server, the usage-log writer, the rate sampler,
-//! the systemd watchdog and signal handling.
+#![doc = include_str!("../README.md")]
 
 pub mod config;
 pub mod pipeline;
