@@ -70,26 +70,49 @@ impl Batch {
     }
 }
 
+/// The capture loop's handles, apart from its per-batch state.
+struct Capture {
+    source: Source,
+    shared: Arc<Shared>,
+    misses: MissSignal,
+    stop: Arc<AtomicBool>,
+}
+
 impl Pipeline {
-    pub fn run(mut self) -> Result<End, CaptureError> {
-        let link = self.source.link_type();
-        self.publish_stats();
+    pub fn run(self) -> Result<End, CaptureError> {
+        let Pipeline {
+            source,
+            shared,
+            misses,
+            pending,
+            fragments,
+            stop,
+        } = self;
         let now = Instant::now();
-        let placeholder = Pending::new(0, Duration::ZERO);
         let mut batch = Batch {
             tally: Tally::default(),
-            pending: std::mem::replace(&mut self.pending, placeholder),
-            fragments: std::mem::replace(&mut self.fragments, FragmentMap::new(2)),
-            table: self.shared.table.load_full(),
+            pending,
+            fragments,
+            table: shared.table.load_full(),
             opened_at: None,
             merged_at: now,
             stats_at: now,
         };
-        let result = self.capture(link, &mut batch);
-        self.finish(&mut batch);
+        let mut capture = Capture {
+            source,
+            shared,
+            misses,
+            stop,
+        };
+        let link = capture.source.link_type();
+        capture.publish_stats();
+        let result = capture.capture(link, &mut batch);
+        capture.finish(&mut batch);
         result
     }
+}
 
+impl Capture {
     fn capture(&mut self, link: LinkType, batch: &mut Batch) -> Result<End, CaptureError> {
         loop {
             if self.stop.load(Ordering::Relaxed) {
