@@ -50,6 +50,15 @@ fn table(
     holders: &[(u64, &[ProcessKey])],
     local: &[&str],
 ) -> SocketTable {
+    SocketTable::build(1, parts(sockets, holders, local))
+}
+
+/// Table parts from sockets and `(inode, holders)`; every holder is a known process.
+fn parts(
+    sockets: Vec<SocketEntry>,
+    holders: &[(u64, &[ProcessKey])],
+    local: &[&str],
+) -> TableParts {
     let mut h = HashMap::new();
     let mut processes = HashMap::new();
     for (inode, keys) in holders {
@@ -58,20 +67,17 @@ fn table(
             processes.insert(*k, info(*k, &format!("p{}", k.pid)));
         }
     }
-    SocketTable::build(
-        1,
-        TableParts {
-            netns: Some(NS),
-            sockets,
-            owners: Arc::new(OwnerMap {
-                holders: h,
-                processes,
-            }),
-            closed: Vec::new(),
-            departed: Vec::new(),
-            local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
-        },
-    )
+    TableParts {
+        netns: Some(NS),
+        sockets,
+        owners: Arc::new(OwnerMap {
+            holders: h,
+            processes,
+        }),
+        closed: Vec::new(),
+        departed: Vec::new(),
+        local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
+    }
 }
 
 fn flow(proto: IpProto, src: &str, dst: &str) -> FlowKey {
@@ -437,15 +443,10 @@ fn table_with_closed(
     holders: &[(u64, &[ProcessKey])],
     closed: Vec<ClosedSocket>,
 ) -> SocketTable {
-    let mut parts = TableParts {
-        sockets,
+    let parts = TableParts {
         closed,
-        ..TableParts::default()
+        ..parts(sockets, holders, &[])
     };
-    let owners = Arc::make_mut(&mut parts.owners);
-    for (inode, keys) in holders {
-        owners.holders.insert(*inode, keys.to_vec());
-    }
     SocketTable::build(2, parts)
 }
 
