@@ -269,11 +269,10 @@ impl TableBuilder {
         if !self.owners.place(&found)? {
             return Ok(None);
         }
-        for entry in found {
-            if !self.last_sockets.iter().any(|e| e.inode == entry.inode) {
-                self.last_sockets.push(entry);
-            }
-        }
+        // One pass over the (possibly 20,000-entry) list, not one per found socket.
+        let known: HashSet<u64> = self.last_sockets.iter().map(|e| e.inode).collect();
+        self.last_sockets
+            .extend(found.into_iter().filter(|e| !known.contains(&e.inode)));
         Ok(Some(self.table(netns, generation)))
     }
 
