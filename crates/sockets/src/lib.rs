@@ -14,6 +14,7 @@ mod root;
 mod scanner;
 mod sctp;
 mod text;
+pub mod trace;
 
 pub use addrs::local_addresses;
 pub use diag::{SockDiag, ALL_STATES};

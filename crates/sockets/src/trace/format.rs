@@ -1,0 +1,214 @@
+//! Tracepoint record layouts, read from tracefs `format` files, and typed views over records.
+//!
+//! A tracepoint's raw record is a C struct whose layout the kernel publishes in
+//! `events/<system>/<name>/format` (`field:__u16 sport; offset:24; size:2; signed:0;`). Offsets
+//! change between kernel versions, so they are never hard-coded: [`TraceFormat::parse`] reads
+//! them, and [`SetStateLayout`] / [`SockIoLayout`] check, once, that every field the decoder
+//! needs is present with the size it expects. Decoding a record then only indexes bytes; a
+//! record too short for the layout decodes to `None`, never panics.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::error::{Error, Result};
+
+/// One field of a tracepoint record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceField {
+    pub name: String,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// A tracepoint's id and record layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceFormat {
+    pub name: String,
+    pub id: u64,
+    pub fields: Vec<TraceField>,
+}
+
+impl TraceFormat {
+    /// Parses the text of a tracefs `format` file. `what` names it in errors.
+    pub fn parse(what: &str, text: &str) -> Result<TraceFormat> {
+        let mut name = None;
+        let mut id = None;
+        let mut fields = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if let Some(v) = line.strip_prefix("name:") {
+                name = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("ID:") {
+                let v = v.trim();
+                id = Some(
+                    v.parse()
+                        .map_err(|_| Error::parse(what, n + 1, format!("bad ID {v:?}")))?,
+                );
+            } else if line.starts_with("field:") {
+                fields.push(parse_field(line).ok_or_else(|| {
+                    Error::parse(what, n + 1, format!("bad field line {line:?}"))
+                })?);
+            }
+        }
+        Ok(TraceFormat {
+            name: name.ok_or_else(|| Error::parse(what, 0, "no name: line"))?,
+            id: id.ok_or_else(|| Error::parse(what, 0, "no ID: line"))?,
+            fields,
+        })
+    }
+
+    /// The offset of field `name`, checked to be `size` bytes long.
+    fn offset_of(&self, name: &str, size: usize) -> Result<usize> {
+        let field = self
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| Error::parse(&self.name, 0, format!("no field {name}")))?;
+        if field.size != size {
+            return Err(Error::parse(
+                &self.name,
+                0,
+                format!("field {name} is {} bytes, expected {size}", field.size),
+            ));
+        }
+        Ok(field.offset)
+    }
+}
+
+/// `field:<type> <name>[<n>];\toffset:<o>;\tsize:<s>;\tsigned:<0|1>;`
+fn parse_field(line: &str) -> Option<TraceField> {
+    let mut parts = line.split(';').map(str::trim);
+    let decl = parts.next()?.strip_prefix("field:")?;
+    let name = decl.rsplit([' ', '*']).next()?;
+    let name = name.split('[').next()?.to_string();
+    let mut offset = None;
+    let mut size = None;
+    for part in parts {
+        if let Some(v) = part.strip_prefix("offset:") {
+            offset = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("size:") {
+            size = v.parse().ok();
+        }
+    }
+    Some(TraceField {
+        name,
+        offset: offset?,
+        size: size?,
+    })
+}
+
+/// Reads `N` bytes at `at`, if the record has them.
+fn bytes<const N: usize>(raw: &[u8], at: usize) -> Option<[u8; N]> {
+    raw.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// The common header every record starts with: the tracepoint id (`common_type`).
+pub fn record_type(raw: &[u8]) -> Option<u16> {
+    bytes::<2>(raw, 0).map(u16::from_ne_bytes)
+}
+
+const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+
+/// A TCP state change (`sock:inet_sock_set_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetState {
+    /// The kernel's address of the socket: its identity from creation to the `CLOSE` change.
+    pub sk: u64,
+    pub old: i32,
+    pub new: i32,
+    /// IANA protocol number (6 for TCP; SCTP and MPTCP also change state).
+    pub protocol: u16,
+    /// The socket's own address and its peer's; IPv4-mapped IPv6 addresses as IPv4.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Field offsets of `sock:inet_sock_set_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetStateLayout {
+    pub id: u16,
+    sk: usize,
+    old: usize,
+    new: usize,
+    sport: usize,
+    dport: usize,
+    family: usize,
+    protocol: usize,
+    saddr: usize,
+    daddr: usize,
+    saddr_v6: usize,
+    daddr_v6: usize,
+}
+
+impl SetStateLayout {
+    pub fn new(format: &TraceFormat) -> Result<SetStateLayout> {
+        let f = format;
+        Ok(SetStateLayout {
+            id: trace_id(f)?,
+            sk: f.offset_of("skaddr", 8)?,
+            old: f.offset_of("oldstate", 4)?,
+            new: f.offset_of("newstate", 4)?,
+            sport: f.offset_of("sport", 2)?,
+            dport: f.offset_of("dport", 2)?,
+            family: f.offset_of("family", 2)?,
+            protocol: f.offset_of("protocol", 2)?,
+            saddr: f.offset_of("saddr", 4)?,
+            daddr: f.offset_of("daddr", 4)?,
+            saddr_v6: f.offset_of("saddr_v6", 16)?,
+            daddr_v6: f.offset_of("daddr_v6", 16)?,
+        })
+    }
+
+    /// Decodes a raw record; `None` if it is too short or of an unknown address family.
+    pub fn decode(&self, raw: &[u8]) -> Option<SetState> {
+        let u16_at = |at| bytes::<2>(raw, at).map(u16::from_ne_bytes);
+        let i32_at = |at| bytes::<4>(raw, at).map(i32::from_ne_bytes);
+        let (saddr, daddr): (IpAddr, IpAddr) = match u16_at(self.family)? {
+            AF_INET => (
+                Ipv4Addr::from(bytes::<4>(raw, self.saddr)?).into(),
+                Ipv4Addr::from(bytes::<4>(raw, self.daddr)?).into(),
+            ),
+            AF_INET6 => (
+                Ipv6Addr::from(bytes::<16>(raw, self.saddr_v6)?).to_canonical(),
+                Ipv6Addr::from(bytes::<16>(raw, self.daddr_v6)?).to_canonical(),
+            ),
+            _ => return None,
+        };
+        Some(SetState {
+            sk: bytes::<8>(raw, self.sk).map(u64::from_ne_bytes)?,
+            old: i32_at(self.old)?,
+            new: i32_at(self.new)?,
+            protocol: u16_at(self.protocol)?,
+            local: SocketAddr::new(saddr, u16_at(self.sport)?),
+            remote: SocketAddr::new(daddr, u16_at(self.dport)?),
+        })
+    }
+}
+
+/// Field offsets of `sock:sock_send_length` and `sock:sock_recv_length` (same layout): a
+/// process moved data through socket `sk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockIoLayout {
+    pub id: u16,
+    sk: usize,
+}
+
+impl SockIoLayout {
+    pub fn new(format: &TraceFormat) -> Result<SockIoLayout> {
+        Ok(SockIoLayout {
+            id: trace_id(format)?,
+            sk: format.offset_of("sk", 8)?,
+        })
+    }
+
+    /// The socket's kernel address; `None` if the record is too short.
+    pub fn decode(&self, raw: &[u8]) -> Option<u64> {
+        bytes::<8>(raw, self.sk).map(u64::from_ne_bytes)
+    }
+}
+
+/// Records carry the id as a 16-bit `common_type`.
+fn trace_id(format: &TraceFormat) -> Result<u16> {
+    u16::try_from(format.id)
+        .map_err(|_| Error::parse(&format.name, 0, format!("ID {} over 16 bits", format.id)))
+}

@@ -1,0 +1,310 @@
+//! Reads the kernel's socket tracepoints through perf ring buffers (one per CPU).
+//!
+//! Three tracepoints, each filtered in the kernel to TCP: `sock:inet_sock_set_state` (only the
+//! changes to `ESTABLISHED`, `SYN_SENT` and `CLOSE`), `sock:sock_send_length` and
+//! `sock:sock_recv_length`. On each CPU the three write into one ring (`SET_OUTPUT`), so a
+//! CPU's events arrive in order; across CPUs they are merged by their `CLOCK_MONOTONIC` time.
+//! An event is handed to [`Pairing`] only once it is older than [`REORDER`] at the moment the
+//! rings were read, so an event another CPU recorded earlier, but had not yet written, is not
+//! overtaken. No BPF, no kprobes: tracepoints and perf are in every distribution kernel
+//! (`CONFIG_PERF_EVENTS`, `CONFIG_TRACEPOINTS`); reading them needs `CAP_PERFMON` (or
+//! `CAP_SYS_ADMIN`) and tracefs.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use perf_event::data::Record as Parsed;
+use perf_event::events::Tracepoint;
+use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
+use tracing::debug;
+
+use super::format::{record_type, SetStateLayout, SockIoLayout, TraceFormat};
+use super::pairing::{Pairing, SockEvent, SocketClaim};
+use crate::error::{Error, Result};
+
+/// How much older than the read an event must be to be paired.
+pub const REORDER: Duration = Duration::from_millis(2);
+
+/// Bytes of ring buffer per CPU (a power of two; an event takes about 100 bytes).
+const RING_BYTES: usize = 256 * 1024;
+
+/// Sockets the pairing tracks at most, per kind.
+const TRACKED: usize = 65_536;
+
+const SET_STATE: &str = "sock/inet_sock_set_state";
+const SEND: &str = "sock/sock_send_length";
+const RECV: &str = "sock/sock_recv_length";
+
+/// Only TCP changes that matter: to ESTABLISHED (1), SYN_SENT (2), CLOSE (7).
+const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 2 || newstate == 7)";
+const IO_FILTER: &str = "protocol == 6";
+
+/// Where tracefs is mounted, mounting it at `/sys/kernel/tracing` if it is nowhere (as
+/// systemd does at boot); `None` if it cannot be found or mounted.
+pub fn find_tracefs() -> Option<PathBuf> {
+    const PLACES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    let found = || {
+        PLACES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("events").is_dir())
+    };
+    if let Some(p) = found() {
+        return Some(p);
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: static NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    debug!(mounted = rc == 0, "tracefs was not mounted");
+    found()
+}
+
+/// Parses a kernel CPU list (`0-3,6,8-9`, as in `/sys/devices/system/cpu/online`).
+pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi): (usize, usize) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.parse().ok()?, hi.parse().ok()?),
+            None => {
+                let n = part.parse().ok()?;
+                (n, n)
+            }
+        };
+        if hi < lo || hi - lo > 65_536 {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    Some(cpus)
+}
+
+/// One CPU's ring and the counters that write into it.
+struct Ring {
+    sampler: Sampler,
+    _io: Vec<Counter>,
+}
+
+/// The socket-event reader. See the module doc.
+pub struct SockTracer {
+    rings: Vec<Ring>,
+    set_state: SetStateLayout,
+    send: SockIoLayout,
+    recv: SockIoLayout,
+    /// Read, but not yet old enough to pair.
+    waiting: Vec<SockEvent>,
+    pairing: Pairing,
+    lost: u64,
+}
+
+impl std::fmt::Debug for SockTracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockTracer")
+            .field("cpus", &self.rings.len())
+            .field("waiting", &self.waiting.len())
+            .field("tracked", &self.pairing.len())
+            .field("lost", &self.lost)
+            .finish()
+    }
+}
+
+impl SockTracer {
+    /// Opens the tracepoints under `tracefs` on every online CPU and enables them.
+    pub fn open(tracefs: &Path) -> Result<SockTracer> {
+        let format = |name: &str| -> Result<TraceFormat> {
+            let path = tracefs.join("events").join(name).join("format");
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::from_io(&path, e))?;
+            TraceFormat::parse(&path.display().to_string(), &text)
+        };
+        let set_state = SetStateLayout::new(&format(SET_STATE)?)?;
+        let send = SockIoLayout::new(&format(SEND)?)?;
+        let recv = SockIoLayout::new(&format(RECV)?)?;
+        let online = Path::new("/sys/devices/system/cpu/online");
+        let text = std::fs::read_to_string(online).map_err(|e| Error::from_io(online, e))?;
+        let cpus = parse_cpu_list(&text)
+            .ok_or_else(|| Error::parse(online.display().to_string(), 1, "bad CPU list"))?;
+        let rings = cpus
+            .iter()
+            .map(|&cpu| open_ring(cpu, &set_state, [&send, &recv]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SockTracer {
+            rings,
+            set_state,
+            send,
+            recv,
+            waiting: Vec::new(),
+            pairing: Pairing::new(TRACKED),
+            lost: 0,
+        })
+    }
+
+    /// Events the kernel dropped because a ring was full (their sockets may go unclaimed).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Waits up to `timeout` for events, reads every ring and appends the claims the events
+    /// old enough complete to `out`.
+    pub fn poll(&mut self, timeout: Duration, out: &mut Vec<SocketClaim>) -> Result<()> {
+        if self.waiting.is_empty() {
+            self.wait(timeout)?;
+        }
+        let cutoff = monotonic_ns().saturating_sub(REORDER.as_nanos() as u64);
+        self.read_rings();
+        self.waiting.sort_by_key(SockEvent::time);
+        let ready = self.waiting.partition_point(|e| e.time() <= cutoff);
+        for event in self.waiting.drain(..ready) {
+            self.pairing.feed(event, out);
+        }
+        Ok(())
+    }
+
+    /// True when events wait for their turn (the caller should poll again soon).
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<()> {
+        let mut fds: Vec<libc::pollfd> = self
+            .rings
+            .iter()
+            .map(|r| libc::pollfd {
+                fd: r.sampler.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::from_io(Path::new("poll(perf rings)"), e));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_rings(&mut self) {
+        for ring in &mut self.rings {
+            while let Some(record) = ring.sampler.next_record() {
+                match record.parse_record() {
+                    Ok(Parsed::Sample(sample)) => {
+                        let (Some(time), Some(pid), Some(raw)) =
+                            (sample.time(), sample.pid(), sample.raw())
+                        else {
+                            continue;
+                        };
+                        if let Some(e) =
+                            decode(&self.set_state, &self.send, &self.recv, time, pid, raw)
+                        {
+                            self.waiting.push(e);
+                        }
+                    }
+                    Ok(Parsed::Lost(lost)) => self.lost += lost.lost,
+                    Ok(_) => {}
+                    Err(error) => debug!(error = %error, "unparsable perf record"),
+                }
+            }
+        }
+    }
+}
+
+/// Turns one raw tracepoint record into an event; `None` for a record this reader does not
+/// know or that is too short.
+fn decode(
+    set_state: &SetStateLayout,
+    send: &SockIoLayout,
+    recv: &SockIoLayout,
+    time: u64,
+    pid: u32,
+    raw: &[u8],
+) -> Option<SockEvent> {
+    let ty = record_type(raw)?;
+    if ty == set_state.id {
+        let change = set_state.decode(raw)?;
+        return Some(SockEvent::State { time, pid, change });
+    }
+    let io = [send, recv].into_iter().find(|l| l.id == ty)?;
+    Some(SockEvent::Io {
+        time,
+        pid,
+        sk: io.decode(raw)?,
+    })
+}
+
+fn open_ring(cpu: usize, set_state: &SetStateLayout, io: [&SockIoLayout; 2]) -> Result<Ring> {
+    let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER)?;
+    let mut sampler = leader
+        .sampled(RING_BYTES)
+        .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
+    let mut others = Vec::new();
+    for layout in io {
+        let mut counter = open_counter(cpu, layout.id, IO_FILTER)?;
+        ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
+            // SAFETY: both are perf event fds opened on the same CPU.
+            unsafe { perf_event_open_sys::ioctls::SET_OUTPUT(fd, sampler.as_raw_fd()) }
+        })?;
+        counter
+            .enable()
+            .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
+        others.push(counter);
+    }
+    sampler
+        .enable()
+        .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
+    Ok(Ring {
+        sampler,
+        _io: others,
+    })
+}
+
+/// A disabled, filtered, sampled tracepoint counter on `cpu`, for every process.
+fn open_counter(cpu: usize, id: u16, filter: &str) -> Result<Counter> {
+    let counter = Builder::new(Tracepoint::with_id(id.into()))
+        .one_cpu(cpu)
+        .any_pid()
+        .include_kernel()
+        .sample_period(1)
+        .sample(SampleFlag::TID | SampleFlag::TIME | SampleFlag::RAW)
+        .clockid(Clock::MONOTONIC)
+        .wakeup_events(1)
+        .enabled(false)
+        .build()
+        .map_err(|e| Error::from_io(Path::new("perf_event_open(sock tracepoint)"), e))?;
+    let filter = std::ffi::CString::new(filter).expect("static filter has no NUL");
+    ioctl(&counter, "PERF_EVENT_IOC_SET_FILTER", |fd| {
+        // SAFETY: a valid NUL-terminated string the kernel only reads.
+        unsafe { perf_event_open_sys::ioctls::SET_FILTER(fd, filter.as_ptr().cast_mut()) }
+    })?;
+    Ok(counter)
+}
+
+fn ioctl(counter: &impl AsRawFd, what: &str, f: impl FnOnce(RawFd) -> libc::c_int) -> Result<()> {
+    if f(counter.as_raw_fd()) < 0 {
+        return Err(Error::from_io(
+            Path::new(what),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,406 @@
+//! Socket tracepoints: the tracefs format parser against the kernel's own `format` files
+//! (fixtures copied from Linux 6.18), the decoder against records laid out by those formats,
+//! the pairing rules as event sequences and properties, and the live reader (CI runs as root):
+//! a real child process's connection must be claimed by the child, the accepting side by us.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pidcap_sockets::trace::{
+    find_tracefs, parse_cpu_list, Pairing, SetState, SetStateLayout, SockEvent, SockIoLayout,
+    SockTracer, SocketClaim, TraceFormat,
+};
+use proptest::prelude::*;
+
+const SET_STATE: &str = include_str!("fixtures/trace/inet_sock_set_state.format");
+const SEND: &str = include_str!("fixtures/trace/sock_send_length.format");
+
+fn set_state_layout() -> (TraceFormat, SetStateLayout) {
+    let f = TraceFormat::parse("fixture", SET_STATE).unwrap();
+    let l = SetStateLayout::new(&f).unwrap();
+    (f, l)
+}
+
+/// Writes `bytes` at the offset the format gives field `name`.
+fn put(raw: &mut [u8], format: &TraceFormat, name: &str, bytes: &[u8]) {
+    let f = format.fields.iter().find(|f| f.name == name).unwrap();
+    assert_eq!(f.size, bytes.len(), "{name}");
+    raw[f.offset..f.offset + f.size].copy_from_slice(bytes);
+}
+
+fn record(format: &TraceFormat, family: u16, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
+    let mut raw = vec![0u8; 72];
+    put(
+        &mut raw,
+        format,
+        "common_type",
+        &(format.id as u16).to_ne_bytes(),
+    );
+    put(
+        &mut raw,
+        format,
+        "skaddr",
+        &0xffff_8880_1234_5678u64.to_ne_bytes(),
+    );
+    put(&mut raw, format, "oldstate", &2i32.to_ne_bytes());
+    put(&mut raw, format, "newstate", &1i32.to_ne_bytes());
+    put(&mut raw, format, "sport", &40000u16.to_ne_bytes());
+    put(&mut raw, format, "dport", &443u16.to_ne_bytes());
+    put(&mut raw, format, "family", &family.to_ne_bytes());
+    put(&mut raw, format, "protocol", &6u16.to_ne_bytes());
+    put(&mut raw, format, "saddr", &src[..4]);
+    put(&mut raw, format, "daddr", &dst[..4]);
+    put(&mut raw, format, "saddr_v6", &src);
+    put(&mut raw, format, "daddr_v6", &dst);
+    raw
+}
+
+#[test]
+fn the_kernels_format_files_parse_with_every_field_and_offset() {
+    let (f, _) = set_state_layout();
+    assert_eq!(f.name, "inet_sock_set_state");
+    assert_eq!(f.id, 2287);
+    let names: Vec<&str> = f.fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "common_type",
+            "common_flags",
+            "common_preempt_count",
+            "common_pid",
+            "skaddr",
+            "oldstate",
+            "newstate",
+            "sport",
+            "dport",
+            "family",
+            "protocol",
+            "saddr",
+            "daddr",
+            "saddr_v6",
+            "daddr_v6"
+        ]
+    );
+    let daddr_v6 = f.fields.last().unwrap();
+    assert_eq!((daddr_v6.offset, daddr_v6.size), (56, 16));
+    let send = TraceFormat::parse("fixture", SEND).unwrap();
+    let io = SockIoLayout::new(&send).unwrap();
+    assert_eq!(io.id, 2284);
+    let mut raw = vec![0u8; 28];
+    raw[8..16].copy_from_slice(&7u64.to_ne_bytes());
+    assert_eq!(io.decode(&raw), Some(7));
+}
+
+#[test]
+fn a_format_without_a_needed_field_is_refused_by_name() {
+    let broken = SET_STATE.replace("dport", "dst_port");
+    let f = TraceFormat::parse("fixture", &broken).unwrap();
+    let err = SetStateLayout::new(&f).unwrap_err().to_string();
+    assert!(err.contains("no field dport"), "{err}");
+    let resized = SET_STATE.replace("offset:24;\tsize:2;", "offset:24;\tsize:4;");
+    let f = TraceFormat::parse("fixture", &resized).unwrap();
+    let err = SetStateLayout::new(&f).unwrap_err().to_string();
+    assert!(err.contains("sport is 4 bytes"), "{err}");
+    assert!(TraceFormat::parse("fixture", "format:\n").is_err());
+}
+
+#[test]
+fn records_decode_to_the_sockets_own_addresses_ipv4_ipv6_and_mapped() {
+    let (f, l) = set_state_layout();
+    let v4 = |a: [u8; 4]| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a);
+        b
+    };
+    let got = l
+        .decode(&record(&f, 2, v4([10, 0, 0, 1]), v4([10, 0, 0, 2])))
+        .unwrap();
+    assert_eq!(
+        got,
+        SetState {
+            sk: 0xffff_8880_1234_5678,
+            old: 2,
+            new: 1,
+            protocol: 6,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "10.0.0.2:443".parse().unwrap(),
+        }
+    );
+    let six = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+    let got = l
+        .decode(&record(&f, 10, six("fd00::1"), six("::ffff:127.0.0.9")))
+        .unwrap();
+    assert_eq!(got.local.ip(), "fd00::1".parse::<IpAddr>().unwrap());
+    assert_eq!(got.remote.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)));
+    // Unknown family, short record: nothing, no panic.
+    assert_eq!(l.decode(&record(&f, 1, [0; 16], [0; 16])), None);
+    assert_eq!(l.decode(&record(&f, 2, [0; 16], [0; 16])[..30]), None);
+}
+
+#[test]
+fn cpu_lists_parse_like_the_kernel_prints_them() {
+    assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+    assert_eq!(parse_cpu_list("0,2-4,7"), Some(vec![0, 2, 3, 4, 7]));
+    assert_eq!(parse_cpu_list("3-1"), None);
+    assert_eq!(parse_cpu_list("x"), None);
+}
+
+// --- pairing -----------------------------------------------------------------------------
+
+const SK: u64 = 0xffff_0000_0000_1000;
+
+fn change(sk: u64, new: i32, local: &str, remote: &str) -> SetState {
+    SetState {
+        sk,
+        old: 0,
+        new,
+        protocol: 6,
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+    }
+}
+
+fn state(time: u64, pid: u32, c: SetState) -> SockEvent {
+    SockEvent::State {
+        time,
+        pid,
+        change: c,
+    }
+}
+
+fn run(events: &[SockEvent]) -> Vec<SocketClaim> {
+    let mut p = Pairing::new(1024);
+    let mut out = Vec::new();
+    for e in events {
+        p.feed(*e, &mut out);
+    }
+    out
+}
+
+#[test]
+fn connect_claims_the_connection_for_the_connecting_process_not_the_softirq_one() {
+    let claims = run(&[
+        state(1, 500, change(SK, 2, "10.0.0.1:0", "10.0.0.2:80")),
+        // ESTABLISHED arrives in softirq, in whatever process ran then (999).
+        state(2, 999, change(SK, 1, "10.0.0.1:41000", "10.0.0.2:80")),
+        // The connecting process's own I/O claims nothing new.
+        SockEvent::Io {
+            time: 3,
+            pid: 500,
+            sk: SK,
+        },
+    ]);
+    assert_eq!(
+        claims,
+        [SocketClaim {
+            local: "10.0.0.1:41000".parse().unwrap(),
+            remote: "10.0.0.2:80".parse().unwrap(),
+            pid: 500,
+            time: 2,
+        }]
+    );
+}
+
+#[test]
+fn accepted_connections_are_claimed_by_each_process_that_moves_data_on_them() {
+    let claims = run(&[
+        state(1, 0, change(SK, 1, "10.0.0.2:80", "10.0.0.1:41000")),
+        SockEvent::Io {
+            time: 2,
+            pid: 600,
+            sk: SK,
+        },
+        SockEvent::Io {
+            time: 3,
+            pid: 600,
+            sk: SK,
+        },
+        SockEvent::Io {
+            time: 4,
+            pid: 601,
+            sk: SK,
+        }, // passed to another process
+    ]);
+    let pids: Vec<u32> = claims.iter().map(|c| c.pid).collect();
+    assert_eq!(pids, [600, 601]);
+    assert!(claims.iter().all(|c| c.local.port() == 80));
+}
+
+#[test]
+fn close_ends_a_socket_so_a_reused_address_is_never_claimed_for_the_old_connection() {
+    let claims = run(&[
+        state(1, 0, change(SK, 1, "10.0.0.2:80", "10.0.0.1:41000")),
+        state(2, 0, change(SK, 7, "10.0.0.2:80", "10.0.0.1:41000")),
+        // The kernel reuses the address for an unrelated socket: its I/O claims nothing.
+        SockEvent::Io {
+            time: 3,
+            pid: 700,
+            sk: SK,
+        },
+        // A connect that failed (SYN_SENT then CLOSE) claims nothing either.
+        state(4, 701, change(SK, 2, "10.0.0.1:0", "10.0.0.3:80")),
+        state(5, 0, change(SK, 7, "10.0.0.1:41001", "10.0.0.3:80")),
+        state(6, 0, change(SK, 1, "10.0.0.1:41002", "10.0.0.3:80")),
+    ]);
+    assert_eq!(claims, []);
+}
+
+#[test]
+fn other_protocols_and_unknown_sockets_claim_nothing() {
+    let mut sctp = change(SK, 2, "10.0.0.1:0", "10.0.0.2:80");
+    sctp.protocol = 132;
+    let mut sctp_up = change(SK, 1, "10.0.0.1:5", "10.0.0.2:80");
+    sctp_up.protocol = 132;
+    assert_eq!(
+        run(&[
+            state(1, 5, sctp),
+            state(2, 0, sctp_up),
+            SockEvent::Io {
+                time: 3,
+                pid: 5,
+                sk: SK + 1
+            },
+        ]),
+        []
+    );
+}
+
+#[test]
+fn memory_stays_bounded_and_recent_connections_stay_claimable() {
+    let mut p = Pairing::new(100);
+    let mut out = Vec::new();
+    for i in 0..10_000u64 {
+        let sk = 0x1000 + i * 64;
+        p.feed(
+            state(i, 1, change(sk, 1, "10.0.0.2:80", "10.0.0.1:1")),
+            &mut out,
+        );
+        assert!(p.len() <= 100);
+    }
+    p.feed(
+        SockEvent::Io {
+            time: 10_001,
+            pid: 9,
+            sk: 0x1000 + 9_999 * 64,
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+}
+
+fn arb_event() -> impl Strategy<Value = SockEvent> {
+    let sk = 0u64..4;
+    prop_oneof![
+        (sk.clone(), 1u32..4, prop::sample::select(vec![1, 2, 7, 4])).prop_map(|(sk, pid, new)| {
+            SockEvent::State {
+                time: 0,
+                pid,
+                change: change(sk, new, &format!("10.0.0.1:{}", sk + 1), "10.0.0.2:80"),
+            }
+        }),
+        (sk, 1u32..4).prop_map(|(sk, pid)| SockEvent::Io { time: 0, pid, sk }),
+    ]
+}
+
+proptest! {
+    /// Whatever the order of events, a claim names a connection that was established on that
+    /// socket and not closed since, and a process that acted on it in that life (its
+    /// SYN_SENT just before, or an I/O event after).
+    #[test]
+    fn every_claim_is_for_a_live_connection_and_a_process_that_used_it(
+        events in prop::collection::vec(arb_event(), 0..60)
+    ) {
+        let events: Vec<SockEvent> = events
+            .into_iter()
+            .enumerate()
+            .map(|(t, e)| match e {
+                SockEvent::State { pid, change, .. } => SockEvent::State { time: t as u64, pid, change },
+                SockEvent::Io { pid, sk, .. } => SockEvent::Io { time: t as u64, pid, sk },
+            })
+            .collect();
+        for claim in run(&events) {
+            let t = claim.time as usize;
+            let sk = u64::from(claim.local.port()) - 1;
+            // The socket was established at or before t and not closed in between.
+            let life = events[..=t].iter().rev().find_map(|e| match e {
+                SockEvent::State { change, .. } if change.sk == sk && change.new != 4 => Some(change.new),
+                _ => None,
+            });
+            prop_assert_eq!(life, Some(1));
+            let acted = events[..=t].iter().any(|e| match e {
+                SockEvent::Io { pid, sk: s, .. } => *s == sk && *pid == claim.pid,
+                SockEvent::State { pid, change, .. } => change.sk == sk && change.new == 2 && *pid == claim.pid,
+            });
+            prop_assert!(acted);
+        }
+    }
+}
+
+proptest! {
+    /// Any bytes, any format text: an error or a value, never a panic.
+    #[test]
+    fn decoding_and_format_parsing_never_panic(
+        raw in prop::collection::vec(any::<u8>(), 0..100),
+        text in ".{0,300}",
+    ) {
+        let (_, l) = set_state_layout();
+        let _ = l.decode(&raw);
+        let _ = pidcap_sockets::trace::format::record_type(&raw);
+        let _ = TraceFormat::parse("arbitrary", &text);
+        let _ = TraceFormat::parse("arbitrary", &format!("name: x\nID: 1\n\tfield:{text}"));
+    }
+}
+
+// --- live --------------------------------------------------------------------------------
+
+#[test]
+fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us() {
+    let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
+    let mut tracer = SockTracer::open(&tracefs).expect("perf tracepoints open as root");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{}; echo hello >&3; read -r reply <&3; exec 3>&-",
+        server.port()
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("bash runs");
+    let (mut conn, peer) = listener.accept().unwrap();
+    let mut buf = [0u8; 6];
+    conn.read_exact(&mut buf).unwrap();
+    conn.write_all(b"world\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let (us, them) = (std::process::id(), child.id());
+    let want_child = (peer, server, them);
+    let want_us = (server, peer, us);
+    let mut seen: Vec<(SocketAddr, SocketAddr, u32)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !(seen.contains(&want_child) && seen.contains(&want_us)) {
+        let mut out = Vec::new();
+        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
+        seen.extend(out.iter().map(|c| (c.local, c.remote, c.pid)));
+    }
+    assert!(
+        seen.contains(&want_child),
+        "child claim missing; saw {seen:?}"
+    );
+    assert!(
+        seen.contains(&want_us),
+        "accept-side claim missing; saw {seen:?}"
+    );
+    // Nobody else claimed either side of this connection.
+    for (local, remote, pid) in &seen {
+        if (*local, *remote) == (peer, server) {
+            assert_eq!(*pid, them);
+        }
+        if (*local, *remote) == (server, peer) {
+            assert_eq!(*pid, us);
+        }
+    }
+    assert_eq!(tracer.lost(), 0);
+}
