@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod facts;
 pub mod pipeline;
 pub mod privileges;
 pub mod queries;
 pub mod refresh;
 pub mod server;
 pub mod state;
+pub mod trace;
 pub mod usage_log;
 pub mod watch;
 
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::Source;
 use pidcap_core::{FragmentMap, NetNsId, Pending};
+use pidcap_sockets::trace::{find_tracefs, SockTracer};
 use pidcap_sockets::ProcRoot;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::facts::ProcessFacts;
 use crate::pipeline::{End, Pipeline};
 use crate::refresh::{miss_channel, Refresher, TableBuilder};
 use crate::state::Shared;
@@ -62,7 +66,23 @@ pub async fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let (misses, requests) = miss_channel();
     let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
-    let watcher = start_watcher(&proc, netns, learned_tx, misses.clone(), stop.clone())?;
+    let facts = ProcessFacts::default();
+    let tracer = start_tracer(
+        &proc,
+        netns,
+        &facts,
+        learned_tx.clone(),
+        misses.clone(),
+        stop.clone(),
+    )?;
+    let watcher = start_watcher(
+        &proc,
+        netns,
+        facts,
+        learned_tx,
+        misses.clone(),
+        stop.clone(),
+    )?;
     let refresher = Refresher {
         builder,
         proc,
@@ -118,8 +138,8 @@ pub async fn serve(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let captured = tokio::task::spawn_blocking(move || capture.join()).await?;
     let _ = refresher.join();
-    if let Some(watcher) = watcher {
-        let _ = watcher.join();
+    for thread in [watcher, tracer].into_iter().flatten() {
+        let _ = thread.join();
     }
     tasks.close();
     if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
@@ -149,6 +169,7 @@ const LEARNED_QUEUE: usize = 4096;
 fn start_watcher(
     proc: &ProcRoot,
     netns: NetNsId,
+    facts: ProcessFacts,
     learned: std::sync::mpsc::SyncSender<watch::Learned>,
     wake: refresh::MissSignal,
     stop: Arc<AtomicBool>,
@@ -167,10 +188,48 @@ fn start_watcher(
         learned,
         wake,
         stop,
+        facts,
     };
     std::thread::Builder::new()
         .name("watch".into())
         .spawn(move || watcher.run())
+        .map(Some)
+}
+
+/// Starts the socket tracer, unless tracefs or the perf tracepoints are unavailable (then
+/// connections that live a millisecond in older processes may go to unknown; warned once).
+fn start_tracer(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    facts: &ProcessFacts,
+    learned: std::sync::mpsc::SyncSender<watch::Learned>,
+    wake: refresh::MissSignal,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(tracefs) = find_tracefs() else {
+        warn!("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); connections that live a millisecond may go to unknown");
+        return Ok(None);
+    };
+    let tracer = match SockTracer::open(&tracefs) {
+        Ok(tracer) => tracer,
+        Err(error) => {
+            warn!(error = %error, "socket tracepoints unavailable (needs CAP_PERFMON); connections that live a millisecond may go to unknown");
+            return Ok(None);
+        }
+    };
+    let tracer = trace::Tracer {
+        tracer,
+        facts: facts.clone(),
+        proc: proc.clone(),
+        netns,
+        learned,
+        wake,
+        stop,
+        unknown_claims: 0,
+    };
+    std::thread::Builder::new()
+        .name("trace".into())
+        .spawn(move || tracer.run())
         .map(Some)
 }
 

@@ -25,6 +25,7 @@ use pidcap_core::{NetNsId, ProcessInfo, SocketEntry};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
+use crate::facts::ProcessFacts;
 use crate::refresh::MissSignal;
 
 /// Looks at a young process this often…
@@ -62,6 +63,8 @@ pub struct Watcher {
     pub learned: SyncSender<Learned>,
     pub wake: MissSignal,
     pub stop: Arc<AtomicBool>,
+    /// Every new process's facts, recorded at exec for the socket tracer.
+    pub facts: ProcessFacts,
 }
 
 impl Watcher {
@@ -94,8 +97,9 @@ impl Watcher {
                     ProcEvent::Exec { pid } => self.watch(&mut due, &mut watched, pid),
                     ProcEvent::Exit { pid, .. } => {
                         watched.remove(&pid);
+                        self.facts.exited(pid, Instant::now());
                     }
-                    ProcEvent::Fork { .. } => {}
+                    ProcEvent::Fork { child_pid, .. } => self.facts.forked(child_pid),
                 }
             }
             self.look_at_due(&mut due, &mut watched, &mut fds);
@@ -109,12 +113,15 @@ impl Watcher {
         watched: &mut HashMap<u32, Watched>,
         pid: u32,
     ) {
-        if self.proc.netns_of(pid).ok() != Some(self.netns) {
-            return;
+        match self.proc.netns_of(pid) {
+            Ok(ns) if ns == self.netns => {}
+            Ok(_) => return self.facts.record(pid, None, Instant::now()),
+            Err(_) => return, // already gone
         }
         let (Ok(handle), Ok(info)) = (ProcessHandle::open(pid), self.proc.process(pid)) else {
             return; // already gone
         };
+        self.facts.record(pid, Some(info.clone()), Instant::now());
         if watched.len() >= MAX_WATCHED && !watched.contains_key(&pid) {
             if let Some(((_, oldest), ())) = due.pop_first() {
                 watched.remove(&oldest);

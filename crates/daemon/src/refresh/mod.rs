@@ -276,6 +276,13 @@ impl TableBuilder {
         Ok(Some(self.table(netns, generation)))
     }
 
+    /// A table of everything the builder knows now, without reading the kernel (after
+    /// [`TableBuilder::learn`]).
+    pub fn current(&mut self, netns: NetNsId, generation: u64) -> SocketTable {
+        self.dirty = false;
+        self.table(netns, generation)
+    }
+
     /// A table of everything the builder knows now.
     fn table(&self, netns: NetNsId, generation: u64) -> SocketTable {
         SocketTable::build(
@@ -310,7 +317,10 @@ impl TableBuilder {
     pub fn learn(&mut self, learned: Learned, now: Instant) {
         let key = learned.info.key;
         for s in learned.sockets {
-            self.owners.learn(s.inode, key);
+            if s.inode != 0 {
+                // The socket tracer's claims carry no inode (tracepoints do not give it).
+                self.owners.learn(s.inode, key);
+            }
             if s.is_wildcard_remote() {
                 // Listeners, unconnected UDP, ping and raw sockets are matched by their bound
                 // address: keep them in the socket list itself for the grace period.
@@ -330,6 +340,17 @@ impl TableBuilder {
         self.departed.insert(key, (learned.info, now));
         self.dirty = true; // publish on the next pass even if the socket list is unchanged
     }
+}
+
+/// What a targeted lookup of missed flows achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missed {
+    /// No flow was waiting.
+    None,
+    /// Every waiting flow was found, and a table published.
+    Settled,
+    /// Some flow needs a full pass.
+    Unsettled,
 }
 
 /// The refresher's loop; returns when `stop` is set.
@@ -365,9 +386,23 @@ impl Refresher {
                 .saturating_sub(last.elapsed())
                 .min(Duration::from_millis(200));
             match self.requests.wake.recv_timeout(wait) {
-                Ok(()) if self.take_learned() => {}
-                Ok(()) if self.resolve_missed(&mut generation, &mut targeted_at) => continue,
-                Ok(()) => std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed())),
+                Ok(()) => {
+                    let learned = self.take_learned();
+                    match self.resolve_missed(&mut generation, &mut targeted_at) {
+                        Missed::Settled => continue,
+                        Missed::None if learned => {
+                            // What the watcher or tracer learnt needs no dump: publish it.
+                            generation += 1;
+                            let table = self.builder.current(self.netns, generation);
+                            self.shared.publish(table);
+                            continue;
+                        }
+                        Missed::None | Missed::Unsettled if learned => {}
+                        Missed::None | Missed::Unsettled => {
+                            std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed()))
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) if last.elapsed() < period => continue,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -393,15 +428,16 @@ impl Refresher {
     }
 
     /// Asks the kernel for exactly the sockets of missed flows and publishes what it
-    /// learnt; true when that settled every missed flow (no full pass needed now).
-    fn resolve_missed(&mut self, generation: &mut u64, targeted_at: &mut Instant) -> bool {
+    /// learnt (with anything learnt from the process side). Tables published this way are
+    /// at least [`TARGETED_GAP`] apart.
+    fn resolve_missed(&mut self, generation: &mut u64, targeted_at: &mut Instant) -> Missed {
         // Each new table empties the attribution cache: under a flood of new flows, tables
         // must not follow each other faster than this.
         std::thread::sleep(TARGETED_GAP.saturating_sub(targeted_at.elapsed()));
         *targeted_at = Instant::now();
         let flows: Vec<FlowKey> = self.requests.flows.try_iter().take(MISSED_FLOWS).collect();
         if flows.is_empty() {
-            return false;
+            return Missed::None;
         }
         match self
             .builder
@@ -410,12 +446,12 @@ impl Refresher {
             Ok(Some(table)) => {
                 *generation += 1;
                 self.shared.publish(table);
-                true
+                Missed::Settled
             }
-            Ok(None) => false,
+            Ok(None) => Missed::Unsettled,
             Err(error) => {
                 debug!(error = %error, "targeted socket lookup failed; doing a full pass");
-                false
+                Missed::Unsettled
             }
         }
     }

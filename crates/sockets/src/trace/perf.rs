@@ -20,7 +20,7 @@ use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
 use tracing::debug;
 
 use super::format::{record_type, SetStateLayout, SockIoLayout, TraceFormat};
-use super::pairing::{Pairing, SockEvent, SocketClaim};
+use super::pairing::{Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
 use crate::error::{Error, Result};
 
 /// How much older than the read an event must be to be paired.
@@ -101,6 +101,8 @@ pub struct SockTracer {
     recv: SockIoLayout,
     /// Read, but not yet old enough to pair.
     waiting: Vec<SockEvent>,
+    /// Processes seen acting on TCP sockets in the last read (deduplicated).
+    actors: Vec<u32>,
     pairing: Pairing,
     lost: u64,
 }
@@ -141,6 +143,7 @@ impl SockTracer {
             send,
             recv,
             waiting: Vec::new(),
+            actors: Vec::new(),
             pairing: Pairing::new(TRACKED),
             lost: 0,
         })
@@ -165,6 +168,15 @@ impl SockTracer {
             self.pairing.feed(event, out);
         }
         Ok(())
+    }
+
+    /// The processes that connected, sent or received in the events the last [`poll`] read
+    /// (claims for them may come a few milliseconds later, once the events are paired: a
+    /// caller that needs to know who they are should look now, while they live).
+    ///
+    /// [`poll`]: SockTracer::poll
+    pub fn actors(&self) -> &[u32] {
+        &self.actors
     }
 
     /// True when events wait for their turn (the caller should poll again soon).
@@ -195,6 +207,8 @@ impl SockTracer {
     }
 
     fn read_rings(&mut self) {
+        let first = self.waiting.len();
+        self.actors.clear();
         for ring in &mut self.rings {
             while let Some(record) = ring.sampler.next_record() {
                 match record.parse_record() {
@@ -216,6 +230,14 @@ impl SockTracer {
                 }
             }
         }
+        self.actors
+            .extend(self.waiting[first..].iter().filter_map(|e| match e {
+                SockEvent::State { pid, change, .. } if change.new == TCP_SYN_SENT => Some(*pid),
+                SockEvent::Io { pid, .. } => Some(*pid),
+                SockEvent::State { .. } => None,
+            }));
+        self.actors.sort_unstable();
+        self.actors.dedup();
     }
 }
 

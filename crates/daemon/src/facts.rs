@@ -1,0 +1,166 @@
+//! Who a pid is (or was): process facts shared by the process watcher and the socket tracer.
+//!
+//! The tracer learns "pid P used connection C" a few milliseconds after the fact; a process
+//! that lives 5 ms is gone by then, and `/proc/P` with it. The watcher records every new
+//! process's facts at `exec` and marks them at `exit`; the tracer reads them here, or from
+//! `/proc` for a process older than the daemon, and records those too.
+//!
+//! Invariants: an entry describes the process that holds the pid now, or the last one that
+//! held it for [`KEEP_EXITED`] after its exit. A `fork` forgets what was known about the child's
+//! pid (a reused pid never inherits a dead process's identity). At most [`MAX_FACTS`] entries;
+//! when full, exited processes go first, then the table is emptied (facts are re-read).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pidcap_core::ProcessInfo;
+
+/// How long an exited process's facts stay readable.
+pub const KEEP_EXITED: Duration = Duration::from_secs(30);
+/// Processes remembered at once.
+pub const MAX_FACTS: usize = 65_536;
+
+#[derive(Debug, Clone)]
+struct Fact {
+    /// `None`: the process is not in the daemon's network namespace.
+    info: Option<ProcessInfo>,
+    exited: Option<Instant>,
+}
+
+/// See the module doc. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFacts {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<u32, Fact>,
+    pruned: Option<Instant>,
+}
+
+/// What is known about a pid.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Known {
+    /// A process of this namespace (possibly exited).
+    Ours(ProcessInfo),
+    /// A process of another network namespace.
+    Foreign,
+    /// Nothing.
+    Unknown,
+}
+
+impl ProcessFacts {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the process now holding `pid` (`None`: in another network namespace).
+    pub fn record(&self, pid: u32, info: Option<ProcessInfo>, now: Instant) {
+        let mut inner = self.inner();
+        prune(&mut inner, now);
+        let map = &mut inner.map;
+        if map.len() >= MAX_FACTS && !map.contains_key(&pid) {
+            map.retain(|_, f| f.exited.is_none());
+            if map.len() >= MAX_FACTS {
+                map.clear();
+            }
+        }
+        map.insert(pid, Fact { info, exited: None });
+    }
+
+    /// The process holding `pid` exited.
+    pub fn exited(&self, pid: u32, now: Instant) {
+        if let Some(f) = self.inner().map.get_mut(&pid) {
+            f.exited.get_or_insert(now);
+        }
+    }
+
+    /// A new process got `pid`: forget the previous holder.
+    pub fn forked(&self, pid: u32) {
+        self.inner().map.remove(&pid);
+    }
+
+    pub fn get(&self, pid: u32) -> Known {
+        match self.inner().map.get(&pid) {
+            Some(Fact { info: Some(i), .. }) => Known::Ours(i.clone()),
+            Some(Fact { info: None, .. }) => Known::Foreign,
+            None => Known::Unknown,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Forgets processes that exited over [`KEEP_EXITED`] ago; at most once a second.
+fn prune(inner: &mut Inner, now: Instant) {
+    if inner
+        .pruned
+        .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+    {
+        return;
+    }
+    inner.pruned = Some(now);
+    inner.map.retain(|_, f| {
+        f.exited
+            .is_none_or(|at| now.saturating_duration_since(at) < KEEP_EXITED)
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pidcap_core::ProcessKey;
+
+    fn info(pid: u32, start: u64) -> ProcessInfo {
+        ProcessInfo {
+            key: ProcessKey {
+                pid,
+                start_time: start,
+            },
+            comm: format!("p{pid}"),
+            exe: None,
+            uid: 0,
+            cmdline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn exited_processes_stay_known_for_a_while_then_go() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        facts.record(10, Some(info(10, 1)), t0);
+        facts.exited(10, t0);
+        assert_eq!(facts.get(10), Known::Ours(info(10, 1)));
+        facts.record(11, None, t0 + KEEP_EXITED);
+        assert_eq!(facts.get(10), Known::Unknown);
+        assert_eq!(facts.get(11), Known::Foreign);
+    }
+
+    #[test]
+    fn a_fork_forgets_the_previous_holder_of_the_pid() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        facts.record(10, Some(info(10, 1)), t0);
+        facts.exited(10, t0);
+        facts.forked(10);
+        assert_eq!(facts.get(10), Known::Unknown);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        for pid in 0..(MAX_FACTS as u32 + 10) {
+            facts.record(pid, None, t0);
+            assert!(facts.len() <= MAX_FACTS);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The socket tracer: tells the refresher which process used which TCP connection, from the
+//! kernel's socket tracepoints (see `pidcap_sockets::trace`).
+//!
+//! This closes what fd scans and the process watcher cannot: a connection that lives a
+//! millisecond in a process of any age (connection churn, parallel clients), and connections
+//! accepted by one process and served by another. Each claim goes to the refresher as a
+//! learnt socket with the process's facts ([`ProcessFacts`]: recorded at exec by the watcher,
+//! or read from `/proc` now), so the flow's packets, read later, are credited to it even after
+//! the socket closed and the process exited; a live socket whose holder is known still wins.
+//!
+//! Runs on its own thread. Optional: without tracefs or `CAP_PERFMON` the daemon warns once
+//! and attributes as before. Processes of another network namespace are ignored (the
+//! tracepoints are system-wide; their connections are not this namespace's).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pidcap_core::{NetNsId, SocketEntry, TcpState};
+use pidcap_sockets::trace::{SockTracer, SocketClaim};
+use pidcap_sockets::ProcRoot;
+use pidcap_wire::IpProto;
+use tracing::{debug, warn};
+
+use crate::facts::{Known, ProcessFacts};
+use crate::refresh::MissSignal;
+use crate::watch::Learned;
+
+/// The longest wait for events (also how quickly `stop` is noticed).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+pub struct Tracer {
+    pub tracer: SockTracer,
+    pub facts: ProcessFacts,
+    pub proc: ProcRoot,
+    pub netns: NetNsId,
+    pub learned: SyncSender<Learned>,
+    pub wake: MissSignal,
+    pub stop: Arc<AtomicBool>,
+    /// Claims dropped because their process exited before anyone learnt who it was.
+    pub unknown_claims: u64,
+}
+
+impl Tracer {
+    pub fn run(mut self) {
+        let mut claims = Vec::new();
+        let mut lost = 0;
+        let mut failing = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            claims.clear();
+            let wait = if self.tracer.has_waiting() {
+                Duration::ZERO
+            } else {
+                IDLE_WAIT
+            };
+            if let Err(error) = self.tracer.poll(wait, &mut claims) {
+                if !failing {
+                    warn!(error = %error, "socket tracepoints unreadable; short-lived connections may go to unknown");
+                }
+                failing = true;
+                std::thread::sleep(IDLE_WAIT);
+                continue;
+            }
+            failing = false;
+            // Learn who the actors are now: a 5 ms process is gone by the time its
+            // connection's events are paired.
+            for i in 0..self.tracer.actors().len() {
+                let pid = self.tracer.actors()[i];
+                self.who(pid);
+            }
+            if !claims.is_empty() {
+                self.send(&claims);
+            }
+            if self.tracer.lost() != lost {
+                lost = self.tracer.lost();
+                warn!(
+                    lost,
+                    "socket trace events lost (ring full); some connections may go to unknown"
+                );
+            }
+            if self.tracer.has_waiting() {
+                // Let events age past the reorder window, batching what comes meanwhile.
+                std::thread::sleep(pidcap_sockets::trace::perf::REORDER / 2);
+            }
+        }
+    }
+
+    /// Groups claims by process and hands them to the refresher.
+    fn send(&mut self, claims: &[SocketClaim]) {
+        let mut by_pid: HashMap<u32, Vec<&SocketClaim>> = HashMap::new();
+        for c in claims {
+            by_pid.entry(c.pid).or_default().push(c);
+        }
+        let mut sent = false;
+        for (pid, claims) in by_pid {
+            let Some(info) = self.who(pid) else {
+                self.unknown_claims += claims.len() as u64;
+                debug!(
+                    pid,
+                    sockets = claims.len(),
+                    "connections claimed by a process nobody knew"
+                );
+                continue;
+            };
+            let sockets = claims
+                .iter()
+                .map(|c| SocketEntry {
+                    netns: self.netns,
+                    proto: IpProto::Tcp,
+                    local: c.local,
+                    remote: c.remote,
+                    state: TcpState::Established,
+                    inode: 0,
+                    uid: info.uid,
+                })
+                .collect();
+            debug!(pid, comm = %info.comm, sockets = claims.len(), "connections claimed by trace");
+            sent |= self.learned.try_send(Learned { sockets, info }).is_ok();
+        }
+        if sent {
+            self.wake.request();
+        }
+    }
+
+    /// The facts of `pid` if it is (or was) a process of our namespace.
+    fn who(&self, pid: u32) -> Option<pidcap_core::ProcessInfo> {
+        match self.facts.get(pid) {
+            Known::Ours(info) => return Some(info),
+            Known::Foreign => return None,
+            Known::Unknown => {}
+        }
+        let now = Instant::now();
+        match self.proc.netns_of(pid) {
+            Ok(ns) if ns == self.netns => {}
+            Ok(_) => {
+                self.facts.record(pid, None, now);
+                return None;
+            }
+            Err(_) => return None, // exited before anyone learnt who it was
+        }
+        let info = self.proc.process(pid).ok()?;
+        self.facts.record(pid, Some(info.clone()), now);
+        Some(info)
+    }
+}
