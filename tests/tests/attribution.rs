@@ -14,7 +14,21 @@ const TCP_BYTES: &str = "200000";
 fn verify(mut daemon: Daemon, cap: RefCapture, pair: [Endpoint; 2], peers: Vec<Peer>) {
     assert_totals_match(&daemon, &cap, &pair);
     assert_double_credit(&daemon, &pair);
-    assert_conservation(&daemon.stats());
+    let stats = daemon.stats();
+    assert_conservation(&stats);
+    // As root both process-side sources must run; if not, the daemon lost accuracy silently.
+    let side = &stats["process_side"];
+    assert_eq!(side["watcher"], true, "process watcher not running: {side}");
+    assert_eq!(
+        side["tracer"],
+        true,
+        "socket tracer not running (tracefs? perf?): {side}\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        side["traced_claims"].as_u64() > Some(0) || pair.iter().all(|e| e.proto != 6),
+        "a TCP exchange claimed no connection: {side}"
+    );
     let log_path = daemon.usage_log().to_path_buf();
     let finished = daemon.stop();
     assert_eq!(

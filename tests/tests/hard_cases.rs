@@ -4,11 +4,12 @@
 //! captures and the endpoints the processes themselves report.
 //!
 //! What every scenario must guarantee here: conservation exactly, and at most 0.1 % of the
-//! bytes credited to a wrong process. Unconnected UDP must also meet the 99 % target. For
-//! processes that live a few milliseconds the 99 % target is not met yet (see ACCURACY.md:
-//! sockets that live about a millisecond can close before the watcher reads them); these
-//! tests assert the share the watcher already secures, so a regression of the process-side
-//! learning fails them, and print the share reached.
+//! bytes credited to a wrong process. Unconnected UDP and connection churn must also meet the
+//! 99 % target (churn is the socket tracer's case: millisecond connections of processes too
+//! old for the watcher). Short-lived processes must be fully credited in at least 80 % of
+//! cases: with 30 processes one miss is already 3 % of the bytes, and a process that exits
+//! within a few milliseconds of its exec, before anyone read who it was, is lost (see
+//! ACCURACY.md); the full-size suite measures the share.
 
 use pidcap_e2e::accuracy::measure::{Status, TARGET_WRONG};
 use pidcap_e2e::accuracy::{scenarios, Outcome, Size};
@@ -37,17 +38,33 @@ fn assert_sound(outcome: &Outcome) {
 
 /// 30 client processes that connect, move 20–200 KB each way at once and exit within tens
 /// of milliseconds, without waiting for the daemon to see their sockets. Without the
-/// process watcher none of them would get a byte; with it most get all of theirs.
+/// process watcher and the socket tracer none of them would get a byte.
 #[test]
 fn short_lived_client_processes_are_credited_to_themselves() {
     require_root();
     let outcome = scenarios::short_lived_tcp(Size::Quick);
     assert_sound(&outcome);
     assert!(
-        outcome.fully_credited >= 6,
-        "only {} of {} processes got all their bytes (the watcher credits most): {}",
+        outcome.fully_credited * 5 >= outcome.processes * 4,
+        "only {} of {} processes got all their bytes: {}",
         outcome.fully_credited,
         outcome.processes,
+        outcome.summary()
+    );
+}
+
+/// 10 processes reconnecting every 100 ms for 2 s, each connection living about a
+/// millisecond: after the first few, the processes are too old for the watcher and every
+/// connection has closed before any socket table or fd look could see it. Only the socket
+/// tracer (connect and I/O tracepoints) credits them.
+#[test]
+fn connection_churn_of_older_processes_is_credited_by_the_socket_tracer() {
+    require_root();
+    let outcome = scenarios::churn(Size::Quick);
+    assert_sound(&outcome);
+    assert!(
+        outcome.meets_targets(),
+        "targets missed (is the socket tracer running? see `pidcap stats`): {}",
         outcome.summary()
     );
 }

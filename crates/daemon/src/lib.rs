@@ -71,6 +71,7 @@ pub async fn serve(
         &proc,
         netns,
         &facts,
+        &shared,
         learned_tx.clone(),
         misses.clone(),
         stop.clone(),
@@ -83,6 +84,7 @@ pub async fn serve(
         misses.clone(),
         stop.clone(),
     )?;
+    shared.process_side().watcher = watcher.is_some();
     let refresher = Refresher {
         builder,
         proc,
@@ -202,6 +204,7 @@ fn start_tracer(
     proc: &ProcRoot,
     netns: NetNsId,
     facts: &ProcessFacts,
+    shared: &Arc<Shared>,
     learned: std::sync::mpsc::SyncSender<watch::Learned>,
     wake: refresh::MissSignal,
     stop: Arc<AtomicBool>,
@@ -225,7 +228,7 @@ fn start_tracer(
         learned,
         wake,
         stop,
-        unknown_claims: 0,
+        shared: shared.clone(),
     };
     std::thread::Builder::new()
         .name("trace".into())

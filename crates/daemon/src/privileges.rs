@@ -21,7 +21,8 @@ impl fmt::Display for Missing {
             f,
             "missing capabilities: {}. pidcapd needs {} (capture and reading every process's sockets): \
              run it as root, under the systemd unit, or grant them with \
-             `setcap cap_net_raw,cap_net_admin,cap_sys_ptrace,cap_dac_read_search+ep pidcapd`",
+             `setcap cap_net_raw,cap_net_admin,cap_sys_ptrace,cap_dac_read_search,cap_perfmon+ep pidcapd` \
+             (cap_perfmon is optional: without it the socket tracer is off)",
             self.0.join(", "),
             NEEDED.map(|(n, _)| n).join(", ")
         )

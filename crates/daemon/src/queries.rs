@@ -172,6 +172,7 @@ pub fn stats(shared: &Shared, now: Instant) -> Reply {
     };
     let capture = shared.capture_info().clone();
     let refresh = shared.refresh_info().clone();
+    let side = *shared.process_side();
     let sockets = shared.table.load().sockets().len();
     let pending = shared.pending();
     let reasons = totals.unknown_by_reason;
@@ -211,6 +212,13 @@ pub fn stats(shared: &Shared, now: Instant) -> Reply {
         },
         pending_packets: pending.packets,
         pending_bytes: pending.bytes,
+        process_side: proto::ProcessSide {
+            watcher: side.watcher,
+            tracer: side.tracer,
+            traced_claims: side.traced_claims,
+            traced_unknown_process: side.traced_unknown_process,
+            trace_events_lost: side.trace_events_lost,
+        },
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
 }

@@ -20,6 +20,16 @@ pub struct RefreshInfo {
     pub failures: u64,
 }
 
+/// What runs on the process side of attribution (watcher, tracer), and their counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessSideInfo {
+    pub watcher: bool,
+    pub tracer: bool,
+    pub traced_claims: u64,
+    pub traced_unknown_process: u64,
+    pub trace_events_lost: u64,
+}
+
 /// Facts about the capture handle, refreshed by the capture thread.
 #[derive(Debug, Default, Clone)]
 pub struct CaptureInfo {
@@ -35,6 +45,7 @@ pub struct Shared {
     pub ledger: Mutex<Ledger>,
     pub capture: Mutex<CaptureInfo>,
     pub refresh: Mutex<RefreshInfo>,
+    pub process_side: Mutex<ProcessSideInfo>,
     pending: Mutex<PendingLevel>,
     /// Generation of the table in `table`, readable with one atomic load per packet.
     generation: AtomicU64,
@@ -55,6 +66,7 @@ impl Shared {
             ledger: Mutex::new(Ledger::new(now)),
             capture: Mutex::new(CaptureInfo::default()),
             refresh: Mutex::new(RefreshInfo::default()),
+            process_side: Mutex::new(ProcessSideInfo::default()),
             pending: Mutex::new(PendingLevel::default()),
             started: now,
             heartbeat_ms: AtomicU64::new(0),
@@ -94,6 +106,10 @@ impl Shared {
 
     pub fn refresh_info(&self) -> MutexGuard<'_, RefreshInfo> {
         self.refresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn process_side(&self) -> MutexGuard<'_, ProcessSideInfo> {
+        self.process_side.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn started(&self) -> Instant {

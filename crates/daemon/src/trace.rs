@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use crate::facts::{Known, ProcessFacts};
 use crate::refresh::MissSignal;
+use crate::state::Shared;
 use crate::watch::Learned;
 
 /// The longest wait for events (also how quickly `stop` is noticed).
@@ -40,14 +41,15 @@ pub struct Tracer {
     pub learned: SyncSender<Learned>,
     pub wake: MissSignal,
     pub stop: Arc<AtomicBool>,
-    /// Claims dropped because their process exited before anyone learnt who it was.
-    pub unknown_claims: u64,
+    /// Where the claim counts are published (`stats`).
+    pub shared: Arc<Shared>,
 }
 
 impl Tracer {
     pub fn run(mut self) {
         let mut claims = Vec::new();
         let mut lost = 0;
+        self.shared.process_side().tracer = true;
         let mut failing = false;
         while !self.stop.load(Ordering::Relaxed) {
             claims.clear();
@@ -89,15 +91,16 @@ impl Tracer {
     }
 
     /// Groups claims by process and hands them to the refresher.
-    fn send(&mut self, claims: &[SocketClaim]) {
+    fn send(&self, claims: &[SocketClaim]) {
         let mut by_pid: HashMap<u32, Vec<&SocketClaim>> = HashMap::new();
         for c in claims {
             by_pid.entry(c.pid).or_default().push(c);
         }
         let mut sent = false;
+        let mut unknown = 0;
         for (pid, claims) in by_pid {
             let Some(info) = self.who(pid) else {
-                self.unknown_claims += claims.len() as u64;
+                unknown += claims.len() as u64;
                 debug!(
                     pid,
                     sockets = claims.len(),
@@ -123,6 +126,9 @@ impl Tracer {
         if sent {
             self.wake.request();
         }
+        let mut side = self.shared.process_side();
+        side.traced_claims += claims.len() as u64 - unknown;
+        side.traced_unknown_process += unknown;
     }
 
     /// The facts of `pid` if it is (or was) a process of our namespace.

@@ -210,6 +210,27 @@ pub struct Stats {
     /// Their bytes.
     #[serde(default)]
     pub pending_bytes: u64,
+    /// Which process-side sources of attribution run, and what they did.
+    #[serde(default)]
+    pub process_side: ProcessSide,
+}
+
+/// The process side of attribution: kernel sources that tell which process uses a socket
+/// while it lives, so sockets that close in a millisecond are still credited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSide {
+    /// The process watcher runs (netlink process-event connector): new processes' sockets
+    /// are read while they are young.
+    pub watcher: bool,
+    /// The socket tracer runs (the kernel's `sock` tracepoints through perf): every TCP
+    /// connection is claimed by the processes that connect, send or receive on it.
+    pub tracer: bool,
+    /// Connections the tracer claimed for a process.
+    pub traced_claims: u64,
+    /// Claims dropped because the process exited before its identity could be read.
+    pub traced_unknown_process: u64,
+    /// Trace events the kernel dropped because a ring buffer was full.
+    pub trace_events_lost: u64,
 }
 
 /// Unknown bytes per reason.

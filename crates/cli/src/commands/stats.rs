@@ -80,7 +80,29 @@ pub fn render(s: &Stats) -> String {
         ("processes known", s.processes_known.to_string()),
         ("refreshes", s.refreshes.to_string()),
         ("last refresh", format!("{:.1} ms", s.last_refresh_ms)),
+        (
+            "process watcher",
+            on_off(s.process_side.watcher).to_string(),
+        ),
+        (
+            "socket tracer",
+            format!(
+                "{}: {} connections claimed, {} of exited unknown processes, {} events lost",
+                on_off(s.process_side.tracer),
+                s.process_side.traced_claims,
+                s.process_side.traced_unknown_process,
+                s.process_side.trace_events_lost
+            ),
+        ),
     ])
+}
+
+fn on_off(running: bool) -> &'static str {
+    if running {
+        "running"
+    } else {
+        "off"
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +152,13 @@ mod tests {
             },
             pending_packets: 39,
             pending_bytes: 40,
+            process_side: pidcap_proto::ProcessSide {
+                watcher: true,
+                tracer: false,
+                traced_claims: 41,
+                traced_unknown_process: 42,
+                trace_events_lost: 43,
+            },
         };
         assert_eq!(
             render(&stats),
@@ -153,7 +182,9 @@ mod tests {
              sockets known      28\n\
              processes known    29\n\
              refreshes          30\n\
-             last refresh       1.2 ms\n"
+             last refresh       1.2 ms\n\
+             process watcher    running\n\
+             socket tracer      off: 41 connections claimed, 42 of exited unknown processes, 43 events lost\n"
         );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The process side of attribution without polling: `connect()` and every send/receive on a
 //! TCP socket fire a tracepoint in the calling process, so a connection that lives one
-//! millisecond in a process of any age is still claimed by its process. [`format`] reads the
+//! millisecond in a process of any age is still claimed by its process. [`format`](mod@format) reads the
 //! record layouts from tracefs, [`pairing`] turns events into claims (pure), [`perf`] reads
 //! the events through perf ring buffers.
 
