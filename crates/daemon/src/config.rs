@@ -59,6 +59,10 @@ pub struct Flags {
     /// Most packet directions waiting for their owner at once; 0 disables late credit [default: 100000]
     #[arg(long, value_name = "N")]
     pub pending_max: Option<usize>,
+    /// Do not read the kernel's socket tracepoints (the socket tracer: credits TCP
+    /// connections that live a millisecond; costs one kernel event per TCP send/receive)
+    #[arg(long)]
+    pub no_socket_tracer: bool,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -84,6 +88,7 @@ struct FileConfig {
     max_flows: Option<usize>,
     pending_timeout: Option<String>,
     pending_max: Option<usize>,
+    socket_tracer: Option<bool>,
     pcap_file: Option<PathBuf>,
 }
 
@@ -103,6 +108,8 @@ pub struct Config {
     pub max_flows: usize,
     pub pending_timeout: Duration,
     pub pending_max: usize,
+    /// Read the kernel's socket tracepoints (live capture only).
+    pub socket_tracer: bool,
     pub pcap_file: Option<PathBuf>,
 }
 
@@ -192,6 +199,7 @@ impl Config {
                 "2s",
             )?,
             pending_max: flags.pending_max.or(file.pending_max).unwrap_or(100_000),
+            socket_tracer: !flags.no_socket_tracer && file.socket_tracer.unwrap_or(true),
             pcap_file: flags.pcap_file.or(file.pcap_file),
         };
         config.validate()?;
@@ -374,6 +382,20 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(600));
         assert_eq!(c.socket, PathBuf::from("/run/pidcap/pidcap.sock"));
         assert_eq!(c.usage_log, PathBuf::from(DEFAULT_USAGE_LOG));
+        assert!(c.socket_tracer);
+    }
+
+    #[test]
+    fn the_socket_tracer_is_turned_off_by_the_file_or_the_flag() {
+        let off: FileConfig = toml::from_str("socket_tracer = false").unwrap();
+        assert!(!Config::merge(off, Flags::default()).unwrap().socket_tracer);
+        let on: FileConfig = toml::from_str("socket_tracer = true").unwrap();
+        assert!(
+            !Config::merge(on, flags(&["--no-socket-tracer"]))
+                .unwrap()
+                .socket_tracer
+        );
+        assert!(toml::from_str::<FileConfig>("socket_tracer = \"off\"").is_err());
     }
 
     #[test]

@@ -67,15 +67,20 @@ pub async fn serve(
     let (misses, requests) = miss_channel();
     let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
     let facts = ProcessFacts::default();
-    let tracer = start_tracer(
-        &proc,
-        netns,
-        &facts,
-        &shared,
-        learned_tx.clone(),
-        misses.clone(),
-        stop.clone(),
-    )?;
+    let tracer = if config.socket_tracer && config.pcap_file.is_none() {
+        start_tracer(
+            &proc,
+            netns,
+            &facts,
+            &shared,
+            learned_tx.clone(),
+            misses.clone(),
+            stop.clone(),
+        )?
+    } else {
+        info!("socket tracer off (configured, or replaying a file)");
+        None
+    };
     let watcher = start_watcher(
         &proc,
         netns,

@@ -99,14 +99,18 @@ impl Tracer {
         let mut sent = false;
         let mut unknown = 0;
         for (pid, claims) in by_pid {
-            let Some(info) = self.who(pid) else {
-                unknown += claims.len() as u64;
-                debug!(
-                    pid,
-                    sockets = claims.len(),
-                    "connections claimed by a process nobody knew"
-                );
-                continue;
+            let info = match self.who(pid) {
+                Known::Ours(info) => info,
+                Known::Foreign => continue, // another namespace's connection
+                Known::Unknown => {
+                    unknown += claims.len() as u64;
+                    debug!(
+                        pid,
+                        sockets = claims.len(),
+                        "connections claimed by a process nobody knew"
+                    );
+                    continue;
+                }
             };
             let sockets = claims
                 .iter()
@@ -131,24 +135,28 @@ impl Tracer {
         side.traced_unknown_process += unknown;
     }
 
-    /// The facts of `pid` if it is (or was) a process of our namespace.
-    fn who(&self, pid: u32) -> Option<pidcap_core::ProcessInfo> {
-        match self.facts.get(pid) {
-            Known::Ours(info) => return Some(info),
-            Known::Foreign => return None,
-            Known::Unknown => {}
+    /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it
+    /// exited before anyone learnt who it was.
+    fn who(&self, pid: u32) -> Known {
+        let known = self.facts.get(pid);
+        if known != Known::Unknown {
+            return known;
         }
         let now = Instant::now();
         match self.proc.netns_of(pid) {
             Ok(ns) if ns == self.netns => {}
             Ok(_) => {
                 self.facts.record(pid, None, now);
-                return None;
+                return Known::Foreign;
             }
-            Err(_) => return None, // exited before anyone learnt who it was
+            Err(_) => return Known::Unknown,
         }
-        let info = self.proc.process(pid).ok()?;
-        self.facts.record(pid, Some(info.clone()), now);
-        Some(info)
+        match self.proc.process(pid) {
+            Ok(info) => {
+                self.facts.record(pid, Some(info.clone()), now);
+                Known::Ours(info)
+            }
+            Err(_) => Known::Unknown,
+        }
     }
 }

@@ -290,6 +290,27 @@ fn memory_stays_bounded_and_recent_connections_stay_claimable() {
     assert_eq!(out.len(), 1);
 }
 
+#[test]
+fn after_lost_events_nothing_established_before_can_be_claimed() {
+    let mut p = Pairing::new(16);
+    let mut out = Vec::new();
+    p.feed(
+        state(1, 0, change(SK, 1, "10.0.0.2:80", "10.0.0.1:41000")),
+        &mut out,
+    );
+    p.forget_all();
+    assert!(p.is_empty());
+    p.feed(
+        SockEvent::Io {
+            time: 2,
+            pid: 5,
+            sk: SK,
+        },
+        &mut out,
+    );
+    assert_eq!(out, []);
+}
+
 fn arb_event() -> impl Strategy<Value = SockEvent> {
     let sk = 0u64..4;
     prop_oneof![

@@ -74,6 +74,9 @@ pub const IDLE_INTERVAL: Duration = Duration::from_secs(10);
 /// The shortest time between two tables published by targeted lookups.
 const TARGETED_GAP: Duration = Duration::from_millis(20);
 
+/// The shortest time between two tables published for learnt sockets alone.
+const LEARNED_GAP: Duration = Duration::from_millis(50);
+
 /// Missed flows that may wait for the refresher at once.
 const MISSED_FLOWS: usize = 1024;
 
@@ -373,6 +376,7 @@ impl Refresher {
         let mut failing = false;
         let mut denied_warned = false;
         let mut targeted_at = Instant::now();
+        let mut learned_at = Instant::now();
         let mut seen_frames = self.shared.frames();
         while !self.stop.load(Ordering::Relaxed) {
             // With nothing captured since the last pass, a table only serves queries: refresh
@@ -391,7 +395,13 @@ impl Refresher {
                     match self.resolve_missed(&mut generation, &mut targeted_at) {
                         Missed::Settled => continue,
                         Missed::None if learned => {
-                            // What the watcher or tracer learnt needs no dump: publish it.
+                            // What the watcher or tracer learnt needs no dump: publish it,
+                            // gathering for up to LEARNED_GAP (the packets wait in the
+                            // pending buffer; each table costs a build and empties the
+                            // attribution cache, and the tracer may learn thousands a second).
+                            std::thread::sleep(LEARNED_GAP.saturating_sub(learned_at.elapsed()));
+                            self.take_learned();
+                            learned_at = Instant::now();
                             generation += 1;
                             let table = self.builder.current(self.netns, generation);
                             self.shared.publish(table);

@@ -19,7 +19,8 @@
 //! address afterwards, so `CLOSE` forgets everything about it and a claim never spans two
 //! sockets. Memory is bounded: at most `capacity` sockets are tracked in each map; when full,
 //! the older half is forgotten (a connection forgotten that way can no longer be claimed;
-//! nothing is ever claimed wrongly).
+//! nothing is ever claimed wrongly). When the kernel drops events, the reader calls
+//! [`Pairing::forget_all`] for the same reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -99,6 +100,14 @@ impl Pairing {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Forgets every socket (after the kernel dropped events: a missed `CLOSE` must not let
+    /// a reused address claim an old connection). Connections established before cannot be
+    /// claimed afterwards.
+    pub fn forget_all(&mut self) {
+        self.connecting.clear();
+        self.established.clear();
     }
 
     /// Feeds one event (in time order); appends any claim it completes to `out`.

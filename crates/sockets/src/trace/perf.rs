@@ -224,7 +224,12 @@ impl SockTracer {
                             self.waiting.push(e);
                         }
                     }
-                    Ok(Parsed::Lost(lost)) => self.lost += lost.lost,
+                    Ok(Parsed::Lost(lost)) => {
+                        // A lost CLOSE could let a reused socket address inherit an old
+                        // connection: forget every socket rather than risk a wrong claim.
+                        self.lost += lost.lost;
+                        self.pairing.forget_all();
+                    }
                     Ok(_) => {}
                     Err(error) => debug!(error = %error, "unparsable perf record"),
                 }
