@@ -69,7 +69,9 @@ fn lookup_names_listener_as_wildcard_and_connection_as_exact() {
     let (_, server_remote) = server.accepted();
     let client_local = client.info.local;
     daemon.wait_owner("tcp", client_local, remote.parse().unwrap(), client.pid());
-    let exact = daemon.lookup("tcp", &client_local.to_string(), &remote);
+    // The socket tracer may name the owner before the socket tables list the connection
+    // ("recent": seen used, not yet listed); once they do, the match is exact.
+    let exact = wait_exact(&daemon, &client_local.to_string(), &remote);
     assert_eq!(exact["found"], true, "{exact}");
     assert_eq!(exact["owner"]["matched"], "exact", "{exact}");
     assert_eq!(exact["owner"]["pid"], client.pid(), "{exact}");
@@ -78,7 +80,7 @@ fn lookup_names_listener_as_wildcard_and_connection_as_exact() {
     assert_eq!(wildcard["found"], true, "{wildcard}");
     assert_eq!(wildcard["owner"]["matched"], "wildcard", "{wildcard}");
     assert_eq!(wildcard["owner"]["pid"], server.pid(), "{wildcard}");
-    let accepted = daemon.lookup("tcp", &remote, &server_remote.to_string());
+    let accepted = wait_exact(&daemon, &remote, &server_remote.to_string());
     assert_eq!(accepted["owner"]["pid"], server.pid(), "{accepted}");
     assert_eq!(accepted["owner"]["matched"], "exact", "{accepted}");
     let nobody = daemon.lookup("udp", "127.0.0.1:9", "127.0.0.1:1");
@@ -89,6 +91,17 @@ fn lookup_names_listener_as_wildcard_and_connection_as_exact() {
     server.wait_done();
     assert!(client.finish().success());
     assert!(server.finish().success());
+}
+
+/// Looks `local` → `remote` (TCP) up until the match is exact, for at most 15 s; returns
+/// the last reply.
+fn wait_exact(daemon: &Daemon, local: &str, remote: &str) -> Value {
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(15), || {
+        last = daemon.lookup("tcp", local, remote);
+        last["owner"]["matched"] == "exact"
+    });
+    last
 }
 
 /// Reads until the daemon closes the connection; false if it is still open after 10 s.

@@ -7,12 +7,13 @@ use std::process::Command;
 
 const UNIT_NAME: &str = "pidcapd.service";
 
-/// The capabilities the daemon needs, and no others.
-const CAPABILITIES: [&str; 4] = [
+/// The capabilities the daemon needs, and no others (CAP_PERFMON: the socket tracer).
+const CAPABILITIES: [&str; 5] = [
     "CAP_NET_RAW",
     "CAP_NET_ADMIN",
     "CAP_SYS_PTRACE",
     "CAP_DAC_READ_SEARCH",
+    "CAP_PERFMON",
 ];
 
 fn unit_path() -> PathBuf {
@@ -135,7 +136,7 @@ fn unit_is_notify_with_watchdog() {
 }
 
 #[test]
-fn unit_grants_exactly_the_four_capabilities() {
+fn unit_grants_exactly_the_five_capabilities() {
     let unit = unit_text();
     for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
         let mut granted: Vec<&str> = single_value(&unit, key).split_whitespace().collect();
@@ -144,6 +145,23 @@ fn unit_grants_exactly_the_four_capabilities() {
         expected.sort_unstable();
         assert_eq!(granted, expected, "{key}");
     }
+}
+
+#[test]
+fn unit_lets_the_process_side_sources_make_their_system_calls() {
+    let unit = unit_text();
+    let filters: Vec<&str> = assignments(&unit)
+        .into_iter()
+        .filter(|(k, _)| *k == "SystemCallFilter")
+        .map(|(_, v)| v)
+        .collect();
+    for call in ["pidfd_getfd", "perf_event_open"] {
+        assert!(
+            filters.contains(&call),
+            "SystemCallFilter={call} missing: {filters:?}"
+        );
+    }
+    assert_eq!(single_value(&unit, "LimitMEMLOCK"), "128M");
 }
 
 #[test]

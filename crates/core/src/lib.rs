@@ -21,6 +21,6 @@ pub use pending::{Pending, PendingLevel};
 pub use process::{ProcessInfo, ProcessKey};
 pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
-    canonical, canonical_ip, choose_owner, ClosedSocket, MatchKind, OwnerMap, SocketMatch,
-    SocketTable, TableParts,
+    canonical, canonical_ip, choose_owner, ClosedSocket, LiveSockets, MatchKind, OwnerMap,
+    RecentSockets, SocketMatch, SocketTable, TableParts,
 };

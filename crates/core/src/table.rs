@@ -17,7 +17,8 @@ use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 /// How a packet's local end matched a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatchKind {
-    /// A connected socket with the same local and remote address and port.
+    /// A connected socket with the same local and remote address and port, held by a process
+    /// (per the fd tables), or still open and claimed by the process seen using it.
     Exact,
     /// A socket bound to the local address (or a wildcard address) and port with no peer:
     /// a listener or an unconnected datagram socket.
@@ -50,18 +51,98 @@ pub struct SocketMatch {
 type ExactKey = (IpProto, SocketAddr, SocketAddr);
 type BoundKey = (IpProto, SocketAddr);
 
-/// Everything attribution needs from one refresh.
+/// Everything attribution needs from one refresh. Its three parts are shared (`Arc`) with
+/// the tables before and after it that did not change them, so publishing a table that only
+/// learnt a few recently used sockets costs no rebuild of the live sockets' indexes.
 #[derive(Debug, Default)]
 pub struct SocketTable {
     generation: u64,
     netns: Option<NetNsId>,
+    live: Arc<LiveSockets>,
+    owners: Arc<OwnerMap>,
+    recent: Arc<RecentSockets>,
+}
+
+/// The live sockets of a refresh, indexed, and the host's addresses.
+#[derive(Debug, Default)]
+pub struct LiveSockets {
     sockets: Vec<SocketEntry>,
     exact: FastMap<ExactKey, usize>,
     bound: FastMap<BoundKey, usize>,
-    owners: Arc<OwnerMap>,
-    closed: FastMap<ExactKey, (u64, ProcessKey)>,
-    departed: HashMap<ProcessKey, ProcessInfo>,
     local: HashSet<IpAddr>,
+}
+
+/// Connected sockets that closed recently (or that a process was seen using), with their
+/// last holder, and the facts of those holders. Plain data and `Arc`ed facts: cloning it is a
+/// copy, so a refresher can keep one and add to it between tables (`Arc::make_mut`).
+#[derive(Debug, Default, Clone)]
+pub struct RecentSockets {
+    closed: FastMap<ExactKey, (u64, ProcessKey)>,
+    departed: HashMap<ProcessKey, Arc<ProcessInfo>>,
+}
+
+impl RecentSockets {
+    /// Adds (or replaces: the latest holder wins) a recently closed socket.
+    pub fn insert(&mut self, c: ClosedSocket) {
+        let key = (c.proto, canonical(c.local), canonical(c.remote));
+        self.closed.insert(key, (c.inode, c.owner));
+    }
+
+    /// Adds the facts of a process that held a recent socket and may have exited.
+    pub fn insert_departed(&mut self, info: Arc<ProcessInfo>) {
+        self.departed.insert(info.key, info);
+    }
+
+    /// Recent sockets held.
+    pub fn len(&self) -> usize {
+        self.closed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.closed.is_empty()
+    }
+}
+
+impl LiveSockets {
+    /// Indexes `sockets` (addresses made canonical) and the host's addresses.
+    pub fn build(sockets: Vec<SocketEntry>, local_addrs: Vec<IpAddr>) -> LiveSockets {
+        let mut live = LiveSockets {
+            local: local_addrs.into_iter().map(canonical_ip).collect(),
+            ..LiveSockets::default()
+        };
+        live.sockets.reserve(sockets.len());
+        for mut entry in sockets {
+            entry.local = canonical(entry.local);
+            entry.remote = canonical(entry.remote);
+            live.index(entry);
+        }
+        live
+    }
+
+    fn index(&mut self, entry: SocketEntry) {
+        let at = self.sockets.len();
+        if entry.is_wildcard_remote() {
+            // A socket no process holds (inode 0) never hides one that a process holds.
+            let key = (entry.proto, entry.local);
+            let keep_old = self
+                .bound
+                .get(&key)
+                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
+            if !keep_old {
+                self.bound.insert(key, at);
+            }
+        } else {
+            let key = (entry.proto, entry.local, entry.remote);
+            let keep_old = self
+                .exact
+                .get(&key)
+                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
+            if !keep_old {
+                self.exact.insert(key, at);
+            }
+        }
+        self.sockets.push(entry);
+    }
 }
 
 /// A connected socket that closed recently, with the process that held it. Tables keep
@@ -126,51 +207,38 @@ pub fn choose_owner(holders: &[ProcessKey]) -> Option<ProcessKey> {
 impl SocketTable {
     /// Builds the lookup indexes. `generation` must grow with every refresh.
     pub fn build(generation: u64, parts: TableParts) -> SocketTable {
-        let mut table = SocketTable {
-            generation,
-            netns: parts.netns,
-            owners: parts.owners,
-            local: parts.local_addrs.into_iter().map(canonical_ip).collect(),
-            ..SocketTable::default()
-        };
-        for mut entry in parts.sockets {
-            entry.local = canonical(entry.local);
-            entry.remote = canonical(entry.remote);
-            table.index(entry);
-        }
+        let mut recent = RecentSockets::default();
         for info in parts.departed {
-            table.departed.insert(info.key, info);
+            recent.insert_departed(Arc::new(info));
         }
         for c in parts.closed {
-            let key = (c.proto, canonical(c.local), canonical(c.remote));
-            table.closed.insert(key, (c.inode, c.owner));
+            recent.insert(c);
         }
-        table
+        SocketTable::from_shared(
+            generation,
+            parts.netns,
+            Arc::new(LiveSockets::build(parts.sockets, parts.local_addrs)),
+            parts.owners,
+            Arc::new(recent),
+        )
     }
 
-    fn index(&mut self, entry: SocketEntry) {
-        let at = self.sockets.len();
-        if entry.is_wildcard_remote() {
-            // A socket no process holds (inode 0) never hides one that a process holds.
-            let key = (entry.proto, entry.local);
-            let keep_old = self
-                .bound
-                .get(&key)
-                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
-            if !keep_old {
-                self.bound.insert(key, at);
-            }
-        } else {
-            let key = (entry.proto, entry.local, entry.remote);
-            let keep_old = self
-                .exact
-                .get(&key)
-                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
-            if !keep_old {
-                self.exact.insert(key, at);
-            }
+    /// A table of already built parts (see [`SocketTable`]). `generation` must grow with
+    /// every table.
+    pub fn from_shared(
+        generation: u64,
+        netns: Option<NetNsId>,
+        live: Arc<LiveSockets>,
+        owners: Arc<OwnerMap>,
+        recent: Arc<RecentSockets>,
+    ) -> SocketTable {
+        SocketTable {
+            generation,
+            netns,
+            live,
+            owners,
+            recent,
         }
-        self.sockets.push(entry);
     }
 
     /// The refresh generation this table came from.
@@ -185,7 +253,7 @@ impl SocketTable {
 
     /// Every socket in the table, with canonical addresses.
     pub fn sockets(&self) -> &[SocketEntry] {
-        &self.sockets
+        &self.live.sockets
     }
 
     /// Number of processes known to hold sockets.
@@ -199,7 +267,7 @@ impl SocketTable {
         self.owners
             .processes
             .get(key)
-            .or_else(|| self.departed.get(key))
+            .or_else(|| self.recent.departed.get(key).map(|i| &**i))
     }
 
     /// Every process holding `inode`, in no particular order.
@@ -214,7 +282,7 @@ impl SocketTable {
     /// True when `ip` is one of this host's addresses (any loopback address counts).
     pub fn is_local(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
-        ip.is_loopback() || self.local.contains(&ip)
+        ip.is_loopback() || self.live.local.contains(&ip)
     }
 
     /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
@@ -236,15 +304,27 @@ impl SocketTable {
         // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
         // last holder, or the listener that accepted it, is a better answer.
         let mut holderless = None;
-        if let Some(&at) = self.exact.get(&key) {
+        let mut open = false;
+        if let Some(&at) = self.live.exact.get(&key) {
             let found = self.matched(at, MatchKind::Exact);
             if found.owner.is_some() {
                 return Some(found);
             }
             holderless = Some(found);
+            // An inode means some fd still holds it (TIME_WAIT and orphans have none).
+            open = found.inode != 0;
         }
         if let Some(found) = self.recently_closed(&key) {
-            return Some(found);
+            // Still held by some fd, its holder not yet found in the fd tables, but a process
+            // was seen using it: that is the connected socket, with its owner.
+            return Some(match holderless {
+                Some(live) if open => SocketMatch {
+                    inode: live.inode,
+                    kind: MatchKind::Exact,
+                    owner: found.owner,
+                },
+                _ => found,
+            });
         }
         let local = key.1;
         let bound = self.lookup_bound(proto, local).or_else(|| {
@@ -264,7 +344,7 @@ impl SocketTable {
     }
 
     fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {
-        let &(inode, owner) = self.closed.get(key)?;
+        let &(inode, owner) = self.recent.closed.get(key)?;
         Some(SocketMatch {
             inode,
             kind: MatchKind::Recent,
@@ -273,7 +353,7 @@ impl SocketTable {
     }
 
     fn lookup_bound(&self, proto: IpProto, local: SocketAddr) -> Option<usize> {
-        if let Some(&at) = self.bound.get(&(proto, local)) {
+        if let Some(&at) = self.live.bound.get(&(proto, local)) {
             return Some(at);
         }
         if !self.is_local(local.ip()) {
@@ -283,15 +363,15 @@ impl SocketTable {
         let any_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         if local.is_ipv4() {
             let any_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            if let Some(&at) = self.bound.get(&(proto, any_v4)) {
+            if let Some(&at) = self.live.bound.get(&(proto, any_v4)) {
                 return Some(at);
             }
         }
-        self.bound.get(&(proto, any_v6)).copied()
+        self.live.bound.get(&(proto, any_v6)).copied()
     }
 
     fn matched(&self, at: usize, kind: MatchKind) -> SocketMatch {
-        let inode = self.sockets[at].inode;
+        let inode = self.live.sockets[at].inode;
         let owner = if inode == 0 {
             None
         } else {
@@ -302,7 +382,8 @@ impl SocketTable {
 
     /// The sockets held by `pid` (any holder, not just the credited one).
     pub fn connections_of(&self, pid: u32) -> impl Iterator<Item = &SocketEntry> {
-        self.sockets
+        self.live
+            .sockets
             .iter()
             .filter(move |s| s.inode != 0 && self.holders(s.inode).iter().any(|k| k.pid == pid))
     }

@@ -482,6 +482,52 @@ fn trailing_packets_of_a_closed_connection_keep_their_owner() {
     assert_eq!(credited(ack.rx), Some((300, MatchKind::Recent)));
 }
 
+/// A TCP connection from `local` to 127.0.0.1:80 that `owner` was seen using (no inode:
+/// what the socket tracer reports).
+fn seen_tcp(local: &str, owner: ProcessKey) -> ClosedSocket {
+    ClosedSocket {
+        proto: IpProto::Tcp,
+        local: addr(local),
+        remote: addr("127.0.0.1:80"),
+        inode: 0,
+        owner,
+    }
+}
+
+#[test]
+fn an_open_connection_whose_holder_is_not_found_yet_is_exact_for_the_process_seen_using_it() {
+    let user = key(500, 50);
+    let seen = seen_tcp("127.0.0.1:45001", user);
+    // Inode 91 is in the dump, but no fd scan has found who holds it yet.
+    let t = table_with_closed(
+        vec![sock(IpProto::Tcp, "127.0.0.1:45001", "127.0.0.1:80", 91)],
+        &[],
+        vec![seen],
+    );
+    let m = t
+        .lookup(IpProto::Tcp, addr("127.0.0.1:45001"), addr("127.0.0.1:80"))
+        .unwrap();
+    assert_eq!(
+        (m.inode, m.kind, m.owner),
+        (91, MatchKind::Exact, Some(user))
+    );
+}
+
+#[test]
+fn tables_share_parts_but_a_published_table_never_changes() {
+    let live = Arc::new(pidcap_core::LiveSockets::build(Vec::new(), Vec::new()));
+    let owners = Arc::new(pidcap_core::OwnerMap::default());
+    let mut recent = Arc::new(pidcap_core::RecentSockets::default());
+    let before =
+        SocketTable::from_shared(1, Some(NS), live.clone(), owners.clone(), recent.clone());
+    Arc::make_mut(&mut recent).insert(seen_tcp("127.0.0.1:45002", key(600, 60)));
+    let after = SocketTable::from_shared(2, Some(NS), live, owners, recent);
+    let find =
+        |t: &SocketTable| t.lookup(IpProto::Tcp, addr("127.0.0.1:45002"), addr("127.0.0.1:80"));
+    assert_eq!(find(&before), None);
+    assert_eq!(find(&after).map(|m| m.owner), Some(Some(key(600, 60))));
+}
+
 #[test]
 fn a_live_socket_on_a_reused_port_wins_over_the_closed_one() {
     let dead = key(300, 30);

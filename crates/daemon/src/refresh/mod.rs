@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    choose_owner, ClosedSocket, NetNsId, ProcessInfo, ProcessKey, SocketEntry, SocketTable,
-    TableParts,
+    choose_owner, ClosedSocket, LiveSockets, NetNsId, ProcessInfo, ProcessKey, RecentSockets,
+    SocketEntry, SocketTable,
 };
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
 use pidcap_wire::{FlowKey, IpProto};
@@ -126,6 +126,12 @@ pub struct TableBuilder {
     /// Unconnected sockets the process watcher learnt, by inode.
     learned_bound: HashMap<u64, (SocketEntry, Instant)>,
     dirty: bool,
+    /// The indexed live sockets of the last table, while `last_sockets`, `learned_bound` and
+    /// `last_addrs` have not changed since.
+    live: Option<Arc<LiveSockets>>,
+    /// `closed` and `departed` as the last table had them, plus what was learnt since; `None`
+    /// after something expired.
+    recent: Option<Arc<RecentSockets>>,
 }
 
 /// One pass: a new table when anything changed, and what the owner scan saw.
@@ -148,6 +154,8 @@ impl TableBuilder {
             departed: HashMap::new(),
             learned_bound: HashMap::new(),
             dirty: true,
+            live: None,
+            recent: None,
         }
     }
 
@@ -188,6 +196,9 @@ impl TableBuilder {
             return Ok(built(None));
         }
         self.dirty = false;
+        if self.last_sockets != self.scratch || addrs != self.last_addrs {
+            self.live = None;
+        }
         self.last_addrs = addrs;
         Ok(built(Some(self.table(netns, generation))))
     }
@@ -206,6 +217,12 @@ impl TableBuilder {
         let learned = self.learned_bound.len();
         self.learned_bound
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        if self.learned_bound.len() != learned {
+            self.live = None;
+        }
+        if self.closed.len() != before {
+            self.recent = None;
+        }
         let mut changed = self.closed.len() != before || self.learned_bound.len() != learned;
         if self.scratch == self.last_sockets {
             return changed;
@@ -236,6 +253,7 @@ impl TableBuilder {
             if let Some(info) = owners.processes.get(&owner) {
                 self.departed.insert(owner, (info.clone(), now));
             }
+            self.recent = None;
             changed = true;
         }
         changed
@@ -274,8 +292,12 @@ impl TableBuilder {
         }
         // One pass over the (possibly 20,000-entry) list, not one per found socket.
         let known: HashSet<u64> = self.last_sockets.iter().map(|e| e.inode).collect();
+        let before = self.last_sockets.len();
         self.last_sockets
             .extend(found.into_iter().filter(|e| !known.contains(&e.inode)));
+        if self.last_sockets.len() != before {
+            self.live = None;
+        }
         Ok(Some(self.table(netns, generation)))
     }
 
@@ -286,18 +308,29 @@ impl TableBuilder {
         self.table(netns, generation)
     }
 
-    /// A table of everything the builder knows now.
-    fn table(&self, netns: NetNsId, generation: u64) -> SocketTable {
-        SocketTable::build(
+    /// A table of everything the builder knows now; parts that did not change since the
+    /// last table are shared with it, not rebuilt.
+    fn table(&mut self, netns: NetNsId, generation: u64) -> SocketTable {
+        if self.live.is_none() {
+            let live = LiveSockets::build(self.table_sockets(), self.last_addrs.clone());
+            self.live = Some(Arc::new(live));
+        }
+        if self.recent.is_none() {
+            let mut recent = RecentSockets::default();
+            for (c, _) in self.closed.values() {
+                recent.insert(*c);
+            }
+            for (info, _) in self.departed.values() {
+                recent.insert_departed(Arc::new(info.clone()));
+            }
+            self.recent = Some(Arc::new(recent));
+        }
+        SocketTable::from_shared(
             generation,
-            TableParts {
-                netns: Some(netns),
-                sockets: self.table_sockets(),
-                owners: self.owners.map(),
-                closed: self.closed.values().map(|(c, _)| *c).collect(),
-                departed: self.departed.values().map(|(i, _)| i.clone()).collect(),
-                local_addrs: self.last_addrs.clone(),
-            },
+            Some(netns),
+            self.live.clone().unwrap_or_default(),
+            self.owners.map(),
+            self.recent.clone().unwrap_or_default(),
         )
     }
 
@@ -319,6 +352,7 @@ impl TableBuilder {
     /// process's packets are credited to it even after it exited; the next pass publishes them.
     pub fn learn(&mut self, learned: Learned, now: Instant) {
         let key = learned.info.key;
+        let mut recent = self.recent.as_mut().map(Arc::make_mut);
         for s in learned.sockets {
             if s.inode != 0 {
                 // The socket tracer's claims carry no inode (tracepoints do not give it).
@@ -328,6 +362,7 @@ impl TableBuilder {
                 // Listeners, unconnected UDP, ping and raw sockets are matched by their bound
                 // address: keep them in the socket list itself for the grace period.
                 self.learned_bound.insert(s.inode, (s, now));
+                self.live = None;
                 continue;
             }
             let closed = ClosedSocket {
@@ -339,6 +374,12 @@ impl TableBuilder {
             };
             self.closed
                 .insert((s.proto, s.local, s.remote), (closed, now));
+            if let Some(recent) = recent.as_deref_mut() {
+                recent.insert(closed);
+            }
+        }
+        if let Some(recent) = recent {
+            recent.insert_departed(Arc::new(learned.info.clone()));
         }
         self.departed.insert(key, (learned.info, now));
         self.dirty = true; // publish on the next pass even if the socket list is unchanged
