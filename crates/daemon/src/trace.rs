@@ -29,8 +29,12 @@ use crate::refresh::MissSignal;
 use crate::state::Shared;
 use crate::watch::Learned;
 
-/// The longest wait for events (also how quickly `stop` is noticed).
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long events may wait in the rings while TCP is busy (the latency of a claim, and of
+/// learning who a new process is before it exits)…
+const ACTIVE_WAIT: Duration = Duration::from_millis(5);
+/// …and once nothing happened for [`ACTIVE_FOR`] (also how quickly `stop` is noticed).
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+const ACTIVE_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Tracer {
@@ -49,12 +53,15 @@ impl Tracer {
     pub fn run(mut self) {
         let mut claims = Vec::new();
         let mut lost = 0;
+        let mut active_at: Option<Instant> = None;
         self.shared.process_side().tracer = true;
         let mut failing = false;
         while !self.stop.load(Ordering::Relaxed) {
             claims.clear();
             let wait = if self.tracer.has_waiting() {
                 Duration::ZERO
+            } else if active_at.is_some_and(|at| at.elapsed() < ACTIVE_FOR) {
+                ACTIVE_WAIT
             } else {
                 IDLE_WAIT
             };
@@ -67,6 +74,9 @@ impl Tracer {
                 continue;
             }
             failing = false;
+            if self.tracer.has_waiting() || !claims.is_empty() {
+                active_at = Some(Instant::now());
+            }
             // Learn who the actors are now: a 5 ms process is gone by the time its
             // connection's events are paired.
             for i in 0..self.tracer.actors().len() {

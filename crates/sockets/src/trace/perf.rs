@@ -2,8 +2,9 @@
 //!
 //! Three tracepoints, each filtered in the kernel to TCP: `sock:inet_sock_set_state` (only the
 //! changes to `ESTABLISHED`, `SYN_SENT` and `CLOSE`), `sock:sock_send_length` and
-//! `sock:sock_recv_length`. On each CPU the three write into one ring (`SET_OUTPUT`), so a
-//! CPU's events arrive in order; across CPUs they are merged by their `CLOCK_MONOTONIC` time.
+//! `sock:sock_recv_length`. On each CPU they write into one ring (`SET_OUTPUT`), so a CPU's
+//! events arrive in order. Only a connect (`SYN_SENT`) wakes the reader at once; the rest
+//! wait for the ring to fill a quarter or for the reader's poll timeout; across CPUs they are merged by their `CLOCK_MONOTONIC` time.
 //! An event is handed to [`Pairing`] only once it is older than [`REORDER`] at the moment the
 //! rings were read, so an event another CPU recorded earlier, but had not yet written, is not
 //! overtaken. No BPF, no kprobes: tracepoints and perf are in every distribution kernel
@@ -36,9 +37,23 @@ const SET_STATE: &str = "sock/inet_sock_set_state";
 const SEND: &str = "sock/sock_send_length";
 const RECV: &str = "sock/sock_recv_length";
 
-/// Only TCP changes that matter: to ESTABLISHED (1), SYN_SENT (2), CLOSE (7).
-const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 2 || newstate == 7)";
+/// Only TCP changes that matter: to ESTABLISHED (1) and CLOSE (7)…
+const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 7)";
+/// …and to SYN_SENT (2), in the connecting process, counted apart so that it alone wakes
+/// the reader at once (who a process is must be read while it lives).
+const CONNECT_FILTER: &str = "protocol == 6 && newstate == 2";
 const IO_FILTER: &str = "protocol == 6";
+
+/// When the kernel wakes the reader for an event of a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wakeup {
+    /// At once (a connect: rare, and its process may live milliseconds).
+    Each,
+    /// Only once the ring is a quarter full: a wakeup per event would cost a self-IPI (a VM
+    /// exit in a guest) inside every traced send and receive. The reader polls with a
+    /// timeout instead.
+    Watermark,
+}
 
 /// Where tracefs is mounted, mounting it at `/sys/kernel/tracing` if it is nowhere (as
 /// systemd does at boot); `None` if it cannot be found or mounted.
@@ -90,7 +105,7 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
 /// One CPU's ring and the counters that write into it.
 struct Ring {
     sampler: Sampler,
-    _io: Vec<Counter>,
+    _others: Vec<Counter>,
 }
 
 /// The socket-event reader. See the module doc.
@@ -154,8 +169,9 @@ impl SockTracer {
         self.lost
     }
 
-    /// Waits up to `timeout` for events, reads every ring and appends the claims the events
-    /// old enough complete to `out`.
+    /// Waits up to `timeout` for a connect or for a ring to fill a quarter (the kernel does
+    /// not wake the reader per send or receive: that would cost the traced processes), reads
+    /// every ring and appends the claims the events old enough complete to `out`.
     pub fn poll(&mut self, timeout: Duration, out: &mut Vec<SocketClaim>) -> Result<()> {
         if self.waiting.is_empty() {
             self.wait(timeout)?;
@@ -270,13 +286,18 @@ fn decode(
 }
 
 fn open_ring(cpu: usize, set_state: &SetStateLayout, io: [&SockIoLayout; 2]) -> Result<Ring> {
-    let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER)?;
+    let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark)?;
     let mut sampler = leader
         .sampled(RING_BYTES)
         .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
     let mut others = Vec::new();
-    for layout in io {
-        let mut counter = open_counter(cpu, layout.id, IO_FILTER)?;
+    let counters = [
+        (set_state.id, CONNECT_FILTER, Wakeup::Each),
+        (io[0].id, IO_FILTER, Wakeup::Watermark),
+        (io[1].id, IO_FILTER, Wakeup::Watermark),
+    ];
+    for (id, filter, wakeup) in counters {
+        let mut counter = open_counter(cpu, id, filter, wakeup)?;
         ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
             // SAFETY: both are perf event fds opened on the same CPU.
             unsafe { perf_event_open_sys::ioctls::SET_OUTPUT(fd, sampler.as_raw_fd()) }
@@ -291,21 +312,26 @@ fn open_ring(cpu: usize, set_state: &SetStateLayout, io: [&SockIoLayout; 2]) -> 
         .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
     Ok(Ring {
         sampler,
-        _io: others,
+        _others: others,
     })
 }
 
 /// A disabled, filtered, sampled tracepoint counter on `cpu`, for every process.
-fn open_counter(cpu: usize, id: u16, filter: &str) -> Result<Counter> {
-    let counter = Builder::new(Tracepoint::with_id(id.into()))
+fn open_counter(cpu: usize, id: u16, filter: &str, wakeup: Wakeup) -> Result<Counter> {
+    let mut builder = Builder::new(Tracepoint::with_id(id.into()));
+    builder
         .one_cpu(cpu)
         .any_pid()
         .include_kernel()
         .sample_period(1)
         .sample(SampleFlag::TID | SampleFlag::TIME | SampleFlag::RAW)
         .clockid(Clock::MONOTONIC)
-        .wakeup_events(1)
-        .enabled(false)
+        .enabled(false);
+    match wakeup {
+        Wakeup::Each => builder.wakeup_events(1),
+        Wakeup::Watermark => builder.wakeup_watermark(RING_BYTES / 4),
+    };
+    let counter = builder
         .build()
         .map_err(|e| Error::from_io(Path::new("perf_event_open(sock tracepoint)"), e))?;
     let filter = std::ffi::CString::new(filter).expect("static filter has no NUL");
