@@ -33,7 +33,7 @@ use crate::watch::Learned;
 /// learning who a new process is before it exits)…
 const ACTIVE_WAIT: Duration = Duration::from_millis(5);
 /// …and once nothing happened for [`ACTIVE_FOR`] (also how quickly `stop` is noticed).
-const IDLE_WAIT: Duration = Duration::from_millis(50);
+const IDLE_WAIT: Duration = Duration::from_millis(200);
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
@@ -159,7 +159,10 @@ impl Tracer {
                 self.facts.record(pid, None, now);
                 return Known::Foreign;
             }
-            Err(_) => return Known::Unknown,
+            // Exited but not yet reaped (a zombie): its namespace is gone, its stat is not.
+            // Taken as ours: the connection it was seen using has the addresses the packets
+            // carry, and a live holder found in the tables would still win.
+            Err(_) => {}
         }
         match self.proc.process(pid) {
             Ok(info) => {
