@@ -219,7 +219,11 @@ fn start_tracer(
         return Ok(None);
     };
     let tracer = match SockTracer::open(&tracefs) {
-        Ok(tracer) => tracer,
+        Ok(tracer) if tracer.traces_io() => tracer,
+        Ok(tracer) => {
+            info!("this kernel has no sock_send_length/sock_recv_length tracepoints (Linux < 6.4): the socket tracer claims connects only");
+            tracer
+        }
         Err(error) => {
             warn!(error = %error, "socket tracepoints unavailable (needs CAP_PERFMON); connections that live a millisecond may go to unknown");
             return Ok(None);

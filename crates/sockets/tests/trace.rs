@@ -380,6 +380,10 @@ proptest! {
 fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us() {
     let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
     let mut tracer = SockTracer::open(&tracefs).expect("perf tracepoints open as root");
+    assert!(
+        tracer.traces_io(),
+        "Linux 6.4+ has sock_send_length/sock_recv_length"
+    );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
     let script = format!(
@@ -424,4 +428,46 @@ fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us
         }
     }
     assert_eq!(tracer.lost(), 0);
+}
+
+/// On a kernel without the send/receive tracepoints (before 6.4) the tracer still runs and
+/// claims connects: a tracefs holding only `inet_sock_set_state` (this kernel's own format,
+/// so the id is real) stands in for such a kernel.
+#[test]
+fn without_send_and_receive_tracepoints_connects_are_still_claimed() {
+    let real = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
+    let old = tempfile::tempdir().unwrap();
+    let dir = old.path().join("events/sock/inet_sock_set_state");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        real.join("events/sock/inet_sock_set_state/format"),
+        dir.join("format"),
+    )
+    .unwrap();
+    let mut tracer = SockTracer::open(old.path()).expect("opens with set_state alone");
+    assert!(!tracer.traces_io());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{}; echo hi >&3", server.port());
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("bash runs");
+    let (_conn, peer) = listener.accept().unwrap();
+    assert!(child.wait().unwrap().success());
+    let want = (peer, server, child.id());
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !seen.contains(&want) {
+        let mut out = Vec::new();
+        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
+        seen.extend(out.iter().map(|c| (c.local, c.remote, c.pid)));
+    }
+    assert!(seen.contains(&want), "connect claim missing; saw {seen:?}");
+    // Without I/O events the accepting side is never claimed.
+    assert!(
+        !seen.iter().any(|&(local, _, _)| local == server),
+        "{seen:?}"
+    );
 }

@@ -112,8 +112,9 @@ struct Ring {
 pub struct SockTracer {
     rings: Vec<Ring>,
     set_state: SetStateLayout,
-    send: SockIoLayout,
-    recv: SockIoLayout,
+    /// `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.4 and later); empty on
+    /// older kernels, where only connects are claimed.
+    io: Vec<SockIoLayout>,
     /// Read, but not yet old enough to pair.
     waiting: Vec<SockEvent>,
     /// Processes seen acting on TCP sockets in the last read (deduplicated).
@@ -142,26 +143,38 @@ impl SockTracer {
             TraceFormat::parse(&path.display().to_string(), &text)
         };
         let set_state = SetStateLayout::new(&format(SET_STATE)?)?;
-        let send = SockIoLayout::new(&format(SEND)?)?;
-        let recv = SockIoLayout::new(&format(RECV)?)?;
+        let mut io = Vec::new();
+        for name in [SEND, RECV] {
+            match format(name) {
+                Ok(f) => io.push(SockIoLayout::new(&f)?),
+                // Older kernels: connects only (accepted connections keep their listener).
+                Err(e) if e.is_not_found() => debug!(tracepoint = name, "not in this kernel"),
+                Err(e) => return Err(e),
+            }
+        }
         let online = Path::new("/sys/devices/system/cpu/online");
         let text = std::fs::read_to_string(online).map_err(|e| Error::from_io(online, e))?;
         let cpus = parse_cpu_list(&text)
             .ok_or_else(|| Error::parse(online.display().to_string(), 1, "bad CPU list"))?;
         let rings = cpus
             .iter()
-            .map(|&cpu| open_ring(cpu, &set_state, [&send, &recv]))
+            .map(|&cpu| open_ring(cpu, &set_state, &io))
             .collect::<Result<Vec<_>>>()?;
         Ok(SockTracer {
             rings,
             set_state,
-            send,
-            recv,
+            io,
             waiting: Vec::new(),
             actors: Vec::new(),
             pairing: Pairing::new(TRACKED),
             lost: 0,
         })
+    }
+
+    /// True when sends and receives are traced (Linux 6.4 and later): accepted connections
+    /// and sockets passed between processes are claimed too, not only connects.
+    pub fn traces_io(&self) -> bool {
+        !self.io.is_empty()
     }
 
     /// Events the kernel dropped because a ring was full (their sockets may go unclaimed).
@@ -234,9 +247,7 @@ impl SockTracer {
                         else {
                             continue;
                         };
-                        if let Some(e) =
-                            decode(&self.set_state, &self.send, &self.recv, time, pid, raw)
-                        {
+                        if let Some(e) = decode(&self.set_state, &self.io, time, pid, raw) {
                             self.waiting.push(e);
                         }
                     }
@@ -266,8 +277,7 @@ impl SockTracer {
 /// know or that is too short.
 fn decode(
     set_state: &SetStateLayout,
-    send: &SockIoLayout,
-    recv: &SockIoLayout,
+    io: &[SockIoLayout],
     time: u64,
     pid: u32,
     raw: &[u8],
@@ -277,7 +287,7 @@ fn decode(
         let change = set_state.decode(raw)?;
         return Some(SockEvent::State { time, pid, change });
     }
-    let io = [send, recv].into_iter().find(|l| l.id == ty)?;
+    let io = io.iter().find(|l| l.id == ty)?;
     Some(SockEvent::Io {
         time,
         pid,
@@ -285,18 +295,15 @@ fn decode(
     })
 }
 
-fn open_ring(cpu: usize, set_state: &SetStateLayout, io: [&SockIoLayout; 2]) -> Result<Ring> {
+fn open_ring(cpu: usize, set_state: &SetStateLayout, io: &[SockIoLayout]) -> Result<Ring> {
     let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark)?;
     let mut sampler = leader
         .sampled(RING_BYTES)
         .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
     let mut others = Vec::new();
-    let counters = [
-        (set_state.id, CONNECT_FILTER, Wakeup::Each),
-        (io[0].id, IO_FILTER, Wakeup::Watermark),
-        (io[1].id, IO_FILTER, Wakeup::Watermark),
-    ];
-    for (id, filter, wakeup) in counters {
+    let connect = (set_state.id, CONNECT_FILTER, Wakeup::Each);
+    let io = io.iter().map(|l| (l.id, IO_FILTER, Wakeup::Watermark));
+    for (id, filter, wakeup) in std::iter::once(connect).chain(io) {
         let mut counter = open_counter(cpu, id, filter, wakeup)?;
         ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
             // SAFETY: both are perf event fds opened on the same CPU.
