@@ -87,7 +87,7 @@ pub fn render(s: &Stats) -> String {
         (
             "socket tracer",
             format!(
-                "{}: {} connections claimed, {} of exited unknown processes, {} events lost",
+                "{}: {} connections claimed, {} dropped (process gone before it was named), {} events lost",
                 on_off(s.process_side.tracer),
                 s.process_side.traced_claims,
                 s.process_side.traced_unknown_process,
@@ -184,7 +184,7 @@ mod tests {
              refreshes          30\n\
              last refresh       1.2 ms\n\
              process watcher    running\n\
-             socket tracer      off: 41 connections claimed, 42 of exited unknown processes, 43 events lost\n"
+             socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n"
         );
     }
 }
