@@ -90,6 +90,13 @@ fn exe_of(dir: &Path) -> Option<String> {
 }
 
 impl ProcRoot {
+    /// The start time of process `pid` (clock ticks after boot, as in its [`ProcessKey`]):
+    /// one small read, for checking that a known process is still the one holding `pid`.
+    /// [`Error::NotFound`] if it exited.
+    pub fn start_time(&self, pid: u32) -> Result<u64> {
+        stat_of(&self.pid_dir(pid)).map(|(_, start)| start)
+    }
+
     /// What is known of process `pid`: its key (pid + start time), `comm`, real uid,
     /// executable and command line. [`Error::NotFound`] if it exited.
     pub fn process(&self, pid: u32) -> Result<ProcessInfo> {

@@ -88,6 +88,12 @@ fn live_process_facts_of_this_process() {
     let again = ProcRoot::default().process(std::process::id()).unwrap();
     assert_eq!(info.key, again.key);
     assert_ne!(info.key.start_time, 0);
+    let root = ProcRoot::default();
+    assert_eq!(
+        root.start_time(std::process::id()).unwrap(),
+        info.key.start_time
+    );
+    assert!(root.start_time(u32::MAX).unwrap_err().is_not_found());
 }
 
 #[test]

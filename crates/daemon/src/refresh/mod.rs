@@ -566,8 +566,8 @@ impl Refresher {
     }
 
     fn still_running(&self, key: &ProcessKey) -> bool {
-        match self.proc.process(key.pid) {
-            Ok(info) => info.key.start_time == key.start_time,
+        match self.proc.start_time(key.pid) {
+            Ok(start) => start == key.start_time,
             Err(e) => !e.is_not_found(),
         }
     }
