@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use pidcap_core::{NetNsId, SocketEntry, TcpState};
 use pidcap_sockets::trace::{SockTracer, SocketClaim};
-use pidcap_sockets::ProcRoot;
+use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
 use tracing::{debug, warn};
 
@@ -76,6 +76,16 @@ impl Tracer {
             failing = false;
             if self.tracer.has_waiting() || !claims.is_empty() {
                 active_at = Some(Instant::now());
+            }
+            // Connected datagram sockets first: a resolver's lives one round trip.
+            let connected = self.tracer.connected().to_vec();
+            let learnt = connected
+                .into_iter()
+                .filter(|&(pid, fd)| self.learn_connected(pid, fd))
+                .count();
+            if learnt > 0 {
+                self.wake.request();
+                self.shared.process_side().traced_claims += learnt as u64;
             }
             // Learn who the actors are now: a 5 ms process is gone by the time its
             // connection's events are paired.
@@ -143,6 +153,35 @@ impl Tracer {
         let mut side = self.shared.process_side();
         side.traced_claims += claims.len() as u64 - unknown;
         side.traced_unknown_process += unknown;
+    }
+
+    /// Reads the socket `pid` just connected on `fd` (a duplicate through `pidfd_getfd`,
+    /// then its addresses) and hands it to the refresher; false if it is gone, not IP, or
+    /// not ours. TCP connects are claimed from their state changes too; this also gives
+    /// them their inode.
+    fn learn_connected(&self, pid: u32, fd: i32) -> bool {
+        let Ok(Some(inode)) = self.proc.socket_inode(pid, fd) else {
+            return false;
+        };
+        let Ok(handle) = ProcessHandle::open(pid) else {
+            return false;
+        };
+        let Ok(Some(mut entry)) = handle.ip_socket(fd, inode, 0, self.netns) else {
+            return false;
+        };
+        if entry.is_wildcard_remote() {
+            return false;
+        }
+        let Known::Ours(info) = self.who(pid) else {
+            return false;
+        };
+        entry.uid = info.uid;
+        debug!(pid, fd, local = %entry.local, remote = %entry.remote, "connected socket read");
+        let learnt = Learned {
+            sockets: vec![entry],
+            info,
+        };
+        self.learned.try_send(learnt).is_ok()
     }
 
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it

@@ -31,6 +31,14 @@ impl ProcRoot {
         }
         Ok(())
     }
+
+    /// The socket inode behind `pid`'s fd `fd`; `None` if that fd is not a socket.
+    /// `NotFound` when the process exited or the fd was closed.
+    pub fn socket_inode(&self, pid: u32, fd: RawFd) -> Result<Option<u64>> {
+        let path = self.pid_dir(pid).join("fd").join(fd.to_string());
+        let target = fs::read_link(&path).map_err(|e| Error::from_io(&path, e))?;
+        Ok(parse_socket_link(target.as_os_str().as_bytes()))
+    }
 }
 
 #[cfg(test)]
@@ -52,6 +60,15 @@ mod tests {
             .unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         assert!(out.contains(&(fd, inode)));
+        let root = ProcRoot::default();
+        assert_eq!(
+            root.socket_inode(std::process::id(), fd).unwrap(),
+            Some(inode)
+        );
+        assert_eq!(
+            root.socket_inode(std::process::id(), 0).ok().flatten(),
+            None
+        );
     }
 
     #[test]

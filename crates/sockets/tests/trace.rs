@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pidcap_sockets::trace::{
     find_tracefs, parse_cpu_list, Pairing, SetState, SetStateLayout, SockEvent, SockIoLayout,
-    SockTracer, SocketClaim, TraceFormat,
+    SockTracer, SocketClaim, SyscallLayout, TraceFormat,
 };
 use proptest::prelude::*;
 
@@ -91,6 +91,30 @@ fn the_kernels_format_files_parse_with_every_field_and_offset() {
     let mut raw = vec![0u8; 28];
     raw[8..16].copy_from_slice(&7u64.to_ne_bytes());
     assert_eq!(io.decode(&raw), Some(7));
+}
+
+#[test]
+fn connect_syscall_records_give_the_fd_and_the_result() {
+    let enter = TraceFormat::parse(
+        "fixture",
+        include_str!("fixtures/trace/sys_enter_connect.format"),
+    )
+    .unwrap();
+    let exit = TraceFormat::parse(
+        "fixture",
+        include_str!("fixtures/trace/sys_exit_connect.format"),
+    )
+    .unwrap();
+    let fd = SyscallLayout::new(&enter, "fd").unwrap();
+    let ret = SyscallLayout::new(&exit, "ret").unwrap();
+    let mut raw = vec![0u8; 40];
+    raw[16..24].copy_from_slice(&7u64.to_ne_bytes());
+    assert_eq!(fd.decode(&raw), Some(7));
+    raw[16..24].copy_from_slice(&(-111i64).to_ne_bytes()); // -ECONNREFUSED
+    assert_eq!(ret.decode(&raw), Some(-111));
+    assert_eq!(ret.decode(&raw[..20]), None);
+    assert!(SyscallLayout::new(&enter, "uservaddr").is_ok());
+    assert!(SyscallLayout::new(&enter, "nope").is_err());
 }
 
 #[test]
@@ -470,4 +494,32 @@ fn without_send_and_receive_tracepoints_connects_are_still_claimed() {
         !seen.iter().any(|&(local, _, _)| local == server),
         "{seen:?}"
     );
+}
+
+/// A child's UDP `connect()` (bash's /dev/udp) is reported with the child's pid and fd, so
+/// the daemon can read the socket while it is open.
+#[test]
+fn a_childs_udp_connect_is_reported_with_its_pid_and_fd() {
+    let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
+    let mut tracer = SockTracer::open(&tracefs).expect("perf tracepoints open as root");
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let script = format!("exec 5<>/dev/udp/127.0.0.1/{port}; echo q >&5; sleep 0.2");
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("bash runs");
+    // bash connects on a fresh fd (3), then moves it to 5: any fd, but this pid.
+    let pid = child.id();
+    let ours = |seen: &[(u32, i32)]| seen.iter().any(|&(p, _)| p == pid);
+    let mut seen: Vec<(u32, i32)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !ours(&seen) {
+        let mut out = Vec::new();
+        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
+        seen.extend_from_slice(tracer.connected());
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(ours(&seen), "connect by {pid} missing; saw {seen:?}");
 }

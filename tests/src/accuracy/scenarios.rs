@@ -610,6 +610,55 @@ pub fn churn(size: Size) -> Outcome {
     watch.finish(&name, on_host, notes, || own).0
 }
 
+/// 9. A resolver's pattern: long-lived processes (older than the watcher's window when they
+///    start) sending queries over fresh connected UDP sockets, one per query, each living
+///    one round trip (about 0.1 ms on loopback), to one UDP server that answers each.
+pub fn udp_queries(size: Size) -> Outcome {
+    let (procs, count) = size.pick((4, 100), (2, 40));
+    let name =
+        format!("9. UDP queries: {procs} older processes, a fresh connected socket per query");
+    let total = (procs * count).to_string();
+    let mut server = Peer::spawn(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        &total,
+        "--reply-size",
+        "180",
+    ]);
+    let watch = Watch::start("lo", &ports_filter("udp", [server.info.local.port()]));
+    server.go();
+    let target = server.info.local.to_string();
+    let count = count.to_string();
+    let runs: Vec<Vec<String>> = (0..procs)
+        .map(|i| {
+            args(&[
+                "udp-queries",
+                "--connect",
+                &target,
+                "--count",
+                &count,
+                "--size",
+                "60",
+                "--duration-ms",
+                "400",
+                "--interval-ms",
+                "10",
+                "--from",
+                &loopback_source(80, i),
+            ])
+        })
+        .collect();
+    let exited = run_peers(&runs, procs, BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    own.add(server.pid(), UDP, server.info.local);
+    let mut notes = add_flows(&mut own, &exited, UDP);
+    server.wait_done();
+    notes.extend(finish_peers(vec![server]));
+    watch.finish(&name, on_host, notes, || own).0
+}
+
 /// 8. A high-rate burst: many processes each open one TCP flow at the same moment and move
 ///    1 MB each way.
 pub fn parallel_flows(size: Size) -> Outcome {

@@ -36,6 +36,10 @@ fn scenarios(size: Size) -> Vec<Scenario> {
             "parallel",
             Box::new(move || scenarios::parallel_flows(size)),
         ),
+        (
+            "udp-queries",
+            Box::new(move || scenarios::udp_queries(size)),
+        ),
     ]
 }
 

@@ -56,6 +56,7 @@ fn run(args: &[String]) -> Result<()> {
         "tcp-sink" => tcp_sink(&opts),
         "tcp-burst" => tcp_burst(&opts),
         "churn" => churn(&opts),
+        "udp-queries" => udp_queries(&opts),
         "udp-dual" => udp_dual(&opts),
         "ping" => ping(&opts),
         "raw-send" => raw_send(&opts),
@@ -73,6 +74,7 @@ const USAGE: &str = "usage: pidcap-peer tcp-server --bind ADDR [--recv N] [--sen
     tcp-sink --bind ADDR [--max-conns N] | \
     tcp-burst --connect ADDR --bytes N [--reply M] [--from IP] [--duration-ms D] | \
     churn --connect ADDR --duration-ms T [--interval-ms I] [--bytes N] [--from IP] | \
+    udp-queries --connect ADDR --count K --size S [--duration-ms DELAY] [--interval-ms I] [--from IP] | \
     udp-dual --to IPV4ADDR --count K --size S [--await-reply] | \
     ping --to IP --count K --size S [--from IP] | \
     raw-send --from IP --to IP --proto P --count K --size S | \
@@ -481,6 +483,35 @@ fn churn(opts: &Opts) -> Result<()> {
     }
     emit(json!({"event": "done", "sent": sent, "received": received,
         "connections": connections}))
+}
+
+/// `udp-queries`: a resolver's pattern in a process older than the watcher's window. Waits
+/// `--duration-ms` first, then `--count` times: a fresh UDP socket (from `--from`, port 0)
+/// connected to `--connect`, one query of `--size` bytes, one reply, close; `--interval-ms`
+/// apart. Each query's 5-tuple is reported as a flow line.
+fn udp_queries(opts: &Opts) -> Result<()> {
+    let server = opts.connect.context("udp-queries needs --connect")?;
+    std::thread::sleep(Duration::from_millis(opts.duration_ms));
+    let from = opts
+        .from
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let query = vec![0x51_u8; opts.size];
+    let mut reply = vec![0_u8; 65536];
+    let (mut sent, mut received) = (0, 0);
+    for _ in 0..opts.count {
+        let socket = udp_socket(SocketAddr::new(from, 0))?;
+        socket
+            .connect(server)
+            .with_context(|| format!("connect {server}"))?;
+        let ends = (socket.local_addr()?, socket.peer_addr()?);
+        let s = socket.send(&query)?;
+        let r = socket.recv(&mut reply).context("waiting for a reply")?;
+        drop(socket);
+        flow_line("udp", ends, s, r)?;
+        (sent, received) = (sent + s, received + r);
+        std::thread::sleep(Duration::from_millis(opts.interval_ms.unwrap_or(20)));
+    }
+    emit(json!({"event": "done", "sent": sent, "received": received}))
 }
 
 /// `udp-dual`: a dual-stack `[::]` socket that sends IPv4 datagrams (as `::ffff:a.b.c.d`).

@@ -207,6 +207,47 @@ impl SockIoLayout {
     }
 }
 
+/// Field offsets of a system-call tracepoint (`syscalls:sys_enter_connect`, whose argument
+/// `fd` is read, or `syscalls:sys_exit_connect`, whose `ret` is): one integer argument,
+/// stored 8 bytes wide (4 on some architectures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallLayout {
+    pub id: u16,
+    at: usize,
+    size: usize,
+}
+
+impl SyscallLayout {
+    /// The layout of `format`'s integer field `field`.
+    pub fn new(format: &TraceFormat, field: &str) -> Result<SyscallLayout> {
+        let f = format
+            .fields
+            .iter()
+            .find(|f| f.name == field)
+            .ok_or_else(|| Error::parse(&format.name, 0, format!("no field {field}")))?;
+        if f.size != 8 && f.size != 4 {
+            return Err(Error::parse(
+                &format.name,
+                0,
+                format!("field {field} is {} bytes, expected 4 or 8", f.size),
+            ));
+        }
+        Ok(SyscallLayout {
+            id: trace_id(format)?,
+            at: f.offset,
+            size: f.size,
+        })
+    }
+
+    /// The argument (or return value), sign-extended; `None` if the record is too short.
+    pub fn decode(&self, raw: &[u8]) -> Option<i64> {
+        match self.size {
+            8 => bytes::<8>(raw, self.at).map(i64::from_ne_bytes),
+            _ => bytes::<4>(raw, self.at).map(|b| i64::from(i32::from_ne_bytes(b))),
+        }
+    }
+}
+
 /// Records carry the id as a 16-bit `common_type`.
 fn trace_id(format: &TraceFormat) -> Result<u16> {
     u16::try_from(format.id)

@@ -10,6 +10,6 @@ pub mod format;
 pub mod pairing;
 pub mod perf;
 
-pub use format::{SetState, SetStateLayout, SockIoLayout, TraceField, TraceFormat};
+pub use format::{SetState, SetStateLayout, SockIoLayout, SyscallLayout, TraceField, TraceFormat};
 pub use pairing::{Pairing, SockEvent, SocketClaim};
 pub use perf::{find_tracefs, parse_cpu_list, SockTracer};

@@ -20,7 +20,9 @@ use perf_event::events::Tracepoint;
 use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
 use tracing::debug;
 
-use super::format::{record_type, SetStateLayout, SockIoLayout, TraceFormat};
+use std::collections::HashMap;
+
+use super::format::{record_type, SetStateLayout, SockIoLayout, SyscallLayout, TraceFormat};
 use super::pairing::{Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
 use crate::error::{Error, Result};
 
@@ -36,6 +38,14 @@ const TRACKED: usize = 65_536;
 const SET_STATE: &str = "sock/inet_sock_set_state";
 const SEND: &str = "sock/sock_send_length";
 const RECV: &str = "sock/sock_recv_length";
+const CONNECT_ENTER: &str = "syscalls/sys_enter_connect";
+const CONNECT_EXIT: &str = "syscalls/sys_exit_connect";
+/// `connect()` of an IPv4 or IPv6 address (`sizeof(struct sockaddr_in{,6})`)…
+const CONNECT_ENTER_FILTER: &str = "addrlen == 16 || addrlen == 28";
+/// …that succeeded at once (UDP; TCP connects are claimed from their state changes).
+const CONNECT_EXIT_FILTER: &str = "ret == 0";
+/// Threads remembered inside `connect()` at once.
+const IN_CONNECT: usize = 4096;
 
 /// Only TCP changes that matter: to ESTABLISHED (1) and CLOSE (7)…
 const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 7)";
@@ -115,6 +125,13 @@ pub struct SockTracer {
     /// `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.4 and later); empty on
     /// older kernels, where only connects are claimed.
     io: Vec<SockIoLayout>,
+    /// `syscalls:sys_{enter,exit}_connect` (kernels with `CONFIG_FTRACE_SYSCALLS`): which
+    /// process connected which fd, for datagram sockets that have no state changes.
+    connects: Option<(SyscallLayout, SyscallLayout)>,
+    /// Threads inside `connect()`: tid → (pid, fd).
+    in_connect: HashMap<u32, (u32, i32)>,
+    /// (pid, fd) of the sockets connected in the events the last read saw.
+    connected: Vec<(u32, i32)>,
     /// Read, but not yet old enough to pair.
     waiting: Vec<SockEvent>,
     /// Processes seen acting on TCP sockets in the last read (deduplicated).
@@ -152,23 +169,43 @@ impl SockTracer {
                 Err(e) => return Err(e),
             }
         }
+        let connects = match (format(CONNECT_ENTER), format(CONNECT_EXIT)) {
+            (Ok(enter), Ok(exit)) => Some((
+                SyscallLayout::new(&enter, "fd")?,
+                SyscallLayout::new(&exit, "ret")?,
+            )),
+            (Err(e), _) | (_, Err(e)) if e.is_not_found() => None,
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         let online = Path::new("/sys/devices/system/cpu/online");
         let text = std::fs::read_to_string(online).map_err(|e| Error::from_io(online, e))?;
         let cpus = parse_cpu_list(&text)
             .ok_or_else(|| Error::parse(online.display().to_string(), 1, "bad CPU list"))?;
         let rings = cpus
             .iter()
-            .map(|&cpu| open_ring(cpu, &set_state, &io))
+            .map(|&cpu| open_ring(cpu, &set_state, &io, connects.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         Ok(SockTracer {
             rings,
             set_state,
             io,
+            connects,
+            in_connect: HashMap::new(),
+            connected: Vec::new(),
             waiting: Vec::new(),
             actors: Vec::new(),
             pairing: Pairing::new(TRACKED),
             lost: 0,
         })
+    }
+
+    /// The sockets (pid, fd) whose `connect()` succeeded in the events the last [`poll`]
+    /// read: a caller that wants their addresses must read them now, while they are open
+    /// (a resolver's UDP socket lives one round trip).
+    ///
+    /// [`poll`]: SockTracer::poll
+    pub fn connected(&self) -> &[(u32, i32)] {
+        &self.connected
     }
 
     /// True when sends and receives are traced (Linux 6.4 and later): accepted connections
@@ -238,6 +275,7 @@ impl SockTracer {
     fn read_rings(&mut self) {
         let first = self.waiting.len();
         self.actors.clear();
+        self.connected.clear();
         for ring in &mut self.rings {
             while let Some(record) = ring.sampler.next_record() {
                 match record.parse_record() {
@@ -247,6 +285,28 @@ impl SockTracer {
                         else {
                             continue;
                         };
+                        if let Some((enter, exit)) = &self.connects {
+                            let ty = record_type(raw);
+                            let tid = sample.tid().unwrap_or(pid);
+                            if ty == Some(enter.id) {
+                                if self.in_connect.len() >= IN_CONNECT {
+                                    self.in_connect.clear();
+                                }
+                                if let Some(fd) =
+                                    enter.decode(raw).and_then(|f| i32::try_from(f).ok())
+                                {
+                                    self.in_connect.insert(tid, (pid, fd));
+                                }
+                                continue;
+                            }
+                            if ty == Some(exit.id) {
+                                let entered = self.in_connect.remove(&tid);
+                                if let (Some((pid, fd)), Some(0)) = (entered, exit.decode(raw)) {
+                                    self.connected.push((pid, fd));
+                                }
+                                continue;
+                            }
+                        }
                         if let Some(e) = decode(&self.set_state, &self.io, time, pid, raw) {
                             self.waiting.push(e);
                         }
@@ -295,7 +355,12 @@ fn decode(
     })
 }
 
-fn open_ring(cpu: usize, set_state: &SetStateLayout, io: &[SockIoLayout]) -> Result<Ring> {
+fn open_ring(
+    cpu: usize,
+    set_state: &SetStateLayout,
+    io: &[SockIoLayout],
+    connects: Option<&(SyscallLayout, SyscallLayout)>,
+) -> Result<Ring> {
     let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark)?;
     let mut sampler = leader
         .sampled(RING_BYTES)
@@ -303,7 +368,14 @@ fn open_ring(cpu: usize, set_state: &SetStateLayout, io: &[SockIoLayout]) -> Res
     let mut others = Vec::new();
     let connect = (set_state.id, CONNECT_FILTER, Wakeup::Each);
     let io = io.iter().map(|l| (l.id, IO_FILTER, Wakeup::Watermark));
-    for (id, filter, wakeup) in std::iter::once(connect).chain(io) {
+    // The exit of a connect wakes the reader at once: the socket may close in microseconds.
+    let syscalls = connects.into_iter().flat_map(|(enter, exit)| {
+        [
+            (enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
+            (exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
+        ]
+    });
+    for (id, filter, wakeup) in std::iter::once(connect).chain(io).chain(syscalls) {
         let mut counter = open_counter(cpu, id, filter, wakeup)?;
         ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
             // SAFETY: both are perf event fds opened on the same CPU.
