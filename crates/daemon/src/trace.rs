@@ -3,7 +3,9 @@
 //!
 //! This closes what fd scans and the process watcher cannot: a connection that lives a
 //! millisecond in a process of any age (connection churn, parallel clients), and connections
-//! accepted by one process and served by another. Each claim goes to the refresher as a
+//! accepted by one process and served by another. For a successful `connect()` of any IP
+//! socket it also reads the socket at once (`pidfd_getfd`), which is how a connected UDP
+//! socket that lives one round trip (a resolver's) gets its owner. Each claim goes to the refresher as a
 //! learnt socket with the process's facts ([`ProcessFacts`]: recorded at exec by the watcher,
 //! or read from `/proc` now), so the flow's packets, read later, are credited to it even after
 //! the socket closed and the process exited; a live socket whose holder is known still wins.

@@ -42,7 +42,8 @@ const CONNECT_ENTER: &str = "syscalls/sys_enter_connect";
 const CONNECT_EXIT: &str = "syscalls/sys_exit_connect";
 /// `connect()` of an IPv4 or IPv6 address (`sizeof(struct sockaddr_in{,6})`)…
 const CONNECT_ENTER_FILTER: &str = "addrlen == 16 || addrlen == 28";
-/// …that succeeded at once (UDP; TCP connects are claimed from their state changes).
+/// …that succeeded at once. TCP connects are dropped in between, at their `SYN_SENT`: they
+/// are claimed from their state changes.
 const CONNECT_EXIT_FILTER: &str = "ret == 0";
 /// Threads remembered inside `connect()` at once.
 const IN_CONNECT: usize = 4096;
@@ -308,6 +309,14 @@ impl SockTracer {
                             }
                         }
                         if let Some(e) = decode(&self.set_state, &self.io, time, pid, raw) {
+                            if let SockEvent::State { change, .. } = &e {
+                                if change.new == TCP_SYN_SENT {
+                                    // A TCP connect (its SYN_SENT comes inside the syscall, in
+                                    // the same thread): claimed from its state changes, so
+                                    // its socket need not be read.
+                                    self.in_connect.remove(&sample.tid().unwrap_or(pid));
+                                }
+                            }
                             self.waiting.push(e);
                         }
                     }
