@@ -88,7 +88,13 @@ impl Daemon {
             .arg("--usage-log")
             .arg(&usage_log)
             .args(["--log-interval", "1s", "--refresh-interval", "1s"])
-            .args(args);
+            .args(args)
+            // For experiments (never set in CI): extra flags, e.g. `--no-socket-tracer`.
+            .args(
+                std::env::var("PIDCAP_E2E_DAEMON_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            );
         let child = spawn_logged(&mut command, &dir.path().join("stderr.log"));
         let mut daemon = Daemon {
             child: Some(child),
