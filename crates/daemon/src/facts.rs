@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pidcap_core::ProcessInfo;
+use pidcap_core::{NetNsId, ProcessInfo};
+use pidcap_sockets::ProcRoot;
 
 /// How long an exited process's facts stay readable.
 pub const KEEP_EXITED: Duration = Duration::from_secs(30);
@@ -80,6 +81,34 @@ impl ProcessFacts {
     /// A new process got `pid`: forget the previous holder.
     pub fn forked(&self, pid: u32) {
         self.inner().map.remove(&pid);
+    }
+
+    /// Reads who holds `pid` now from `/proc` and records it. A process whose namespace
+    /// cannot be read but whose stat can is a zombie (exited, not yet reaped): taken as ours,
+    /// since what it was seen doing was seen in our tables' terms. `Unknown`: gone.
+    pub fn read(&self, proc: &ProcRoot, netns: NetNsId, pid: u32, now: Instant) -> Known {
+        match proc.netns_of(pid) {
+            Ok(ns) if ns != netns => {
+                self.record(pid, None, now);
+                return Known::Foreign;
+            }
+            Ok(_) | Err(_) => {}
+        }
+        match proc.process(pid) {
+            Ok(info) => {
+                self.record(pid, Some(info.clone()), now);
+                Known::Ours(info)
+            }
+            Err(_) => Known::Unknown,
+        }
+    }
+
+    /// What is recorded about `pid`, or else what [`ProcessFacts::read`] finds.
+    pub fn get_or_read(&self, proc: &ProcRoot, netns: NetNsId, pid: u32, now: Instant) -> Known {
+        match self.get(pid) {
+            Known::Unknown => self.read(proc, netns, pid, now),
+            known => known,
+        }
     }
 
     pub fn get(&self, pid: u32) -> Known {

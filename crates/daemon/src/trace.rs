@@ -189,28 +189,7 @@ impl Tracer {
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it
     /// exited before anyone learnt who it was.
     fn who(&self, pid: u32) -> Known {
-        let known = self.facts.get(pid);
-        if known != Known::Unknown {
-            return known;
-        }
-        let now = Instant::now();
-        match self.proc.netns_of(pid) {
-            Ok(ns) if ns == self.netns => {}
-            Ok(_) => {
-                self.facts.record(pid, None, now);
-                return Known::Foreign;
-            }
-            // Exited but not yet reaped (a zombie): its namespace is gone, its stat is not.
-            // Taken as ours: the connection it was seen using has the addresses the packets
-            // carry, and a live holder found in the tables would still win.
-            Err(_) => {}
-        }
-        match self.proc.process(pid) {
-            Ok(info) => {
-                self.facts.record(pid, Some(info.clone()), now);
-                Known::Ours(info)
-            }
-            Err(_) => Known::Unknown,
-        }
+        self.facts
+            .get_or_read(&self.proc, self.netns, pid, Instant::now())
     }
 }

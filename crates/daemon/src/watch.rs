@@ -25,7 +25,7 @@ use pidcap_core::{NetNsId, ProcessInfo, SocketEntry};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
-use crate::facts::ProcessFacts;
+use crate::facts::{Known, ProcessFacts};
 use crate::refresh::MissSignal;
 
 /// Looks at a young process this often…
@@ -113,15 +113,13 @@ impl Watcher {
         watched: &mut HashMap<u32, Watched>,
         pid: u32,
     ) {
-        match self.proc.netns_of(pid) {
-            Ok(ns) if ns == self.netns => {}
-            Ok(_) => return self.facts.record(pid, None, Instant::now()),
-            Err(_) => return, // already gone
-        }
-        let (Ok(handle), Ok(info)) = (ProcessHandle::open(pid), self.proc.process(pid)) else {
+        // An exec replaces the program: read the facts afresh (and record them).
+        let Known::Ours(info) = self.facts.read(&self.proc, self.netns, pid, Instant::now()) else {
+            return; // another namespace, or already gone
+        };
+        let Ok(handle) = ProcessHandle::open(pid) else {
             return; // already gone
         };
-        self.facts.record(pid, Some(info.clone()), Instant::now());
         if watched.len() >= MAX_WATCHED && !watched.contains_key(&pid) {
             if let Some(((_, oldest), ())) = due.pop_first() {
                 watched.remove(&oldest);

@@ -400,6 +400,29 @@ proptest! {
 
 // --- live --------------------------------------------------------------------------------
 
+/// `bash -c script`, stdin closed.
+fn bash(script: &str) -> std::process::Child {
+    Command::new("bash")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("bash runs")
+}
+
+/// Polls `tracer` for at most 5 s, handing each poll's claims to `take`, until `done`.
+fn poll_until(
+    tracer: &mut SockTracer,
+    mut take: impl FnMut(&SockTracer, &[SocketClaim]),
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !done() {
+        let mut out = Vec::new();
+        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
+        take(tracer, &out);
+    }
+}
+
 #[test]
 fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us() {
     let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
@@ -414,11 +437,7 @@ fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us
         "exec 3<>/dev/tcp/127.0.0.1/{}; echo hello >&3; read -r reply <&3; exec 3>&-",
         server.port()
     );
-    let mut child = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("bash runs");
+    let mut child = bash(&script);
     let (mut conn, peer) = listener.accept().unwrap();
     let mut buf = [0u8; 6];
     conn.read_exact(&mut buf).unwrap();
@@ -427,13 +446,19 @@ fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us
     let (us, them) = (std::process::id(), child.id());
     let want_child = (peer, server, them);
     let want_us = (server, peer, us);
-    let mut seen: Vec<(SocketAddr, SocketAddr, u32)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !(seen.contains(&want_child) && seen.contains(&want_us)) {
-        let mut out = Vec::new();
-        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
-        seen.extend(out.iter().map(|c| (c.local, c.remote, c.pid)));
-    }
+    let seen = std::cell::RefCell::new(Vec::<(SocketAddr, SocketAddr, u32)>::new());
+    poll_until(
+        &mut tracer,
+        |_, out| {
+            seen.borrow_mut()
+                .extend(out.iter().map(|c| (c.local, c.remote, c.pid)))
+        },
+        || {
+            let seen = seen.borrow();
+            seen.contains(&want_child) && seen.contains(&want_us)
+        },
+    );
+    let seen = seen.into_inner();
     assert!(
         seen.contains(&want_child),
         "child claim missing; saw {seen:?}"
@@ -473,21 +498,20 @@ fn without_send_and_receive_tracepoints_connects_are_still_claimed() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
     let script = format!("exec 3<>/dev/tcp/127.0.0.1/{}; echo hi >&3", server.port());
-    let mut child = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("bash runs");
+    let mut child = bash(&script);
     let (_conn, peer) = listener.accept().unwrap();
     assert!(child.wait().unwrap().success());
     let want = (peer, server, child.id());
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !seen.contains(&want) {
-        let mut out = Vec::new();
-        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
-        seen.extend(out.iter().map(|c| (c.local, c.remote, c.pid)));
-    }
+    let seen = std::cell::RefCell::new(Vec::new());
+    poll_until(
+        &mut tracer,
+        |_, out| {
+            seen.borrow_mut()
+                .extend(out.iter().map(|c| (c.local, c.remote, c.pid)))
+        },
+        || seen.borrow().contains(&want),
+    );
+    let seen = seen.into_inner();
     assert!(seen.contains(&want), "connect claim missing; saw {seen:?}");
     // Without I/O events the accepting side is never claimed.
     assert!(
@@ -505,21 +529,17 @@ fn a_childs_udp_connect_is_reported_with_its_pid_and_fd() {
     let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
     let script = format!("exec 5<>/dev/udp/127.0.0.1/{port}; echo q >&5; sleep 0.2");
-    let mut child = Command::new("bash")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("bash runs");
+    let mut child = bash(&script);
     // bash connects on a fresh fd (3), then moves it to 5: any fd, but this pid.
     let pid = child.id();
     let ours = |seen: &[(u32, i32)]| seen.iter().any(|&(p, _)| p == pid);
-    let mut seen: Vec<(u32, i32)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !ours(&seen) {
-        let mut out = Vec::new();
-        tracer.poll(Duration::from_millis(20), &mut out).unwrap();
-        seen.extend_from_slice(tracer.connected());
-    }
+    let seen = std::cell::RefCell::new(Vec::<(u32, i32)>::new());
+    poll_until(
+        &mut tracer,
+        |tracer, _| seen.borrow_mut().extend_from_slice(tracer.connected()),
+        || ours(&seen.borrow()),
+    );
+    let seen = seen.into_inner();
     assert!(child.wait().unwrap().success());
     assert!(ours(&seen), "connect by {pid} missing; saw {seen:?}");
 }

@@ -113,6 +113,46 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
     Some(cpus)
 }
 
+/// Which thread is inside `connect()` on which fd, and which connects succeeded: for
+/// datagram sockets, which have no state changes to pair.
+struct Connects {
+    enter: SyscallLayout,
+    exit: SyscallLayout,
+    /// Threads inside `connect()`: tid → (pid, fd); emptied if it ever holds [`IN_CONNECT`].
+    inside: HashMap<u32, (u32, i32)>,
+    /// (pid, fd) of the sockets connected in the events the last read saw.
+    connected: Vec<(u32, i32)>,
+}
+
+impl Connects {
+    /// Takes a connect enter or exit record; false for any other record.
+    fn take(&mut self, raw: &[u8], tid: u32, pid: u32) -> bool {
+        let ty = record_type(raw);
+        if ty == Some(self.enter.id) {
+            if self.inside.len() >= IN_CONNECT {
+                self.inside.clear();
+            }
+            if let Some(fd) = self.enter.decode(raw).and_then(|f| i32::try_from(f).ok()) {
+                self.inside.insert(tid, (pid, fd));
+            }
+            return true;
+        }
+        if ty == Some(self.exit.id) {
+            if let (Some((pid, fd)), Some(0)) = (self.inside.remove(&tid), self.exit.decode(raw)) {
+                self.connected.push((pid, fd));
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Thread `tid`'s connect is a TCP one (its `SYN_SENT` comes inside the syscall): it is
+    /// claimed from its state changes, so its socket need not be read.
+    fn tcp(&mut self, tid: u32) {
+        self.inside.remove(&tid);
+    }
+}
+
 /// One CPU's ring and the counters that write into it.
 struct Ring {
     sampler: Sampler,
@@ -126,13 +166,8 @@ pub struct SockTracer {
     /// `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.4 and later); empty on
     /// older kernels, where only connects are claimed.
     io: Vec<SockIoLayout>,
-    /// `syscalls:sys_{enter,exit}_connect` (kernels with `CONFIG_FTRACE_SYSCALLS`): which
-    /// process connected which fd, for datagram sockets that have no state changes.
-    connects: Option<(SyscallLayout, SyscallLayout)>,
-    /// Threads inside `connect()`: tid → (pid, fd).
-    in_connect: HashMap<u32, (u32, i32)>,
-    /// (pid, fd) of the sockets connected in the events the last read saw.
-    connected: Vec<(u32, i32)>,
+    /// `syscalls:sys_{enter,exit}_connect` (kernels with `CONFIG_FTRACE_SYSCALLS`).
+    connects: Option<Connects>,
     /// Read, but not yet old enough to pair.
     waiting: Vec<SockEvent>,
     /// Processes seen acting on TCP sockets in the last read (deduplicated).
@@ -171,10 +206,12 @@ impl SockTracer {
             }
         }
         let connects = match (format(CONNECT_ENTER), format(CONNECT_EXIT)) {
-            (Ok(enter), Ok(exit)) => Some((
-                SyscallLayout::new(&enter, "fd")?,
-                SyscallLayout::new(&exit, "ret")?,
-            )),
+            (Ok(enter), Ok(exit)) => Some(Connects {
+                enter: SyscallLayout::new(&enter, "fd")?,
+                exit: SyscallLayout::new(&exit, "ret")?,
+                inside: HashMap::new(),
+                connected: Vec::new(),
+            }),
             (Err(e), _) | (_, Err(e)) if e.is_not_found() => None,
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
@@ -191,8 +228,6 @@ impl SockTracer {
             set_state,
             io,
             connects,
-            in_connect: HashMap::new(),
-            connected: Vec::new(),
             waiting: Vec::new(),
             actors: Vec::new(),
             pairing: Pairing::new(TRACKED),
@@ -206,7 +241,7 @@ impl SockTracer {
     ///
     /// [`poll`]: SockTracer::poll
     pub fn connected(&self) -> &[(u32, i32)] {
-        &self.connected
+        self.connects.as_ref().map_or(&[], |c| &c.connected)
     }
 
     /// True when sends and receives are traced (Linux 6.4 and later): accepted connections
@@ -276,7 +311,9 @@ impl SockTracer {
     fn read_rings(&mut self) {
         let first = self.waiting.len();
         self.actors.clear();
-        self.connected.clear();
+        if let Some(c) = &mut self.connects {
+            c.connected.clear();
+        }
         for ring in &mut self.rings {
             while let Some(record) = ring.sampler.next_record() {
                 match record.parse_record() {
@@ -286,39 +323,22 @@ impl SockTracer {
                         else {
                             continue;
                         };
-                        if let Some((enter, exit)) = &self.connects {
-                            let ty = record_type(raw);
-                            let tid = sample.tid().unwrap_or(pid);
-                            if ty == Some(enter.id) {
-                                if self.in_connect.len() >= IN_CONNECT {
-                                    self.in_connect.clear();
-                                }
-                                if let Some(fd) =
-                                    enter.decode(raw).and_then(|f| i32::try_from(f).ok())
-                                {
-                                    self.in_connect.insert(tid, (pid, fd));
-                                }
-                                continue;
-                            }
-                            if ty == Some(exit.id) {
-                                let entered = self.in_connect.remove(&tid);
-                                if let (Some((pid, fd)), Some(0)) = (entered, exit.decode(raw)) {
-                                    self.connected.push((pid, fd));
-                                }
+                        let tid = sample.tid().unwrap_or(pid);
+                        if let Some(c) = &mut self.connects {
+                            if c.take(raw, tid, pid) {
                                 continue;
                             }
                         }
-                        if let Some(e) = decode(&self.set_state, &self.io, time, pid, raw) {
-                            if let SockEvent::State { change, .. } = &e {
-                                if change.new == TCP_SYN_SENT {
-                                    // A TCP connect (its SYN_SENT comes inside the syscall, in
-                                    // the same thread): claimed from its state changes, so
-                                    // its socket need not be read.
-                                    self.in_connect.remove(&sample.tid().unwrap_or(pid));
-                                }
+                        let Some(e) = decode(&self.set_state, &self.io, time, pid, raw) else {
+                            continue;
+                        };
+                        if let (SockEvent::State { change, .. }, Some(c)) = (&e, &mut self.connects)
+                        {
+                            if change.new == TCP_SYN_SENT {
+                                c.tcp(tid);
                             }
-                            self.waiting.push(e);
                         }
+                        self.waiting.push(e);
                     }
                     Ok(Parsed::Lost(lost)) => {
                         // A lost CLOSE could let a reused socket address inherit an old
@@ -368,7 +388,7 @@ fn open_ring(
     cpu: usize,
     set_state: &SetStateLayout,
     io: &[SockIoLayout],
-    connects: Option<&(SyscallLayout, SyscallLayout)>,
+    connects: Option<&Connects>,
 ) -> Result<Ring> {
     let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark)?;
     let mut sampler = leader
@@ -378,10 +398,10 @@ fn open_ring(
     let connect = (set_state.id, CONNECT_FILTER, Wakeup::Each);
     let io = io.iter().map(|l| (l.id, IO_FILTER, Wakeup::Watermark));
     // The exit of a connect wakes the reader at once: the socket may close in microseconds.
-    let syscalls = connects.into_iter().flat_map(|(enter, exit)| {
+    let syscalls = connects.into_iter().flat_map(|c| {
         [
-            (enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
-            (exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
+            (c.enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
+            (c.exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
         ]
     });
     for (id, filter, wakeup) in std::iter::once(connect).chain(io).chain(syscalls) {
