@@ -171,11 +171,8 @@ impl TableBuilder {
         let closed_changed = self.remember_closed(now);
         let update = self.owners.update(&self.scratch, now)?;
         let addrs = local_addresses()?;
-        let same = !self.dirty
-            && !update.changed
-            && !closed_changed
-            && self.scratch == self.last_sockets
-            && addrs == self.last_addrs;
+        let live_changed = self.scratch != self.last_sockets || addrs != self.last_addrs;
+        let same = !self.dirty && !update.changed && !closed_changed && !live_changed;
         debug!(
             sockets = self.scratch.len(),
             source = self.sockets.kind(),
@@ -196,7 +193,7 @@ impl TableBuilder {
             return Ok(built(None));
         }
         self.dirty = false;
-        if self.last_sockets != self.scratch || addrs != self.last_addrs {
+        if live_changed {
             self.live = None;
         }
         self.last_addrs = addrs;
