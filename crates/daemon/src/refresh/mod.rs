@@ -123,10 +123,12 @@ pub struct TableBuilder {
     scratch: Vec<SocketEntry>,
     closed: HashMap<(IpProto, SocketAddr, SocketAddr), (ClosedSocket, Instant)>,
     departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
-    /// Unconnected sockets the process watcher learnt, by inode.
-    learned_bound: HashMap<u64, (SocketEntry, Instant)>,
+    /// Unconnected sockets (listeners, UDP, ping, raw) kept for [`CLOSE_GRACE`] by inode:
+    /// those the watcher or tracer learnt, and non-TCP ones that closed after a dump showed
+    /// them. Listed before the live sockets, so a live socket on the same address wins.
+    bound_kept: HashMap<u64, (SocketEntry, Instant)>,
     dirty: bool,
-    /// The indexed live sockets of the last table, while `last_sockets`, `learned_bound` and
+    /// The indexed live sockets of the last table, while `last_sockets`, `bound_kept` and
     /// `last_addrs` have not changed since.
     live: Option<Arc<LiveSockets>>,
     /// `closed` and `departed` as the last table had them, plus what was learnt since; `None`
@@ -152,7 +154,7 @@ impl TableBuilder {
             scratch: Vec::new(),
             closed: HashMap::new(),
             departed: HashMap::new(),
-            learned_bound: HashMap::new(),
+            bound_kept: HashMap::new(),
             dirty: true,
             live: None,
             recent: None,
@@ -202,8 +204,9 @@ impl TableBuilder {
 }
 
 impl TableBuilder {
-    /// Remembers the owners of connected sockets that disappeared (or lost their inode, as
-    /// in TIME_WAIT) since the last pass, and forgets those older than [`CLOSE_GRACE`].
+    /// Remembers the owners of sockets that disappeared (or lost their inode, as in
+    /// TIME_WAIT) since the last pass — connected ones by their addresses, unconnected
+    /// non-TCP ones in `bound_kept` — and forgets those older than [`CLOSE_GRACE`].
     /// Returns whether the set changed.
     fn remember_closed(&mut self, now: Instant) -> bool {
         let before = self.closed.len();
@@ -211,16 +214,16 @@ impl TableBuilder {
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
         self.departed
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
-        let learned = self.learned_bound.len();
-        self.learned_bound
+        let learned = self.bound_kept.len();
+        self.bound_kept
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
-        if self.learned_bound.len() != learned {
+        if self.bound_kept.len() != learned {
             self.live = None;
         }
         if self.closed.len() != before {
             self.recent = None;
         }
-        let mut changed = self.closed.len() != before || self.learned_bound.len() != learned;
+        let mut changed = self.closed.len() != before || self.bound_kept.len() != learned;
         if self.scratch == self.last_sockets {
             return changed;
         }
@@ -232,12 +235,27 @@ impl TableBuilder {
             .collect();
         let owners = self.owners.map();
         for s in &self.last_sockets {
-            if s.is_wildcard_remote() || s.inode == 0 || present.contains(&s.inode) {
+            if s.inode == 0 || present.contains(&s.inode) {
                 continue;
             }
             let Some(owner) = owners.holders.get(&s.inode).and_then(|h| choose_owner(h)) else {
                 continue;
             };
+            if let Some(info) = owners.processes.get(&owner) {
+                self.departed.insert(owner, (info.clone(), now));
+            }
+            self.recent = None;
+            changed = true;
+            if s.is_wildcard_remote() {
+                // An unconnected socket's last datagrams or echo replies may still sit in the
+                // capture buffer when its process exits. A closed TCP listener has no
+                // trailing traffic of its own (its connections are remembered above).
+                if s.proto != IpProto::Tcp {
+                    self.bound_kept.insert(s.inode, (*s, now));
+                    self.live = None;
+                }
+                continue;
+            }
             let closed = ClosedSocket {
                 proto: s.proto,
                 local: s.local,
@@ -247,11 +265,6 @@ impl TableBuilder {
             };
             self.closed
                 .insert((s.proto, s.local, s.remote), (closed, now));
-            if let Some(info) = owners.processes.get(&owner) {
-                self.departed.insert(owner, (info.clone(), now));
-            }
-            self.recent = None;
-            changed = true;
         }
         changed
     }
@@ -331,16 +344,19 @@ impl TableBuilder {
         )
     }
 
-    /// The live sockets plus learnt unconnected ones that the last dump did not show.
+    /// The kept unconnected sockets that the last dump did not show, then the live sockets
+    /// (later entries win an address in [`LiveSockets`], so a port reused by a live socket
+    /// is never credited to a kept one).
     fn table_sockets(&self) -> Vec<SocketEntry> {
-        let mut sockets = self.last_sockets.clone();
-        let live: HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
-        sockets.extend(
-            self.learned_bound
-                .values()
-                .map(|(s, _)| *s)
-                .filter(|s| !live.contains(&s.inode)),
-        );
+        let live: HashSet<u64> = self.last_sockets.iter().map(|s| s.inode).collect();
+        let mut kept: Vec<&(SocketEntry, Instant)> = self
+            .bound_kept
+            .values()
+            .filter(|(s, _)| !live.contains(&s.inode))
+            .collect();
+        kept.sort_by_key(|(_, at)| *at); // of two on one address, the newer wins
+        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|(s, _)| *s).collect();
+        sockets.extend_from_slice(&self.last_sockets);
         sockets
     }
 
@@ -358,7 +374,7 @@ impl TableBuilder {
             if s.is_wildcard_remote() {
                 // Listeners, unconnected UDP, ping and raw sockets are matched by their bound
                 // address: keep them in the socket list itself for the grace period.
-                self.learned_bound.insert(s.inode, (s, now));
+                self.bound_kept.insert(s.inode, (s, now));
                 self.live = None;
                 continue;
             }
@@ -567,5 +583,107 @@ impl Refresher {
             Ok(start) => start == key.start_time,
             Err(e) => !e.is_not_found(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The builder against this process's real sockets (netlink or /proc, and its own fds).
+
+    use std::net::{TcpListener, UdpSocket};
+
+    use pidcap_core::MatchKind;
+
+    use super::*;
+
+    struct Builder {
+        builder: TableBuilder,
+        netns: NetNsId,
+        generation: u64,
+        start: Instant,
+    }
+
+    impl Builder {
+        fn new() -> Builder {
+            let proc = ProcRoot::default();
+            Builder {
+                netns: proc.self_netns().expect("own network namespace"),
+                builder: TableBuilder::new(proc, FULL_SCAN_EVERY),
+                generation: 0,
+                start: Instant::now(),
+            }
+        }
+
+        /// A fresh table as of `secs` after the start (forced, so an unchanged pass still
+        /// yields one to look at).
+        fn table_at(&mut self, secs: u64) -> SocketTable {
+            self.generation += 1;
+            let now = self.start + Duration::from_secs(secs);
+            let built = self
+                .builder
+                .build(self.netns, self.generation, now)
+                .expect("socket table");
+            built
+                .table
+                .unwrap_or_else(|| self.builder.current(self.netns, self.generation))
+        }
+    }
+
+    fn udp_owner(table: &SocketTable, local: SocketAddr) -> Option<(u64, u32)> {
+        let peer: SocketAddr = "127.0.0.9:53".parse().unwrap();
+        table.lookup(IpProto::Udp, local, peer).map(|m| {
+            assert_eq!(m.kind, MatchKind::Wildcard, "{m:?}");
+            (m.inode, m.owner.expect("an owner").pid)
+        })
+    }
+
+    fn inode_of(socket: &UdpSocket) -> u64 {
+        use std::os::fd::AsRawFd;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).unwrap();
+        let link = link.to_string_lossy();
+        link.trim_start_matches("socket:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap_or_else(|_| panic!("not a socket link: {link}"))
+    }
+
+    #[test]
+    fn a_closed_unconnected_socket_keeps_its_owner_until_its_port_is_reused_or_grace_ends() {
+        let me = std::process::id();
+        let mut b = Builder::new();
+        let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (addr, first_inode) = (first.local_addr().unwrap(), inode_of(&first));
+        assert_eq!(udp_owner(&b.table_at(0), addr), Some((first_inode, me)));
+
+        // Closed: its datagrams still in the capture buffer keep their owner.
+        drop(first);
+        assert_eq!(udp_owner(&b.table_at(1), addr), Some((first_inode, me)));
+
+        // The port taken again: the live socket wins.
+        let second = UdpSocket::bind(addr).unwrap();
+        let second_inode = inode_of(&second);
+        assert_ne!(second_inode, first_inode);
+        assert_eq!(udp_owner(&b.table_at(2), addr), Some((second_inode, me)));
+
+        // Both closed: the newer is kept; after the grace period, neither.
+        drop(second);
+        assert_eq!(udp_owner(&b.table_at(3), addr), Some((second_inode, me)));
+        let after = 3 + CLOSE_GRACE.as_secs();
+        assert_eq!(udp_owner(&b.table_at(after), addr), None);
+    }
+
+    #[test]
+    fn a_closed_tcp_listener_is_not_kept() {
+        let mut b = Builder::new();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer: SocketAddr = "127.0.0.9:40000".parse().unwrap();
+        let table = b.table_at(0);
+        let found = table
+            .lookup(IpProto::Tcp, addr, peer)
+            .expect("the listener");
+        assert_eq!(found.owner.map(|k| k.pid), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(b.table_at(1).lookup(IpProto::Tcp, addr, peer), None);
     }
 }
