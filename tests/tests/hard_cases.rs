@@ -4,9 +4,9 @@
 //! captures and the endpoints the processes themselves report.
 //!
 //! What every scenario must guarantee here: conservation exactly, and at most 0.1 % of the
-//! bytes credited to a wrong process. Unconnected UDP and connection churn must also meet the
-//! 99 % target (churn is the socket tracer's case: millisecond connections of processes too
-//! old for the watcher). Short-lived processes must be fully credited in at least 80 % of
+//! bytes credited to a wrong process. Unconnected UDP, ping and connection churn must also
+//! meet the 99 % target (churn is the socket tracer's case: millisecond connections of
+//! processes too old for the watcher). Short-lived processes must be fully credited in at least 80 % of
 //! cases: with 30 processes one miss is already 3 % of the bytes, and a process that exits
 //! within a few milliseconds of its exec, before anyone read who it was, is lost (see
 //! ACCURACY.md); the full-size suite measures the share.
@@ -101,15 +101,16 @@ fn unconnected_and_dual_stack_udp_is_credited_to_its_sockets() {
 
 /// ICMP echo to 127.0.0.1 and ICMPv6 echo to ::1 from ping sockets of short-lived pingers:
 /// requests are the pinger's tx, replies its rx (the kernel's side of the exchange belongs
-/// to no process and must stay in `unknown`).
+/// to no process and must stay in `unknown`). A pinger exits right after its last reply,
+/// often before the daemon has read those packets: its closed socket must keep its owner.
 #[test]
 fn icmp_echo_from_ping_sockets_is_credited_to_the_pinger() {
     require_root();
     let outcome = scenarios::ping(Size::Quick);
     assert_sound(&outcome);
     assert!(
-        outcome.right > 0,
-        "no echo credited to its pinger: {}",
+        outcome.meets_targets(),
+        "targets missed: {}",
         outcome.summary()
     );
 }
