@@ -75,16 +75,23 @@ pub struct LiveSockets {
 /// Connected sockets that closed recently (or that a process was seen using), with their
 /// last holder, and the facts of those holders. Plain data and `Arc`ed facts: cloning it is a
 /// copy, so a refresher can keep one and add to it between tables (`Arc::make_mut`).
+///
+/// An entry whose local address is unspecified (`0.0.0.0:p`, `[::]:p`: a connect seen
+/// through its route lookup before the kernel chose a source address) stands for port `p`
+/// on every address of this host, with that remote.
 #[derive(Debug, Default, Clone)]
 pub struct RecentSockets {
     closed: FastMap<ExactKey, (u64, ProcessKey)>,
     departed: HashMap<ProcessKey, Arc<ProcessInfo>>,
+    /// Whether some entry has an unspecified local address (else no second lookup is made).
+    any_local: bool,
 }
 
 impl RecentSockets {
     /// Adds (or replaces: the latest holder wins) a recently closed socket.
     pub fn insert(&mut self, c: ClosedSocket) {
         let key = (c.proto, canonical(c.local), canonical(c.remote));
+        self.any_local |= key.1.ip().is_unspecified();
         self.closed.insert(key, (c.inode, c.owner));
     }
 
@@ -287,7 +294,8 @@ impl SocketTable {
 
     /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
     /// documented lookup order: exact connected socket held by a process; then a recently
-    /// closed connected socket with those addresses (its last holder); then a socket bound to
+    /// closed connected socket with those addresses (its last holder; one recorded with an
+    /// unspecified local address matches any of this host's, see [`RecentSockets`]); then a socket bound to
     /// the local address and port with no peer (for protocols without ports, and ICMP echo
     /// not sent from a ping socket: a raw socket of that protocol, keyed with port 0); then
     /// one bound to the wildcard address of the family (for IPv4, also `::` of a dual-stack
@@ -344,7 +352,18 @@ impl SocketTable {
     }
 
     fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {
-        let &(inode, owner) = self.recent.closed.get(key)?;
+        let &(inode, owner) = self.recent.closed.get(key).or_else(|| {
+            let (proto, local, remote) = *key;
+            if !self.recent.any_local || local.ip().is_unspecified() || !self.is_local(local.ip()) {
+                return None;
+            }
+            let any = match local {
+                SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+            let any = SocketAddr::new(any, local.port());
+            self.recent.closed.get(&(proto, any, remote))
+        })?;
         Some(SocketMatch {
             inode,
             kind: MatchKind::Recent,

@@ -513,6 +513,35 @@ fn an_open_connection_whose_holder_is_not_found_yet_is_exact_for_the_process_see
     );
 }
 
+/// An IPv6 UDP connect seen through its route lookup, before the kernel chose the source
+/// address: `[::]:45100` stands for port 45100 on every local address, with that remote only.
+#[test]
+fn a_claim_without_a_chosen_source_address_matches_that_port_on_local_addresses_only() {
+    let user = key(700, 70);
+    let seen = ClosedSocket {
+        proto: IpProto::Udp,
+        local: addr("[::]:45100"),
+        remote: addr("[::1]:53"),
+        inode: 0,
+        owner: user,
+    };
+    let t = table_with_closed(vec![], &[], vec![seen]);
+    let query = attribute(&t, &flow(IpProto::Udp, "[::1]:45100", "[::1]:53"), true);
+    assert_eq!(credited(query.tx), Some((700, MatchKind::Recent)));
+    let answer = attribute(&t, &flow(IpProto::Udp, "[::1]:53", "[::1]:45100"), true);
+    assert_eq!(credited(answer.rx), Some((700, MatchKind::Recent)));
+    // Not another port, another remote, another family, nor an address not this host's.
+    for (src, dst) in [
+        ("[::1]:45101", "[::1]:53"),
+        ("[::1]:45100", "[::1]:54"),
+        ("127.0.0.1:45100", "127.0.0.1:53"),
+        ("[2001:db8::9]:45100", "[::1]:53"),
+    ] {
+        let v = attribute(&t, &flow(IpProto::Udp, src, dst), true);
+        assert_eq!(credited(v.tx), None, "{src} -> {dst}");
+    }
+}
+
 #[test]
 fn tables_share_parts_but_a_published_table_never_changes() {
     let live = Arc::new(pidcap_core::LiveSockets::build(Vec::new(), Vec::new()));
