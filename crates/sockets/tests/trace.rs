@@ -1,7 +1,9 @@
 //! Socket tracepoints: the tracefs format parser against the kernel's own `format` files
 //! (fixtures copied from Linux 6.18), the decoder against records laid out by those formats,
-//! the pairing rules as event sequences and properties, and the live reader (CI runs as root):
-//! a real child process's connection must be claimed by the child, the accepting side by us.
+//! the pairing rules (connections, and connects with their route lookups) as event sequences
+//! and properties, and the live reader (CI runs as root): a real child process's connection
+//! must be claimed by the child, the accepting side by us, and our own UDP connects reported
+//! with their addresses exactly while route lookups are traced.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -9,8 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pidcap_sockets::trace::{
-    find_tracefs, parse_cpu_list, Pairing, SetState, SetStateLayout, SockEvent, SockIoLayout,
-    SockTracer, SocketClaim, SyscallLayout, TraceFormat,
+    find_tracefs, parse_cpu_list, Connected, Connects, Pairing, RouteLayout, RouteLookup,
+    RouteScope, SetState, SetStateLayout, SockEvent, SockIoLayout, SockTracer, SocketClaim,
+    SyscallLayout, TraceFormat, MAX_ROUTE_THREADS,
 };
 use proptest::prelude::*;
 
@@ -30,14 +33,20 @@ fn put(raw: &mut [u8], format: &TraceFormat, name: &str, bytes: &[u8]) {
     raw[f.offset..f.offset + f.size].copy_from_slice(bytes);
 }
 
-fn record(format: &TraceFormat, family: u16, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
-    let mut raw = vec![0u8; 72];
+/// `len` zero bytes carrying `format`'s tracepoint id.
+fn blank(format: &TraceFormat, len: usize) -> Vec<u8> {
+    let mut raw = vec![0u8; len];
     put(
         &mut raw,
         format,
         "common_type",
         &(format.id as u16).to_ne_bytes(),
     );
+    raw
+}
+
+fn record(format: &TraceFormat, family: u16, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
+    let mut raw = blank(format, 72);
     put(
         &mut raw,
         format,
@@ -392,6 +401,12 @@ proptest! {
     ) {
         let (_, l) = set_state_layout();
         let _ = l.decode(&raw);
+        for text in [
+            include_str!("fixtures/trace/fib_table_lookup.format"),
+            include_str!("fixtures/trace/fib6_table_lookup.format"),
+        ] {
+            let _ = route_layout(text).1.decode(&raw);
+        }
         let _ = pidcap_sockets::trace::format::record_type(&raw);
         let _ = TraceFormat::parse("arbitrary", &text);
         let _ = TraceFormat::parse("arbitrary", &format!("name: x\nID: 1\n\tfield:{text}"));
@@ -399,6 +414,12 @@ proptest! {
 }
 
 // --- live --------------------------------------------------------------------------------
+
+/// The tracer on this machine's tracefs (CI runs as root: it must open).
+fn live_tracer() -> SockTracer {
+    let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
+    SockTracer::open(&tracefs).expect("perf tracepoints open as root")
+}
 
 /// `bash -c script`, stdin closed.
 fn bash(script: &str) -> std::process::Child {
@@ -425,8 +446,7 @@ fn poll_until(
 
 #[test]
 fn a_child_processs_connection_is_claimed_by_the_child_and_the_accept_side_by_us() {
-    let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
-    let mut tracer = SockTracer::open(&tracefs).expect("perf tracepoints open as root");
+    let mut tracer = live_tracer();
     assert!(
         tracer.traces_io(),
         "Linux 6.4+ has sock_send_length/sock_recv_length"
@@ -524,16 +544,15 @@ fn without_send_and_receive_tracepoints_connects_are_still_claimed() {
 /// the daemon can read the socket while it is open.
 #[test]
 fn a_childs_udp_connect_is_reported_with_its_pid_and_fd() {
-    let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
-    let mut tracer = SockTracer::open(&tracefs).expect("perf tracepoints open as root");
+    let mut tracer = live_tracer();
     let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
     let script = format!("exec 5<>/dev/udp/127.0.0.1/{port}; echo q >&5; sleep 0.2");
     let mut child = bash(&script);
     // bash connects on a fresh fd (3), then moves it to 5: any fd, but this pid.
     let pid = child.id();
-    let ours = |seen: &[(u32, i32)]| seen.iter().any(|&(p, _)| p == pid);
-    let seen = std::cell::RefCell::new(Vec::<(u32, i32)>::new());
+    let ours = |seen: &[Connected]| seen.iter().any(|c| c.pid == pid);
+    let seen = std::cell::RefCell::new(Vec::<Connected>::new());
     poll_until(
         &mut tracer,
         |tracer, _| seen.borrow_mut().extend_from_slice(tracer.connected()),
@@ -542,4 +561,268 @@ fn a_childs_udp_connect_is_reported_with_its_pid_and_fd() {
     let seen = seen.into_inner();
     assert!(child.wait().unwrap().success());
     assert!(ours(&seen), "connect by {pid} missing; saw {seen:?}");
+}
+
+// ---- route lookups inside connect() ----
+
+fn route_layout(text: &str) -> (TraceFormat, RouteLayout) {
+    let f = TraceFormat::parse("fixture", text).unwrap();
+    let l = RouteLayout::new(&f).unwrap();
+    (f, l)
+}
+
+/// A route-lookup record laid out by `format`: `src`/`dst` are 4 or 16 bytes as it says.
+fn route_record(
+    format: &TraceFormat,
+    proto: u8,
+    src: &[u8],
+    sport: u16,
+    dst: &[u8],
+    dport: u16,
+) -> Vec<u8> {
+    let mut raw = blank(format, 128);
+    put(&mut raw, format, "proto", &[proto]);
+    put(&mut raw, format, "src", src);
+    put(&mut raw, format, "dst", dst);
+    put(&mut raw, format, "sport", &sport.to_ne_bytes());
+    put(&mut raw, format, "dport", &dport.to_ne_bytes());
+    raw
+}
+
+#[test]
+fn route_lookup_records_decode_to_the_flow_for_both_families() {
+    let (f4, l4) = route_layout(include_str!("fixtures/trace/fib_table_lookup.format"));
+    let raw = route_record(&f4, 17, &[127, 0, 0, 1], 49647, &[127, 0, 0, 53], 53);
+    let r = l4.decode(&raw).unwrap();
+    assert_eq!(
+        (r.proto, r.local, r.remote),
+        (17, sa("127.0.0.1:49647"), sa("127.0.0.53:53"))
+    );
+    assert_eq!(
+        l4.decode(&raw[..40]),
+        None,
+        "a short record decodes to None"
+    );
+
+    let (f6, l6) = route_layout(include_str!("fixtures/trace/fib6_table_lookup.format"));
+    let mapped = Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
+    let raw = route_record(&f6, 136, &[0; 16], 36741, &mapped, 5302);
+    let r = l6.decode(&raw).unwrap();
+    assert_eq!(
+        (r.proto, r.local, r.remote),
+        (136, sa("[::]:36741"), sa("10.0.0.2:5302")),
+        "IPv4-mapped addresses come out as IPv4"
+    );
+    assert_ne!(l4.id, l6.id);
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn lookup(proto: u8, local: &str, remote: &str) -> RouteLookup {
+    RouteLookup {
+        proto,
+        local: sa(local),
+        remote: sa(remote),
+    }
+}
+
+#[test]
+fn a_connects_route_lookup_gives_its_addresses_preferring_a_chosen_source() {
+    let mut c = Connects::new(16);
+    // IPv4 looks up twice: without, then with the source address.
+    c.enter(10, 1, 5);
+    c.route(10, lookup(17, "0.0.0.0:40000", "127.0.0.1:53"));
+    c.route(10, lookup(17, "127.0.0.1:40000", "127.0.0.1:53"));
+    c.route(10, lookup(17, "0.0.0.0:40000", "127.0.0.1:53")); // never replaces a chosen one
+    c.exit(10, 0);
+    // IPv6: one lookup, source not chosen yet.
+    c.enter(11, 1, 6);
+    c.route(11, lookup(17, "[::]:40001", "[::1]:53"));
+    c.exit(11, 0);
+    assert_eq!(
+        c.connected(),
+        &[
+            Connected {
+                pid: 1,
+                tid: 10,
+                fd: 5,
+                route: Some(lookup(17, "127.0.0.1:40000", "127.0.0.1:53")),
+            },
+            Connected {
+                pid: 1,
+                tid: 11,
+                fd: 6,
+                route: Some(lookup(17, "[::]:40001", "[::1]:53")),
+            },
+        ]
+    );
+}
+
+#[test]
+fn route_lookups_outside_a_connect_or_not_of_a_bound_datagram_socket_are_ignored() {
+    let mut c = Connects::new(16);
+    c.route(20, lookup(17, "127.0.0.1:40000", "127.0.0.1:53")); // an unconnected send
+    c.enter(21, 2, 3);
+    c.route(20, lookup(17, "127.0.0.1:40002", "127.0.0.1:53")); // another thread's
+    c.route(21, lookup(6, "127.0.0.1:40003", "127.0.0.1:80")); // TCP
+    c.route(21, lookup(17, "127.0.0.1:0", "127.0.0.1:53")); // no port yet
+    c.exit(21, 0);
+    c.enter(22, 2, 4);
+    c.route(22, lookup(17, "127.0.0.1:40004", "127.0.0.1:53"));
+    c.exit(22, -111); // refused: not connected
+    c.enter(23, 2, 7);
+    c.route(23, lookup(17, "127.0.0.1:40005", "127.0.0.1:53"));
+    c.tcp(23); // a TCP connect after all
+    c.exit(23, 0);
+    assert_eq!(
+        c.connected(),
+        &[Connected {
+            pid: 2,
+            tid: 21,
+            fd: 3,
+            route: None
+        }]
+    );
+    c.clear();
+    assert!(c.connected().is_empty());
+}
+
+/// This test's own UDP connects, unbound (IPv4: the kernel chooses the source inside
+/// `connect()`; IPv6: it has not yet at the lookup), are reported with their addresses while
+/// route lookups are traced for every thread or for this one, and not while they are traced
+/// for another thread only, nor when off.
+#[test]
+fn with_route_tracing_a_udp_connect_is_reported_with_its_addresses() {
+    let mut tracer = live_tracer();
+    assert!(
+        tracer.can_trace_routes(),
+        "Linux has fib and fib6 tracepoints"
+    );
+    assert_eq!(
+        tracer.route_scope(),
+        &RouteScope::Off,
+        "off unless asked for"
+    );
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    let (to4, to6) = (server.local_addr().unwrap(), server6.local_addr().unwrap());
+    let me = std::process::id();
+    // SAFETY: gettid has no preconditions.
+    let this_thread = unsafe { libc::gettid() } as u32;
+    let connect = |bind: &str, to: SocketAddr| {
+        let s = std::net::UdpSocket::bind(bind).unwrap();
+        s.connect(to).unwrap();
+        let local = s.local_addr().unwrap();
+        (s, local)
+    };
+    let reported = |tracer: &mut SockTracer, want: usize| {
+        let seen = std::cell::RefCell::new(Vec::<Connected>::new());
+        poll_until(
+            tracer,
+            |t, _| {
+                seen.borrow_mut()
+                    .extend(t.connected().iter().filter(|c| c.pid == me))
+            },
+            || seen.borrow().len() >= want,
+        );
+        seen.into_inner()
+    };
+    let unrouted = |tracer: &mut SockTracer, what: &str| {
+        let (_s, _) = connect("0.0.0.0:0", to4);
+        let seen = reported(tracer, 1);
+        assert!(!seen.is_empty(), "{what}: our connect is reported");
+        assert!(seen.iter().all(|c| c.route.is_none()), "{what}: {seen:?}");
+        assert!(seen.iter().all(|c| c.tid == this_thread), "{seen:?}");
+    };
+    let routed = |tracer: &mut SockTracer, what: &str| {
+        let (_v4, local4) = connect("0.0.0.0:0", to4);
+        let (_v6, local6) = connect("[::]:0", to6);
+        let seen = reported(tracer, 2);
+        let got: Vec<RouteLookup> = seen.iter().filter_map(|c| c.route).collect();
+        let v4 = lookup(17, &local4.to_string(), &to4.to_string());
+        assert!(got.contains(&v4), "{what}: IPv4 {local4} missing: {seen:?}");
+        let v6 = lookup(17, &format!("[::]:{}", local6.port()), &to6.to_string());
+        assert!(got.contains(&v6), "{what}: IPv6 {local6} missing: {seen:?}");
+    };
+
+    let idle = IdleThreads::spawn(tracer.max_route_threads());
+    let other_thread = idle.tids[0];
+
+    unrouted(&mut tracer, "off");
+    tracer.trace_routes(&RouteScope::All).unwrap();
+    routed(&mut tracer, "all threads");
+    tracer
+        .trace_routes(&RouteScope::Threads(vec![this_thread]))
+        .unwrap();
+    routed(&mut tracer, "this thread");
+    tracer
+        .trace_routes(&RouteScope::Threads(vec![other_thread]))
+        .unwrap();
+    unrouted(&mut tracer, "another thread");
+    tracer
+        .trace_routes(&RouteScope::Threads(vec![other_thread, u32::MAX >> 2]))
+        .expect("a thread that does not exist is skipped");
+    tracer.trace_routes(&RouteScope::Off).unwrap();
+    unrouted(&mut tracer, "off again");
+
+    // The fd budget: as many threads as allowed (each a counter per CPU and tracepoint),
+    // added one by one as the daemon does; one more is refused.
+    let max = tracer.max_route_threads();
+    assert!((1..=MAX_ROUTE_THREADS).contains(&max), "{max}");
+    let mut tids = vec![this_thread];
+    tids.extend(&idle.tids[..max - 1]);
+    for n in 1..=max {
+        let scope = RouteScope::Threads(tids[..n].to_vec());
+        tracer
+            .trace_routes(&scope)
+            .expect("up to the most threads allowed");
+    }
+    routed(&mut tracer, "the most threads");
+    let mut too_many = tids.clone();
+    too_many.push(idle.tids[max - 1]);
+    assert!(tracer.trace_routes(&RouteScope::Threads(too_many)).is_err());
+    routed(&mut tracer, "a refused scope leaves the last one");
+}
+
+/// Threads of this process that wait (at most 30 s) until dropped.
+struct IdleThreads {
+    tids: Vec<u32>,
+    end: Option<std::sync::mpsc::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl IdleThreads {
+    fn spawn(n: usize) -> IdleThreads {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let end_rx = std::sync::Arc::new(std::sync::Mutex::new(end_rx));
+        let threads = (0..n)
+            .map(|_| {
+                let (tid_tx, end_rx) = (tid_tx.clone(), end_rx.clone());
+                std::thread::spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                    // Every thread ends when the sender is dropped.
+                    let _ = end_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                })
+            })
+            .collect();
+        let tids = (0..n).map(|_| tid_rx.recv().unwrap()).collect();
+        IdleThreads {
+            tids,
+            end: Some(end_tx),
+            threads,
+        }
+    }
+}
+
+impl Drop for IdleThreads {
+    fn drop(&mut self) {
+        self.end.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }

@@ -3,9 +3,10 @@
 //! A tracepoint's raw record is a C struct whose layout the kernel publishes in
 //! `events/<system>/<name>/format` (`field:__u16 sport; offset:24; size:2; signed:0;`). Offsets
 //! change between kernel versions, so they are never hard-coded: [`TraceFormat::parse`] reads
-//! them, and [`SetStateLayout`] / [`SockIoLayout`] check, once, that every field the decoder
-//! needs is present with the size it expects. Decoding a record then only indexes bytes; a
-//! record too short for the layout decodes to `None`, never panics.
+//! them, and each layout ([`SetStateLayout`], [`SockIoLayout`], [`SyscallLayout`],
+//! [`RouteLayout`]) checks, once, that every field its decoder needs is present with the size
+//! it expects. Decoding a record then only indexes bytes; a record too short for the layout
+//! decodes to `None`, never panics.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -252,4 +253,67 @@ impl SyscallLayout {
 fn trace_id(format: &TraceFormat) -> Result<u16> {
     u16::try_from(format.id)
         .map_err(|_| Error::parse(&format.name, 0, format!("ID {} over 16 bits", format.id)))
+}
+
+/// A route lookup (`fib:fib_table_lookup`, `fib6:fib6_table_lookup`) as the kernel records
+/// it: the flow it routes. Inside a `connect()` that is the socket's own view of its
+/// connection — `local` is its bound port, with the source address the kernel chose, or
+/// the unspecified address when it has not chosen one yet (IPv6 connects, unbound sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLookup {
+    /// IANA protocol number of the flow (17 for UDP, 136 for UDP-Lite).
+    pub proto: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Field offsets of `fib:fib_table_lookup` (4-byte addresses) or `fib6:fib6_table_lookup`
+/// (16-byte addresses): the family follows from the size of `src`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLayout {
+    pub id: u16,
+    v6: bool,
+    proto: usize,
+    src: usize,
+    dst: usize,
+    sport: usize,
+    dport: usize,
+}
+
+impl RouteLayout {
+    pub fn new(format: &TraceFormat) -> Result<RouteLayout> {
+        let f = format;
+        let v6 = f.fields.iter().any(|x| x.name == "src" && x.size == 16);
+        let len = if v6 { 16 } else { 4 };
+        Ok(RouteLayout {
+            id: trace_id(f)?,
+            v6,
+            proto: f.offset_of("proto", 1)?,
+            src: f.offset_of("src", len)?,
+            dst: f.offset_of("dst", len)?,
+            sport: f.offset_of("sport", 2)?,
+            dport: f.offset_of("dport", 2)?,
+        })
+    }
+
+    /// Decodes a raw record; `None` if it is too short.
+    pub fn decode(&self, raw: &[u8]) -> Option<RouteLookup> {
+        let u16_at = |at| bytes::<2>(raw, at).map(u16::from_ne_bytes);
+        let (src, dst): (IpAddr, IpAddr) = if self.v6 {
+            (
+                Ipv6Addr::from(bytes::<16>(raw, self.src)?).to_canonical(),
+                Ipv6Addr::from(bytes::<16>(raw, self.dst)?).to_canonical(),
+            )
+        } else {
+            (
+                Ipv4Addr::from(bytes::<4>(raw, self.src)?).into(),
+                Ipv4Addr::from(bytes::<4>(raw, self.dst)?).into(),
+            )
+        };
+        Some(RouteLookup {
+            proto: bytes::<1>(raw, self.proto)?[0],
+            local: SocketAddr::new(src, u16_at(self.sport)?),
+            remote: SocketAddr::new(dst, u16_at(self.dport)?),
+        })
+    }
 }

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::format::SetState;
+use super::format::{RouteLookup, SetState};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 pub const TCP_ESTABLISHED: i32 = 1;
@@ -190,4 +190,114 @@ fn bounded_insert<V>(
         map.retain(|_, v| since(v) > median);
     }
     map.insert(key, value);
+}
+
+/// A `connect()` that returned 0: the process, the fd it connected, and the flow the route
+/// lookup inside the call gave (UDP and UDP-Lite only; `None` when route lookups were not
+/// traced, or none usable was seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected {
+    pub pid: u32,
+    /// The thread that called `connect()` (what route tracing is scoped to).
+    pub tid: u32,
+    pub fd: i32,
+    pub route: Option<RouteLookup>,
+}
+
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDPLITE: u8 = 136;
+
+#[derive(Debug, Clone, Copy)]
+struct Inside {
+    pid: u32,
+    fd: i32,
+    route: Option<RouteLookup>,
+}
+
+/// Which thread is inside `connect()` on which fd, and which connects succeeded, from the
+/// `syscalls:sys_{enter,exit}_connect` events and the route lookups in between: for
+/// datagram sockets, which have no state changes to pair. Pure, like [`Pairing`].
+///
+/// Invariants: a route lookup counts only while its thread is inside `connect()` (the
+/// kernel records it in process context: softirq lookups are filtered out in the kernel), so
+/// it is the connecting socket's own flow; the one with a chosen source address wins over
+/// one without (IPv4 looks up twice, first without). Memory is bounded: at most `capacity`
+/// threads are tracked (all are forgotten when that is reached: a connect missed that way is
+/// simply not reported).
+#[derive(Debug)]
+pub struct Connects {
+    inside: HashMap<u32, Inside>,
+    connected: Vec<Connected>,
+    capacity: usize,
+}
+
+impl Connects {
+    pub fn new(capacity: usize) -> Connects {
+        Connects {
+            inside: HashMap::new(),
+            connected: Vec::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Thread `tid` of process `pid` entered `connect(fd, …)`.
+    pub fn enter(&mut self, tid: u32, pid: u32, fd: i32) {
+        if self.inside.len() >= self.capacity {
+            self.inside.clear();
+        }
+        self.inside.insert(
+            tid,
+            Inside {
+                pid,
+                fd,
+                route: None,
+            },
+        );
+    }
+
+    /// Thread `tid` looked up a route; kept if it is inside `connect()` of a UDP or
+    /// UDP-Lite socket with a bound port.
+    pub fn route(&mut self, tid: u32, lookup: RouteLookup) {
+        let Some(inside) = self.inside.get_mut(&tid) else {
+            return;
+        };
+        let datagram = matches!(lookup.proto, IPPROTO_UDP | IPPROTO_UDPLITE);
+        if !datagram || lookup.local.port() == 0 || lookup.remote.ip().is_unspecified() {
+            return;
+        }
+        let chosen = |r: &RouteLookup| !r.local.ip().is_unspecified();
+        if inside
+            .route
+            .is_none_or(|old| chosen(&lookup) || !chosen(&old))
+        {
+            inside.route = Some(lookup);
+        }
+    }
+
+    /// Thread `tid` left `connect()` with `ret`; a success is reported by [`Connects::connected`].
+    pub fn exit(&mut self, tid: u32, ret: i64) {
+        if let (Some(inside), 0) = (self.inside.remove(&tid), ret) {
+            self.connected.push(Connected {
+                pid: inside.pid,
+                tid,
+                fd: inside.fd,
+                route: inside.route,
+            });
+        }
+    }
+
+    /// Thread `tid`'s connect is a TCP one (its `SYN_SENT` comes inside the syscall): it is
+    /// claimed from its state changes, so it is not reported.
+    pub fn tcp(&mut self, tid: u32) {
+        self.inside.remove(&tid);
+    }
+
+    /// The connects that succeeded since the last [`Connects::clear`].
+    pub fn connected(&self) -> &[Connected] {
+        &self.connected
+    }
+
+    pub fn clear(&mut self) {
+        self.connected.clear();
+    }
 }

@@ -2,15 +2,20 @@
 //!
 //! Three tracepoints, each filtered in the kernel to TCP: `sock:inet_sock_set_state` (only the
 //! changes to `ESTABLISHED`, `SYN_SENT` and `CLOSE`), `sock:sock_send_length` and
-//! `sock:sock_recv_length`. On each CPU they write into one ring (`SET_OUTPUT`), so a CPU's
-//! events arrive in order. Only a connect (`SYN_SENT`) wakes the reader at once; the rest
-//! wait for the ring to fill a quarter or for the reader's poll timeout; across CPUs they are merged by their `CLOCK_MONOTONIC` time.
+//! `sock:sock_recv_length`; and `connect()` itself (`syscalls:sys_{enter,exit}_connect`), with
+//! the route lookups inside it (`fib:fib_table_lookup`, `fib6:fib6_table_lookup`; off unless
+//! asked for, see [`SockTracer::trace_routes`]). On each CPU they write into one ring
+//! (`SET_OUTPUT`), so a CPU's events arrive in order. Only a connect (`SYN_SENT`, or the
+//! return of `connect()`) wakes the reader at once; the rest wait for the ring to fill a
+//! quarter or for the reader's poll timeout; across CPUs they are merged by their
+//! `CLOCK_MONOTONIC` time.
 //! An event is handed to [`Pairing`] only once it is older than [`REORDER`] at the moment the
 //! rings were read, so an event another CPU recorded earlier, but had not yet written, is not
 //! overtaken. No BPF, no kprobes: tracepoints and perf are in every distribution kernel
 //! (`CONFIG_PERF_EVENTS`, `CONFIG_TRACEPOINTS`); reading them needs `CAP_PERFMON` (or
 //! `CAP_SYS_ADMIN`) and tracefs.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,10 +25,10 @@ use perf_event::events::Tracepoint;
 use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
 use tracing::debug;
 
-use std::collections::HashMap;
-
-use super::format::{record_type, SetStateLayout, SockIoLayout, SyscallLayout, TraceFormat};
-use super::pairing::{Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
+use super::format::{
+    record_type, RouteLayout, SetStateLayout, SockIoLayout, SyscallLayout, TraceFormat,
+};
+use super::pairing::{Connected, Connects, Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
 use crate::error::{Error, Result};
 
 /// How much older than the read an event must be to be paired.
@@ -47,6 +52,31 @@ const CONNECT_ENTER_FILTER: &str = "addrlen == 16 || addrlen == 28";
 const CONNECT_EXIT_FILTER: &str = "ret == 0";
 /// Threads remembered inside `connect()` at once.
 const IN_CONNECT: usize = 4096;
+const ROUTE4: &str = "fib/fib_table_lookup";
+const ROUTE6: &str = "fib6/fib6_table_lookup";
+/// Output route lookups (`iif` is the loopback index, 1, on the output path; input lookups
+/// of other interfaces are dropped) of UDP and UDP-Lite flows that found a route, in process
+/// context: `common_flags` below 8 has no hard/soft-IRQ or NMI bit (nor BH-off, which only
+/// costs a claim), in both the pre-5.17 and the current numbering of those flags.
+const ROUTE_FILTER: &str =
+    "iif == 1 && (proto == 17 || proto == 136) && err == 0 && common_flags < 8";
+/// Threads whose route lookups may be traced at once, at most…
+pub const MAX_ROUTE_THREADS: usize = 64;
+/// …and within this many counters (file descriptors) for all of them.
+pub const ROUTE_COUNTERS: usize = 512;
+
+/// Whose route lookups are traced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RouteScope {
+    #[default]
+    Off,
+    /// Every thread's: the tracepoints then cost every thread's route lookups a record and
+    /// a filter test (benchmarks and tests).
+    All,
+    /// These threads' (at most [`SockTracer::max_route_threads`]; none is the same as
+    /// `Off`): a counter per thread, so other threads' lookups cost nothing.
+    Threads(Vec<u32>),
+}
 
 /// Only TCP changes that matter: to ESTABLISHED (1) and CLOSE (7)…
 const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 7)";
@@ -113,48 +143,43 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
     Some(cpus)
 }
 
-/// Which thread is inside `connect()` on which fd, and which connects succeeded: for
-/// datagram sockets, which have no state changes to pair.
-struct Connects {
+/// The connect records and the route lookups paired with them.
+struct ConnectEvents {
     enter: SyscallLayout,
     exit: SyscallLayout,
-    /// Threads inside `connect()`: tid → (pid, fd); emptied if it ever holds [`IN_CONNECT`].
-    inside: HashMap<u32, (u32, i32)>,
-    /// (pid, fd) of the sockets connected in the events the last read saw.
-    connected: Vec<(u32, i32)>,
+    /// `fib:fib_table_lookup`, `fib6:fib6_table_lookup` (those this kernel has).
+    routes: Vec<RouteLayout>,
+    state: Connects,
 }
 
-impl Connects {
-    /// Takes a connect enter or exit record; false for any other record.
+impl ConnectEvents {
+    /// Takes a connect enter or exit or a route lookup record; false for any other record.
     fn take(&mut self, raw: &[u8], tid: u32, pid: u32) -> bool {
-        let ty = record_type(raw);
-        if ty == Some(self.enter.id) {
-            if self.inside.len() >= IN_CONNECT {
-                self.inside.clear();
-            }
+        let Some(ty) = record_type(raw) else {
+            return false;
+        };
+        if ty == self.enter.id {
             if let Some(fd) = self.enter.decode(raw).and_then(|f| i32::try_from(f).ok()) {
-                self.inside.insert(tid, (pid, fd));
+                self.state.enter(tid, pid, fd);
             }
-            return true;
-        }
-        if ty == Some(self.exit.id) {
-            if let (Some((pid, fd)), Some(0)) = (self.inside.remove(&tid), self.exit.decode(raw)) {
-                self.connected.push((pid, fd));
+        } else if ty == self.exit.id {
+            if let Some(ret) = self.exit.decode(raw) {
+                self.state.exit(tid, ret);
             }
-            return true;
+        } else if let Some(layout) = self.routes.iter().find(|l| l.id == ty) {
+            if let Some(lookup) = layout.decode(raw) {
+                self.state.route(tid, lookup);
+            }
+        } else {
+            return false;
         }
-        false
-    }
-
-    /// Thread `tid`'s connect is a TCP one (its `SYN_SENT` comes inside the syscall): it is
-    /// claimed from its state changes, so its socket need not be read.
-    fn tcp(&mut self, tid: u32) {
-        self.inside.remove(&tid);
+        true
     }
 }
 
 /// One CPU's ring and the counters that write into it.
 struct Ring {
+    cpu: usize,
     sampler: Sampler,
     _others: Vec<Counter>,
 }
@@ -167,7 +192,18 @@ pub struct SockTracer {
     /// older kernels, where only connects are claimed.
     io: Vec<SockIoLayout>,
     /// `syscalls:sys_{enter,exit}_connect` (kernels with `CONFIG_FTRACE_SYSCALLS`).
-    connects: Option<Connects>,
+    connects: Option<ConnectEvents>,
+    /// Whose route lookups are traced…
+    routes: RouteScope,
+    /// …by these counters (on every CPU, for each route tracepoint), per thread (`None`:
+    /// every thread). They come inside the connect whose return wakes the reader.
+    route_counters: HashMap<Option<u32>, Vec<Counter>>,
+    /// Disabled route counters of the thread that opened the tracer, never enabled: they
+    /// keep the kernel's perf probe on the route tracepoints registered, so scoping a thread
+    /// in or out opens or closes its own counters and never re-patches the kernel's code
+    /// (which takes tens of milliseconds, while connects go unrouted). Costs other threads
+    /// a per-CPU list check per route lookup.
+    _route_anchor: Vec<Counter>,
     /// Read, but not yet old enough to pair.
     waiting: Vec<SockEvent>,
     /// Processes seen acting on TCP sockets in the last read (deduplicated).
@@ -196,21 +232,14 @@ impl SockTracer {
             TraceFormat::parse(&path.display().to_string(), &text)
         };
         let set_state = SetStateLayout::new(&format(SET_STATE)?)?;
-        let mut io = Vec::new();
-        for name in [SEND, RECV] {
-            match format(name) {
-                Ok(f) => io.push(SockIoLayout::new(&f)?),
-                // Older kernels: connects only (accepted connections keep their listener).
-                Err(e) if e.is_not_found() => debug!(tracepoint = name, "not in this kernel"),
-                Err(e) => return Err(e),
-            }
-        }
+        // Older kernels: connects only (accepted connections keep their listener).
+        let io = optional_layouts(&format, &[SEND, RECV], SockIoLayout::new)?;
         let connects = match (format(CONNECT_ENTER), format(CONNECT_EXIT)) {
-            (Ok(enter), Ok(exit)) => Some(Connects {
+            (Ok(enter), Ok(exit)) => Some(ConnectEvents {
                 enter: SyscallLayout::new(&enter, "fd")?,
                 exit: SyscallLayout::new(&exit, "ret")?,
-                inside: HashMap::new(),
-                connected: Vec::new(),
+                routes: optional_layouts(&format, &[ROUTE4, ROUTE6], RouteLayout::new)?,
+                state: Connects::new(IN_CONNECT),
             }),
             (Err(e), _) | (_, Err(e)) if e.is_not_found() => None,
             (Err(e), _) | (_, Err(e)) => return Err(e),
@@ -223,11 +252,21 @@ impl SockTracer {
             .iter()
             .map(|&cpu| open_ring(cpu, &set_state, &io, connects.as_ref()))
             .collect::<Result<Vec<_>>>()?;
+        let route_ids: Vec<u16> = connects
+            .iter()
+            .flat_map(|c| c.routes.iter().map(|l| l.id))
+            .collect();
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        let route_anchor = open_routes(&rings, &route_ids, Some(me), false)?;
         Ok(SockTracer {
             rings,
             set_state,
             io,
             connects,
+            routes: RouteScope::Off,
+            route_counters: HashMap::new(),
+            _route_anchor: route_anchor,
             waiting: Vec::new(),
             actors: Vec::new(),
             pairing: Pairing::new(TRACKED),
@@ -240,8 +279,83 @@ impl SockTracer {
     /// (a resolver's UDP socket lives one round trip).
     ///
     /// [`poll`]: SockTracer::poll
-    pub fn connected(&self) -> &[(u32, i32)] {
-        self.connects.as_ref().map_or(&[], |c| &c.connected)
+    pub fn connected(&self) -> &[Connected] {
+        self.connects.as_ref().map_or(&[], |c| c.state.connected())
+    }
+
+    /// True when this kernel has route-lookup tracepoints to pair with connects.
+    pub fn can_trace_routes(&self) -> bool {
+        self.connects.as_ref().is_some_and(|c| !c.routes.is_empty())
+    }
+
+    /// Sets which threads' route lookups are traced. While traced, a UDP connect is reported
+    /// with its addresses ([`Connected::route`]), so it is known even if the socket closes
+    /// before anyone reads it. The cost is one kernel event per route lookup of a traced
+    /// thread — each of its connects, and each datagram it sends on an unconnected socket —
+    /// which is why they are off unless asked for, and scoped to the threads that need it
+    /// (with [`RouteScope::Threads`], other threads' lookups cost nothing: the counters are
+    /// the threads' own). A thread that has exited is skipped.
+    pub fn trace_routes(&mut self, scope: &RouteScope) -> Result<()> {
+        if *scope == self.routes {
+            return Ok(());
+        }
+        let want: Vec<Option<u32>> = match scope {
+            RouteScope::Off => Vec::new(),
+            RouteScope::All => vec![None],
+            RouteScope::Threads(tids) => tids.iter().copied().map(Some).collect(),
+        };
+        if want.len() > self.max_route_threads() {
+            return Err(Error::parse(
+                "route scope",
+                0,
+                format!(
+                    "{} threads, at most {}",
+                    want.len(),
+                    self.max_route_threads()
+                ),
+            ));
+        }
+        self.route_counters.retain(|k, _| want.contains(k));
+        for key in want {
+            if self.route_counters.contains_key(&key) {
+                continue;
+            }
+            match open_routes(&self.rings, &self.route_ids(), key, true) {
+                Ok(counters) => {
+                    self.route_counters.insert(key, counters);
+                }
+                // The thread has exited.
+                Err(e) if key.is_some() && e.is_not_found() => {}
+                Err(e) => {
+                    self.route_counters.clear();
+                    self.routes = RouteScope::Off;
+                    return Err(e);
+                }
+            }
+        }
+        self.routes = scope.clone();
+        Ok(())
+    }
+
+    fn route_ids(&self) -> Vec<u16> {
+        self.connects
+            .iter()
+            .flat_map(|c| c.routes.iter().map(|l| l.id))
+            .collect()
+    }
+
+    /// How many threads [`RouteScope::Threads`] may name here: a counter per thread, CPU
+    /// and route tracepoint, within [`ROUTE_COUNTERS`] file descriptors and at most
+    /// [`MAX_ROUTE_THREADS`].
+    pub fn max_route_threads(&self) -> usize {
+        let ids = self.connects.as_ref().map_or(0, |c| c.routes.len());
+        let per_thread = (self.rings.len() * ids).max(1);
+        (ROUTE_COUNTERS / per_thread).clamp(1, MAX_ROUTE_THREADS)
+    }
+
+    /// Whose route lookups are traced now.
+    pub fn route_scope(&self) -> &RouteScope {
+        &self.routes
     }
 
     /// True when sends and receives are traced (Linux 6.4 and later): accepted connections
@@ -312,7 +426,7 @@ impl SockTracer {
         let first = self.waiting.len();
         self.actors.clear();
         if let Some(c) = &mut self.connects {
-            c.connected.clear();
+            c.state.clear();
         }
         for ring in &mut self.rings {
             while let Some(record) = ring.sampler.next_record() {
@@ -335,7 +449,7 @@ impl SockTracer {
                         if let (SockEvent::State { change, .. }, Some(c)) = (&e, &mut self.connects)
                         {
                             if change.new == TCP_SYN_SENT {
-                                c.tcp(tid);
+                                c.state.tcp(tid);
                             }
                         }
                         self.waiting.push(e);
@@ -388,13 +502,12 @@ fn open_ring(
     cpu: usize,
     set_state: &SetStateLayout,
     io: &[SockIoLayout],
-    connects: Option<&Connects>,
+    connects: Option<&ConnectEvents>,
 ) -> Result<Ring> {
-    let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark)?;
+    let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark, None)?;
     let mut sampler = leader
         .sampled(RING_BYTES)
         .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
-    let mut others = Vec::new();
     let connect = (set_state.id, CONNECT_FILTER, Wakeup::Each);
     let io = io.iter().map(|l| (l.id, IO_FILTER, Wakeup::Watermark));
     // The exit of a connect wakes the reader at once: the socket may close in microseconds.
@@ -404,12 +517,9 @@ fn open_ring(
             (c.exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
         ]
     });
+    let mut others = Vec::new();
     for (id, filter, wakeup) in std::iter::once(connect).chain(io).chain(syscalls) {
-        let mut counter = open_counter(cpu, id, filter, wakeup)?;
-        ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
-            // SAFETY: both are perf event fds opened on the same CPU.
-            unsafe { perf_event_open_sys::ioctls::SET_OUTPUT(fd, sampler.as_raw_fd()) }
-        })?;
+        let mut counter = open_into(cpu, id, filter, wakeup, None, &sampler)?;
         counter
             .enable()
             .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
@@ -419,17 +529,87 @@ fn open_ring(
         .enable()
         .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
     Ok(Ring {
+        cpu,
         sampler,
         _others: others,
     })
 }
 
-/// A disabled, filtered, sampled tracepoint counter on `cpu`, for every process.
-fn open_counter(cpu: usize, id: u16, filter: &str, wakeup: Wakeup) -> Result<Counter> {
+/// Route counters for `thread` (`None`: every thread) on every ring's CPU, one per
+/// tracepoint in `ids`, enabled if `enable`.
+fn open_routes(
+    rings: &[Ring],
+    ids: &[u16],
+    thread: Option<u32>,
+    enable: bool,
+) -> Result<Vec<Counter>> {
+    let mut counters = Vec::with_capacity(rings.len() * ids.len());
+    for ring in rings {
+        for &id in ids {
+            let wakeup = Wakeup::Watermark;
+            let mut counter = open_into(ring.cpu, id, ROUTE_FILTER, wakeup, thread, &ring.sampler)?;
+            if enable {
+                counter
+                    .enable()
+                    .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE(route)"), e))?;
+            }
+            counters.push(counter);
+        }
+    }
+    Ok(counters)
+}
+
+/// A disabled counter (see [`open_counter`]) writing into `sampler`'s ring.
+fn open_into(
+    cpu: usize,
+    id: u16,
+    filter: &str,
+    wakeup: Wakeup,
+    thread: Option<u32>,
+    sampler: &Sampler,
+) -> Result<Counter> {
+    let counter = open_counter(cpu, id, filter, wakeup, thread)?;
+    ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
+        // SAFETY: both are perf event fds opened on the same CPU.
+        unsafe { perf_event_open_sys::ioctls::SET_OUTPUT(fd, sampler.as_raw_fd()) }
+    })?;
+    Ok(counter)
+}
+
+/// The layouts of those of `names` this kernel has (an absent tracepoint is skipped; an
+/// unreadable or malformed one is an error).
+fn optional_layouts<L>(
+    format: &impl Fn(&str) -> Result<TraceFormat>,
+    names: &[&str],
+    layout: impl Fn(&TraceFormat) -> Result<L>,
+) -> Result<Vec<L>> {
+    let mut found = Vec::new();
+    for &name in names {
+        match format(name) {
+            Ok(f) => found.push(layout(&f)?),
+            Err(e) if e.is_not_found() => debug!(tracepoint = name, "not in this kernel"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// A disabled, filtered, sampled tracepoint counter on `cpu`, for every thread or one.
+fn open_counter(
+    cpu: usize,
+    id: u16,
+    filter: &str,
+    wakeup: Wakeup,
+    thread: Option<u32>,
+) -> Result<Counter> {
     let mut builder = Builder::new(Tracepoint::with_id(id.into()));
+    builder.one_cpu(cpu);
+    match thread {
+        // perf takes a thread id for its pid: that thread alone, not its process.
+        Some(tid) => builder.observe_pid(tid as libc::pid_t),
+        None => builder.any_pid(),
+    };
     builder
-        .one_cpu(cpu)
-        .any_pid()
         .include_kernel()
         .sample_period(1)
         .sample(SampleFlag::TID | SampleFlag::TIME | SampleFlag::RAW)
@@ -442,12 +622,16 @@ fn open_counter(cpu: usize, id: u16, filter: &str, wakeup: Wakeup) -> Result<Cou
     let counter = builder
         .build()
         .map_err(|e| Error::from_io(Path::new("perf_event_open(sock tracepoint)"), e))?;
-    let filter = std::ffi::CString::new(filter).expect("static filter has no NUL");
-    ioctl(&counter, "PERF_EVENT_IOC_SET_FILTER", |fd| {
+    set_filter(&counter, filter)?;
+    Ok(counter)
+}
+
+fn set_filter(counter: &Counter, filter: &str) -> Result<()> {
+    let filter = std::ffi::CString::new(filter).expect("filters have no NUL");
+    ioctl(counter, "PERF_EVENT_IOC_SET_FILTER", |fd| {
         // SAFETY: a valid NUL-terminated string the kernel only reads.
         unsafe { perf_event_open_sys::ioctls::SET_FILTER(fd, filter.as_ptr().cast_mut()) }
-    })?;
-    Ok(counter)
+    })
 }
 
 fn ioctl(counter: &impl AsRawFd, what: &str, f: impl FnOnce(RawFd) -> libc::c_int) -> Result<()> {
