@@ -71,16 +71,18 @@ fn connection_churn_of_older_processes_is_credited_by_the_socket_tracer() {
 
 /// A resolver's pattern in older processes: a fresh connected UDP socket per query, living
 /// one loopback round trip. The server's half is credited by its socket; the clients' half
-/// only through the tracer's `connect()` events (the socket is read the moment its connect
-/// returns). On loopback some sockets close before that read (ACCURACY.md), so this guards
-/// the path with a floor: more than a fifth of the clients' bytes credited to them.
+/// only through the tracer's `connect()` events: the socket is read the moment its connect
+/// returns, and once one of a thread's sockets has closed before that read (which on
+/// loopback happens within the first few queries) the thread's route lookups are traced
+/// and give every later connect's addresses. So a client loses about one query (1.25 % of
+/// the bytes here); the floor leaves room for a few.
 #[test]
 fn connected_udp_queries_of_older_processes_are_credited_through_their_connects() {
     require_root();
     let outcome = scenarios::udp_queries(Size::Quick);
     assert_sound(&outcome);
     assert!(
-        outcome.right_fraction() > 0.6,
+        outcome.right_fraction() >= 0.95,
         "the clients' queries were not credited: {}",
         outcome.summary()
     );

@@ -12,6 +12,7 @@ pub mod trace;
 pub mod usage_log;
 pub mod watch;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,6 +239,7 @@ fn start_tracer(
         wake,
         stop,
         shared: shared.clone(),
+        route_threads: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("trace".into())

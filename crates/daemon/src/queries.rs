@@ -218,6 +218,8 @@ pub fn stats(shared: &Shared, now: Instant) -> Reply {
             traced_claims: side.traced_claims,
             traced_unknown_process: side.traced_unknown_process,
             trace_events_lost: side.trace_events_lost,
+            route_threads: side.route_threads,
+            traced_routes: side.traced_routes,
         },
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))

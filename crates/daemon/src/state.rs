@@ -28,6 +28,8 @@ pub struct ProcessSideInfo {
     pub traced_claims: u64,
     pub traced_unknown_process: u64,
     pub trace_events_lost: u64,
+    pub route_threads: u64,
+    pub traced_routes: u64,
 }
 
 /// Facts about the capture handle, refreshed by the capture thread.

@@ -20,8 +20,8 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{NetNsId, SocketEntry, TcpState};
-use pidcap_sockets::trace::{SockTracer, SocketClaim};
+use pidcap_core::{canonical, NetNsId, SocketEntry, TcpState};
+use pidcap_sockets::trace::{Connected, RouteLookup, RouteScope, SockTracer, SocketClaim};
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
 use tracing::{debug, warn};
@@ -37,6 +37,9 @@ const ACTIVE_WAIT: Duration = Duration::from_millis(5);
 /// …and once nothing happened for [`ACTIVE_FOR`] (also how quickly `stop` is noticed).
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
+/// How long a thread's route lookups stay traced after one of its connected sockets closed
+/// before it was read.
+const ROUTES_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Tracer {
@@ -49,6 +52,8 @@ pub struct Tracer {
     pub stop: Arc<AtomicBool>,
     /// Where the claim counts are published (`stats`).
     pub shared: Arc<Shared>,
+    /// Threads whose route lookups are traced, and until when.
+    pub route_threads: HashMap<u32, Instant>,
 }
 
 impl Tracer {
@@ -81,14 +86,19 @@ impl Tracer {
             }
             // Connected datagram sockets first: a resolver's lives one round trip.
             let connected = self.tracer.connected().to_vec();
-            let learnt = connected
-                .into_iter()
-                .filter(|&(pid, fd)| self.learn_connected(pid, fd))
-                .count();
+            let mut learnt = 0;
+            for c in connected {
+                let (learned, missed) = self.learn_connected(c);
+                learnt += u64::from(learned);
+                if missed {
+                    self.missed_connect(c.tid);
+                }
+            }
             if learnt > 0 {
                 self.wake.request();
-                self.shared.process_side().traced_claims += learnt as u64;
+                self.shared.process_side().traced_claims += learnt;
             }
+            self.expire_routes();
             // Learn who the actors are now: a 5 ms process is gone by the time its
             // connection's events are paired.
             for i in 0..self.tracer.actors().len() {
@@ -157,33 +167,118 @@ impl Tracer {
         side.traced_unknown_process += unknown;
     }
 
-    /// Reads the socket `pid` just connected on `fd` (a duplicate through `pidfd_getfd`,
-    /// then its addresses) and hands it to the refresher; false if it is gone, not IP, or
-    /// not ours. TCP connects are claimed from their state changes too; this also gives
-    /// them their inode.
-    fn learn_connected(&self, pid: u32, fd: i32) -> bool {
-        let Ok(Some(inode)) = self.proc.socket_inode(pid, fd) else {
-            return false;
+    /// Reads the socket a process just connected (a duplicate of its fd through
+    /// `pidfd_getfd`, then its addresses) and hands it to the refresher. When the socket is
+    /// gone (closed before the read: a resolver's on loopback) or the fd already holds
+    /// another one, the route lookup inside the connect, if traced, gives the addresses
+    /// instead. Returns (learnt, missed): `missed` when the socket could not be read as it
+    /// was connected, which is what turns route tracing on. TCP connects are claimed from
+    /// their state changes and never come here.
+    fn learn_connected(&self, c: Connected) -> (bool, bool) {
+        let read = self.read_connected(c.pid, c.fd);
+        let (entry, missed) = match (read, c.route) {
+            (Some(entry), Some(route)) if !same_flow(&entry, &route) => (self.routed(route), true),
+            (Some(entry), _) => (Some(entry), false),
+            (None, Some(route)) => (self.routed(route), true),
+            (None, None) => (None, true),
         };
-        let Ok(handle) = ProcessHandle::open(pid) else {
-            return false;
+        let Known::Ours(info) = self.who(c.pid) else {
+            return (false, false); // gone unnamed, or another namespace's
         };
-        let Ok(Some(mut entry)) = handle.ip_socket(fd, inode, 0, self.netns) else {
-            return false;
-        };
-        if entry.is_wildcard_remote() {
-            return false;
-        }
-        let Known::Ours(info) = self.who(pid) else {
-            return false;
+        let Some(mut entry) = entry else {
+            return (false, missed);
         };
         entry.uid = info.uid;
-        debug!(pid, fd, local = %entry.local, remote = %entry.remote, "connected socket read");
+        debug!(pid = c.pid, fd = c.fd, local = %entry.local, remote = %entry.remote, routed = c.route.is_some(), "connected socket");
         let learnt = Learned {
             sockets: vec![entry],
             info,
         };
-        self.learned.try_send(learnt).is_ok()
+        (self.learned.try_send(learnt).is_ok(), missed)
+    }
+
+    /// The connected IP socket behind `pid`'s `fd`, if it is still there.
+    fn read_connected(&self, pid: u32, fd: i32) -> Option<SocketEntry> {
+        let inode = self.proc.socket_inode(pid, fd).ok()??;
+        let handle = ProcessHandle::open(pid).ok()?;
+        let entry = handle.ip_socket(fd, inode, 0, self.netns).ok()??;
+        (!entry.is_wildcard_remote()).then_some(entry)
+    }
+
+    /// A connected socket as a route lookup inside its `connect()` described it (no inode:
+    /// it may be closed already).
+    fn routed(&self, route: RouteLookup) -> Option<SocketEntry> {
+        let proto = match route.proto {
+            17 => IpProto::Udp,
+            136 => IpProto::UdpLite,
+            _ => return None,
+        };
+        self.shared.process_side().traced_routes += 1;
+        Some(SocketEntry {
+            netns: self.netns,
+            proto,
+            local: route.local,
+            remote: route.remote,
+            state: TcpState::Established,
+            inode: 0,
+            uid: 0,
+        })
+    }
+
+    /// A connected socket of thread `tid` closed before it could be read: trace that
+    /// thread's route lookups (each of its connects' addresses, from the kernel) for the
+    /// next [`ROUTES_FOR`]. At most [`SockTracer::max_route_threads`] threads: the one due
+    /// to expire first makes room.
+    fn missed_connect(&mut self, tid: u32) {
+        if !self.tracer.can_trace_routes() {
+            return;
+        }
+        let until = Instant::now() + ROUTES_FOR;
+        let new = self.route_threads.insert(tid, until).is_none();
+        if !new {
+            return;
+        }
+        if self.route_threads.len() > self.tracer.max_route_threads() {
+            let first = self
+                .route_threads
+                .iter()
+                .min_by_key(|(_, &t)| t)
+                .map(|(&t, _)| t);
+            if let Some(first) = first {
+                self.route_threads.remove(&first);
+            }
+        }
+        debug!(
+            tid,
+            threads = self.route_threads.len(),
+            "a connected socket closed before it was read; tracing the thread's route lookups"
+        );
+        self.apply_route_scope();
+    }
+
+    /// Stops tracing the route lookups of threads that missed no connect for [`ROUTES_FOR`].
+    fn expire_routes(&mut self) {
+        let now = Instant::now();
+        let before = self.route_threads.len();
+        self.route_threads.retain(|_, until| now < *until);
+        if self.route_threads.len() != before {
+            self.apply_route_scope();
+        }
+    }
+
+    fn apply_route_scope(&mut self) {
+        let mut tids: Vec<u32> = self.route_threads.keys().copied().collect();
+        tids.sort_unstable();
+        let threads = tids.len() as u64;
+        if let Err(error) = self.tracer.trace_routes(&RouteScope::Threads(tids)) {
+            warn!(error = %error, "route lookups cannot be traced");
+            self.route_threads.clear(); // the tracer traces none after a failure
+        }
+        self.shared.process_side().route_threads = if self.route_threads.is_empty() {
+            0
+        } else {
+            threads
+        };
     }
 
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it
@@ -192,4 +287,14 @@ impl Tracer {
         self.facts
             .get_or_read(&self.proc, self.netns, pid, Instant::now())
     }
+}
+
+/// True when `entry` (read from the fd) is the connection `route` describes; a route lookup
+/// without a chosen source address matches any local address.
+fn same_flow(entry: &SocketEntry, route: &RouteLookup) -> bool {
+    let (local, remote) = (canonical(entry.local), canonical(entry.remote));
+    let (r_local, r_remote) = (canonical(route.local), canonical(route.remote));
+    remote == r_remote
+        && local.port() == r_local.port()
+        && (r_local.ip().is_unspecified() || local.ip() == r_local.ip())
 }

@@ -231,6 +231,14 @@ pub struct ProcessSide {
     pub traced_unknown_process: u64,
     /// Trace events the kernel dropped because a ring buffer was full.
     pub trace_events_lost: u64,
+    /// Threads whose route lookups are traced now: a thread is, for 30 s after one of its
+    /// connected UDP sockets closed before the tracer could read it (its connects' addresses
+    /// then come from the kernel).
+    #[serde(default)]
+    pub route_threads: u64,
+    /// Connected sockets named from their route lookups (counted in `traced_claims` too).
+    #[serde(default)]
+    pub traced_routes: u64,
 }
 
 /// Unknown bytes per reason.

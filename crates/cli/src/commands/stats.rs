@@ -94,6 +94,17 @@ pub fn render(s: &Stats) -> String {
                 s.process_side.trace_events_lost
             ),
         ),
+        (
+            "route lookups",
+            format!(
+                "{}: {} connected sockets named from them",
+                match s.process_side.route_threads {
+                    0 => "not traced".to_string(),
+                    n => format!("traced for {n} threads"),
+                },
+                s.process_side.traced_routes
+            ),
+        ),
     ])
 }
 
@@ -158,6 +169,8 @@ mod tests {
                 traced_claims: 41,
                 traced_unknown_process: 42,
                 trace_events_lost: 43,
+                route_threads: 0,
+                traced_routes: 44,
             },
         };
         assert_eq!(
@@ -184,7 +197,8 @@ mod tests {
              refreshes          30\n\
              last refresh       1.2 ms\n\
              process watcher    running\n\
-             socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n"
+             socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n\
+             route lookups      not traced: 44 connected sockets named from them\n"
         );
     }
 }
