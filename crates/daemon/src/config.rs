@@ -63,6 +63,11 @@ pub struct Flags {
     /// connections that live a millisecond; costs one kernel event per TCP send/receive)
     #[arg(long)]
     pub no_socket_tracer: bool,
+    /// Never trace route lookups (by default a thread whose connected UDP sockets close
+    /// before they can be read has them traced for 30 s: its later connects are then named
+    /// in the kernel; costs that thread one kernel event per route lookup)
+    #[arg(long)]
+    pub no_route_tracing: bool,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -89,6 +94,7 @@ struct FileConfig {
     pending_timeout: Option<String>,
     pending_max: Option<usize>,
     socket_tracer: Option<bool>,
+    route_tracing: Option<bool>,
     pcap_file: Option<PathBuf>,
 }
 
@@ -110,6 +116,9 @@ pub struct Config {
     pub pending_max: usize,
     /// Read the kernel's socket tracepoints (live capture only).
     pub socket_tracer: bool,
+    /// Let the socket tracer trace the route lookups of threads whose connected sockets
+    /// close before they can be read.
+    pub route_tracing: bool,
     pub pcap_file: Option<PathBuf>,
 }
 
@@ -200,6 +209,7 @@ impl Config {
             )?,
             pending_max: flags.pending_max.or(file.pending_max).unwrap_or(100_000),
             socket_tracer: !flags.no_socket_tracer && file.socket_tracer.unwrap_or(true),
+            route_tracing: !flags.no_route_tracing && file.route_tracing.unwrap_or(true),
             pcap_file: flags.pcap_file.or(file.pcap_file),
         };
         config.validate()?;
@@ -383,6 +393,7 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/run/pidcap/pidcap.sock"));
         assert_eq!(c.usage_log, PathBuf::from(DEFAULT_USAGE_LOG));
         assert!(c.socket_tracer);
+        assert!(c.route_tracing);
     }
 
     #[test]
@@ -396,6 +407,17 @@ mod tests {
                 .socket_tracer
         );
         assert!(toml::from_str::<FileConfig>("socket_tracer = \"off\"").is_err());
+    }
+
+    #[test]
+    fn route_tracing_is_turned_off_by_the_file_or_the_flag() {
+        let off: FileConfig = toml::from_str("route_tracing = false").unwrap();
+        let c = Config::merge(off, Flags::default()).unwrap();
+        assert!(!c.route_tracing && c.socket_tracer);
+        let on: FileConfig = toml::from_str("route_tracing = true").unwrap();
+        let c = Config::merge(on, flags(&["--no-route-tracing"])).unwrap();
+        assert!(!c.route_tracing && c.socket_tracer);
+        assert!(toml::from_str::<FileConfig>("route_tracing = 1").is_err());
     }
 
     #[test]

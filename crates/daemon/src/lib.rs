@@ -69,7 +69,7 @@ pub async fn serve(
     let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
     let facts = ProcessFacts::default();
     let tracer = if config.socket_tracer && config.pcap_file.is_none() {
-        start_tracer(
+        let tracer = open_tracer(
             &proc,
             netns,
             &facts,
@@ -77,7 +77,15 @@ pub async fn serve(
             learned_tx.clone(),
             misses.clone(),
             stop.clone(),
-        )?
+        );
+        match tracer {
+            Some(mut tracer) => {
+                tracer.route_tracing = config.route_tracing;
+                let thread = std::thread::Builder::new().name("trace".into());
+                Some(thread.spawn(move || tracer.run())?)
+            }
+            None => None,
+        }
     } else {
         info!("socket tracer off (configured, or replaying a file)");
         None
@@ -206,7 +214,9 @@ fn start_watcher(
 
 /// Starts the socket tracer, unless tracefs or the perf tracepoints are unavailable (then
 /// connections that live a millisecond in older processes may go to unknown; warned once).
-fn start_tracer(
+/// The socket tracer, ready to run; `None` (warned) when the kernel's tracepoints cannot be
+/// read.
+fn open_tracer(
     proc: &ProcRoot,
     netns: NetNsId,
     facts: &ProcessFacts,
@@ -214,10 +224,10 @@ fn start_tracer(
     learned: std::sync::mpsc::SyncSender<watch::Learned>,
     wake: refresh::MissSignal,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+) -> Option<trace::Tracer> {
     let Some(tracefs) = find_tracefs() else {
         warn!("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); connections that live a millisecond may go to unknown");
-        return Ok(None);
+        return None;
     };
     let tracer = match SockTracer::open(&tracefs) {
         Ok(tracer) if tracer.traces_io() => tracer,
@@ -227,10 +237,10 @@ fn start_tracer(
         }
         Err(error) => {
             warn!(error = %error, "socket tracepoints unavailable (needs CAP_PERFMON); connections that live a millisecond may go to unknown");
-            return Ok(None);
+            return None;
         }
     };
-    let tracer = trace::Tracer {
+    Some(trace::Tracer {
         tracer,
         facts: facts.clone(),
         proc: proc.clone(),
@@ -239,12 +249,9 @@ fn start_tracer(
         wake,
         stop,
         shared: shared.clone(),
+        route_tracing: true,
         route_threads: HashMap::new(),
-    };
-    std::thread::Builder::new()
-        .name("trace".into())
-        .spawn(move || tracer.run())
-        .map(Some)
+    })
 }
 
 fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {

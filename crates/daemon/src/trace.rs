@@ -5,10 +5,14 @@
 //! millisecond in a process of any age (connection churn, parallel clients), and connections
 //! accepted by one process and served by another. For a successful `connect()` of any IP
 //! socket it also reads the socket at once (`pidfd_getfd`), which is how a connected UDP
-//! socket that lives one round trip (a resolver's) gets its owner. Each claim goes to the refresher as a
-//! learnt socket with the process's facts ([`ProcessFacts`]: recorded at exec by the watcher,
-//! or read from `/proc` now), so the flow's packets, read later, are credited to it even after
-//! the socket closed and the process exited; a live socket whose holder is known still wins.
+//! socket that lives one round trip (a resolver's) gets its owner; when that socket is gone
+//! before the read, the connecting thread's route lookups are traced for [`ROUTES_FOR`] and
+//! name its later connects' sockets in the kernel (at most
+//! [`SockTracer::max_route_threads`] threads; each costs one event per route lookup). Each
+//! claim goes to the refresher as a learnt socket with the process's facts
+//! ([`ProcessFacts`]: recorded at exec by the watcher, or read from `/proc` now), so the
+//! flow's packets, read later, are credited to it even after the socket closed and the
+//! process exited; a live socket whose holder is known still wins.
 //!
 //! Runs on its own thread. Optional: without tracefs or `CAP_PERFMON` the daemon warns once
 //! and attributes as before. Processes of another network namespace are ignored (the
@@ -52,6 +56,9 @@ pub struct Tracer {
     pub stop: Arc<AtomicBool>,
     /// Where the claim counts are published (`stats`).
     pub shared: Arc<Shared>,
+    /// Whether a thread's route lookups may be traced when its connected sockets close
+    /// before they can be read (`route_tracing` in the configuration).
+    pub route_tracing: bool,
     /// Threads whose route lookups are traced, and until when.
     pub route_threads: HashMap<u32, Instant>,
 }
@@ -230,7 +237,7 @@ impl Tracer {
     /// next [`ROUTES_FOR`]. At most [`SockTracer::max_route_threads`] threads: the one due
     /// to expire first makes room.
     fn missed_connect(&mut self, tid: u32) {
-        if !self.tracer.can_trace_routes() {
+        if !self.route_tracing || !self.tracer.can_trace_routes() {
             return;
         }
         let until = Instant::now() + ROUTES_FOR;
