@@ -100,6 +100,7 @@ pub fn render(s: &Stats) -> String {
                 "{}: {} connected sockets named from them",
                 match s.process_side.route_threads {
                     0 => "not traced".to_string(),
+                    1 => "traced for 1 thread".to_string(),
                     n => format!("traced for {n} threads"),
                 },
                 s.process_side.traced_routes
