@@ -536,15 +536,26 @@ fn permission_denied_says_run_as_root_or_join_the_group() {
     let binary = dir.path().join("pidcap");
     fs::copy(PIDCAP, &binary).unwrap();
     fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
-    let output = Command::new(&binary)
-        .arg("--socket")
-        .arg(&path)
-        .arg("stats")
-        .env_remove("PIDCAP_SOCKET")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // Another test thread forking right now may hold the copy's write fd open for a moment
+    // (until its child execs): the kernel then refuses to run the copy (ETXTBSY). Bounded retry.
+    let mut tries = 0;
+    let output = loop {
+        let run = Command::new(&binary)
+            .arg("--socket")
+            .arg(&path)
+            .arg("stats")
+            .env_remove("PIDCAP_SOCKET")
+            .uid(65534)
+            .gid(65534)
+            .output();
+        match run {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_exit(&output, 1);
     let text = stderr(&output);
     assert!(
