@@ -101,6 +101,12 @@ pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// retransmits, packets still in the capture buffer).
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a closed (or learnt, not yet dumped) unconnected socket keeps its owner: its
+/// datagrams and echo replies still in the capture buffer or the pending buffer. Short,
+/// because unlike a connection's 4-tuple a bound port is soon taken again (a restarted
+/// server) and, until a dump lists the new socket, the kept one would answer for it.
+pub const BOUND_GRACE: Duration = Duration::from_secs(2);
+
 /// Reads the kernel's sockets, their holders and the host's addresses, in one go (used at
 /// start-up and by benchmarks; the refresher keeps state between passes instead).
 pub fn build_table(
@@ -123,7 +129,7 @@ pub struct TableBuilder {
     scratch: Vec<SocketEntry>,
     closed: HashMap<(IpProto, SocketAddr, SocketAddr), (ClosedSocket, Instant)>,
     departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
-    /// Unconnected sockets (listeners, UDP, ping, raw) kept for [`CLOSE_GRACE`] by inode:
+    /// Unconnected sockets (listeners, UDP, ping, raw) kept for [`BOUND_GRACE`] by inode:
     /// those the watcher or tracer learnt, and non-TCP ones that closed after a dump showed
     /// them. Listed before the live sockets, so a live socket on the same address wins.
     bound_kept: HashMap<u64, (SocketEntry, Instant)>,
@@ -206,7 +212,8 @@ impl TableBuilder {
 impl TableBuilder {
     /// Remembers the owners of sockets that disappeared (or lost their inode, as in
     /// TIME_WAIT) since the last pass — connected ones by their addresses, unconnected
-    /// non-TCP ones in `bound_kept` — and forgets those older than [`CLOSE_GRACE`].
+    /// non-TCP ones in `bound_kept` — and forgets those older than [`CLOSE_GRACE`] (and
+    /// [`BOUND_GRACE`]).
     /// Returns whether the set changed.
     fn remember_closed(&mut self, now: Instant) -> bool {
         let before = self.closed.len();
@@ -216,7 +223,7 @@ impl TableBuilder {
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
         let learned = self.bound_kept.len();
         self.bound_kept
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < BOUND_GRACE);
         if self.bound_kept.len() != learned {
             self.live = None;
         }
@@ -668,7 +675,7 @@ mod tests {
         // Both closed: the newer is kept; after the grace period, neither.
         drop(second);
         assert_eq!(udp_owner(&b.table_at(3), addr), Some((second_inode, me)));
-        let after = 3 + CLOSE_GRACE.as_secs();
+        let after = 3 + BOUND_GRACE.as_secs();
         assert_eq!(udp_owner(&b.table_at(after), addr), None);
     }
 
