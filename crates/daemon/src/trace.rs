@@ -28,7 +28,7 @@ use pidcap_core::{canonical, NetNsId, SocketEntry, TcpState};
 use pidcap_sockets::trace::{Connected, RouteLookup, RouteScope, SockTracer, SocketClaim};
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::facts::{Known, ProcessFacts};
 use crate::refresh::MissSignal;
@@ -41,6 +41,8 @@ const ACTIVE_WAIT: Duration = Duration::from_millis(5);
 /// …and once nothing happened for [`ACTIVE_FOR`] (also how quickly `stop` is noticed).
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
+/// How often the tracer looks for CPUs brought online (each needs a ring of its own).
+const CPUS_EVERY: Duration = Duration::from_secs(10);
 /// How long a thread's route lookups stay traced after one of its connected sockets closed
 /// before it was read.
 const ROUTES_FOR: Duration = Duration::from_secs(30);
@@ -70,8 +72,13 @@ impl Tracer {
         let mut active_at: Option<Instant> = None;
         self.shared.process_side().tracer = true;
         let mut failing = false;
+        let mut cpus_at = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             claims.clear();
+            if cpus_at.elapsed() >= CPUS_EVERY {
+                cpus_at = Instant::now();
+                self.add_online_cpus();
+            }
             let wait = if self.tracer.has_waiting() {
                 Duration::ZERO
             } else if active_at.is_some_and(|at| at.elapsed() < ACTIVE_FOR) {
@@ -286,6 +293,18 @@ impl Tracer {
         } else {
             threads
         };
+    }
+
+    fn add_online_cpus(&mut self) {
+        match self.tracer.add_online_cpus() {
+            Ok(0) => {}
+            Ok(added) => info!(
+                added,
+                cpus = self.tracer.cpus().len(),
+                "tracing CPUs brought online"
+            ),
+            Err(error) => warn!(error = %error, "CPUs brought online cannot be traced"),
+        }
     }
 
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it

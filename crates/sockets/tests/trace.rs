@@ -826,3 +826,84 @@ impl Drop for IdleThreads {
         }
     }
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether a TCP connection made, sent on and read from a thread pinned to `cpu` is claimed
+/// for this process (its client side), polling `tracer` for at most `wait`.
+fn pinned_connection_claimed(tracer: &mut SockTracer, cpu: usize) -> bool {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let client = std::thread::spawn(move || {
+        pin_to(cpu);
+        let mut s = std::net::TcpStream::connect(server).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).unwrap();
+        s.local_addr().unwrap()
+    });
+    let (mut conn, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 2];
+    conn.read_exact(&mut buf).unwrap();
+    conn.write_all(b"ok").unwrap();
+    let local = client.join().unwrap();
+    let want = (local, server, std::process::id());
+    let seen = std::cell::RefCell::new(false);
+    poll_until(
+        tracer,
+        |_, out| {
+            *seen.borrow_mut() |= out.iter().any(|c| (c.local, c.remote, c.pid) == want);
+        },
+        || *seen.borrow(),
+    );
+    seen.into_inner()
+}
+
+/// A CPU that comes online after start has no ring until `add_online_cpus` opens one (the
+/// kernel does not extend per-CPU counters): the last CPU is left out of the list at first,
+/// then "brought online" by rewriting the list.
+#[test]
+fn cpus_brought_online_after_start_are_traced_once_added() {
+    let tracefs = find_tracefs().expect("tracefs is mounted or mountable (CI runs as root)");
+    let all = parse_cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap())
+        .unwrap();
+    let last = *all.last().unwrap();
+    let list = |cpus: &[usize]| {
+        cpus.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let online = dir.path().join("online");
+    std::fs::write(&online, list(&all[..all.len() - 1])).unwrap();
+    let mut tracer = SockTracer::open_with_cpu_list(&tracefs, &online).unwrap();
+    assert!(!tracer.cpus().contains(&last));
+    assert!(
+        !pinned_connection_claimed(&mut tracer, last),
+        "a connection on CPU {last}, which has no ring yet, cannot be claimed"
+    );
+    assert_eq!(tracer.add_online_cpus().unwrap(), 0, "nothing new yet");
+    std::fs::write(&online, list(&all)).unwrap();
+    assert_eq!(tracer.add_online_cpus().unwrap(), 1);
+    assert!(tracer.cpus().contains(&last));
+    assert!(
+        pinned_connection_claimed(&mut tracer, last),
+        "CPU {last} is traced once added"
+    );
+}

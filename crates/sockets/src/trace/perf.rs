@@ -124,6 +124,15 @@ pub fn find_tracefs() -> Option<PathBuf> {
     found()
 }
 
+/// The kernel's list of online CPUs.
+pub const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+
+/// The CPUs of a CPU-list file.
+fn read_cpu_list(path: &Path) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::from_io(path, e))?;
+    parse_cpu_list(&text).ok_or_else(|| Error::parse(path.display().to_string(), 1, "bad CPU list"))
+}
+
 /// Parses a kernel CPU list (`0-3,6,8-9`, as in `/sys/devices/system/cpu/online`).
 pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
     let mut cpus = Vec::new();
@@ -187,6 +196,10 @@ struct Ring {
 /// The socket-event reader. See the module doc.
 pub struct SockTracer {
     rings: Vec<Ring>,
+    /// The CPU list the rings follow ([`SockTracer::add_online_cpus`]).
+    online: PathBuf,
+    /// The thread whose disabled route counters anchor the probe (`_route_anchor`).
+    anchor_thread: u32,
     set_state: SetStateLayout,
     /// `sock:sock_send_length` and `sock:sock_recv_length` (Linux 6.4 and later); empty on
     /// older kernels, where only connects are claimed.
@@ -226,6 +239,12 @@ impl std::fmt::Debug for SockTracer {
 impl SockTracer {
     /// Opens the tracepoints under `tracefs` on every online CPU and enables them.
     pub fn open(tracefs: &Path) -> Result<SockTracer> {
+        SockTracer::open_with_cpu_list(tracefs, Path::new(ONLINE_CPUS))
+    }
+
+    /// [`SockTracer::open`] on the CPUs listed in the file `online` (the kernel's
+    /// [`ONLINE_CPUS`]; tests pass another to bring CPUs "online" later).
+    pub fn open_with_cpu_list(tracefs: &Path, online: &Path) -> Result<SockTracer> {
         let format = |name: &str| -> Result<TraceFormat> {
             let path = tracefs.join("events").join(name).join("format");
             let text = std::fs::read_to_string(&path).map_err(|e| Error::from_io(&path, e))?;
@@ -244,10 +263,7 @@ impl SockTracer {
             (Err(e), _) | (_, Err(e)) if e.is_not_found() => None,
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
-        let online = Path::new("/sys/devices/system/cpu/online");
-        let text = std::fs::read_to_string(online).map_err(|e| Error::from_io(online, e))?;
-        let cpus = parse_cpu_list(&text)
-            .ok_or_else(|| Error::parse(online.display().to_string(), 1, "bad CPU list"))?;
+        let cpus = read_cpu_list(online)?;
         let rings = cpus
             .iter()
             .map(|&cpu| open_ring(cpu, &set_state, &io, connects.as_ref()))
@@ -265,6 +281,8 @@ impl SockTracer {
         });
         Ok(SockTracer {
             rings,
+            online: online.to_path_buf(),
+            anchor_thread: me,
             set_state,
             io,
             connects,
@@ -276,6 +294,38 @@ impl SockTracer {
             pairing: Pairing::new(TRACKED),
             lost: 0,
         })
+    }
+
+    /// Opens rings on the CPUs that came online since (the kernel does not extend a per-CPU
+    /// counter to a new CPU), with the route counters of the current scope; returns how
+    /// many. A CPU that went offline keeps its ring (it simply writes nothing).
+    pub fn add_online_cpus(&mut self) -> Result<usize> {
+        let cpus = read_cpu_list(&self.online)?;
+        let known: Vec<usize> = self.rings.iter().map(|r| r.cpu).collect();
+        let ids = self.route_ids();
+        let mut added = 0;
+        for cpu in cpus.into_iter().filter(|c| !known.contains(c)) {
+            let ring = open_ring(cpu, &self.set_state, &self.io, self.connects.as_ref())?;
+            let one = std::slice::from_ref(&ring);
+            if let Ok(mut anchor) = open_routes(one, &ids, Some(self.anchor_thread), false) {
+                self._route_anchor.append(&mut anchor);
+            }
+            for (&key, counters) in &mut self.route_counters {
+                match open_routes(one, &ids, key, true) {
+                    Ok(mut more) => counters.append(&mut more),
+                    Err(e) if key.is_some() && e.is_not_found() => {} // thread gone
+                    Err(e) => return Err(e),
+                }
+            }
+            self.rings.push(ring);
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// The CPUs traced (one ring each).
+    pub fn cpus(&self) -> Vec<usize> {
+        self.rings.iter().map(|r| r.cpu).collect()
     }
 
     /// The sockets (pid, fd) whose `connect()` succeeded in the events the last [`poll`]
