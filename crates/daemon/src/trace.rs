@@ -208,7 +208,12 @@ impl Tracer {
             sockets: vec![entry],
             info,
         };
-        (self.learned.try_send(learnt).is_ok(), missed)
+        let sent = self.learned.try_send(learnt).is_ok();
+        if sent && missed {
+            // Learnt, though the read missed: from the route lookup.
+            self.shared.process_side().traced_routes += 1;
+        }
+        (sent, missed)
     }
 
     /// The connected IP socket behind `pid`'s `fd`, if it is still there.
@@ -227,7 +232,6 @@ impl Tracer {
             136 => IpProto::UdpLite,
             _ => return None,
         };
-        self.shared.process_side().traced_routes += 1;
         Some(SocketEntry {
             netns: self.netns,
             proto,
