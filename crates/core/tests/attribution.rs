@@ -453,13 +453,7 @@ fn table_with_closed(
 #[test]
 fn trailing_packets_of_a_closed_connection_keep_their_owner() {
     let dead = key(300, 30);
-    let closed = ClosedSocket {
-        proto: IpProto::Tcp,
-        local: addr("127.0.0.1:45000"),
-        remote: addr("127.0.0.1:80"),
-        inode: 77,
-        owner: dead,
-    };
+    let closed = closed(IpProto::Tcp, "127.0.0.1:45000", "127.0.0.1:80", 77, dead);
     // The client socket is in TIME_WAIT (inode 0): its last holder keeps the flow.
     let t = table_with_closed(
         vec![sock(IpProto::Tcp, "127.0.0.1:45000", "127.0.0.1:80", 0)],
@@ -482,16 +476,27 @@ fn trailing_packets_of_a_closed_connection_keep_their_owner() {
     assert_eq!(credited(ack.rx), Some((300, MatchKind::Recent)));
 }
 
+/// A recently closed socket `local` → `remote` of `proto`, last held by `owner`.
+fn closed(
+    proto: IpProto,
+    local: &str,
+    remote: &str,
+    inode: u64,
+    owner: ProcessKey,
+) -> ClosedSocket {
+    ClosedSocket {
+        proto,
+        local: addr(local),
+        remote: addr(remote),
+        inode,
+        owner,
+    }
+}
+
 /// A TCP connection from `local` to 127.0.0.1:80 that `owner` was seen using (no inode:
 /// what the socket tracer reports).
 fn seen_tcp(local: &str, owner: ProcessKey) -> ClosedSocket {
-    ClosedSocket {
-        proto: IpProto::Tcp,
-        local: addr(local),
-        remote: addr("127.0.0.1:80"),
-        inode: 0,
-        owner,
-    }
+    closed(IpProto::Tcp, local, "127.0.0.1:80", 0, owner)
 }
 
 #[test]
@@ -518,13 +523,7 @@ fn an_open_connection_whose_holder_is_not_found_yet_is_exact_for_the_process_see
 #[test]
 fn a_claim_without_a_chosen_source_address_matches_that_port_on_local_addresses_only() {
     let user = key(700, 70);
-    let seen = ClosedSocket {
-        proto: IpProto::Udp,
-        local: addr("[::]:45100"),
-        remote: addr("[::1]:53"),
-        inode: 0,
-        owner: user,
-    };
+    let seen = closed(IpProto::Udp, "[::]:45100", "[::1]:53", 0, user);
     let t = table_with_closed(vec![], &[], vec![seen]);
     let query = attribute(&t, &flow(IpProto::Udp, "[::1]:45100", "[::1]:53"), true);
     assert_eq!(credited(query.tx), Some((700, MatchKind::Recent)));
@@ -561,13 +560,7 @@ fn tables_share_parts_but_a_published_table_never_changes() {
 fn a_live_socket_on_a_reused_port_wins_over_the_closed_one() {
     let dead = key(300, 30);
     let alive = key(400, 40);
-    let closed = ClosedSocket {
-        proto: IpProto::Udp,
-        local: addr("127.0.0.1:45000"),
-        remote: addr("127.0.0.1:53"),
-        inode: 77,
-        owner: dead,
-    };
+    let closed = closed(IpProto::Udp, "127.0.0.1:45000", "127.0.0.1:53", 77, dead);
     let reused = table_with_closed(
         vec![sock(IpProto::Udp, "127.0.0.1:45000", "127.0.0.1:53", 88)],
         &[(88, &[alive])],

@@ -203,6 +203,11 @@ fn state(time: u64, pid: u32, c: SetState) -> SockEvent {
     }
 }
 
+/// Process `pid` sent or received on socket [`SK`] at `time`.
+fn io(time: u64, pid: u32) -> SockEvent {
+    SockEvent::Io { time, pid, sk: SK }
+}
+
 fn run(events: &[SockEvent]) -> Vec<SocketClaim> {
     let mut p = Pairing::new(1024);
     let mut out = Vec::new();
@@ -219,11 +224,7 @@ fn connect_claims_the_connection_for_the_connecting_process_not_the_softirq_one(
         // ESTABLISHED arrives in softirq, in whatever process ran then (999).
         state(2, 999, change(SK, 1, "10.0.0.1:41000", "10.0.0.2:80")),
         // The connecting process's own I/O claims nothing new.
-        SockEvent::Io {
-            time: 3,
-            pid: 500,
-            sk: SK,
-        },
+        io(3, 500),
     ]);
     assert_eq!(
         claims,
@@ -240,21 +241,9 @@ fn connect_claims_the_connection_for_the_connecting_process_not_the_softirq_one(
 fn accepted_connections_are_claimed_by_each_process_that_moves_data_on_them() {
     let claims = run(&[
         state(1, 0, change(SK, 1, "10.0.0.2:80", "10.0.0.1:41000")),
-        SockEvent::Io {
-            time: 2,
-            pid: 600,
-            sk: SK,
-        },
-        SockEvent::Io {
-            time: 3,
-            pid: 600,
-            sk: SK,
-        },
-        SockEvent::Io {
-            time: 4,
-            pid: 601,
-            sk: SK,
-        }, // passed to another process
+        io(2, 600),
+        io(3, 600),
+        io(4, 601), // passed to another process
     ]);
     let pids: Vec<u32> = claims.iter().map(|c| c.pid).collect();
     assert_eq!(pids, [600, 601]);
@@ -267,11 +256,7 @@ fn close_ends_a_socket_so_a_reused_address_is_never_claimed_for_the_old_connecti
         state(1, 0, change(SK, 1, "10.0.0.2:80", "10.0.0.1:41000")),
         state(2, 0, change(SK, 7, "10.0.0.2:80", "10.0.0.1:41000")),
         // The kernel reuses the address for an unrelated socket: its I/O claims nothing.
-        SockEvent::Io {
-            time: 3,
-            pid: 700,
-            sk: SK,
-        },
+        io(3, 700),
         // A connect that failed (SYN_SENT then CLOSE) claims nothing either.
         state(4, 701, change(SK, 2, "10.0.0.1:0", "10.0.0.3:80")),
         state(5, 0, change(SK, 7, "10.0.0.1:41001", "10.0.0.3:80")),
@@ -333,14 +318,7 @@ fn after_lost_events_nothing_established_before_can_be_claimed() {
     );
     p.forget_all();
     assert!(p.is_empty());
-    p.feed(
-        SockEvent::Io {
-            time: 2,
-            pid: 5,
-            sk: SK,
-        },
-        &mut out,
-    );
+    p.feed(io(2, 5), &mut out);
     assert_eq!(out, []);
 }
 
