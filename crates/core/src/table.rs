@@ -129,26 +129,35 @@ impl LiveSockets {
     fn index(&mut self, entry: SocketEntry) {
         let at = self.sockets.len();
         if entry.is_wildcard_remote() {
-            // A socket no process holds (inode 0) never hides one that a process holds.
-            let key = (entry.proto, entry.local);
-            let keep_old = self
-                .bound
-                .get(&key)
-                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
-            if !keep_old {
-                self.bound.insert(key, at);
-            }
+            index_at(
+                &mut self.bound,
+                (entry.proto, entry.local),
+                at,
+                &self.sockets,
+                &entry,
+            );
         } else {
             let key = (entry.proto, entry.local, entry.remote);
-            let keep_old = self
-                .exact
-                .get(&key)
-                .is_some_and(|&old| self.sockets[old].inode != 0 && entry.inode == 0);
-            if !keep_old {
-                self.exact.insert(key, at);
-            }
+            index_at(&mut self.exact, key, at, &self.sockets, &entry);
         }
         self.sockets.push(entry);
+    }
+}
+
+/// Points `key` at `entry` (to be stored at `at`): a later entry wins, except that a socket
+/// no process holds (inode 0) never hides one that a process holds.
+fn index_at<K: std::hash::Hash + Eq>(
+    map: &mut FastMap<K, usize>,
+    key: K,
+    at: usize,
+    sockets: &[SocketEntry],
+    entry: &SocketEntry,
+) {
+    let keep_old = map
+        .get(&key)
+        .is_some_and(|&old| sockets[old].inode != 0 && entry.inode == 0);
+    if !keep_old {
+        map.insert(key, at);
     }
 }
 

@@ -227,14 +227,12 @@ impl Tracer {
     /// A connected socket as a route lookup inside its `connect()` described it (no inode:
     /// it may be closed already).
     fn routed(&self, route: RouteLookup) -> Option<SocketEntry> {
-        let proto = match route.proto {
-            17 => IpProto::Udp,
-            136 => IpProto::UdpLite,
-            _ => return None,
-        };
+        if !matches!(route.proto, IpProto::Udp | IpProto::UdpLite) {
+            return None;
+        }
         Some(SocketEntry {
             netns: self.netns,
-            proto,
+            proto: route.proto,
             local: route.local,
             remote: route.remote,
             state: TcpState::Established,
@@ -287,16 +285,11 @@ impl Tracer {
     fn apply_route_scope(&mut self) {
         let mut tids: Vec<u32> = self.route_threads.keys().copied().collect();
         tids.sort_unstable();
-        let threads = tids.len() as u64;
         if let Err(error) = self.tracer.trace_routes(&RouteScope::Threads(tids)) {
             warn!(error = %error, "route lookups cannot be traced");
             self.route_threads.clear(); // the tracer traces none after a failure
         }
-        self.shared.process_side().route_threads = if self.route_threads.is_empty() {
-            0
-        } else {
-            threads
-        };
+        self.shared.process_side().route_threads = self.route_threads.len() as u64;
     }
 
     fn add_online_cpus(&mut self) {

@@ -15,6 +15,7 @@ use pidcap_sockets::trace::{
     RouteScope, SetState, SetStateLayout, SockEvent, SockIoLayout, SockTracer, SocketClaim,
     SyscallLayout, TraceFormat, MAX_ROUTE_THREADS,
 };
+use pidcap_wire::IpProto;
 use proptest::prelude::*;
 
 const SET_STATE: &str = include_str!("fixtures/trace/inet_sock_set_state.format");
@@ -574,7 +575,7 @@ fn route_lookup_records_decode_to_the_flow_for_both_families() {
     let r = l4.decode(&raw).unwrap();
     assert_eq!(
         (r.proto, r.local, r.remote),
-        (17, sa("127.0.0.1:49647"), sa("127.0.0.53:53"))
+        (IpProto::Udp, sa("127.0.0.1:49647"), sa("127.0.0.53:53"))
     );
     assert_eq!(
         l4.decode(&raw[..40]),
@@ -588,7 +589,7 @@ fn route_lookup_records_decode_to_the_flow_for_both_families() {
     let r = l6.decode(&raw).unwrap();
     assert_eq!(
         (r.proto, r.local, r.remote),
-        (136, sa("[::]:36741"), sa("10.0.0.2:5302")),
+        (IpProto::UdpLite, sa("[::]:36741"), sa("10.0.0.2:5302")),
         "IPv4-mapped addresses come out as IPv4"
     );
     assert_ne!(l4.id, l6.id);
@@ -598,7 +599,7 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn lookup(proto: u8, local: &str, remote: &str) -> RouteLookup {
+fn lookup(proto: IpProto, local: &str, remote: &str) -> RouteLookup {
     RouteLookup {
         proto,
         local: sa(local),
@@ -611,13 +612,13 @@ fn a_connects_route_lookup_gives_its_addresses_preferring_a_chosen_source() {
     let mut c = Connects::new(16);
     // IPv4 looks up twice: without, then with the source address.
     c.enter(10, 1, 5);
-    c.route(10, lookup(17, "0.0.0.0:40000", "127.0.0.1:53"));
-    c.route(10, lookup(17, "127.0.0.1:40000", "127.0.0.1:53"));
-    c.route(10, lookup(17, "0.0.0.0:40000", "127.0.0.1:53")); // never replaces a chosen one
+    c.route(10, lookup(IpProto::Udp, "0.0.0.0:40000", "127.0.0.1:53"));
+    c.route(10, lookup(IpProto::Udp, "127.0.0.1:40000", "127.0.0.1:53"));
+    c.route(10, lookup(IpProto::Udp, "0.0.0.0:40000", "127.0.0.1:53")); // never replaces a chosen one
     c.exit(10, 0);
     // IPv6: one lookup, source not chosen yet.
     c.enter(11, 1, 6);
-    c.route(11, lookup(17, "[::]:40001", "[::1]:53"));
+    c.route(11, lookup(IpProto::Udp, "[::]:40001", "[::1]:53"));
     c.exit(11, 0);
     assert_eq!(
         c.connected(),
@@ -626,13 +627,13 @@ fn a_connects_route_lookup_gives_its_addresses_preferring_a_chosen_source() {
                 pid: 1,
                 tid: 10,
                 fd: 5,
-                route: Some(lookup(17, "127.0.0.1:40000", "127.0.0.1:53")),
+                route: Some(lookup(IpProto::Udp, "127.0.0.1:40000", "127.0.0.1:53")),
             },
             Connected {
                 pid: 1,
                 tid: 11,
                 fd: 6,
-                route: Some(lookup(17, "[::]:40001", "[::1]:53")),
+                route: Some(lookup(IpProto::Udp, "[::]:40001", "[::1]:53")),
             },
         ]
     );
@@ -641,17 +642,17 @@ fn a_connects_route_lookup_gives_its_addresses_preferring_a_chosen_source() {
 #[test]
 fn route_lookups_outside_a_connect_or_not_of_a_bound_datagram_socket_are_ignored() {
     let mut c = Connects::new(16);
-    c.route(20, lookup(17, "127.0.0.1:40000", "127.0.0.1:53")); // an unconnected send
+    c.route(20, lookup(IpProto::Udp, "127.0.0.1:40000", "127.0.0.1:53")); // an unconnected send
     c.enter(21, 2, 3);
-    c.route(20, lookup(17, "127.0.0.1:40002", "127.0.0.1:53")); // another thread's
-    c.route(21, lookup(6, "127.0.0.1:40003", "127.0.0.1:80")); // TCP
-    c.route(21, lookup(17, "127.0.0.1:0", "127.0.0.1:53")); // no port yet
+    c.route(20, lookup(IpProto::Udp, "127.0.0.1:40002", "127.0.0.1:53")); // another thread's
+    c.route(21, lookup(IpProto::Tcp, "127.0.0.1:40003", "127.0.0.1:80")); // TCP
+    c.route(21, lookup(IpProto::Udp, "127.0.0.1:0", "127.0.0.1:53")); // no port yet
     c.exit(21, 0);
     c.enter(22, 2, 4);
-    c.route(22, lookup(17, "127.0.0.1:40004", "127.0.0.1:53"));
+    c.route(22, lookup(IpProto::Udp, "127.0.0.1:40004", "127.0.0.1:53"));
     c.exit(22, -111); // refused: not connected
     c.enter(23, 2, 7);
-    c.route(23, lookup(17, "127.0.0.1:40005", "127.0.0.1:53"));
+    c.route(23, lookup(IpProto::Udp, "127.0.0.1:40005", "127.0.0.1:53"));
     c.tcp(23); // a TCP connect after all
     c.exit(23, 0);
     assert_eq!(
@@ -719,9 +720,13 @@ fn with_route_tracing_a_udp_connect_is_reported_with_its_addresses() {
         let (_v6, local6) = connect("[::]:0", to6);
         let seen = reported(tracer, 2);
         let got: Vec<RouteLookup> = seen.iter().filter_map(|c| c.route).collect();
-        let v4 = lookup(17, &local4.to_string(), &to4.to_string());
+        let v4 = lookup(IpProto::Udp, &local4.to_string(), &to4.to_string());
         assert!(got.contains(&v4), "{what}: IPv4 {local4} missing: {seen:?}");
-        let v6 = lookup(17, &format!("[::]:{}", local6.port()), &to6.to_string());
+        let v6 = lookup(
+            IpProto::Udp,
+            &format!("[::]:{}", local6.port()),
+            &to6.to_string(),
+        );
         assert!(got.contains(&v6), "{what}: IPv6 {local6} missing: {seen:?}");
     };
 

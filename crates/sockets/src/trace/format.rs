@@ -10,6 +10,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use pidcap_wire::IpProto;
+
 use crate::error::{Error, Result};
 
 /// One field of a tracepoint record.
@@ -261,8 +263,7 @@ fn trace_id(format: &TraceFormat) -> Result<u16> {
 /// the unspecified address when it has not chosen one yet (IPv6 connects, unbound sends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteLookup {
-    /// IANA protocol number of the flow (17 for UDP, 136 for UDP-Lite).
-    pub proto: u8,
+    pub proto: IpProto,
     pub local: SocketAddr,
     pub remote: SocketAddr,
 }
@@ -311,7 +312,7 @@ impl RouteLayout {
             )
         };
         Some(RouteLookup {
-            proto: bytes::<1>(raw, self.proto)?[0],
+            proto: IpProto::from(bytes::<1>(raw, self.proto)?[0]),
             local: SocketAddr::new(src, u16_at(self.sport)?),
             remote: SocketAddr::new(dst, u16_at(self.dport)?),
         })

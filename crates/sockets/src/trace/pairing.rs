@@ -25,6 +25,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use pidcap_wire::IpProto;
+
 use super::format::{RouteLookup, SetState};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -204,9 +206,6 @@ pub struct Connected {
     pub route: Option<RouteLookup>,
 }
 
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_UDPLITE: u8 = 136;
-
 #[derive(Debug, Clone, Copy)]
 struct Inside {
     pid: u32,
@@ -261,7 +260,7 @@ impl Connects {
         let Some(inside) = self.inside.get_mut(&tid) else {
             return;
         };
-        let datagram = matches!(lookup.proto, IPPROTO_UDP | IPPROTO_UDPLITE);
+        let datagram = matches!(lookup.proto, IpProto::Udp | IpProto::UdpLite);
         if !datagram || lookup.local.port() == 0 || lookup.remote.ip().is_unspecified() {
             return;
         }

@@ -268,10 +268,7 @@ impl SockTracer {
             .iter()
             .map(|&cpu| open_ring(cpu, &set_state, &io, connects.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let route_ids: Vec<u16> = connects
-            .iter()
-            .flat_map(|c| c.routes.iter().map(|l| l.id))
-            .collect();
+        let route_ids = route_ids(connects.as_ref());
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() } as u32;
         // Without the anchor route tracing still works, only slower to start: not fatal.
@@ -302,7 +299,7 @@ impl SockTracer {
     pub fn add_online_cpus(&mut self) -> Result<usize> {
         let cpus = read_cpu_list(&self.online)?;
         let known: Vec<usize> = self.rings.iter().map(|r| r.cpu).collect();
-        let ids = self.route_ids();
+        let ids = route_ids(self.connects.as_ref());
         let mut added = 0;
         for cpu in cpus.into_iter().filter(|c| !known.contains(c)) {
             let ring = open_ring(cpu, &self.set_state, &self.io, self.connects.as_ref())?;
@@ -370,11 +367,12 @@ impl SockTracer {
             ));
         }
         self.route_counters.retain(|k, _| want.contains(k));
+        let ids = route_ids(self.connects.as_ref());
         for key in want {
             if self.route_counters.contains_key(&key) {
                 continue;
             }
-            match open_routes(&self.rings, &self.route_ids(), key, true) {
+            match open_routes(&self.rings, &ids, key, true) {
                 Ok(counters) => {
                     self.route_counters.insert(key, counters);
                 }
@@ -391,18 +389,11 @@ impl SockTracer {
         Ok(())
     }
 
-    fn route_ids(&self) -> Vec<u16> {
-        self.connects
-            .iter()
-            .flat_map(|c| c.routes.iter().map(|l| l.id))
-            .collect()
-    }
-
     /// How many threads [`RouteScope::Threads`] may name here: a counter per thread, CPU
     /// and route tracepoint, within [`ROUTE_COUNTERS`] file descriptors and at most
     /// [`MAX_ROUTE_THREADS`].
     pub fn max_route_threads(&self) -> usize {
-        let ids = self.connects.as_ref().map_or(0, |c| c.routes.len());
+        let ids = route_ids(self.connects.as_ref()).len();
         let per_thread = (self.rings.len() * ids).max(1);
         (ROUTE_COUNTERS / per_thread).clamp(1, MAX_ROUTE_THREADS)
     }
@@ -587,6 +578,11 @@ fn open_ring(
         sampler,
         _others: others,
     })
+}
+
+/// The tracepoint ids of the route lookups this kernel has (none without connect tracing).
+fn route_ids(connects: Option<&ConnectEvents>) -> Vec<u16> {
+    connects.map_or_else(Vec::new, |c| c.routes.iter().map(|l| l.id).collect())
 }
 
 /// Route counters for `thread` (`None`: every thread) on every ring's CPU, one per
