@@ -64,7 +64,8 @@ const MAX_DATAGRAMS_PER_CALL: usize = 4096;
 const DATAGRAM_NAME: &str = "proc connector datagram";
 
 /// What errors name; a missing `CAP_NET_ADMIN` is the one cause of `PermissionDenied`.
-const SOCKET_NAME: &str = "netlink proc connector socket (needs CAP_NET_ADMIN before Linux 6.6)";
+const SOCKET_NAME: &str =
+    "netlink proc connector socket (this kernel requires CAP_NET_ADMIN to listen)";
 
 /// A subscription to the kernel's process events: fork, exec and exit of every process.
 ///
@@ -105,9 +106,10 @@ impl ProcEvents {
     /// Opens the connector socket, subscribes (PROC_CN_MCAST_LISTEN), sets a large receive
     /// buffer (e.g. 4 MiB via SO_RCVBUFFORCE, falling back to SO_RCVBUF).
     ///
-    /// Before Linux 6.6, needs `CAP_NET_ADMIN`: [`Error::PermissionDenied`] otherwise; since
-    /// 6.6 (commit bfdfdc2f3b70) any user may listen, and without `CAP_NET_ADMIN` the receive
-    /// buffer is capped by `net.core.rmem_max`. Returns once the kernel has acknowledged the
+    /// Without `CAP_NET_ADMIN` the kernel decides: before Linux 6.6 it always refuses
+    /// ([`Error::PermissionDenied`]); since 6.6 (commit bfdfdc2f3b70) upstream lets any user
+    /// listen, but builds of the same version differ, so callers must handle both outcomes.
+    /// Without `CAP_NET_ADMIN` the receive buffer is capped by `net.core.rmem_max`. Returns once the kernel has acknowledged the
     /// subscription; [`Error::Io`] (`TimedOut`) when it does not within a second, which happens
     /// outside the initial PID or user namespace (a container).
     pub fn open() -> Result<ProcEvents> {
