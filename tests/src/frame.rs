@@ -24,7 +24,8 @@ pub struct Parsed {
     /// Source address and port (port 0 for non-TCP/UDP or non-first fragments).
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    /// IP-layer length: IPv4 total length, IPv6 40 + payload length.
+    /// IP-layer length: IPv4 total length, IPv6 40 + payload length (the header's claim;
+    /// the reference captures only honest traffic, where it equals the wire length).
     pub ip_len: u32,
 }
 

@@ -46,6 +46,19 @@ pub fn ethernet_ipv4_udp(src: SocketAddr, dst: SocketAddr, payload: usize) -> Ve
     frame
 }
 
+/// The same frame with its IPv4 total length replaced by `declared` (header checksum
+/// recomputed), as a sender lying about its size would send it.
+pub fn with_declared_ipv4_length(mut frame: Vec<u8>, declared: u16) -> Vec<u8> {
+    const IP: usize = 14;
+    let mut header: [u8; 20] = frame[IP..IP + 20].try_into().expect("an IPv4 header");
+    header[2..4].copy_from_slice(&declared.to_be_bytes());
+    header[10..12].copy_from_slice(&[0, 0]);
+    let checksum = ipv4_checksum(&header);
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame[IP..IP + 20].copy_from_slice(&header);
+    frame
+}
+
 fn ipv4_header(src: SocketAddrV4, dst: SocketAddrV4, total_len: usize) -> [u8; 20] {
     let mut h = [0_u8; 20];
     h[0] = 0x45; // version 4, IHL 5

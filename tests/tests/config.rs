@@ -126,6 +126,36 @@ fn pcap_file_replay_counts_every_ip_byte_as_unknown_and_exits_0() {
     );
 }
 
+/// Issue #9: 100 minimum-size frames whose IPv4 header claims 65,535 bytes were logged as
+/// 6,553,500 bytes. The counted size is never more than what was on the wire.
+#[test]
+fn lying_ip_lengths_count_the_wire_not_the_claim() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local: SocketAddr = format!("127.0.0.1:{}", unused_udp_port()).parse().unwrap();
+    let remote: SocketAddr = "198.51.100.7:53".parse().unwrap();
+    // 14 Ethernet + 20 IPv4 + 8 UDP + 18 payload = 60 bytes on the wire, 46 at the IP layer.
+    let honest = pcapfile::ethernet_ipv4_udp(remote, local, 18);
+    assert_eq!(honest.len(), 60);
+    let lying = pcapfile::with_declared_ipv4_length(honest.clone(), 65_535);
+    let mut frames = vec![lying; 100];
+    frames.push(honest);
+    let file = dir.path().join("lying.pcap");
+    pcapfile::write(&file, pcapfile::LINKTYPE_ETHERNET, &frames).expect("write pcap");
+
+    let (finished, _) = run_with_temp_paths(dir.path(), &["--pcap-file", file.to_str().unwrap()]);
+    assert_eq!(finished.code(), 0, "replay; stderr:\n{}", finished.stderr);
+    let lines = usage_log::read(&dir.path().join("usage.jsonl"));
+    let unknown = usage_log::sum_by_pid(&lines)
+        .get(&None)
+        .copied()
+        .unwrap_or_default();
+    assert_eq!(
+        (unknown.rx_packets, unknown.rx_bytes),
+        (101, 101 * 46),
+        "lying headers inflated the count: {lines:?}"
+    );
+}
+
 #[test]
 fn pcap_file_that_does_not_exist_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");

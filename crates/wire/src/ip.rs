@@ -3,14 +3,21 @@
 //! # The IP length rule
 //!
 //! `ip_len` is the length the IP header declares (IPv4 total length, IPv6 40 + payload
-//! length), not the captured length: captures are cut at a snaplen.
+//! length), never more than the packet's length on the wire (`orig_len` minus the link
+//! header), and never the captured length: captures are cut at a snaplen.
 //!
 //! * Declared 0: Linux hands outgoing TSO/GSO super-packets to the capture before
 //!   segmentation with a 0 length field (IPv6 jumbograms also say 0). Then
-//!   `ip_len = orig_len - link header length`, which must still cover the IP header, or the
-//!   packet is `Malformed`.
-//! * Declared non-zero: used as is if it covers the IP header (IPv4 IHL × 4), else
-//!   `Malformed`. It is not compared with `orig_len`: the header is what the sender meant.
+//!   `ip_len = orig_len - link header length`.
+//! * Declared non-zero: `min(declared, orig_len - link header length)`. The declared length
+//!   is what the sender meant, and it is shorter than the wire when the link layer pads
+//!   (Ethernet's 60-byte minimum); but it is also the one field any remote sender controls,
+//!   so a 46-byte frame that declares 65,535 bytes counts 46 - link header, not 65,535.
+//! * Either way the result must cover the IP header (IPv4 IHL × 4, IPv6's 40 bytes), or the
+//!   packet is `Malformed`: a declared length below it, or a wire length below it (a pcap
+//!   record whose original length is shorter than the bytes it holds).
+//!
+//! Invariant: `ip_len <= orig_len - link header length` for every packet that parses.
 //!
 //! The bytes after the IP header are clipped to the declared length, so Ethernet padding is
 //! never read as a transport header.
@@ -42,14 +49,16 @@ pub(crate) struct NetworkRepr<'a> {
 /// cover, `wire_len` the original packet length minus the link header.
 pub(crate) fn ip_len(declared: u32, header_len: usize, wire_len: u32) -> Result<u32, WireError> {
     let header_len = len_u32(header_len);
-    match declared {
-        0 if wire_len >= header_len => Ok(wire_len),
-        0 => Err(WireError::Malformed(
-            "zero IP length and original length below the header",
-        )),
-        n if n < header_len => Err(WireError::Malformed("IP length below the header length")),
-        n => Ok(n),
+    if declared != 0 && declared < header_len {
+        return Err(WireError::Malformed("IP length below the header length"));
     }
+    if wire_len < header_len {
+        return Err(WireError::Malformed("original length below the IP header"));
+    }
+    Ok(match declared {
+        0 => wire_len,
+        n => n.min(wire_len),
+    })
 }
 
 /// The captured bytes from `start` up to the declared end `ip_len` (or the capture's end).
@@ -73,13 +82,27 @@ mod tests {
 
     #[test]
     fn declared_length_must_cover_the_header() {
-        assert_eq!(ip_len(24, 24, 0), Ok(24));
+        assert_eq!(ip_len(24, 24, 24), Ok(24));
         assert!(matches!(ip_len(23, 24, 1500), Err(WireError::Malformed(_))));
     }
 
     #[test]
-    fn declared_length_beyond_original_is_kept() {
-        assert_eq!(ip_len(1500, 20, 60), Ok(1500));
+    fn wire_length_must_cover_the_header() {
+        assert!(matches!(ip_len(24, 24, 0), Err(WireError::Malformed(_))));
+        assert!(matches!(ip_len(40, 40, 39), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn declared_length_beyond_the_wire_is_cut_to_the_wire() {
+        // A 46-byte payload on Ethernet whose IPv4 header claims 65,535 bytes.
+        assert_eq!(ip_len(65_535, 20, 46), Ok(46));
+        assert_eq!(ip_len(1500, 20, 60), Ok(60));
+    }
+
+    #[test]
+    fn declared_length_below_the_wire_is_kept() {
+        // Ethernet pads a 40-byte IPv4 packet to 46 bytes of payload.
+        assert_eq!(ip_len(40, 20, 46), Ok(40));
     }
 
     #[test]

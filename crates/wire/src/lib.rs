@@ -32,8 +32,7 @@ use transport::Ports;
 /// Parses one captured frame into its packet metadata.
 ///
 /// `frame` is the captured bytes (cut at the snaplen), `orig_len` the packet's length on the
-/// wire (pcap's `len`), used only when the IP header declares a length of 0 (see
-/// [`PacketMeta::ip_len`]). Never panics, never allocates.
+/// wire (pcap's `len`), which bounds the counted length (see [`PacketMeta::ip_len`]). Never panics, never allocates.
 pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, WireError> {
     let l2 = link::decode(link, frame)?;
     let packet = frame.get(l2.header_len..).ok_or(WireError::Truncated)?;

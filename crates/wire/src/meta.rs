@@ -30,8 +30,10 @@ impl Fragment {
 pub struct PacketMeta {
     /// Protocol, source and destination (see [`FlowKey`] for the port invariants).
     pub flow: FlowKey,
-    /// IP-layer length: IPv4 total length, IPv6 40 + payload length. When the header says 0
-    /// (Linux TSO/GSO super-packets, IPv6 jumbograms) it is `orig_len` minus the link header.
+    /// IP-layer length: IPv4 total length, IPv6 40 + payload length, cut to `orig_len` minus
+    /// the link header so a lying header cannot inflate it. When the header says 0 (Linux
+    /// TSO/GSO super-packets, IPv6 jumbograms) it is `orig_len` minus the link header.
+    /// Always `<= orig_len - link header`.
     pub ip_len: u32,
     /// The flow's ports are real: false for non-first fragments, protocols without ports
     /// (including non-echo ICMP), or a transport header cut by the snaplen. When false, both

@@ -16,7 +16,7 @@ fn any_link() -> impl Strategy<Value = LinkType> {
 }
 
 /// The invariants every successful parse keeps, whatever the input.
-fn check_invariants(link: LinkType, m: &PacketMeta) -> Result<(), TestCaseError> {
+fn check_invariants(link: LinkType, m: &PacketMeta, orig_len: u32) -> Result<(), TestCaseError> {
     let (src, dst) = (m.flow.src, m.flow.dst);
     prop_assert_eq!(src.is_ipv4(), dst.is_ipv4());
     if !m.ports_known {
@@ -42,6 +42,8 @@ fn check_invariants(link: LinkType, m: &PacketMeta) -> Result<(), TestCaseError>
     }
     let min_header = if src.is_ipv4() { 20 } else { 40 };
     prop_assert!(m.ip_len >= min_header);
+    // What a sender declares can never count for more than what was on the wire.
+    prop_assert!(m.ip_len <= orig_len, "{} > orig_len {orig_len}", m.ip_len);
     Ok(())
 }
 
@@ -67,7 +69,7 @@ proptest! {
         orig_len in any::<u32>(),
     ) {
         if let Ok(m) = parse(link, &frame, orig_len) {
-            check_invariants(link, &m)?;
+            check_invariants(link, &m, orig_len)?;
         }
     }
 
@@ -82,9 +84,12 @@ proptest! {
         orig_len in any::<u32>(),
     ) {
         let first = if v6 { 0x60 | ihl } else { 0x40 | ihl };
-        let frame = [link_prefix(link, v6), vec![first], body].concat();
+        let prefix = link_prefix(link, v6);
+        let link_len = u32::try_from(prefix.len()).unwrap();
+        let frame = [prefix, vec![first], body].concat();
         if let Ok(m) = parse(link, &frame, orig_len) {
-            check_invariants(link, &m)?;
+            check_invariants(link, &m, orig_len)?;
+            prop_assert!(m.ip_len <= orig_len.saturating_sub(link_len));
         }
     }
 }
@@ -325,6 +330,32 @@ proptest! {
     fn built_packets_parse_back_to_their_fields(case in any_case()) {
         let (link, frame, orig_len, want) = case.build();
         prop_assert_eq!(parse(link, &frame, orig_len), Ok(want));
+    }
+
+    /// A header that declares more than the wire carried counts the wire, not the claim, on
+    /// every link type; a wire shorter than the IP header is malformed, never a panic.
+    #[test]
+    fn lying_lengths_count_at_most_the_wire(case in any_case(), wire in any::<u32>()) {
+        let (link, frame, orig_len, want) = case.build();
+        let link_len = orig_len - want.ip_len;
+        let wire = wire % (orig_len + 1);
+        match parse(link, &frame, wire) {
+            Ok(m) => {
+                prop_assert_eq!(m.ip_len, want.ip_len.min(wire - link_len));
+                prop_assert_eq!((m.flow.proto, m.flow.src.ip(), m.flow.dst.ip()),
+                    (want.flow.proto, want.flow.src.ip(), want.flow.dst.ip()));
+                // A wire that ends inside the transport header leaves the ports unknown.
+                let same_but_length = PacketMeta { ip_len: m.ip_len, ..want };
+                prop_assert!(m == same_but_length || !m.ports_known, "{:?}", m);
+            }
+            Err(e) => {
+                prop_assert!(matches!(e, pidcap_wire::WireError::Malformed(_)), "{e:?}");
+                // IP header, options and extension headers: all but transport and payload.
+                let upper = if case.tcp { 20 } else { 8 } + u32::try_from(case.payload).unwrap();
+                let ip_header = want.ip_len - upper;
+                prop_assert!(wire < link_len + ip_header, "wire {} {:?}", wire, e);
+            }
+        }
     }
 
     /// Cutting a valid frame anywhere gives `Truncated` or the same flow with the ports
