@@ -17,3 +17,15 @@ pub struct ProcessInfo {
     pub uid: u32,
     pub cmdline: Vec<String>,
 }
+
+impl ProcessInfo {
+    /// The heap bytes this value holds (strings and the argument vector), for byte bounds on
+    /// tables of process facts.
+    pub fn heap_bytes(&self) -> usize {
+        let args: usize = self.cmdline.iter().map(String::capacity).sum();
+        self.comm.capacity()
+            + self.exe.as_ref().map_or(0, String::capacity)
+            + args
+            + self.cmdline.capacity() * std::mem::size_of::<String>()
+    }
+}

@@ -7,8 +7,11 @@
 //!
 //! Invariants: an entry describes the process that holds the pid now, or the last one that
 //! held it for [`KEEP_EXITED`] after its exit. A `fork` forgets what was known about the child's
-//! pid (a reused pid never inherits a dead process's identity). At most [`MAX_FACTS`] entries;
-//! when full, exited processes go first, then the table is emptied (facts are re-read).
+//! pid (a reused pid never inherits a dead process's identity). At most [`MAX_FACTS`] entries
+//! holding at most [`MAX_FACTS_BYTES`] of strings (command lines are already cut at
+//! `pidcap_sockets::process::CMDLINE_LIMIT`); when either bound is reached, exited processes
+//! go first, then the table is emptied (facts are re-read), and [`ProcessFacts::evictions`]
+//! counts it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +24,10 @@ use pidcap_sockets::ProcRoot;
 pub const KEEP_EXITED: Duration = Duration::from_secs(30);
 /// Processes remembered at once.
 pub const MAX_FACTS: usize = 65_536;
+/// Heap bytes of the facts remembered at once (comm, exe, command line): about 32 MiB, so
+/// about 4,000 processes with the longest command lines and executable paths, or every one
+/// of [`MAX_FACTS`] ordinary ones (a few hundred bytes each).
+pub const MAX_FACTS_BYTES: usize = 32 << 20;
 
 #[derive(Debug, Clone)]
 struct Fact {
@@ -38,7 +45,58 @@ pub struct ProcessFacts {
 #[derive(Debug, Default)]
 struct Inner {
     map: HashMap<u32, Fact>,
+    /// Sum of the heap bytes of `map`'s facts.
+    bytes: usize,
     pruned: Option<Instant>,
+    /// Times the bounds made the table drop live or exited entries early.
+    evictions: u64,
+}
+
+impl Fact {
+    fn heap_bytes(&self) -> usize {
+        self.info.as_ref().map_or(0, ProcessInfo::heap_bytes)
+    }
+}
+
+impl Inner {
+    fn insert(&mut self, pid: u32, fact: Fact) {
+        self.bytes += fact.heap_bytes();
+        if let Some(old) = self.map.insert(pid, fact) {
+            self.bytes -= old.heap_bytes();
+        }
+    }
+
+    fn remove(&mut self, pid: u32) {
+        if let Some(old) = self.map.remove(&pid) {
+            self.bytes -= old.heap_bytes();
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Fact) -> bool) {
+        let mut bytes = self.bytes;
+        self.map.retain(|_, f| {
+            let kept = keep(f);
+            if !kept {
+                bytes -= f.heap_bytes();
+            }
+            kept
+        });
+        self.bytes = bytes;
+    }
+
+    /// Makes room for a fact of `incoming` bytes: exited processes go first, then everything.
+    fn make_room(&mut self, incoming: usize) {
+        let full = |i: &Inner| i.map.len() >= MAX_FACTS || i.bytes + incoming > MAX_FACTS_BYTES;
+        if !full(self) {
+            return;
+        }
+        self.evictions += 1;
+        self.retain(|f| f.exited.is_none());
+        if full(self) {
+            self.map.clear();
+            self.bytes = 0;
+        }
+    }
 }
 
 /// What is known about a pid.
@@ -61,14 +119,10 @@ impl ProcessFacts {
     pub fn record(&self, pid: u32, info: Option<ProcessInfo>, now: Instant) {
         let mut inner = self.inner();
         prune(&mut inner, now);
-        let map = &mut inner.map;
-        if map.len() >= MAX_FACTS && !map.contains_key(&pid) {
-            map.retain(|_, f| f.exited.is_none());
-            if map.len() >= MAX_FACTS {
-                map.clear();
-            }
-        }
-        map.insert(pid, Fact { info, exited: None });
+        inner.remove(pid);
+        let fact = Fact { info, exited: None };
+        inner.make_room(fact.heap_bytes());
+        inner.insert(pid, fact);
     }
 
     /// The process holding `pid` exited.
@@ -80,7 +134,7 @@ impl ProcessFacts {
 
     /// A new process got `pid`: forget the previous holder.
     pub fn forked(&self, pid: u32) {
-        self.inner().map.remove(&pid);
+        self.inner().remove(pid);
     }
 
     /// Reads who holds `pid` now from `/proc` and records it. A process whose namespace
@@ -126,6 +180,16 @@ impl ProcessFacts {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Heap bytes held by the facts, at most [`MAX_FACTS_BYTES`].
+    pub fn bytes(&self) -> usize {
+        self.inner().bytes
+    }
+
+    /// Times a bound made the table forget facts early (see the module doc).
+    pub fn evictions(&self) -> u64 {
+        self.inner().evictions
+    }
 }
 
 /// Forgets processes that exited over [`KEEP_EXITED`] ago; at most once a second.
@@ -137,7 +201,7 @@ fn prune(inner: &mut Inner, now: Instant) {
         return;
     }
     inner.pruned = Some(now);
-    inner.map.retain(|_, f| {
+    inner.retain(|f| {
         f.exited
             .is_none_or(|at| now.saturating_duration_since(at) < KEEP_EXITED)
     });
@@ -181,6 +245,50 @@ mod tests {
         facts.exited(10, t0);
         facts.forked(10);
         assert_eq!(facts.get(10), Known::Unknown);
+    }
+
+    fn hog(pid: u32) -> ProcessInfo {
+        ProcessInfo {
+            exe: Some("/x".repeat(2048)),
+            cmdline: vec!["a".repeat(pidcap_sockets::process::CMDLINE_LIMIT)],
+            ..info(pid, 1)
+        }
+    }
+
+    /// Issue #9: hostile processes (long executable paths, huge argv) must not grow the
+    /// daemon without bound; the byte budget holds and evictions are counted.
+    #[test]
+    fn the_facts_stay_within_their_byte_budget() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        let per_hog = hog(0).heap_bytes();
+        let hogs = 3 * MAX_FACTS_BYTES / per_hog;
+        for pid in 0..hogs as u32 {
+            facts.record(pid, Some(hog(pid)), t0);
+            facts.exited(pid, t0);
+            assert!(facts.bytes() <= MAX_FACTS_BYTES, "{}", facts.bytes());
+        }
+        assert!(facts.evictions() >= 2, "{}", facts.evictions());
+        // The most recent one is still known; the byte count matches what is held.
+        let last = hogs as u32 - 1;
+        assert_eq!(facts.get(last), Known::Ours(hog(last)));
+        let held: usize = facts.inner().map.values().map(Fact::heap_bytes).sum();
+        assert_eq!(held, facts.bytes());
+    }
+
+    #[test]
+    fn replacing_and_forgetting_keep_the_byte_count_exact() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        facts.record(1, Some(hog(1)), t0);
+        facts.record(1, Some(info(1, 2)), t0);
+        assert_eq!(facts.bytes(), info(1, 2).heap_bytes());
+        facts.forked(1);
+        assert_eq!(facts.bytes(), 0);
+        facts.record(2, Some(hog(2)), t0);
+        facts.exited(2, t0);
+        facts.record(3, None, t0 + KEEP_EXITED);
+        assert_eq!(facts.bytes(), 0);
     }
 
     #[test]

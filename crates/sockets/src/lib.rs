@@ -9,7 +9,7 @@ mod pid_fds;
 mod pidfd;
 mod proc_events;
 mod proc_net;
-mod process;
+pub mod process;
 mod root;
 mod scanner;
 mod sctp;

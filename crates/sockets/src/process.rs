@@ -12,7 +12,7 @@ use std::path::Path;
 use pidcap_core::{ProcessInfo, ProcessKey};
 
 use crate::error::{Error, Result};
-use crate::root::{read_file, read_link, ProcRoot};
+use crate::root::{read_file, read_file_prefix, read_link, ProcRoot};
 use crate::text::{dec, fields};
 
 /// Index of `starttime` (field 22 of `stat`) among the fields after the `(comm)` field,
@@ -57,17 +57,33 @@ pub(crate) fn parse_status_uid(status: &[u8]) -> std::result::Result<u32, (usize
         })
 }
 
+/// The most bytes of a command line read and kept per process. Any user can start processes
+/// with a megabyte of arguments, and the daemon keeps every process's facts for a while: the
+/// cap keeps that memory proportional to the number of processes, not to what they pass.
+/// (`ps` and `top` show less.)
+pub const CMDLINE_LIMIT: usize = 4096;
+
+/// Appended to the last argument kept when a command line was cut at [`CMDLINE_LIMIT`].
+pub const CMDLINE_CUT_MARK: &str = "…";
+
 /// `/proc/<pid>/cmdline`: arguments separated (and normally terminated) by NUL. Empty for
-/// kernel threads and zombies.
+/// kernel threads and zombies. Of a longer input only the first [`CMDLINE_LIMIT`] bytes are
+/// kept, and the last argument kept ends with [`CMDLINE_CUT_MARK`].
 pub(crate) fn parse_cmdline(cmdline: &[u8]) -> Vec<String> {
+    let cut = cmdline.len() > CMDLINE_LIMIT;
+    let cmdline = &cmdline[..cmdline.len().min(CMDLINE_LIMIT)];
     let cmdline = cmdline.strip_suffix(b"\0").unwrap_or(cmdline);
     if cmdline.is_empty() {
         return Vec::new();
     }
-    cmdline
+    let mut args: Vec<String> = cmdline
         .split(|&b| b == 0)
         .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
+        .collect();
+    if let (true, Some(last)) = (cut, args.last_mut()) {
+        last.push_str(CMDLINE_CUT_MARK);
+    }
+    args
 }
 
 fn stat_of(dir: &Path) -> Result<(String, u64)> {
@@ -103,7 +119,7 @@ impl ProcRoot {
         let dir = self.pid_dir(pid);
         let (comm, start_time) = stat_of(&dir)?;
         let uid = uid_of(&dir)?;
-        let cmdline = parse_cmdline(&read_file(&dir.join("cmdline"))?);
+        let cmdline = parse_cmdline(&read_file_prefix(&dir.join("cmdline"), CMDLINE_LIMIT + 1)?);
         Ok(ProcessInfo {
             key: ProcessKey { pid, start_time },
             comm,
@@ -162,6 +178,24 @@ mod tests {
         );
         assert_eq!(parse_cmdline(b"rewritten title"), ["rewritten title"]);
         assert!(parse_cmdline(b"").is_empty());
+    }
+
+    /// Issue #9: 200 processes with 1 MiB of arguments each took the daemon from 24 to
+    /// 270 MiB, since every exec's whole command line was kept.
+    #[test]
+    fn a_huge_cmdline_is_cut_and_marked() {
+        let mut huge = b"hog\0".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 1 << 20));
+        huge.push(0);
+        let args = parse_cmdline(&huge);
+        assert_eq!(args.len(), 2);
+        assert_eq!(args[0], "hog");
+        assert!(args[1].ends_with(CMDLINE_CUT_MARK));
+        let kept: usize = args.iter().map(|a| a.len() + 1).sum();
+        assert!(kept <= CMDLINE_LIMIT + CMDLINE_CUT_MARK.len() + 1, "{kept}");
+        // Exactly the limit is not cut.
+        let exact = vec![b'b'; CMDLINE_LIMIT];
+        assert!(!parse_cmdline(&exact)[0].ends_with(CMDLINE_CUT_MARK));
     }
 
     proptest::proptest! {

@@ -42,6 +42,16 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::from_io(path, e))
 }
 
+/// Reads at most `limit` bytes from the start of a file, classifying the error.
+pub(crate) fn read_file_prefix(path: &Path, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(limit as u64).read_to_end(&mut bytes))
+        .map_err(|e| Error::from_io(path, e))?;
+    Ok(bytes)
+}
+
 /// Reads a symlink's target, classifying the error.
 pub(crate) fn read_link(path: &Path) -> Result<PathBuf> {
     fs::read_link(path).map_err(|e| Error::from_io(path, e))

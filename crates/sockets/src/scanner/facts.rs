@@ -17,7 +17,7 @@ use rustix::fs::{openat, readlinkat, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::process::{parse_cmdline, parse_stat, parse_status_uid};
+use crate::process::{parse_cmdline, parse_stat, parse_status_uid, CMDLINE_LIMIT};
 use crate::text::{dec, fields};
 
 /// `<root>/<pid>/<name>`, built only to name a file in an error.
@@ -32,9 +32,20 @@ const READ_CHUNK: usize = 4096;
 /// it has grown to the largest file read this allocates nothing). Unlike `File::read_to_end`
 /// it does not `fstat`/`lseek` for a size hint: procfs files report size 0.
 pub(super) fn read_at(dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    read_at_most(dir, name, buf, usize::MAX)
+}
+
+/// [`read_at`], stopping once `buf` holds at least `limit` bytes (it may hold up to one
+/// chunk more).
+pub(super) fn read_at_most(
+    dir: &OwnedFd,
+    name: &CStr,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<()> {
     let fd = openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     buf.clear();
-    loop {
+    while buf.len() < limit {
         buf.reserve(READ_CHUNK);
         match rustix::io::read(&fd, spare_capacity(buf)) {
             Ok(0) => return Ok(()),
@@ -42,6 +53,7 @@ pub(super) fn read_at(dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> io::Resu
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
 }
 
 /// The facts of the process whose directory is `pid_dir`. `root` and `pid` only name files
@@ -66,7 +78,8 @@ pub(super) fn process_at(
     let (comm, start_time) = parse_stat(buf).map_err(|r| parse_error("stat", 1, r))?;
     read(c"status", "status", buf)?;
     let uid = parse_status_uid(buf).map_err(|(line, r)| parse_error("status", line, r))?;
-    read(c"cmdline", "cmdline", buf)?;
+    read_at_most(pid_dir, c"cmdline", buf, CMDLINE_LIMIT + 1)
+        .map_err(|e| Error::from_io(&proc_path(root, pid, "cmdline"), e))?;
     let cmdline = parse_cmdline(buf);
     Ok(ProcessInfo {
         key: ProcessKey { pid, start_time },
