@@ -67,6 +67,16 @@ impl Counters {
     pub fn is_zero(&self) -> bool {
         *self == Counters::default()
     }
+
+    /// The larger of each field.
+    pub fn max(&self, other: &Counters) -> Counters {
+        Counters {
+            rx_bytes: self.rx_bytes.max(other.rx_bytes),
+            tx_bytes: self.tx_bytes.max(other.tx_bytes),
+            rx_packets: self.rx_packets.max(other.rx_packets),
+            tx_packets: self.tx_packets.max(other.tx_packets),
+        }
+    }
 }
 
 /// How sure a credit is.

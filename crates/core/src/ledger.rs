@@ -235,6 +235,40 @@ impl Ledger {
         self.last_logged_at = now;
     }
 
+    /// Continues a process's counters from a checkpoint of an earlier run of the daemon:
+    /// `total` becomes both its total and what the log has written, so the next log line
+    /// reports only what comes after it and its `*_total` fields go on from `total`. A key the
+    /// ledger already counts keeps the larger of the two (a restore never lowers a total).
+    pub fn restore(&mut self, key: ProcessKey, meta: ProcessMeta, total: Counters) {
+        let entry = self.processes.entry(key).or_insert_with(|| ProcessUsage {
+            key,
+            meta,
+            usage: Usage::default(),
+            quality: QualityBytes::default(),
+            exited_at: None,
+        });
+        restore_usage(&mut entry.usage, total);
+    }
+
+    /// [`Ledger::restore`] for the `unknown` bucket.
+    pub fn restore_unknown(&mut self, total: Counters) {
+        restore_usage(&mut self.unknown, total);
+    }
+
+    /// Live processes and `unknown` as the usage log has written them: what a checkpoint
+    /// keeps so that a restarted daemon continues their totals. Exited processes are left
+    /// out: their lines are final.
+    pub fn logged_live(&self) -> (Vec<(ProcessKey, ProcessMeta, Counters)>, Counters) {
+        let mut live: Vec<_> = self
+            .processes
+            .values()
+            .filter(|p| p.alive() && !p.usage.logged.is_zero())
+            .map(|p| (p.key, p.meta.clone(), p.usage.logged))
+            .collect();
+        live.sort_by_key(|(key, _, _)| *key);
+        (live, self.unknown.logged)
+    }
+
     /// Forgets exited processes whose counts are all logged and whose exit is older than
     /// `retention`. Returns how many were forgotten.
     pub fn expire(&mut self, now: Instant, retention: Duration) -> usize {
@@ -247,6 +281,16 @@ impl Ledger {
         });
         before - self.processes.len()
     }
+}
+
+/// Raises `usage` to `total`, logged: counts gathered since stay unlogged on top of it.
+fn restore_usage(usage: &mut Usage, total: Counters) {
+    let unlogged = usage.unlogged();
+    let base = total.max(&usage.logged);
+    usage.logged = base;
+    usage.total = base;
+    usage.total.absorb(&unlogged);
+    usage.rate.sampled = usage.total;
 }
 
 fn new_entry(key: ProcessKey, table: &SocketTable) -> ProcessUsage {
@@ -268,5 +312,101 @@ fn new_entry(key: ProcessKey, table: &SocketTable) -> ProcessUsage {
         usage: Usage::default(),
         quality: QualityBytes::default(),
         exited_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Direction;
+    use crate::{Credit, MatchKind};
+
+    const KEY: ProcessKey = ProcessKey {
+        pid: 42,
+        start_time: 7,
+    };
+
+    fn meta() -> ProcessMeta {
+        ProcessMeta {
+            comm: "curl".into(),
+            exe: None,
+            uid: 1000,
+        }
+    }
+
+    fn counters(rx_bytes: u64, tx_bytes: u64) -> Counters {
+        Counters {
+            rx_bytes,
+            tx_bytes,
+            rx_packets: rx_bytes / 100,
+            tx_packets: tx_bytes / 100,
+        }
+    }
+
+    fn tx(ledger: &mut Ledger, bytes: u32) {
+        let mut tally = Tally::default();
+        let credit = Credit::Process {
+            key: KEY,
+            kind: MatchKind::Exact,
+        };
+        tally.record_side(Direction::Tx, credit, false, bytes);
+        ledger.merge(&mut tally, &SocketTable::default());
+    }
+
+    fn line_of(batch: &LogBatch) -> Option<&LogRecord> {
+        batch.records.iter().find(|r| r.key == Some(KEY))
+    }
+
+    #[test]
+    fn a_restored_process_logs_only_what_comes_after_and_its_totals_go_on() {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(t0);
+        ledger.restore(KEY, meta(), counters(1000, 2000));
+        ledger.restore_unknown(counters(300, 0));
+        // Nothing new: no line for the process, unknown's interval is zero.
+        let batch = ledger.log_batch(t0);
+        assert!(line_of(&batch).is_none());
+        assert_eq!(batch.records.last().unwrap().total, counters(300, 0));
+        assert!(batch.records.last().unwrap().interval.is_zero());
+        tx(&mut ledger, 100);
+        let batch = ledger.log_batch(t0);
+        let line = line_of(&batch).unwrap();
+        assert_eq!(line.interval.tx_bytes, 100);
+        assert_eq!(line.total.tx_bytes, 2100);
+        assert_eq!(line.meta.as_ref().unwrap().comm, "curl");
+    }
+
+    #[test]
+    fn a_restore_never_lowers_a_total_nor_loses_unlogged_counts() {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(t0);
+        tx(&mut ledger, 500);
+        ledger.restore(KEY, meta(), counters(0, 300));
+        let batch = ledger.log_batch(t0);
+        let line = line_of(&batch).unwrap();
+        assert_eq!((line.interval.tx_bytes, line.total.tx_bytes), (500, 800));
+        ledger.commit_log(&batch, t0);
+        ledger.restore(KEY, meta(), counters(0, 100));
+        assert_eq!(ledger.process(&KEY).unwrap().usage.total.tx_bytes, 800);
+    }
+
+    #[test]
+    fn a_checkpoint_holds_what_is_logged_of_live_processes_only() {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(t0);
+        tx(&mut ledger, 100);
+        let (live, _) = ledger.logged_live();
+        assert!(live.is_empty(), "nothing logged yet: {live:?}");
+        let batch = ledger.log_batch(t0);
+        ledger.commit_log(&batch, t0);
+        tx(&mut ledger, 50);
+        let (live, _) = ledger.logged_live();
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            live[0].2.tx_bytes, 100,
+            "unlogged counts are not checkpointed"
+        );
+        ledger.mark_exited(&KEY, t0);
+        assert!(ledger.logged_live().0.is_empty());
     }
 }
