@@ -73,7 +73,12 @@ impl Iterator for Messages<'_> {
         // Messages are padded to 4 bytes; the last one's padding may be absent.
         let next = align4(message.length() as usize).min(self.rest.len());
         self.rest = &self.rest[next..];
-        Some(self.read(&message))
+        let reply = self.read(&message);
+        if reply.is_err() {
+            // Nothing after a malformed message is trusted.
+            self.rest = &[];
+        }
+        Some(reply)
     }
 }
 
@@ -254,6 +259,18 @@ mod tests {
             replies[0].as_ref().unwrap_err().contains("inet_diag_msg"),
             "{replies:?}"
         );
+    }
+
+    /// Found by the `sock_diag` fuzz target: a message with a bad `inet_diag_msg` (here an
+    /// unknown address family) was reported as an error, but the messages after it were
+    /// still read.
+    #[test]
+    fn a_malformed_message_ends_the_datagram() {
+        let mut bytes = DUAL_STACK_ACCEPTED_THEN_DONE.to_vec();
+        bytes[16] = 0x01; // idiag_family = AF_UNIX: not an inet_diag_msg
+        let replies = read(&bytes, 5);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert!(replies[0].is_err(), "{replies:?}");
     }
 
     proptest! {
