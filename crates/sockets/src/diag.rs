@@ -236,6 +236,30 @@ impl SockDiag {
     }
 }
 
+impl SockDiag {
+    /// Reads one reply datagram to request `seq` as a dump or lookup does, without a socket:
+    /// the entry point of the `sock_diag` fuzz target (`fuzz/`), not an API. One item per
+    /// netlink message: a socket, `None` for the end, a failure or a skipped message, or the
+    /// reason a message is malformed (then the last item).
+    #[doc(hidden)]
+    pub fn parse_reply(
+        datagram: &[u8],
+        seq: u32,
+    ) -> Vec<std::result::Result<Option<SocketEntry>, String>> {
+        let shape = Shape {
+            proto: IpProto::Tcp,
+            netns: NetNsId(0),
+        };
+        let socket = |reply| match reply {
+            Reply::Socket(entry) => Some(entry),
+            Reply::Done | Reply::Failed(_) | Reply::Skipped => None,
+        };
+        Messages::new(datagram, seq, shape)
+            .map(|reply| reply.map(socket))
+            .collect()
+    }
+}
+
 /// A bound, connected `NETLINK_SOCK_DIAG` socket with [`RECV_TIMEOUT`] set.
 fn open_socket() -> Result<Socket> {
     let classify = |e| Error::from_io(&PathBuf::from(SOCKET_NAME), e);
