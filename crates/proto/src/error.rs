@@ -27,6 +27,12 @@ pub enum ErrorCode {
     LineTooLong,
     /// The server failed; not the client's fault.
     Internal,
+    /// The server, or the caller's user, already has as many clients as allowed; the server
+    /// closes the connection after replying. Try again later.
+    TooManyClients,
+    /// No complete request line arrived in time (the connection sat idle, or a line was left
+    /// half-sent); the server closes the connection after replying.
+    Timeout,
     /// A code this version does not know.
     Other(String),
 }
@@ -42,6 +48,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::LineTooLong => "line_too_long",
             ErrorCode::Internal => "internal",
+            ErrorCode::TooManyClients => "too_many_clients",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Other(code) => code,
         }
     }
@@ -57,6 +65,8 @@ impl From<String> for ErrorCode {
             "not_found" => ErrorCode::NotFound,
             "line_too_long" => ErrorCode::LineTooLong,
             "internal" => ErrorCode::Internal,
+            "too_many_clients" => ErrorCode::TooManyClients,
+            "timeout" => ErrorCode::Timeout,
             _ => ErrorCode::Other(code),
         }
     }

@@ -9,7 +9,7 @@ pub use error::{ErrorCode, ProtoError, ReplyError};
 pub use framing::{decode_reply, encode_line, error_reply, ok, parse_request};
 pub use reply::{
     Connection, Envelope, ErrorBody, ErrorReply, LookupReply, MatchBytes, Owner, ProcessDetail,
-    ProcessReply, ProcessRow, ProcessSide, ProcessesReply, RateRow, Stats, StatsReply,
+    ProcessReply, ProcessRow, ProcessSide, ProcessesReply, QueryServer, RateRow, Stats, StatsReply,
     UnknownReasons, UnknownRow, Usage, WatchFrame, MATCH_EXACT, MATCH_RECENT, MATCH_WILDCARD,
     UNKNOWN_COMM,
 };

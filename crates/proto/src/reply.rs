@@ -213,6 +213,30 @@ pub struct Stats {
     /// Which process-side sources of attribution run, and what they did.
     #[serde(default)]
     pub process_side: ProcessSide,
+    /// The query server's clients: how many, its limits, and what happened at them.
+    #[serde(default)]
+    pub query_server: QueryServer,
+}
+
+/// The query server's clients and what happened at its bounds. Every bound the server keeps
+/// (client count, idle and half-line timeouts, line length) has a counter here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryServer {
+    /// Clients connected now (this one included).
+    pub clients: u64,
+    /// Most clients served at once: the configured `max_clients`, lowered if needed so that
+    /// the reserve of file descriptors for capture and refresh always remains.
+    pub client_limit: u64,
+    /// Most clients one user outside the socket group may hold at once.
+    pub client_limit_per_user: u64,
+    /// Clients turned away with `too_many_clients` (the server or the user was at its limit).
+    pub clients_refused: u64,
+    /// Clients closed with `timeout`: idle too long, or a request line left half-sent.
+    pub clients_timed_out: u64,
+    /// Clients closed for a request line over the length limit.
+    pub lines_too_long: u64,
+    /// `accept` failures (e.g. out of file descriptors); logged at most once per 10 s.
+    pub accept_errors: u64,
 }
 
 /// The process side of attribution: kernel sources that tell which process uses a socket
@@ -279,6 +303,10 @@ pub struct ProcessesReply {
     pub processes: Vec<ProcessRow>,
     /// The unknown bucket.
     pub unknown: UnknownRow,
+    /// Set when the list holds only the caller's own processes (those of this uid): the
+    /// caller is neither root nor in the socket's group. Absent for a full list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered_to_uid: Option<u32>,
 }
 
 /// Body of the `process` reply.
@@ -296,6 +324,10 @@ pub struct LookupReply {
     /// The owner; absent when not found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// Set when only the caller's own processes (those of this uid) were eligible: `found`
+    /// is then `false` also when another user's process owns the flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered_to_uid: Option<u32>,
 }
 
 impl LookupReply {
@@ -304,6 +336,7 @@ impl LookupReply {
         LookupReply {
             found: true,
             owner: Some(owner),
+            filtered_to_uid: None,
         }
     }
 
@@ -312,6 +345,7 @@ impl LookupReply {
         LookupReply {
             found: false,
             owner: None,
+            filtered_to_uid: None,
         }
     }
 }
@@ -334,6 +368,9 @@ pub struct WatchFrame {
     pub processes: Vec<RateRow>,
     /// The unknown bucket (`pid` null, `comm` [`UNKNOWN_COMM`]).
     pub unknown: RateRow,
+    /// Set when the frame lists only the caller's own processes (those of this uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered_to_uid: Option<u32>,
 }
 
 /// Body of an error reply (`"ok":false`).

@@ -111,6 +111,15 @@ fn stats() -> Stats {
             route_threads: 2,
             traced_routes: 36,
         },
+        query_server: QueryServer {
+            clients: 3,
+            client_limit: 256,
+            client_limit_per_user: 64,
+            clients_refused: 37,
+            clients_timed_out: 38,
+            lines_too_long: 39,
+            accept_errors: 40,
+        },
     }
 }
 
@@ -388,12 +397,33 @@ fn processes_reply_shape_is_exact() {
     let reply = ok(ProcessesReply {
         processes: vec![row()],
         unknown: usage(),
+        filtered_to_uid: None,
     });
     let expected = format!(
         r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}}}}],"unknown":{{{USAGE_JSON}}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
+}
+
+#[test]
+fn a_list_filtered_to_the_callers_uid_says_so() {
+    let reply = ok(ProcessesReply {
+        processes: vec![],
+        unknown: usage(),
+        filtered_to_uid: Some(1000),
+    });
+    assert!(encoded(&reply).ends_with(",\"filtered_to_uid\":1000}\n"));
+    round_trip(&reply);
+    let lookup = ok(LookupReply {
+        filtered_to_uid: Some(1000),
+        ..LookupReply::not_found()
+    });
+    assert_eq!(
+        encoded(&lookup),
+        "{\"v\":1,\"ok\":true,\"found\":false,\"filtered_to_uid\":1000}\n"
+    );
+    round_trip(&lookup);
 }
 
 #[test]
@@ -445,7 +475,7 @@ fn lookup_reply_shapes_are_exact() {
 #[test]
 fn stats_reply_shape_is_exact() {
     let reply = ok(StatsReply { stats: stats() });
-    let expected = r#"{"v":1,"ok":true,"stats":{"uptime_s":12.5,"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"foreign_packets":5,"foreign_bytes":6,"credited_rx_bytes":7,"credited_tx_bytes":8,"credited_rx_packets":9,"credited_tx_packets":10,"unknown_rx_bytes":11,"unknown_tx_bytes":12,"unknown_rx_packets":13,"unknown_tx_packets":14,"non_ip_packets":15,"malformed_packets":16,"pcap_received":17,"pcap_dropped":18,"pcap_if_dropped":19,"sockets_known":20,"processes_known":21,"refreshes":22,"last_refresh_ms":0.25,"interface":"eth0","link_type":"EN10MB","credited_matched":{"exact":23,"wildcard":24,"recent":25,"late":26},"unknown_reasons":{"no_socket":27,"no_process":28,"pending_expired":29,"unsupported":30},"pending_packets":31,"pending_bytes":32,"process_side":{"watcher":true,"tracer":true,"traced_claims":33,"traced_unknown_process":34,"trace_events_lost":35,"route_threads":2,"traced_routes":36}}}"#;
+    let expected = r#"{"v":1,"ok":true,"stats":{"uptime_s":12.5,"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"foreign_packets":5,"foreign_bytes":6,"credited_rx_bytes":7,"credited_tx_bytes":8,"credited_rx_packets":9,"credited_tx_packets":10,"unknown_rx_bytes":11,"unknown_tx_bytes":12,"unknown_rx_packets":13,"unknown_tx_packets":14,"non_ip_packets":15,"malformed_packets":16,"pcap_received":17,"pcap_dropped":18,"pcap_if_dropped":19,"sockets_known":20,"processes_known":21,"refreshes":22,"last_refresh_ms":0.25,"interface":"eth0","link_type":"EN10MB","credited_matched":{"exact":23,"wildcard":24,"recent":25,"late":26},"unknown_reasons":{"no_socket":27,"no_process":28,"pending_expired":29,"unsupported":30},"pending_packets":31,"pending_bytes":32,"process_side":{"watcher":true,"tracer":true,"traced_claims":33,"traced_unknown_process":34,"trace_events_lost":35,"route_threads":2,"traced_routes":36},"query_server":{"clients":3,"client_limit":256,"client_limit_per_user":64,"clients_refused":37,"clients_timed_out":38,"lines_too_long":39,"accept_errors":40}}}"#;
     assert_eq!(encoded(&reply), expected.to_owned() + "\n");
     round_trip(&reply);
 }
@@ -457,6 +487,7 @@ fn watch_frame_shape_is_exact() {
         interval_ms: 1000,
         processes: vec![rate(Some(42), "curl")],
         unknown: rate(None, UNKNOWN_COMM),
+        filtered_to_uid: None,
     });
     let expected = r#"{"v":1,"ok":true,"ts":"2024-05-01T12:00:00.250Z","interval_ms":1000,"processes":[{"pid":42,"comm":"curl","rx_bps":100.0,"tx_bps":50.5,"rx_bytes_total":1000,"tx_bytes_total":500}],"unknown":{"pid":null,"comm":"<unknown>","rx_bps":100.0,"tx_bps":50.5,"rx_bytes_total":1000,"tx_bytes_total":500}}"#;
     assert_eq!(encoded(&frame), expected.to_owned() + "\n");
@@ -473,6 +504,8 @@ fn error_reply_shape_is_exact() {
         (ErrorCode::NotFound, "not_found"),
         (ErrorCode::LineTooLong, "line_too_long"),
         (ErrorCode::Internal, "internal"),
+        (ErrorCode::TooManyClients, "too_many_clients"),
+        (ErrorCode::Timeout, "timeout"),
     ];
     for (code, text) in cases {
         let reply = error_reply(code.clone(), "no such pid 7");
@@ -604,6 +637,7 @@ fn decode_tolerates_unknown_fields_everywhere() {
         interval_ms: 100,
         processes: vec![],
         unknown: rate(None, UNKNOWN_COMM),
+        filtered_to_uid: None,
     }))
     .unwrap();
     frame["unknown"]["extra"] = json!(1);
