@@ -11,6 +11,15 @@ use serde::Deserialize;
 /// Default configuration file; a missing default file is not an error.
 pub const DEFAULT_CONFIG: &str = "/etc/pidcap/pidcap.toml";
 pub const DEFAULT_USAGE_LOG: &str = "/var/log/pidcap/usage.jsonl";
+/// Members of this group see every process on the query socket (created by
+/// `systemd/pidcap.sysusers`); a missing default group is a warning, not an error.
+pub const DEFAULT_SOCKET_GROUP: &str = "pidcap";
+/// Anyone may connect; what each caller sees is decided from its credentials.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+/// Query clients served at once (lowered at start if the fd limit needs it).
+pub const DEFAULT_MAX_CLIENTS: usize = 256;
+/// How long a query connection may sit without a request.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "60s";
 
 /// Command-line flags. Every flag overrides the same key of the configuration file.
 #[derive(Debug, Default, Parser)]
@@ -38,6 +47,19 @@ pub struct Flags {
     /// Query socket path [default: /run/pidcap/pidcap.sock]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Group owning the query socket; its members (and root) see every process, others only
+    /// their own. Empty for none [default: pidcap]
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Query socket file mode, octal [default: 0666]
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// Query clients served at once [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<usize>,
+    /// How long a query connection may wait without a request before it is closed [default: 60s]
+    #[arg(long, value_name = "DUR")]
+    pub client_idle_timeout: Option<String>,
     /// Usage log path (JSON lines) [default: /var/log/pidcap/usage.jsonl]
     #[arg(long, value_name = "PATH")]
     pub usage_log: Option<PathBuf>,
@@ -86,6 +108,10 @@ struct FileConfig {
     capture_timeout: Option<String>,
     buffer_size: Option<toml::Value>,
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    socket_mode: Option<String>,
+    max_clients: Option<usize>,
+    client_idle_timeout: Option<String>,
     usage_log: Option<PathBuf>,
     log_interval: Option<String>,
     refresh_interval: Option<String>,
@@ -107,6 +133,14 @@ pub struct Config {
     pub capture_timeout: Duration,
     pub buffer_size: i32,
     pub socket: PathBuf,
+    /// The query socket's group; `None` when configured empty (only root sees everything).
+    pub socket_group: Option<String>,
+    /// Whether `socket_group` was configured (a missing group is then an error, not a
+    /// warning).
+    pub socket_group_required: bool,
+    pub socket_mode: u32,
+    pub max_clients: usize,
+    pub client_idle_timeout: Duration,
     pub usage_log: PathBuf,
     pub log_interval: Duration,
     pub refresh_interval: Duration,
@@ -186,6 +220,18 @@ impl Config {
                 .socket
                 .or(file.socket)
                 .unwrap_or_else(|| pidcap_proto::DEFAULT_SOCKET.into()),
+            socket_group_required: flags.socket_group.is_some() || file.socket_group.is_some(),
+            socket_group: socket_group(flags.socket_group.or(file.socket_group)),
+            socket_mode: socket_mode(flags.socket_mode.or(file.socket_mode))?,
+            max_clients: flags
+                .max_clients
+                .or(file.max_clients)
+                .unwrap_or(DEFAULT_MAX_CLIENTS),
+            client_idle_timeout: duration(
+                "client_idle_timeout",
+                flags.client_idle_timeout.or(file.client_idle_timeout),
+                DEFAULT_CLIENT_IDLE_TIMEOUT,
+            )?,
             usage_log: flags
                 .usage_log
                 .or(file.usage_log)
@@ -266,6 +312,7 @@ impl Config {
             ));
         }
         check_path("socket", &self.socket)?;
+        self.validate_clients()?;
         check_path("usage_log", &self.usage_log)?;
         if let Some(f) = &self.filter {
             if f.trim().is_empty() {
@@ -284,6 +331,48 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    fn validate_clients(&self) -> Result<(), ConfigError> {
+        if !(1..=65_536).contains(&self.max_clients) {
+            return Err(invalid(
+                "max_clients",
+                format!("{} is out of range 1..=65536", self.max_clients),
+            ));
+        }
+        check_min(
+            "client_idle_timeout",
+            self.client_idle_timeout,
+            Duration::from_millis(100),
+        )?;
+        if self.client_idle_timeout > Duration::from_secs(86_400) {
+            return Err(invalid("client_idle_timeout", "must be at most 24h"));
+        }
+        Ok(())
+    }
+}
+
+/// The configured group, the default when unset, `None` when set empty.
+fn socket_group(value: Option<String>) -> Option<String> {
+    let name = value.unwrap_or_else(|| DEFAULT_SOCKET_GROUP.into());
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Parses an octal file mode (`0666`, `666` or `0o666`) of at most `0777`.
+fn socket_mode(value: Option<String>) -> Result<u32, ConfigError> {
+    let Some(text) = value else {
+        return Ok(DEFAULT_SOCKET_MODE);
+    };
+    let digits = text.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+        _ => Err(invalid(
+            "socket_mode",
+            format!("{text:?} is not an octal file mode; use e.g. \"0666\" or \"0660\""),
+        )),
     }
 }
 
@@ -447,11 +536,47 @@ mod tests {
             (&["--capture-timeout", "5s"], "capture_timeout"),
             (&["--pending-timeout", "5m"], "pending_timeout"),
             (&["--pending-max", "99999999"], "pending_max"),
+            (&["--max-clients", "0"], "max_clients"),
+            (&["--client-idle-timeout", "1ms"], "client_idle_timeout"),
+            (&["--client-idle-timeout", "2d"], "client_idle_timeout"),
+            (&["--socket-mode", "0999"], "socket_mode"),
+            (&["--socket-mode", "01777"], "socket_mode"),
+            (&["--socket-mode", "rw"], "socket_mode"),
         ];
         for (args, key) in cases {
             let err = Config::merge(FileConfig::default(), flags(args)).unwrap_err();
             assert!(err.to_string().starts_with(key), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_query_socket_is_open_to_all_with_a_group_that_sees_everything() {
+        let c = Config::merge(FileConfig::default(), Flags::default()).unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some(DEFAULT_SOCKET_GROUP));
+        assert!(
+            !c.socket_group_required,
+            "a missing default group only warns"
+        );
+        assert_eq!(c.socket_mode, 0o666);
+        assert_eq!(c.max_clients, DEFAULT_MAX_CLIENTS);
+        assert_eq!(c.client_idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn socket_access_keys_come_from_the_file_or_the_flags() {
+        let file: FileConfig = toml::from_str(
+            "socket_group = \"adm\"\nsocket_mode = \"0660\"\nmax_clients = 16\nclient_idle_timeout = \"5s\"",
+        )
+        .unwrap();
+        let c = Config::merge(file, flags(&["--socket-mode", "0o640"])).unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some("adm"));
+        assert!(c.socket_group_required);
+        assert_eq!(c.socket_mode, 0o640);
+        assert_eq!(c.max_clients, 16);
+        assert_eq!(c.client_idle_timeout, Duration::from_secs(5));
+        let none = Config::merge(FileConfig::default(), flags(&["--socket-group", ""])).unwrap();
+        assert_eq!(none.socket_group, None);
+        assert!(toml::from_str::<FileConfig>("socket_mode = 438").is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod access;
+pub mod clients;
 pub mod config;
 pub mod facts;
 pub mod pipeline;
@@ -47,6 +49,8 @@ pub struct Opened {
     pub netns: NetNsId,
     /// The builder that made the first table; it carries on refreshing.
     pub builder: TableBuilder,
+    /// The query socket's group (its members see every process), if it exists.
+    pub socket_group: Option<access::SocketGroup>,
 }
 
 /// Runs until `shutdown` is cancelled (signal) or the replayed file ends. Returns an error
@@ -63,6 +67,7 @@ pub async fn serve(
         proc,
         netns,
         builder,
+        socket_group,
     } = opened;
     let stop = Arc::new(AtomicBool::new(false));
     let (misses, requests) = miss_channel();
@@ -131,9 +136,17 @@ pub async fn serve(
 
     let tasks = TaskTracker::new();
     let log = Arc::new(Mutex::new(UsageLog::new(config.usage_log.clone())));
+    // After capture, refresher, watcher and tracer have opened their fds: the client limit
+    // is taken from what remains.
+    let access = server::Access::new(
+        socket_group,
+        config.max_clients,
+        server::Timeouts::new(config.client_idle_timeout),
+    );
     tasks.spawn(server::run(
         listener,
         shared.clone(),
+        access,
         shutdown.clone(),
         tasks.clone(),
     ));
@@ -356,10 +369,17 @@ fn notify_ready() {
 }
 
 /// Binds the query socket: creates its directory, refuses to steal the socket of a running
-/// daemon, removes a stale one, and sets mode 0660.
-pub fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+/// daemon, removes a stale one, gives it to `gid` (if any) and sets `mode`. The socket is
+/// created inaccessible to others and only then opened up, so it is never more open than
+/// `mode`. Warns when its directory keeps out the users `mode` lets in.
+pub fn bind_socket(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> anyhow::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
     }
     if path.exists() {
@@ -368,8 +388,42 @@ pub fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListen
         }
         std::fs::remove_file(path)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let listener = bind_private(path)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     listener.set_nonblocking(true)?;
+    if let Some(dir) = dir {
+        warn_if_unreachable(dir, mode);
+    }
     Ok(listener)
+}
+
+/// Binds with umask 077, so the socket starts as 0700. Called before any other thread
+/// exists (the umask is per process).
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    // SAFETY: umask only swaps the process's file-mode mask; it cannot fail.
+    let old = unsafe { libc::umask(0o077) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    bound
+}
+
+/// A socket of mode 0666 in a directory of mode 0750 is still closed to other users: say so.
+fn warn_if_unreachable(dir: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let dir_mode = meta.permissions().mode();
+    if mode & 0o002 != 0 && dir_mode & 0o001 == 0 {
+        warn!(
+            dir = %dir.display(),
+            dir_mode = format!("{:04o}", dir_mode & 0o7777),
+            "the query socket is open to every user but its directory is not searchable by them; \
+             make the directory mode 0755 (RuntimeDirectoryMode= in the unit)"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use pidcap_sockets::ProcRoot;
 use pidcapd::config::{Config, Flags};
 use pidcapd::refresh::{TableBuilder, FULL_SCAN_EVERY};
 use pidcapd::state::Shared;
-use pidcapd::{bind_socket, privileges, serve, Opened};
+use pidcapd::{access, bind_socket, privileges, serve, Opened};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -55,6 +55,9 @@ fn start() -> Result<(), Fatal> {
     if config.pcap_file.is_none() {
         privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
     }
+    let socket_group =
+        access::configured_group(config.socket_group.as_deref(), config.socket_group_required)
+            .map_err(|e| Fatal(EX_CONFIG, format!("socket_group: {e}")))?;
     let source = open_source(&config)?;
     let proc = ProcRoot::default();
     let netns = proc.self_netns().map_err(|e| {
@@ -75,7 +78,8 @@ fn start() -> Result<(), Fatal> {
         info.origin = source.origin().to_string();
         info.link_name = source.link_name();
     }
-    let listener = bind_socket(&config.socket).map_err(|e| {
+    let gid = socket_group.as_ref().map(|g| g.gid);
+    let listener = bind_socket(&config.socket, config.socket_mode, gid).map_err(|e| {
         Fatal(
             1,
             format!("cannot listen on {}: {e:#}", config.socket.display()),
@@ -95,6 +99,7 @@ fn start() -> Result<(), Fatal> {
         proc,
         netns,
         builder,
+        socket_group,
     };
     let result = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;

@@ -1,5 +1,10 @@
 //! Answers to queries, built from the shared state. Each function copies what it needs out
 //! of the ledger or table and releases the lock before the reply is serialised or sent.
+//!
+//! Every answer about processes is narrowed to what its [`Viewer`] may see: a restricted
+//! viewer gets only processes whose real uid is its own (rows, `process` detail, `lookup`
+//! owners and holders, `watch` rows), and the reply says so (`filtered_to_uid`). The unknown
+//! bucket and `stats` are aggregates without per-process detail, the same for everybody.
 
 use std::time::{Instant, SystemTime};
 
@@ -10,6 +15,7 @@ use pidcap_proto as proto;
 use pidcap_proto::{ErrorCode, LookupQuery};
 use pidcap_wire::IpProto;
 
+use crate::access::Viewer;
 use crate::state::Shared;
 
 /// A reply line, or an error to send instead.
@@ -53,26 +59,28 @@ fn matched(q: &QualityBytes) -> proto::MatchBytes {
     }
 }
 
-pub fn processes(shared: &Shared) -> Reply {
+pub fn processes(shared: &Shared, viewer: Viewer) -> Reply {
     let (mut processes, unknown) = {
         let ledger = shared.ledger();
-        let rows: Vec<proto::ProcessRow> = ledger.processes().map(row).collect();
+        let rows: Vec<proto::ProcessRow> = ledger
+            .processes()
+            .filter(|p| viewer.sees(p.meta.uid))
+            .map(row)
+            .collect();
         (rows, usage(ledger.unknown()))
     };
     processes.sort_by_key(|r| (r.pid, r.start_time));
     Ok(proto::encode_line(&proto::ok(proto::ProcessesReply {
         processes,
         unknown,
+        filtered_to_uid: viewer.filtered_to(),
     })))
 }
 
-pub fn process(shared: &Shared, pid: u32) -> Reply {
+pub fn process(shared: &Shared, pid: u32, viewer: Viewer) -> Reply {
     let row = shared.ledger().find_pid(pid).map(row);
-    let Some(row) = row else {
-        return Err((
-            ErrorCode::NotFound,
-            format!("no traffic seen for pid {pid}"),
-        ));
+    let Some(row) = row.filter(|r| viewer.sees(r.uid)) else {
+        return Err((ErrorCode::NotFound, not_found_message(pid, viewer)));
     };
     let table = shared.table.load();
     let cmdline = table
@@ -91,6 +99,18 @@ pub fn process(shared: &Shared, pid: u32) -> Reply {
     Ok(proto::encode_line(&proto::ok(proto::ProcessReply {
         process,
     })))
+}
+
+/// Says the same whether another user's process has traffic or not: a restricted viewer
+/// learns nothing about processes it may not see.
+fn not_found_message(pid: u32, viewer: Viewer) -> String {
+    match viewer.filtered_to() {
+        None => format!("no traffic seen for pid {pid}"),
+        Some(uid) => format!(
+            "no traffic seen for pid {pid} among the processes of uid {uid} (only root and \
+             members of the socket's group see other users' processes)"
+        ),
+    }
 }
 
 fn connection(s: &SocketEntry) -> proto::Connection {
@@ -129,39 +149,53 @@ fn state_name(proto: IpProto, state: TcpState) -> &'static str {
     }
 }
 
-pub fn lookup(shared: &Shared, q: &LookupQuery) -> Reply {
+pub fn lookup(shared: &Shared, q: &LookupQuery, viewer: Viewer) -> Reply {
     let table = shared.table.load();
     let proto = IpProto::from(q.proto.ip_number());
     let found = table
         .lookup(proto, canonical(q.local), canonical(q.remote))
-        .and_then(|m| owner(&table, m.inode, m.owner?, m.kind.name()));
+        .and_then(|m| owner(&table, m.inode, m.owner?, m.kind.name(), viewer));
     let reply = match found {
         Some(owner) => proto::LookupReply::found(owner),
         None => proto::LookupReply::not_found(),
     };
-    Ok(proto::encode_line(&proto::ok(reply)))
+    Ok(proto::encode_line(&proto::ok(proto::LookupReply {
+        filtered_to_uid: viewer.filtered_to(),
+        ..reply
+    })))
 }
 
+/// The owner of `inode` as `viewer` may see it: `None` if the credited process is not
+/// visible; holders narrowed to the visible ones.
 fn owner(
     table: &SocketTable,
     inode: u64,
     key: pidcap_core::ProcessKey,
     matched: &str,
+    viewer: Viewer,
 ) -> Option<proto::Owner> {
-    let mut holders: Vec<u32> = table.holders(inode).iter().map(|k| k.pid).collect();
+    let visible =
+        |k: &pidcap_core::ProcessKey| table.process(k).is_some_and(|p| viewer.sees(p.uid));
+    let info = table.process(&key).filter(|p| viewer.sees(p.uid))?;
+    let mut holders: Vec<u32> = table
+        .holders(inode)
+        .iter()
+        .filter(|k| visible(k))
+        .map(|k| k.pid)
+        .collect();
     holders.sort_unstable();
     holders.dedup();
     Some(proto::Owner {
         pid: key.pid,
         start_time: key.start_time,
-        comm: table.process(&key)?.comm.clone(),
+        comm: info.comm.clone(),
         inode,
         matched: matched.into(),
         holders,
     })
 }
 
-pub fn stats(shared: &Shared, now: Instant) -> Reply {
+pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) -> Reply {
     let (totals, uptime, processes) = {
         let ledger = shared.ledger();
         (
@@ -221,16 +255,19 @@ pub fn stats(shared: &Shared, now: Instant) -> Reply {
             route_threads: side.route_threads,
             traced_routes: side.traced_routes,
         },
+        query_server,
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
 }
 
-/// One `watch` frame: the current rate of every live process with traffic, busiest first.
-pub fn watch_frame(shared: &Shared, interval_ms: u64) -> Vec<u8> {
+/// One `watch` frame: the current rate of every live process with traffic that `viewer` may
+/// see, busiest first.
+pub fn watch_frame(shared: &Shared, interval_ms: u64, viewer: Viewer) -> Vec<u8> {
     let (mut processes, unknown) = {
         let ledger = shared.ledger();
         let rows: Vec<proto::RateRow> = ledger
             .processes()
+            .filter(|p| viewer.sees(p.meta.uid))
             .filter(|p| p.alive() || p.usage.rate.rx_bps + p.usage.rate.tx_bps > 0.0)
             .map(|p| rate_row(Some(p.key.pid), &p.meta.comm, &p.usage))
             .collect();
@@ -246,6 +283,7 @@ pub fn watch_frame(shared: &Shared, interval_ms: u64) -> Vec<u8> {
         interval_ms,
         processes,
         unknown,
+        filtered_to_uid: viewer.filtered_to(),
     };
     proto::encode_line(&proto::ok(frame))
 }

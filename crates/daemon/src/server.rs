@@ -1,51 +1,166 @@
 //! The query server: newline-delimited JSON on a unix socket.
 //!
 //! Invariants: each connection is its own task, so a slow or hostile client costs only its
-//! own connection: a line over `MAX_LINE` bytes gets a `line_too_long` reply and the
-//! connection is closed; a client that does not read its replies within `WRITE_TIMEOUT` is
-//! disconnected. Handlers never block the capture thread: they hold the ledger lock only to
-//! copy counters out.
+//! own connection, and every connection is bounded (see [`crate::clients`] for the counts):
+//! - who may see what is fixed at accept from the kernel's credentials ([`crate::access`]);
+//! - a client beyond the server's or its user's limit gets `too_many_clients` and is closed;
+//! - a connection with no request for the idle timeout, or with a line left half-sent for
+//!   the line timeout, gets `timeout` and is closed;
+//! - a line over `MAX_LINE` bytes gets a `line_too_long` reply and the connection is closed;
+//! - a client that does not read its replies within `WRITE_TIMEOUT` is disconnected;
+//! - a failing `accept` (out of fds) is retried after a growing pause and logged at most
+//!   once per 10 s.
+//!
+//! Handlers never block the capture thread: they hold the ledger lock only to copy counters
+//! out.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_proto::{self as proto, ErrorCode, ProtoError, Request};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::access::{peer_credentials, SocketGroup, Viewer};
+use crate::clients::{
+    fd_budget, fd_usage, AcceptErrors, Clients, LogLimit, Slot, FD_RESERVE, LINE_TIMEOUT,
+};
 use crate::queries;
 use crate::state::Shared;
 
 /// How long a reply may wait for the client to read it before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection may wait for a request: between requests, and within one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub line: Duration,
+}
+
+impl Timeouts {
+    /// `idle` between requests; a line gets [`LINE_TIMEOUT`], or `idle` if that is shorter.
+    pub fn new(idle: Duration) -> Timeouts {
+        Timeouts {
+            idle,
+            line: LINE_TIMEOUT.min(idle),
+        }
+    }
+}
+
+/// What the server needs besides the shared state: the access rule and the bounds.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Members see every process; `None` when no such group exists (then only root does).
+    pub group: Option<SocketGroup>,
+    pub clients: Arc<Clients>,
+    pub timeouts: Timeouts,
+}
+
+impl Access {
+    /// The access rule and bounds for this process: `max_clients`, lowered (warned once,
+    /// with the fix) so that [`crate::clients::FD_RESERVE`] fds stay free beyond those open
+    /// now. Call it once everything else has opened its fds.
+    pub fn new(group: Option<SocketGroup>, max_clients: usize, timeouts: Timeouts) -> Access {
+        let limit = match fd_usage() {
+            Ok((soft_limit, open)) => {
+                let limit = fd_budget(max_clients, soft_limit, open);
+                if limit < max_clients {
+                    warn!(
+                        max_clients,
+                        client_limit = limit,
+                        nofile = soft_limit,
+                        open_fds = open,
+                        reserve = FD_RESERVE,
+                        "the fd limit leaves room for fewer query clients than configured; raise it (LimitNOFILE= in the unit, ulimit -n)"
+                    );
+                }
+                limit
+            }
+            Err(error) => {
+                warn!(error = %error, "cannot read the fd limit; serving max_clients without checking it");
+                max_clients
+            }
+        };
+        Access {
+            group,
+            clients: Clients::new(limit),
+            timeouts,
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled; connection tasks are tracked by
 /// `tasks` so shutdown can wait for them.
 pub async fn run(
     listener: UnixListener,
     shared: Arc<Shared>,
+    access: Access,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let mut errors = AcceptErrors::default();
+    let mut refusals = LogLimit::default();
     loop {
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    warn!(error = %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
-        let conn = Connection::new(stream, shared.clone(), shutdown.clone());
-        tasks.spawn(conn.serve());
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                access.clients.count_accept_error();
+                if let Some(suppressed) = errors.log.record(Instant::now()) {
+                    warn!(error = %error, suppressed, "accept failed; retrying (further failures are counted in stats, logged at most every 10 s)");
+                }
+                let pause = errors.backoff();
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        errors.succeeded();
+        match admit(&stream, &access) {
+            Ok((viewer, slot)) => {
+                let conn = Connection::new(stream, shared.clone(), &access, viewer, slot);
+                tasks.spawn(conn.serve(shutdown.clone()));
+            }
+            Err((code, message)) => {
+                if let Some(suppressed) = refusals.record(Instant::now()) {
+                    info!(reason = %message, suppressed, "query client refused");
+                }
+                refuse(&stream, code, message);
+            }
+        }
     }
+}
+
+/// Reads the client's credentials and takes a slot for it, or says why not.
+fn admit(stream: &UnixStream, access: &Access) -> Result<(Viewer, Slot), (ErrorCode, String)> {
+    let credentials = peer_credentials(stream).map_err(|e| {
+        (
+            ErrorCode::Internal,
+            format!("cannot read the credentials of this connection: {e}"),
+        )
+    })?;
+    let viewer = credentials.viewer(access.group.as_ref());
+    let slot = access
+        .clients
+        .admit(viewer)
+        .map_err(|refusal| (ErrorCode::TooManyClients, refusal.to_string()))?;
+    Ok((viewer, slot))
+}
+
+/// Tells a client why it is turned away, without waiting: the socket is new, so its send
+/// buffer has room for one short line. The connection closes when `stream` is dropped.
+fn refuse(stream: &UnixStream, code: ErrorCode, message: String) {
+    let line = proto::encode_line(&proto::error_reply(code, message));
+    let _ = stream.try_write(&line);
 }
 
 /// Why a connection ended early.
@@ -57,57 +172,63 @@ enum Closed {
     Stalled,
     #[error("request line too long")]
     TooLong,
+    #[error("no request within the idle timeout")]
+    Idle,
+    #[error("a request line was left unfinished")]
+    HalfLine,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// One client: its stream, what it may see, and its slot (held until the task ends).
 struct Connection {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
+    clients: Arc<Clients>,
+    viewer: Viewer,
+    timeouts: Timeouts,
     line: Vec<u8>,
+    _slot: Slot,
 }
 
 impl Connection {
-    fn new(stream: UnixStream, shared: Arc<Shared>, shutdown: CancellationToken) -> Connection {
+    fn new(
+        stream: UnixStream,
+        shared: Arc<Shared>,
+        access: &Access,
+        viewer: Viewer,
+        slot: Slot,
+    ) -> Connection {
         let (read, write) = stream.into_split();
         Connection {
             reader: BufReader::new(read),
             writer: write,
             shared,
-            shutdown,
+            clients: access.clients.clone(),
+            viewer,
+            timeouts: access.timeouts,
             line: Vec::new(),
+            _slot: slot,
         }
     }
 
-    async fn serve(mut self) {
-        let result = self.serve_lines().await;
+    async fn serve(mut self, shutdown: CancellationToken) {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            result = self.serve_lines() => result,
+        };
         if let Err(reason) = result {
-            debug!(reason = %reason, "query connection closed");
+            debug!(reason = %reason, viewer = ?self.viewer, "query connection closed");
         }
     }
 
     async fn serve_lines(&mut self) -> Result<(), Closed> {
         loop {
-            let got = tokio::select! {
-                () = self.shutdown.cancelled() => return Ok(()),
-                got = read_line(&mut self.reader, &mut self.line) => got,
-            };
-            match got {
+            match read_request(&mut self.reader, &mut self.line, self.timeouts).await {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
-                Err(Closed::TooLong) => {
-                    let reply = proto::encode_line(
-                        &ProtoError::LineTooLong {
-                            len: self.line.len(),
-                        }
-                        .to_reply(),
-                    );
-                    let _ = self.send(&reply).await;
-                    return Err(Closed::TooLong);
-                }
-                Err(e) => return Err(e),
+                Err(closed) => return self.close_with_reply(closed).await,
             }
             let request = proto::parse_request(&self.line);
             self.line.clear();
@@ -117,12 +238,43 @@ impl Connection {
                     return self.watch(interval).await;
                 }
                 Ok(request) => {
-                    let reply = answer(&self.shared, &request);
+                    let reply = answer(&self.shared, &request, self.viewer, &self.clients);
                     self.send(&reply).await?;
                 }
                 Err(error) => self.send(&proto::encode_line(&error.to_reply())).await?,
             }
         }
+    }
+
+    /// Counts why the connection ends and, where the client can act on it, tells it.
+    async fn close_with_reply(&mut self, closed: Closed) -> Result<(), Closed> {
+        let reply = match &closed {
+            Closed::TooLong => {
+                self.clients.count_too_long();
+                ProtoError::LineTooLong {
+                    len: self.line.len(),
+                }
+                .to_reply()
+            }
+            Closed::Idle | Closed::HalfLine => {
+                self.clients.count_timeout();
+                proto::error_reply(ErrorCode::Timeout, self.timeout_message(&closed))
+            }
+            _ => return Err(closed),
+        };
+        let _ = self.send(&proto::encode_line(&reply)).await;
+        Err(closed)
+    }
+
+    fn timeout_message(&self, closed: &Closed) -> String {
+        let (what, after) = match closed {
+            Closed::HalfLine => ("a request line was left unfinished", self.timeouts.line),
+            _ => ("no request arrived", self.timeouts.idle),
+        };
+        format!(
+            "{what} for {}; closing the connection (reconnect to send more)",
+            humantime::format_duration(after)
+        )
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Closed> {
@@ -138,9 +290,12 @@ impl Connection {
         let mut scratch = [0u8; 512];
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return Ok(()),
                 _ = ticker.tick() => {
-                    let frame = queries::watch_frame(&self.shared, interval.as_millis() as u64);
+                    let frame = queries::watch_frame(
+                        &self.shared,
+                        interval.as_millis() as u64,
+                        self.viewer,
+                    );
                     self.send(&frame).await?;
                 }
                 read = self.reader.read(&mut scratch) => match read {
@@ -152,10 +307,29 @@ impl Connection {
     }
 }
 
+/// Waits up to `timeouts.idle` for the first byte of a request, then up to `timeouts.line`
+/// for the rest of its line. Returns the line's length, 0 at EOF.
+async fn read_request<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    timeouts: Timeouts,
+) -> Result<usize, Closed> {
+    match tokio::time::timeout(timeouts.idle, reader.fill_buf()).await {
+        Err(_) => return Err(Closed::Idle),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok([])) => return Ok(0),
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout(timeouts.line, read_line(reader, buf)).await {
+        Err(_) => Err(Closed::HalfLine),
+        Ok(read) => read,
+    }
+}
+
 /// Reads one line into `buf` (without growing past `MAX_LINE` + 1 bytes). Returns the
 /// number of bytes read, 0 at EOF.
-async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<usize, Closed> {
     let limit = (proto::MAX_LINE + 2) as u64;
@@ -173,17 +347,141 @@ async fn read_line(
     Ok(n)
 }
 
-/// The reply line for a one-shot request.
-pub fn answer(shared: &Shared, request: &Request) -> Vec<u8> {
+/// The reply line for a one-shot request, as `viewer` may see it.
+pub fn answer(shared: &Shared, request: &Request, viewer: Viewer, clients: &Clients) -> Vec<u8> {
     let reply = match request {
-        Request::Processes => queries::processes(shared),
-        Request::Process { pid } => queries::process(shared, *pid),
+        Request::Processes => queries::processes(shared, viewer),
+        Request::Process { pid } => queries::process(shared, *pid, viewer),
         Request::Lookup(l) => match l.query() {
-            Ok(q) => queries::lookup(shared, &q),
+            Ok(q) => queries::lookup(shared, &q, viewer),
             Err(e) => Err((e.code(), e.to_string())),
         },
-        Request::Stats => queries::stats(shared, Instant::now()),
+        Request::Stats => queries::stats(shared, Instant::now(), clients.snapshot()),
         Request::Watch(_) => Err((ErrorCode::Internal, "watch is a stream".into())),
     };
     reply.unwrap_or_else(|(code, message)| proto::encode_line(&proto::error_reply(code, message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use pidcap_core::SocketTable;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn access(limit: usize) -> Access {
+        Access {
+            group: None,
+            clients: Clients::new(limit),
+            timeouts: Timeouts::new(IDLE),
+        }
+    }
+
+    /// A connection served for a restricted viewer, and the client's end of it.
+    fn served(access: &Access) -> (tokio::task::JoinHandle<()>, BufReader<UnixStream>) {
+        let (server, client) = UnixStream::pair().unwrap();
+        let shared = Shared::new(SocketTable::default(), 1024, Instant::now());
+        let viewer = Viewer::Own { uid: 1000 };
+        let slot = access.clients.admit(viewer).unwrap();
+        let conn = Connection::new(server, shared, access, viewer, slot);
+        let task = tokio::spawn(conn.serve(CancellationToken::new()));
+        (task, BufReader::new(client))
+    }
+
+    async fn reply(client: &mut BufReader<UnixStream>) -> serde_json::Value {
+        let mut line = String::new();
+        client.read_line(&mut line).await.unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    #[test]
+    fn a_line_gets_ten_seconds_or_the_idle_timeout_if_shorter() {
+        assert_eq!(Timeouts::new(IDLE).line, LINE_TIMEOUT);
+        let short = Timeouts::new(Duration::from_secs(1));
+        assert_eq!(short.line, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_is_told_and_closed_after_the_idle_timeout() {
+        let access = access(4);
+        let (task, mut client) = served(&access);
+        let started = tokio::time::Instant::now();
+        let reply = reply(&mut client).await;
+        assert_eq!(reply["error"]["code"], "timeout", "{reply}");
+        assert!(started.elapsed() >= IDLE, "closed before the idle timeout");
+        let mut rest = String::new();
+        assert_eq!(client.read_line(&mut rest).await.unwrap(), 0, "then EOF");
+        task.await.unwrap();
+        let stats = access.clients.snapshot();
+        assert_eq!(
+            (stats.clients_timed_out, stats.clients),
+            (1, 0),
+            "slot freed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_sent_line_is_closed_after_the_line_timeout_not_held() {
+        let access = access(4);
+        let (task, mut client) = served(&access);
+        client.get_mut().write_all(b"{\"cmd\":\"st").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let reply = reply(&mut client).await;
+        assert_eq!(reply["error"]["code"], "timeout", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("unfinished"), "{message}");
+        let waited = started.elapsed();
+        assert!(waited >= LINE_TIMEOUT && waited < IDLE, "{waited:?}");
+        task.await.unwrap();
+        assert_eq!(access.clients.snapshot().clients_timed_out, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_asking_is_never_idle() {
+        let access = access(4);
+        let (_task, mut client) = served(&access);
+        for _ in 0..3 {
+            tokio::time::sleep(IDLE - Duration::from_secs(1)).await;
+            client
+                .get_mut()
+                .write_all(b"{\"cmd\":\"stats\"}\n")
+                .await
+                .unwrap();
+            let reply = reply(&mut client).await;
+            assert_eq!(reply["ok"], true, "{reply}");
+            assert_eq!(reply["stats"]["query_server"]["clients"], 1, "{reply}");
+        }
+        assert_eq!(access.clients.snapshot().clients_timed_out, 0);
+    }
+
+    #[tokio::test]
+    async fn a_restricted_viewer_gets_a_list_marked_as_its_own() {
+        let access = access(4);
+        let (_task, mut client) = served(&access);
+        client
+            .get_mut()
+            .write_all(b"{\"cmd\":\"processes\"}\n")
+            .await
+            .unwrap();
+        let reply = reply(&mut client).await;
+        assert_eq!(reply["filtered_to_uid"], 1000, "{reply}");
+    }
+
+    #[tokio::test]
+    async fn a_client_over_the_limit_is_refused_with_a_reason() {
+        let (server, client) = UnixStream::pair().unwrap();
+        refuse(
+            &server,
+            ErrorCode::TooManyClients,
+            crate::clients::Refusal::Server { limit: 2 }.to_string(),
+        );
+        drop(server);
+        let mut client = BufReader::new(client);
+        let reply = reply(&mut client).await;
+        assert_eq!(reply["error"]["code"], "too_many_clients", "{reply}");
+    }
 }
