@@ -127,24 +127,32 @@ pub fn connect_error_message(path: &Path, error: &io::Error, group: Option<Strin
             "cannot connect to {path}: no such file. Is pidcapd running? Start it with \
              `systemctl start pidcapd` or `scripts/run`, or point --socket at its socket."
         ),
-        io::ErrorKind::PermissionDenied => {
-            let group = match group {
-                Some(group) => {
-                    format!(" `{group}` (sudo usermod -aG {group} \"$USER\", then log in again)")
-                }
-                None => String::new(),
-            };
-            format!(
-                "cannot connect to {path}: permission denied. The socket is mode 0660: run \
-                 pidcap as root, or join the group that owns it{group}."
-            )
-        }
+        io::ErrorKind::PermissionDenied => permission_denied_message(&path, group),
         io::ErrorKind::ConnectionRefused => format!(
             "cannot connect to {path}: connection refused. The socket is stale: pidcapd is not \
              running. Start it with `systemctl start pidcapd` or `scripts/run`."
         ),
         _ => format!("cannot connect to {path}: {error}"),
     }
+}
+
+/// pidcapd opens its socket to every user by default (each sees their own processes), so a
+/// refusal means the socket's mode or directory was tightened. Joining the owning group
+/// helps only if that group is not root: nobody should be told to join root.
+fn permission_denied_message(path: &impl std::fmt::Display, group: Option<String>) -> String {
+    let join = match group.filter(|g| g != "root" && g != "0") {
+        Some(group) => format!(
+            ", or join the group that owns it, `{group}` (sudo usermod -aG {group} \"$USER\", \
+             then log in again)"
+        ),
+        None => String::new(),
+    };
+    format!(
+        "cannot connect to {path}: permission denied. The socket, or its directory, is closed \
+         to you: run pidcap as root{join}. An administrator can open it to every user, each \
+         seeing only their own processes: socket_mode = \"0666\" in /etc/pidcap/pidcap.toml, \
+         and a directory others can enter (mode 0755)."
+    )
 }
 
 #[cfg(test)]
@@ -175,8 +183,19 @@ mod tests {
         assert!(text.contains("permission denied"), "{text}");
         assert!(text.contains("run pidcap as root"), "{text}");
         assert!(text.contains("usermod -aG pidcap"), "{text}");
+        assert!(text.contains("socket_mode = \"0666\""), "{text}");
         let text = message(io::ErrorKind::PermissionDenied, None);
-        assert!(text.ends_with("join the group that owns it."), "{text}");
+        assert!(!text.contains("join"), "{text}");
+    }
+
+    #[test]
+    fn permission_denied_never_says_join_root() {
+        for group in ["root", "0"] {
+            let text = message(io::ErrorKind::PermissionDenied, Some(group));
+            assert!(!text.contains("join"), "{text}");
+            assert!(!text.contains("usermod"), "{text}");
+            assert!(text.contains("run pidcap as root"), "{text}");
+        }
     }
 
     #[test]

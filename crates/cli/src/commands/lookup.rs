@@ -34,10 +34,15 @@ pub fn run(
     })
 }
 
-/// The owner as key/value lines, or `no owner found`.
+/// The owner as key/value lines, or `no owner found` (among the caller's own processes, when
+/// the daemon looked only there).
 pub fn render(reply: &LookupReply) -> String {
-    match (&reply.owner, reply.found) {
-        (Some(owner), true) => render_owner(owner),
+    match (&reply.owner, reply.found, reply.filtered_to_uid) {
+        (Some(owner), true, _) => render_owner(owner),
+        (_, _, Some(uid)) => format!(
+            "no owner found among your processes (uid {uid}); root and members of the socket's \
+             group can look up every process's flows\n"
+        ),
         _ => "no owner found\n".into(),
     }
 }
@@ -82,5 +87,10 @@ mod tests {
     #[test]
     fn not_found_says_so() {
         assert_eq!(render(&LookupReply::not_found()), "no owner found\n");
+        let own = LookupReply {
+            filtered_to_uid: Some(1000),
+            ..LookupReply::not_found()
+        };
+        assert!(render(&own).starts_with("no owner found among your processes (uid 1000)"));
     }
 }

@@ -33,7 +33,8 @@ pub fn run(client: &mut Client, args: &PsArgs, out: &mut dyn Write) -> anyhow::R
 }
 
 /// The table: processes sorted by `sort` (descending, ties by pid), at most `limit` of them,
-/// then the unknown bucket as `<unknown>`.
+/// then the unknown bucket as `<unknown>`, then a note if the list holds only the caller's
+/// processes.
 pub fn render(reply: ProcessesReply, sort: SortKey, limit: Option<usize>, users: &Names) -> String {
     let mut rows = reply.processes;
     sort_rows(&mut rows, sort);
@@ -43,7 +44,7 @@ pub fn render(reply: ProcessesReply, sort: SortKey, limit: Option<usize>, users:
         table.push(process_cells(row, users));
     }
     table.push(unknown_cells(&reply.unknown));
-    table.render()
+    table.render() + &super::filtered_note(reply.filtered_to_uid)
 }
 
 /// Sorts busiest first by total bytes received, sent, or both; equal rows by pid.
@@ -121,7 +122,24 @@ mod tests {
                 rx_bytes_total: 2048,
                 ..Usage::default()
             },
+            filtered_to_uid: None,
         }
+    }
+
+    #[test]
+    fn a_list_of_only_the_callers_processes_says_so() {
+        let users = Names::default();
+        let full = render(reply(), SortKey::Total, None, &users);
+        assert!(!full.contains("only your processes"), "{full}");
+        let own = ProcessesReply {
+            filtered_to_uid: Some(1000),
+            ..reply()
+        };
+        let text = render(own, SortKey::Total, None, &users);
+        assert!(
+            text.ends_with("(only your processes, uid 1000: root and members of the socket's group see every process)\n"),
+            "{text}"
+        );
     }
 
     fn comms(text: &str) -> Vec<String> {

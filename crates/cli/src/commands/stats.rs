@@ -106,7 +106,22 @@ pub fn render(s: &Stats) -> String {
                 s.process_side.traced_routes
             ),
         ),
+        ("query clients", query_clients(&s.query_server)),
     ])
+}
+
+/// Clients now and their limits, then what happened at each bound.
+fn query_clients(q: &pidcap_proto::QueryServer) -> String {
+    format!(
+        "{} of {} ({} per user): {} refused, {} timed out, {} lines too long, {} accept errors",
+        q.clients,
+        q.client_limit,
+        q.client_limit_per_user,
+        q.clients_refused,
+        q.clients_timed_out,
+        q.lines_too_long,
+        q.accept_errors
+    )
 }
 
 fn on_off(running: bool) -> &'static str {
@@ -173,6 +188,15 @@ mod tests {
                 route_threads: 0,
                 traced_routes: 44,
             },
+            query_server: pidcap_proto::QueryServer {
+                clients: 1,
+                client_limit: 256,
+                client_limit_per_user: 64,
+                clients_refused: 45,
+                clients_timed_out: 46,
+                lines_too_long: 47,
+                accept_errors: 48,
+            },
         };
         assert_eq!(
             render(&stats),
@@ -199,7 +223,8 @@ mod tests {
              last refresh       1.2 ms\n\
              process watcher    running\n\
              socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n\
-             route lookups      not traced: 44 connected sockets named from them\n"
+             route lookups      not traced: 44 connected sockets named from them\n\
+             query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n"
         );
     }
 }

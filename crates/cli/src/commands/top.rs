@@ -80,7 +80,7 @@ pub fn render(frame: &WatchFrame, limit: Option<usize>) -> String {
         frame.interval_ms,
         frame.processes.len()
     );
-    header + &table.render()
+    header + &table.render() + &super::filtered_note(frame.filtered_to_uid)
 }
 
 fn cells(row: &RateRow, pid: &str) -> Vec<String> {
@@ -137,7 +137,18 @@ mod tests {
                 rate(Some(30), "idle2", 0.0, 70),
             ],
             unknown: rate(None, "<unknown>", 1024.0, 10),
+            filtered_to_uid: None,
         }
+    }
+
+    #[test]
+    fn a_frame_of_only_the_callers_processes_says_so() {
+        assert!(!render(&frame(), None).contains("only your processes"));
+        let own = WatchFrame {
+            filtered_to_uid: Some(1000),
+            ..frame()
+        };
+        assert!(render(&own, None).contains("only your processes, uid 1000"));
     }
 
     #[test]
