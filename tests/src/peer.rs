@@ -51,6 +51,14 @@ impl Peer {
         Peer::spawn_command(command)
     }
 
+    /// Runs `pidcap-peer args` on the host as `uid`:`gid`, with no supplementary groups.
+    pub fn spawn_as(uid: u32, gid: u32, args: &[&str]) -> Peer {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(bin_path("pidcap-peer"));
+        command.args(args).uid(uid).gid(gid);
+        Peer::spawn_command(command)
+    }
+
     /// Runs `pidcap-peer args` inside `netns` (via `ip netns exec`, which execs, so the pid
     /// is the peer's own).
     pub fn spawn_in(netns: &Netns, args: &[&str]) -> Peer {

@@ -59,13 +59,25 @@ impl Client {
         Ok(())
     }
 
-    /// Sends one request line.
+    /// Sends one request line. If the daemon closed the connection first, its reason (e.g.
+    /// `too_many_clients`) is the error; a send failure is never a bare broken pipe, which
+    /// `main` would take for a reader of our stdout leaving.
     pub fn send(&mut self, request: &Request) -> anyhow::Result<()> {
         let line = encode_line(request);
-        self.stream
-            .get_mut()
-            .write_all(&line)
-            .with_context(|| format!("cannot send to {}", self.path.display()))
+        match self.stream.get_mut().write_all(&line) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .why_closed()
+                .unwrap_or_else(|| anyhow!("cannot send to {}: {e}", self.path.display()))),
+        }
+    }
+
+    /// The error reply a daemon left before closing the connection, if any.
+    fn why_closed(&mut self) -> Option<anyhow::Error> {
+        let line = self.next_line().ok()??;
+        decode_reply::<serde::de::IgnoredAny>(&line)
+            .err()
+            .map(anyhow::Error::from)
     }
 
     /// Reads the next reply line without its newline; `None` when the daemon closed the
