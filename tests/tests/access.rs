@@ -408,3 +408,34 @@ fn a_flood_of_connections_never_takes_the_fds_capture_and_refresh_need() {
     let stderr = daemon.stderr();
     assert!(!stderr.contains("Too many open files"), "{stderr}");
 }
+
+#[test]
+fn a_socket_group_named_explicitly_must_exist_but_the_default_may_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("s.sock");
+    let log = dir.path().join("usage.jsonl");
+    let (socket, log) = (socket.to_str().unwrap(), log.to_str().unwrap());
+    let finished = pidcap_e2e::run_pidcapd(
+        &[
+            "--interface",
+            "lo",
+            "--socket",
+            socket,
+            "--usage-log",
+            log,
+            "--socket-group",
+            "no-such-group-pidcap-e2e",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(finished.code(), 64, "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("socket_group") && finished.stderr.contains("does not exist"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !std::path::Path::new(socket).exists(),
+        "bound before the check"
+    );
+}
