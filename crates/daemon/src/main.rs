@@ -12,6 +12,7 @@ use pidcapd::refresh::{TableBuilder, FULL_SCAN_EVERY};
 use pidcapd::state::Shared;
 use pidcapd::{access, bind_socket, privileges, serve, Opened};
 use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
@@ -85,6 +86,7 @@ fn start() -> Result<(), Fatal> {
             format!("cannot listen on {}: {e:#}", config.socket.display()),
         )
     })?;
+    narrow_privileges();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -107,6 +109,39 @@ fn start() -> Result<(), Fatal> {
     });
     let _ = std::fs::remove_file(&socket_path);
     result.map_err(|e| Fatal(1, format!("{e:#}")))
+}
+
+/// Keeps only the capabilities the daemon still uses (see `privileges::KEPT`) and drops the
+/// rest. It runs before the first thread starts, since capabilities are per thread and every
+/// thread inherits its creator's: capture is open and the socket bound by now, and the
+/// connector and tracer that `serve` opens need only kept capabilities.
+fn narrow_privileges() {
+    let narrowed = match privileges::narrow() {
+        Ok(narrowed) => narrowed,
+        Err(e) => {
+            error!(error = %e, "could not drop unneeded capabilities; running with those it started with");
+            return;
+        }
+    };
+    let (before, after) = (narrowed.before, narrowed.after);
+    for cap in privileges::KEPT {
+        if after.effective & 1 << cap.bit != 0 {
+            info!(capability = cap.name, why = cap.why, "capability kept");
+        }
+    }
+    info!(
+        dropped = (before.permitted & !after.permitted).count_ones(),
+        bounding = ?privileges::names(after.bounding),
+        inheritable = after.inheritable,
+        ambient = after.ambient,
+        "capabilities narrowed"
+    );
+    if narrowed.threads > 1 {
+        warn!(
+            threads = narrowed.threads,
+            "threads started before narrowing keep their capabilities"
+        );
+    }
 }
 
 fn open_source(config: &Config) -> Result<Source, Fatal> {

@@ -1,6 +1,15 @@
-//! Checks, before anything is opened, that the daemon has the capabilities it needs.
+//! Least privilege. [`check`] says, before anything is opened, which capabilities the daemon
+//! lacks; [`narrow`] then keeps exactly [`KEPT`] and drops everything else.
+//!
+//! Invariants: capabilities belong to threads, not processes, so [`narrow`] runs before the
+//! daemon starts its first thread and every thread inherits the narrowed sets (it reports the
+//! thread count, and warns when other threads exist). Narrowing only ever lowers sets; nothing
+//! here can panic.
 
 use std::fmt;
+use std::io;
+
+use thiserror::Error;
 
 /// The capabilities pidcapd needs for live capture and attribution, with their bit numbers
 /// (`include/uapi/linux/capability.h`).
@@ -54,6 +63,254 @@ pub fn check() -> Result<(), Missing> {
     }
 }
 
+/// A capability the daemon keeps for its whole life, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub name: &'static str,
+    pub bit: u32,
+    pub why: &'static str,
+}
+
+/// What [`narrow`] keeps: the unit's five, each still used after start.
+pub const KEPT: [Kept; 5] = [
+    Kept {
+        name: "CAP_NET_RAW",
+        bit: 13,
+        why: "a capture re-open (the interface went away) needs a new packet socket",
+    },
+    Kept {
+        name: "CAP_NET_ADMIN",
+        bit: 12,
+        why: "a capture re-open sets the new socket's ring and filter",
+    },
+    Kept {
+        name: "CAP_SYS_PTRACE",
+        bit: 19,
+        why:
+            "every refresh reads other users' /proc/<pid>/fd; the tracer opens per-thread counters",
+    },
+    Kept {
+        name: "CAP_DAC_READ_SEARCH",
+        bit: 2,
+        why: "every refresh lists other users' /proc/<pid>/fd directories (mode 0500)",
+    },
+    Kept {
+        name: "CAP_PERFMON",
+        bit: 38,
+        why: "the tracer opens perf events later: route counters per thread, rings on new CPUs",
+    },
+];
+
+/// CAP_SETPCAP: needed to drop capabilities from the bounding set.
+const CAP_SETPCAP: u32 = 8;
+
+/// The capability mask of [`KEPT`].
+pub fn kept_mask() -> u64 {
+    KEPT.iter().fold(0, |mask, cap| mask | 1 << cap.bit)
+}
+
+/// A thread's capability sets, as the `Cap*:` lines of `/proc/<pid>/status` show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapSets {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+}
+
+impl CapSets {
+    /// Parses the five `Cap*:` lines of `/proc/<pid>/status` text; `None` if one is missing.
+    pub fn parse(status: &str) -> Option<CapSets> {
+        let field = |name: &str| {
+            let hex = status.lines().find_map(|l| l.strip_prefix(name))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        };
+        Some(CapSets {
+            inheritable: field("CapInh:")?,
+            permitted: field("CapPrm:")?,
+            effective: field("CapEff:")?,
+            bounding: field("CapBnd:")?,
+            ambient: field("CapAmb:")?,
+        })
+    }
+
+    /// The sets after narrowing: permitted and effective cut to [`KEPT`], nothing
+    /// inheritable or ambient (the daemon starts no programs), and the bounding set cut to
+    /// [`KEPT`] when CAP_SETPCAP allows it (run as root); under the unit it already is.
+    pub fn narrowed(self) -> CapSets {
+        let keep = kept_mask();
+        let may_drop_bounding = self.effective & 1 << CAP_SETPCAP != 0;
+        CapSets {
+            inheritable: 0,
+            permitted: self.permitted & keep,
+            effective: self.effective & keep,
+            bounding: if may_drop_bounding {
+                self.bounding & keep
+            } else {
+                self.bounding
+            },
+            ambient: 0,
+        }
+    }
+}
+
+/// The `Threads:` count of `/proc/<pid>/status` text.
+pub fn threads(status: &str) -> Option<u32> {
+    let count = status.lines().find_map(|l| l.strip_prefix("Threads:"))?;
+    count.trim().parse().ok()
+}
+
+/// Capability names of the bits in `mask`, `cap_<n>` for bits this module does not name.
+pub fn names(mask: u64) -> Vec<String> {
+    (0..64)
+        .filter(|bit| mask & 1 << bit != 0)
+        .map(|bit| match KEPT.iter().find(|cap| cap.bit == bit) {
+            Some(cap) => cap.name.to_owned(),
+            None => format!("cap_{bit}"),
+        })
+        .collect()
+}
+
+/// Why narrowing failed; the daemon then runs with the sets it had (and says so).
+#[derive(Debug, Error)]
+pub enum NarrowError {
+    #[error("cannot read /proc/self/status: {0}")]
+    Status(#[source] io::Error),
+    #[error("/proc/self/status has no Cap*: lines")]
+    NoCapLines,
+    #[error("{call} failed: {source}")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the kernel kept other sets than asked: asked {asked:x?}, got {got:x?}")]
+    NotApplied { asked: CapSets, got: CapSets },
+}
+
+/// The sets before and after a successful [`narrow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Narrowed {
+    pub before: CapSets,
+    pub after: CapSets,
+    /// Threads of the process when it narrowed: any but this one kept `before`.
+    pub threads: u32,
+}
+
+/// Keeps exactly [`KEPT`] (of what this thread has) and drops everything else, in the order
+/// the kernel requires: bounding set first (while CAP_SETPCAP is still effective), then
+/// permitted, effective and inheritable together, then the ambient set.
+pub fn narrow() -> Result<Narrowed, NarrowError> {
+    let (before, threads) = read_status()?;
+    let asked = before.narrowed();
+    for bit in (0..64).filter(|bit| (before.bounding & !asked.bounding) & 1 << bit != 0) {
+        sys::drop_bounding(bit).map_err(|source| NarrowError::Call {
+            call: "prctl(PR_CAPBSET_DROP)",
+            source,
+        })?;
+    }
+    sys::set(asked).map_err(|source| NarrowError::Call {
+        call: "capset",
+        source,
+    })?;
+    sys::clear_ambient().map_err(|source| NarrowError::Call {
+        call: "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+        source,
+    })?;
+    let (after, _) = read_status()?;
+    if after != asked {
+        return Err(NarrowError::NotApplied { asked, got: after });
+    }
+    Ok(Narrowed {
+        before,
+        after,
+        threads,
+    })
+}
+
+/// This thread's sets and the process's thread count.
+fn read_status() -> Result<(CapSets, u32), NarrowError> {
+    // thread-self: capabilities are per thread, and this is the thread that narrows.
+    let status =
+        std::fs::read_to_string("/proc/thread-self/status").map_err(NarrowError::Status)?;
+    let sets = CapSets::parse(&status).ok_or(NarrowError::NoCapLines)?;
+    Ok((sets, threads(&status).unwrap_or(1)))
+}
+
+/// The three system calls, on the calling thread.
+mod sys {
+    use std::io;
+
+    use super::CapSets;
+
+    /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets as two 32-bit halves.
+    const VERSION_3: u32 = 0x2008_0522;
+
+    /// `struct __user_cap_header_struct`.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+
+    /// `struct __user_cap_data_struct`, one per 32-bit half.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+
+    fn half(sets: &CapSets, shift: u32) -> Data {
+        Data {
+            effective: (sets.effective >> shift) as u32,
+            permitted: (sets.permitted >> shift) as u32,
+            inheritable: (sets.inheritable >> shift) as u32,
+        }
+    }
+
+    /// capset(2) of permitted, effective and inheritable for this thread (pid 0).
+    pub(super) fn set(sets: CapSets) -> io::Result<()> {
+        let header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let data = [half(&sets, 0), half(&sets, 32)];
+        // SAFETY: both pointers are to live, correctly laid out structs of the sizes the
+        // version-3 ABI reads (one header, two data halves); the kernel only reads them.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    pub(super) fn drop_bounding(bit: u32) -> io::Result<()> {
+        prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(bit))
+    }
+
+    pub(super) fn clear_ambient() -> io::Result<()> {
+        prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        )
+    }
+
+    fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+        let zero: libc::c_ulong = 0;
+        // SAFETY: these prctl options take integer arguments only; no memory is passed.
+        let rc = unsafe { libc::prctl(option, arg, zero, zero, zero) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +344,95 @@ mod tests {
             missing(eff).unwrap().0,
             vec!["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"]
         );
+    }
+
+    /// `/proc/self/status` of a process started as the unit starts pidcapd (setpriv, user
+    /// pidcap, the five capabilities ambient), Linux 6.18.
+    const UNDER_THE_UNIT: &str = "Name:\tpidcapd\nThreads:\t1\n\
+        CapInh:\t0000004000083004\nCapPrm:\t0000004000083004\nCapEff:\t0000004000083004\n\
+        CapBnd:\t0000004000083004\nCapAmb:\t0000004000083004\nNoNewPrivs:\t1\n";
+
+    /// The same, for root started from a shell (every capability of Linux 6.18).
+    const AS_ROOT: &str = "Threads:\t1\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\n\
+        CapEff:\t000001ffffffffff\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\n";
+
+    #[test]
+    fn kept_is_the_units_five() {
+        assert_eq!(kept_mask(), 0x0000_0040_0008_3004);
+        assert_eq!(
+            names(kept_mask()),
+            [
+                "CAP_DAC_READ_SEARCH",
+                "CAP_NET_ADMIN",
+                "CAP_NET_RAW",
+                "CAP_SYS_PTRACE",
+                "CAP_PERFMON"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_lines_parse_into_the_five_sets() {
+        let sets = CapSets::parse(UNDER_THE_UNIT).unwrap();
+        assert_eq!(sets.ambient, kept_mask());
+        assert_eq!(sets.bounding, kept_mask());
+        assert_eq!(threads(UNDER_THE_UNIT), Some(1));
+        assert_eq!(CapSets::parse("CapEff:\t0\n"), None, "a missing line");
+    }
+
+    #[test]
+    fn under_the_unit_only_inheritable_and_ambient_go() {
+        // No CAP_SETPCAP: the bounding set stays as systemd made it (already the five).
+        let before = CapSets::parse(UNDER_THE_UNIT).unwrap();
+        let after = before.narrowed();
+        assert_eq!(after.effective, kept_mask());
+        assert_eq!(after.permitted, kept_mask());
+        assert_eq!(after.bounding, before.bounding);
+        assert_eq!((after.inheritable, after.ambient), (0, 0));
+    }
+
+    #[test]
+    fn as_root_everything_but_the_five_goes_bounding_set_included() {
+        let after = CapSets::parse(AS_ROOT).unwrap().narrowed();
+        let five = kept_mask();
+        assert_eq!(
+            after,
+            CapSets {
+                inheritable: 0,
+                permitted: five,
+                effective: five,
+                bounding: five,
+                ambient: 0
+            }
+        );
+    }
+
+    #[test]
+    fn narrowing_never_adds_a_capability() {
+        // An unprivileged replay of a pcap file has nothing, and keeps nothing.
+        let none = CapSets::parse(
+            "CapInh:\t0\nCapPrm:\t0\nCapEff:\t0\nCapBnd:\t000001ffffffffff\nCapAmb:\t0\n",
+        )
+        .unwrap();
+        assert_eq!(none.narrowed(), none);
+        // Only CAP_NET_RAW of the five: only it is kept.
+        let partial = CapSets {
+            permitted: 1 << 13 | 1 << 21,
+            effective: 1 << 13,
+            ..CapSets::default()
+        };
+        assert_eq!(partial.narrowed().permitted, 1 << 13);
+        assert_eq!(partial.narrowed().effective, 1 << 13);
+    }
+
+    #[test]
+    fn narrow_applies_to_the_calling_thread() {
+        // Capabilities are per thread: narrowing in a thread of its own leaves the test
+        // process (and the other tests) as they were.
+        let narrowed = std::thread::spawn(narrow).join().unwrap().unwrap();
+        assert_eq!(narrowed.after, narrowed.before.narrowed());
+        assert!(narrowed.threads >= 2, "the test's own thread and this one");
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        assert_eq!(CapSets::parse(&status).unwrap(), narrowed.before);
     }
 }
