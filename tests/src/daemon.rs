@@ -72,16 +72,42 @@ impl Counters {
     }
 }
 
+/// How [`Daemon::start_with`] runs `pidcapd`.
+#[derive(Debug, Default, Clone)]
+pub struct Launch {
+    /// A program and its arguments that exec `pidcapd` (appended, with its flags) in the same
+    /// process, such as `setpriv … --`, so [`Daemon::pid`] stays the daemon's.
+    pub wrapper: Vec<String>,
+    /// The (uid, gid) given the temp directory first, so that a daemon run as another user
+    /// can create its socket and usage log there.
+    pub dir_owner: Option<(u32, u32)>,
+}
+
 impl Daemon {
     /// Starts `pidcapd` with `args` (which should include `--interface`), plus a temp
     /// `--socket`, `--usage-log`, `--log-interval 1s` and `--refresh-interval 1s`; returns
     /// once it answers `stats`.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with(&Launch::default(), args)
+    }
+
+    /// Like [`Daemon::start`], with `pidcapd` run as `launch` says.
+    pub fn start_with(launch: &Launch, args: &[&str]) -> Daemon {
         crate::require_root();
         let dir = tempfile::tempdir().expect("tempdir");
+        if let Some((uid, gid)) = launch.dir_owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown tempdir");
+        }
         let socket = dir.path().join("pidcapd.sock");
         let usage_log = dir.path().join("usage.jsonl");
-        let mut command = Command::new(bin_path("pidcapd"));
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(bin_path("pidcapd"));
+                command
+            }
+            None => Command::new(bin_path("pidcapd")),
+        };
         command
             .arg("--socket")
             .arg(&socket)
