@@ -81,7 +81,7 @@ pub const KEPT: [Kept; 5] = [
     Kept {
         name: "CAP_NET_ADMIN",
         bit: 12,
-        why: "a capture re-open sets the new socket's ring and filter",
+        why: "re-opening capture or the process-event connector (joining its group before Linux 6.6, SO_RCVBUFFORCE)",
     },
     Kept {
         name: "CAP_SYS_PTRACE",
