@@ -12,7 +12,11 @@ fn main() {
         match parse_datagram(data, &mut out) {
             Ok(()) => {}
             Err(e) => {
-                assert!(e.offset < data.len().max(1), "{e:?} of {} bytes", data.len());
+                assert!(
+                    e.offset < data.len().max(1),
+                    "{e:?} of {} bytes",
+                    data.len()
+                );
                 let mut prefix = Vec::new();
                 assert!(parse_datagram(&data[..e.offset], &mut prefix).is_ok());
                 assert_eq!(prefix, out);
