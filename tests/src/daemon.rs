@@ -29,6 +29,8 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     socket: PathBuf,
     usage_log: PathBuf,
+    /// The program and arguments it was started with, for [`Daemon::kill_and_restart`].
+    launched: (std::ffi::OsString, Vec<std::ffi::OsString>),
 }
 
 /// How a process ended.
@@ -100,6 +102,7 @@ impl Daemon {
         }
         let socket = dir.path().join("pidcapd.sock");
         let usage_log = dir.path().join("usage.jsonl");
+        let state_dir = dir.path().join("state");
         let mut command = match launch.wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut command = Command::new(program);
@@ -113,6 +116,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--usage-log")
             .arg(&usage_log)
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(["--log-interval", "1s", "--refresh-interval", "1s"])
             .args(args)
             // For experiments (never set in CI): extra flags, e.g. `--no-socket-tracer`.
@@ -121,12 +126,17 @@ impl Daemon {
                     .unwrap_or_default()
                     .split_whitespace(),
             );
+        let launched = (
+            command.get_program().to_owned(),
+            command.get_args().map(ToOwned::to_owned).collect(),
+        );
         let child = spawn_logged(&mut command, &dir.path().join("stderr.log"));
         let mut daemon = Daemon {
             child: Some(child),
             dir,
             socket,
             usage_log,
+            launched,
         };
         daemon.wait_ready();
         daemon
@@ -151,6 +161,21 @@ impl Daemon {
             self.socket.display(),
             self.stderr()
         );
+    }
+
+    /// Kills the daemon with SIGKILL (no flush, no clean-up: as a crash or the OOM killer
+    /// would) and starts it again with the same arguments, socket, log and state directory;
+    /// returns once it answers. The new daemon's stderr goes to `stderr-restarted.log`.
+    pub fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        child.kill().expect("SIGKILL pidcapd");
+        let _ = child.wait();
+        let (program, args) = &self.launched;
+        let mut command = Command::new(program);
+        command.args(args);
+        let stderr = self.dir.path().join("stderr-restarted.log");
+        self.child = Some(spawn_logged(&mut command, &stderr));
+        self.wait_ready();
     }
 
     fn child_mut(&mut self) -> &mut Child {

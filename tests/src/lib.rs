@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use daemon::{run_pidcapd, Client, Counters, Daemon, Finished, Launch};
+pub use daemon::{run_pidcapd, wait_bounded, Client, Counters, Daemon, Finished, Launch};
 pub use netns::Netns;
 pub use peer::{Done, Peer, PeerInfo};
 pub use refcap::{RefCapture, Tally, Truth};

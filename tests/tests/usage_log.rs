@@ -6,7 +6,7 @@ use std::time::Duration;
 use pidcap_e2e::{usage_log, wait_until, Daemon, Peer};
 use serde_json::Value;
 
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 18] = [
     "v",
     "ts",
     "interval_s",
@@ -24,6 +24,7 @@ const FIELDS: [&str; 17] = [
     "rx_packets_total",
     "tx_packets_total",
     "exited",
+    "daemon_start",
 ];
 const COUNTERS: [&str; 8] = [
     "rx_bytes",
@@ -82,6 +83,10 @@ fn check_line(line: &Value) {
         );
     }
     assert!(line["exited"].is_boolean(), "exited of {line}");
+    assert!(
+        line["daemon_start"].as_str().is_some_and(is_rfc3339),
+        "daemon_start of {line}"
+    );
     if line["pid"].is_null() {
         assert_eq!(line["comm"], "<unknown>", "{line}");
         for f in ["start_time", "exe", "uid"] {

@@ -20,6 +20,9 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
 /// How long a query connection may sit without a request.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "60s";
+/// Default state directory (counter checkpoints) when systemd gives none
+/// (`$STATE_DIRECTORY`, set by the unit's `StateDirectory=`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pidcap";
 
 /// Command-line flags. Every flag overrides the same key of the configuration file.
 #[derive(Debug, Default, Parser)]
@@ -63,6 +66,14 @@ pub struct Flags {
     /// Usage log path (JSON lines) [default: /var/log/pidcap/usage.jsonl]
     #[arg(long, value_name = "PATH")]
     pub usage_log: Option<PathBuf>,
+    /// Directory for counter checkpoints, so a restarted daemon continues its totals
+    /// [default: $STATE_DIRECTORY, else /var/lib/pidcap]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Do not fsync the usage log and the checkpoint after each write (faster on slow
+    /// disks; a power loss may then lose more than one interval)
+    #[arg(long)]
+    pub no_log_fsync: bool,
     /// How often the usage log is written, e.g. 10s, 1m [default: 10s]
     #[arg(long, value_name = "DUR")]
     pub log_interval: Option<String>,
@@ -113,6 +124,8 @@ struct FileConfig {
     max_clients: Option<usize>,
     client_idle_timeout: Option<String>,
     usage_log: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    log_fsync: Option<bool>,
     log_interval: Option<String>,
     refresh_interval: Option<String>,
     retention: Option<String>,
@@ -142,6 +155,10 @@ pub struct Config {
     pub max_clients: usize,
     pub client_idle_timeout: Duration,
     pub usage_log: PathBuf,
+    /// Where counter checkpoints go (live capture only).
+    pub state_dir: PathBuf,
+    /// fsync the usage log and the checkpoint after each write.
+    pub log_fsync: bool,
     pub log_interval: Duration,
     pub refresh_interval: Duration,
     pub retention: Duration,
@@ -236,6 +253,11 @@ impl Config {
                 .usage_log
                 .or(file.usage_log)
                 .unwrap_or_else(|| DEFAULT_USAGE_LOG.into()),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            log_fsync: !flags.no_log_fsync && file.log_fsync.unwrap_or(true),
             log_interval: duration(
                 "log_interval",
                 flags.log_interval.or(file.log_interval),
@@ -314,6 +336,7 @@ impl Config {
         check_path("socket", &self.socket)?;
         self.validate_clients()?;
         check_path("usage_log", &self.usage_log)?;
+        check_dir("state_dir", &self.state_dir)?;
         if let Some(f) = &self.filter {
             if f.trim().is_empty() {
                 return Err(invalid(
@@ -376,6 +399,17 @@ fn socket_mode(value: Option<String>) -> Result<u32, ConfigError> {
     }
 }
 
+/// The first path of systemd's `$STATE_DIRECTORY` (colon-separated), else
+/// [`DEFAULT_STATE_DIR`].
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            let first = dirs.to_str()?.split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.into())
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.into(),
@@ -420,6 +454,20 @@ fn check_path(key: &'static str, path: &Path) -> Result<(), ConfigError> {
     }
     if path.is_dir() {
         return Err(invalid(key, format!("{} is a directory", path.display())));
+    }
+    Ok(())
+}
+
+/// A directory path: not empty, and not an existing file (it is created when missing).
+fn check_dir(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid(key, "is empty"));
+    }
+    if path.exists() && !path.is_dir() {
+        return Err(invalid(
+            key,
+            format!("{} exists and is not a directory", path.display()),
+        ));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod access;
+pub mod checkpoint;
 pub mod clients;
 pub mod config;
 pub mod facts;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::Source;
-use pidcap_core::{FragmentMap, NetNsId, Pending};
+use pidcap_core::{FragmentMap, NetNsId, Pending, ProcessKey};
 use pidcap_sockets::trace::{find_tracefs, SockTracer};
 use pidcap_sockets::ProcRoot;
 use tokio::net::UnixListener;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::checkpoint::Checkpointer;
 use crate::config::Config;
 use crate::facts::ProcessFacts;
 use crate::pipeline::{End, Pipeline};
@@ -135,7 +137,7 @@ pub async fn serve(
         })?;
 
     let tasks = TaskTracker::new();
-    let log = Arc::new(Mutex::new(UsageLog::new(config.usage_log.clone())));
+    let log = Arc::new(Mutex::new(open_usage_log(&config, &shared)));
     // After capture, refresher, watcher and tracer have opened their fds: the client limit
     // is taken from what remains.
     let access = server::Access::new(
@@ -276,14 +278,55 @@ fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {
 pub fn write_usage(shared: &Shared, log: &mut UsageLog, retention: Duration) -> bool {
     let now = Instant::now();
     let batch = shared.ledger().log_batch(now);
-    let bytes = usage_log::render(&batch, SystemTime::now());
+    let bytes = usage_log::render(&batch, SystemTime::now(), log.daemon_start());
     if log.append(&bytes).is_err() {
         return false;
     }
     let mut ledger = shared.ledger();
     ledger.commit_log(&batch, now);
     ledger.expire(now, retention);
+    let path = log.path().to_path_buf();
+    if let Some(checkpoints) = log.checkpoints.as_mut() {
+        checkpoints.save(&ledger, &path);
+    }
     true
+}
+
+/// The usage log, its torn last line (if a SIGKILL left one) cut away; for live capture,
+/// with checkpoints in the state directory, whose last one is restored into the ledger first.
+fn open_usage_log(config: &Config, shared: &Shared) -> UsageLog {
+    match usage_log::repair_torn_tail(&config.usage_log) {
+        Ok(0) => {}
+        Ok(cut) => {
+            warn!(path = %config.usage_log.display(), bytes = cut, "cut a torn last line off the usage log (the daemon was killed while writing it)")
+        }
+        Err(error) => {
+            warn!(path = %config.usage_log.display(), error = %error, "cannot check the usage log's last line")
+        }
+    }
+    let mut log = UsageLog::new(config.usage_log.clone(), config.log_fsync);
+    if config.pcap_file.is_none() {
+        let checkpoints = Checkpointer::new(config.state_dir.clone());
+        restore_counters(&checkpoints, config, shared);
+        log.checkpoints = Some(checkpoints);
+    }
+    log
+}
+
+/// Continues the totals of processes that still run from the last checkpoint.
+fn restore_counters(checkpoints: &Checkpointer, config: &Config, shared: &Shared) {
+    let proc = ProcRoot::default();
+    let alive = |key: ProcessKey| proc.start_time(key.pid).ok() == Some(key.start_time);
+    match checkpoints.restore(&mut shared.ledger(), &config.usage_log, alive) {
+        Ok(Some(r)) => info!(
+            processes = r.processes,
+            exited = r.gone,
+            log_lines_after = r.tail_lines,
+            "restarted: totals continue from the last checkpoint"
+        ),
+        Ok(None) => {}
+        Err(error) => warn!(error = %error, "counter checkpoint not used; totals start from zero"),
+    }
 }
 
 async fn log_task(
