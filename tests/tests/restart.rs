@@ -142,3 +142,43 @@ fn assert_restart_marked(lines: &[Value]) {
     starts.dedup();
     assert_eq!(starts.len(), 2, "{lines:?}");
 }
+
+/// A panic in any long-lived thread ends the daemon with status 70 (EX_SOFTWARE) instead of
+/// leaving it running without that thread; systemd then restarts it and the counters continue
+/// (see the test above). The fault is injected through a debug-build-only variable.
+#[test]
+fn a_panic_in_any_thread_ends_the_daemon_with_a_failure_status() {
+    pidcap_e2e::require_root();
+    for thread in ["capture", "refresh", "watch", "trace"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = dir.path().join("stderr.log");
+        let child = Command::new(pidcap_e2e::bin_path("pidcapd"))
+            .args(["--interface", "lo", "--socket"])
+            .arg(dir.path().join("sock"))
+            .arg("--usage-log")
+            .arg(dir.path().join("usage.jsonl"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("PIDCAP_FAULT_PANIC", thread)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn pidcapd");
+        let status = wait_bounded(
+            child,
+            Duration::from_secs(30),
+            "pidcapd with a panicking thread",
+        );
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(70),
+            "{thread}: {status}; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("fault injected into the {thread} thread")),
+            "{thread}: {stderr}"
+        );
+    }
+}

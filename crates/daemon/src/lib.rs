@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod clients;
 pub mod config;
 pub mod facts;
+pub mod fault;
 pub mod pipeline;
 pub mod privileges;
 pub mod queries;
@@ -89,7 +90,10 @@ pub async fn serve(
             Some(mut tracer) => {
                 tracer.route_tracing = config.route_tracing;
                 let thread = std::thread::Builder::new().name("trace".into());
-                Some(thread.spawn(move || tracer.run())?)
+                Some(thread.spawn(move || {
+                    fault::inject("trace");
+                    tracer.run()
+                })?)
             }
             None => None,
         }
@@ -118,7 +122,10 @@ pub async fn serve(
     };
     let refresher = std::thread::Builder::new()
         .name("refresh".into())
-        .spawn(move || refresher.run())?;
+        .spawn(move || {
+            fault::inject("refresh");
+            refresher.run()
+        })?;
     let pipeline = Pipeline {
         source,
         shared: shared.clone(),
@@ -131,6 +138,7 @@ pub async fn serve(
     let capture = std::thread::Builder::new()
         .name("capture".into())
         .spawn(move || {
+            fault::inject("capture");
             let result = pipeline.run();
             capture_done.cancel();
             result
@@ -223,7 +231,10 @@ fn start_watcher(
     };
     std::thread::Builder::new()
         .name("watch".into())
-        .spawn(move || watcher.run())
+        .spawn(move || {
+            fault::inject("watch");
+            watcher.run()
+        })
         .map(Some)
 }
 

@@ -53,6 +53,7 @@ fn start() -> Result<(), Fatal> {
     };
     let config = Config::load(flags).map_err(|e| Fatal(EX_CONFIG, e.to_string()))?;
     init_tracing();
+    pidcapd::fault::exit_on_panic();
     if config.pcap_file.is_none() {
         privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
     }

@@ -234,6 +234,7 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
         sockets_known: sockets as u64,
         processes_known: processes as u64,
         refreshes: refresh.count,
+        refresh_failures: refresh.failures,
         last_refresh_ms: refresh.last_duration.as_secs_f64() * 1000.0,
         interface: capture.origin,
         link_type: capture.link_name,

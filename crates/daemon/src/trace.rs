@@ -124,6 +124,7 @@ impl Tracer {
             }
             if self.tracer.lost() != lost {
                 lost = self.tracer.lost();
+                self.shared.process_side().trace_events_lost = lost;
                 warn!(
                     lost,
                     "socket trace events lost (ring full); some connections may go to unknown"

@@ -192,6 +192,9 @@ pub struct Stats {
     pub processes_known: u64,
     /// Socket-table refreshes done.
     pub refreshes: u64,
+    /// Refresh passes that failed (netlink or /proc errors); the previous table stays in use.
+    #[serde(default)]
+    pub refresh_failures: u64,
     /// Duration of the last refresh, milliseconds.
     pub last_refresh_ms: f64,
     /// Capture interface name.

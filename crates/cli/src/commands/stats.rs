@@ -78,7 +78,7 @@ pub fn render(s: &Stats) -> String {
         ("pcap if dropped", s.pcap_if_dropped.to_string()),
         ("sockets known", s.sockets_known.to_string()),
         ("processes known", s.processes_known.to_string()),
-        ("refreshes", s.refreshes.to_string()),
+        ("refreshes", refreshes(s)),
         ("last refresh", format!("{:.1} ms", s.last_refresh_ms)),
         (
             "process watcher",
@@ -124,6 +124,14 @@ fn query_clients(q: &pidcap_proto::QueryServer) -> String {
     )
 }
 
+/// Refreshes done, and how many failed when any did.
+fn refreshes(s: &Stats) -> String {
+    match s.refresh_failures {
+        0 => s.refreshes.to_string(),
+        failed => format!("{} ({failed} failed)", s.refreshes),
+    }
+}
+
 fn on_off(running: bool) -> &'static str {
     if running {
         "running"
@@ -162,6 +170,7 @@ mod tests {
             sockets_known: 28,
             processes_known: 29,
             refreshes: 30,
+            refresh_failures: 0,
             last_refresh_ms: 1.25,
             interface: "lo".into(),
             link_type: "EN10MB".into(),
@@ -198,6 +207,11 @@ mod tests {
                 accept_errors: 48,
             },
         };
+        let failing = Stats {
+            refresh_failures: 3,
+            ..stats.clone()
+        };
+        assert!(render(&failing).contains("refreshes          30 (3 failed)\n"));
         assert_eq!(
             render(&stats),
             "interface          lo (EN10MB)\n\
