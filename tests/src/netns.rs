@@ -53,6 +53,17 @@ impl Netns {
     }
 
     fn build(&self) {
+        ip(&["netns", "add", &self.name]);
+        self.add_link();
+    }
+
+    /// Deletes the veth pair (both ends go), as when a container stops.
+    pub fn delete_link(&self) {
+        ip(&["link", "del", &self.host_if]);
+    }
+
+    /// Creates the veth pair again, with the same names and addresses, up.
+    pub fn add_link(&self) {
         let (name, host, ns) = (
             self.name.as_str(),
             self.host_if.as_str(),
@@ -62,7 +73,6 @@ impl Netns {
         let ns_v4 = format!("{}/24", self.ns_v4);
         let host_v6 = format!("{}/64", self.host_v6);
         let ns_v6 = format!("{}/64", self.ns_v6);
-        ip(&["netns", "add", name]);
         ip(&[
             "link", "add", host, "type", "veth", "peer", "name", ns, "netns", name,
         ]);

@@ -399,6 +399,22 @@ fn socket_mode(value: Option<String>) -> Result<u32, ConfigError> {
     }
 }
 
+impl Config {
+    /// How to (re)open the live capture; `None` when replaying a file.
+    pub fn live_capture(&self) -> Option<pidcap_capture::LiveConfig> {
+        self.pcap_file
+            .is_none()
+            .then(|| pidcap_capture::LiveConfig {
+                interface: self.interface.clone(),
+                snaplen: self.snaplen,
+                buffer_size: self.buffer_size,
+                timeout_ms: self.capture_timeout.as_millis() as i32,
+                filter: self.filter.clone(),
+                ..pidcap_capture::LiveConfig::default()
+            })
+    }
+}
+
 /// The first path of systemd's `$STATE_DIRECTORY` (colon-separated), else
 /// [`DEFAULT_STATE_DIR`].
 fn default_state_dir() -> PathBuf {

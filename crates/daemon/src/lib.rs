@@ -133,6 +133,7 @@ pub async fn serve(
         pending: Pending::new(config.pending_max, config.pending_timeout),
         fragments: FragmentMap::new(FRAGMENTED_DATAGRAMS),
         stop: stop.clone(),
+        reopen: config.live_capture(),
     };
     let capture_done = shutdown.clone();
     let capture = std::thread::Builder::new()

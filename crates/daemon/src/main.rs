@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use pidcap_capture::{CaptureError, LiveConfig, Source};
+use pidcap_capture::{CaptureError, Source};
 use pidcap_sockets::ProcRoot;
 use pidcapd::config::{Config, Flags};
 use pidcapd::refresh::{TableBuilder, FULL_SCAN_EVERY};
@@ -146,16 +146,10 @@ fn narrow_privileges() {
 }
 
 fn open_source(config: &Config) -> Result<Source, Fatal> {
-    let opened = match &config.pcap_file {
-        Some(path) => Source::open_file(path, config.filter.as_deref()),
-        None => Source::open_live(&LiveConfig {
-            interface: config.interface.clone(),
-            snaplen: config.snaplen,
-            buffer_size: config.buffer_size,
-            timeout_ms: config.capture_timeout.as_millis() as i32,
-            filter: config.filter.clone(),
-            ..LiveConfig::default()
-        }),
+    let opened = match (&config.pcap_file, config.live_capture()) {
+        (Some(path), _) => Source::open_file(path, config.filter.as_deref()),
+        (None, Some(live)) => Source::open_live(&live),
+        (None, None) => unreachable!("live_capture is None only for a file"),
     };
     opened.map_err(|e| {
         let code = match &e {

@@ -4,16 +4,19 @@
 //! the newest table (one atomic generation check per packet); the ledger mutex is taken once
 //! per batch (at most `BATCH` packets or `FLUSH_EVERY` of capture time), never per packet;
 //! a direction whose owner is unknown waits in the bounded pending buffer and a refresh is
-//! requested without waiting. Malformed frames are counted, never fatal.
+//! requested without waiting. Malformed frames are counted, never fatal. A live capture whose
+//! interface goes away is reopened when it returns (backoff up to [`REOPEN_MAX_WAIT`]); in
+//! between, pending packets are still decided, the heartbeat goes on, and queries are served.
+//! Reopening needs CAP_NET_RAW and CAP_NET_ADMIN, which is why the daemon keeps them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pidcap_capture::{CaptureError, Next, Source};
+use pidcap_capture::{CaptureError, LiveConfig, Next, Source};
 use pidcap_core::{Direction, FragmentMap, Pending, SocketTable, Tally};
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::refresh::MissSignal;
 use crate::state::Shared;
@@ -24,6 +27,10 @@ pub const BATCH: u64 = 4096;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// How often libpcap's counters are read.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// First wait before trying to reopen a capture whose interface went away; doubled per try.
+const REOPEN_FIRST_WAIT: Duration = Duration::from_millis(100);
+/// Longest wait between two tries to reopen the capture.
+pub const REOPEN_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the capture loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +50,8 @@ pub struct Pipeline {
     pub pending: Pending,
     pub fragments: FragmentMap,
     pub stop: Arc<AtomicBool>,
+    /// How to reopen a live capture whose interface went away; `None` for a file.
+    pub reopen: Option<LiveConfig>,
 }
 
 /// The capture thread's own state: nothing here is shared or locked.
@@ -76,6 +85,7 @@ struct Capture {
     shared: Arc<Shared>,
     misses: MissSignal,
     stop: Arc<AtomicBool>,
+    reopen: Option<LiveConfig>,
 }
 
 impl Pipeline {
@@ -87,6 +97,7 @@ impl Pipeline {
             pending,
             fragments,
             stop,
+            reopen,
         } = self;
         let now = Instant::now();
         let mut batch = Batch {
@@ -103,6 +114,7 @@ impl Pipeline {
             shared,
             misses,
             stop,
+            reopen,
         };
         let link = capture.source.link_type();
         capture.publish_stats();
@@ -118,7 +130,14 @@ impl Capture {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(End::Stopped);
             }
-            match self.source.next()? {
+            let next = match self.source.next() {
+                Ok(next) => next,
+                Err(error) => {
+                    self.reopen_after(error, batch)?;
+                    continue;
+                }
+            };
+            match next {
                 Next::Packet(frame) => {
                     if self.shared.generation() != batch.table.generation() {
                         // A refresh landed: attribute this packet with the new table.
@@ -143,6 +162,46 @@ impl Capture {
                 }
                 Next::End => return Ok(End::EndOfFile),
             }
+        }
+    }
+
+    /// After a read error: gives the error back for a file; for a live capture, waits for the
+    /// interface to return (deciding pending packets and beating the heartbeat meanwhile) and
+    /// reopens it, or returns when asked to stop. The link type stays the one configured.
+    fn reopen_after(&mut self, error: CaptureError, batch: &mut Batch) -> Result<(), CaptureError> {
+        let Some(live) = self.reopen.clone() else {
+            return Err(error);
+        };
+        warn!(interface = %live.interface, error = %error, "capture interface gone; counting pauses until it returns, queries go on");
+        self.shared.capture_info().down = true;
+        let mut wait = REOPEN_FIRST_WAIT;
+        while !self.stop.load(Ordering::Relaxed) {
+            self.pause(wait, batch);
+            match Source::open_live(&live) {
+                Ok(source) => {
+                    self.source = source;
+                    let mut info = self.shared.capture_info();
+                    info.down = false;
+                    info.reopens += 1;
+                    info!(interface = %live.interface, "capture reopened");
+                    return Ok(());
+                }
+                Err(error) => {
+                    debug!(interface = %live.interface, error = %error, "capture not reopened yet");
+                    wait = (wait * 2).min(REOPEN_MAX_WAIT);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps about `wait` in short steps, merging (which settles pending packets and beats
+    /// the heartbeat) and watching for a stop request.
+    fn pause(&self, wait: Duration, batch: &mut Batch) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
+            merge(&self.shared, batch);
+            std::thread::sleep(REOPEN_FIRST_WAIT.min(wait));
         }
     }
 

@@ -238,6 +238,8 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
         last_refresh_ms: refresh.last_duration.as_secs_f64() * 1000.0,
         interface: capture.origin,
         link_type: capture.link_name,
+        capture_down: capture.down,
+        capture_reopens: capture.reopens,
         credited_matched: matched(&totals.credited_by_quality),
         unknown_reasons: proto::UnknownReasons {
             no_socket: reasons.no_socket,

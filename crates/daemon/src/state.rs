@@ -38,6 +38,10 @@ pub struct CaptureInfo {
     pub origin: String,
     pub link_name: String,
     pub stats: CaptureStats,
+    /// Times the live capture was reopened after its interface went away.
+    pub reopens: u64,
+    /// The capture interface is gone and has not come back yet.
+    pub down: bool,
 }
 
 #[derive(Debug)]

@@ -201,6 +201,13 @@ pub struct Stats {
     pub interface: String,
     /// Link type of the capture, e.g. `EN10MB`.
     pub link_type: String,
+    /// The capture interface went away and has not come back yet (counting is paused).
+    #[serde(default)]
+    pub capture_down: bool,
+    /// Times the capture was reopened after its interface went away (libpcap's
+    /// received/dropped counters restart at each reopen).
+    #[serde(default)]
+    pub capture_reopens: u64,
     /// Credited bytes (both directions) per match quality.
     #[serde(default)]
     pub credited_matched: MatchBytes,

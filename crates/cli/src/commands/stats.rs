@@ -29,7 +29,7 @@ fn traffic(packets: u64, bytes: u64) -> String {
 
 pub fn render(s: &Stats) -> String {
     format::key_values(&[
-        ("interface", format!("{} ({})", s.interface, s.link_type)),
+        ("interface", interface(s)),
         ("uptime", format::duration(s.uptime_s)),
         ("captured rx", traffic(s.rx_packets, s.rx_bytes)),
         ("captured tx", traffic(s.tx_packets, s.tx_bytes)),
@@ -124,6 +124,18 @@ fn query_clients(q: &pidcap_proto::QueryServer) -> String {
     )
 }
 
+/// Interface and link type; whether it is gone and how often it was reopened, when so.
+fn interface(s: &Stats) -> String {
+    let mut text = format!("{} ({})", s.interface, s.link_type);
+    if s.capture_down {
+        text.push_str(", GONE: counting paused until it returns");
+    }
+    if s.capture_reopens > 0 {
+        text.push_str(&format!(", reopened {} times", s.capture_reopens));
+    }
+    text
+}
+
 /// Refreshes done, and how many failed when any did.
 fn refreshes(s: &Stats) -> String {
     match s.refresh_failures {
@@ -174,6 +186,8 @@ mod tests {
             last_refresh_ms: 1.25,
             interface: "lo".into(),
             link_type: "EN10MB".into(),
+            capture_down: false,
+            capture_reopens: 0,
             credited_matched: pidcap_proto::MatchBytes {
                 exact: 31,
                 wildcard: 32,
@@ -212,6 +226,13 @@ mod tests {
             ..stats.clone()
         };
         assert!(render(&failing).contains("refreshes          30 (3 failed)\n"));
+        let gone = Stats {
+            capture_down: true,
+            capture_reopens: 2,
+            ..stats.clone()
+        };
+        assert!(render(&gone)
+            .contains("lo (EN10MB), GONE: counting paused until it returns, reopened 2 times\n"));
         assert_eq!(
             render(&stats),
             "interface          lo (EN10MB)\n\
