@@ -104,6 +104,7 @@ pub struct Ledger {
     started: Instant,
     last_logged_at: Instant,
     last_sampled_at: Instant,
+    folded: u64,
 }
 
 impl Ledger {
@@ -115,6 +116,7 @@ impl Ledger {
             started: now,
             last_logged_at: now,
             last_sampled_at: now,
+            folded: 0,
         }
     }
 
@@ -269,6 +271,36 @@ impl Ledger {
         (live, self.unknown.logged)
     }
 
+    /// Keeps at most `max` exited processes: while the usage log cannot be written nothing
+    /// exited can be forgotten, so a full disk and a stream of short-lived processes would
+    /// grow the ledger without bound. Beyond `max`, the processes that exited first are
+    /// folded into `unknown` (their unlogged bytes stay counted, their names are lost).
+    /// Returns how many were folded; [`Ledger::folded`] counts them all.
+    pub fn bound_exited(&mut self, max: usize) -> usize {
+        let mut exited: Vec<(Instant, ProcessKey)> = self
+            .processes
+            .values()
+            .filter_map(|p| Some((p.exited_at?, p.key)))
+            .collect();
+        if exited.len() <= max {
+            return 0;
+        }
+        exited.sort_unstable();
+        let fold = exited.len() - max;
+        for (_, key) in &exited[..fold] {
+            if let Some(p) = self.processes.remove(key) {
+                self.unknown.total.absorb(&p.usage.unlogged());
+            }
+        }
+        self.folded += fold as u64;
+        fold
+    }
+
+    /// Exited processes folded into `unknown` by [`Ledger::bound_exited`] since start.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+
     /// Forgets exited processes whose counts are all logged and whose exit is older than
     /// `retention`. Returns how many were forgotten.
     pub fn expire(&mut self, now: Instant, retention: Duration) -> usize {
@@ -388,6 +420,44 @@ mod tests {
         ledger.commit_log(&batch, t0);
         ledger.restore(KEY, meta(), counters(0, 100));
         assert_eq!(ledger.process(&KEY).unwrap().usage.total.tx_bytes, 800);
+    }
+
+    #[test]
+    fn exited_processes_beyond_the_bound_fold_into_unknown_and_no_byte_is_lost() {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(t0);
+        for pid in 1..=10u32 {
+            let key = ProcessKey { pid, start_time: 1 };
+            let mut tally = Tally::default();
+            let credit = Credit::Process {
+                key,
+                kind: MatchKind::Exact,
+            };
+            tally.record_side(Direction::Tx, credit, false, 100);
+            ledger.merge(&mut tally, &SocketTable::default());
+            ledger.mark_exited(&key, t0 + Duration::from_secs(u64::from(pid)));
+        }
+        assert_eq!(ledger.bound_exited(4), 6);
+        assert_eq!(ledger.processes().count(), 4);
+        // The six that exited first are gone; their bytes are unknown's now.
+        assert!(ledger
+            .process(&ProcessKey {
+                pid: 6,
+                start_time: 1
+            })
+            .is_none());
+        assert!(ledger
+            .process(&ProcessKey {
+                pid: 7,
+                start_time: 1
+            })
+            .is_some());
+        assert_eq!(ledger.unknown().unlogged().tx_bytes, 600);
+        let batch = ledger.log_batch(t0);
+        let logged: u64 = batch.records.iter().map(|r| r.interval.tx_bytes).sum();
+        assert_eq!(logged, 1000, "every byte is still in the next log write");
+        assert_eq!(ledger.folded(), 6);
+        assert_eq!(ledger.bound_exited(4), 0);
     }
 
     #[test]

@@ -198,6 +198,10 @@ pub async fn serve(
     Ok(())
 }
 
+/// Exited processes kept apart while the usage log cannot be written (a few hundred bytes
+/// each); beyond, the oldest are folded into `unknown` (`Ledger::bound_exited`).
+pub const MAX_EXITED_UNLOGGED: usize = 50_000;
+
 /// Fragmented datagrams whose first fragment's ports are remembered.
 const FRAGMENTED_DATAGRAMS: usize = 4096;
 
@@ -292,6 +296,10 @@ pub fn write_usage(shared: &Shared, log: &mut UsageLog, retention: Duration) -> 
     let batch = shared.ledger().log_batch(now);
     let bytes = usage_log::render(&batch, SystemTime::now(), log.daemon_start());
     if log.append(&bytes).is_err() {
+        let folded = shared.ledger().bound_exited(MAX_EXITED_UNLOGGED);
+        if folded > 0 {
+            warn!(folded, "usage log still unwritable: the oldest exited processes' counts were folded into unknown to bound memory");
+        }
         return false;
     }
     let mut ledger = shared.ledger();
