@@ -2,6 +2,7 @@
 //! with huge command lines that send a packet and exit must not grow it by what they pass.
 
 use std::net::UdpSocket;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -90,6 +91,9 @@ fn assert_live_hog_cmdline_is_cut(daemon: &Daemon, port: u16, arg: &str) {
         .args(std::iter::repeat_n(arg, ARGS))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group, so its `sleep` goes with it.
+        .process_group(0)
         .spawn()
         .expect("spawn a live hog");
     let pid = child.id();
@@ -104,7 +108,8 @@ fn assert_live_hog_cmdline_is_cut(daemon: &Daemon, port: u16, arg: &str) {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let _ = child.kill();
+    // SAFETY: kill has no memory preconditions; the group is the hog's own.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
     let _ = child.wait();
     let args: Vec<&str> = cmdline.iter().filter_map(|a| a.as_str()).collect();
     assert!(

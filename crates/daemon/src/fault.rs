@@ -21,6 +21,26 @@ pub fn exit_on_panic() {
     }));
 }
 
+/// Test-only fault injection, in debug builds alone: stalls the calling thread (until `stop`)
+/// when `PIDCAP_FAULT_STALL` names `thread`, as a thread stuck in a system call would be.
+/// Release builds compile this to nothing.
+pub fn stall_point(thread: &str, stop: &std::sync::atomic::AtomicBool) {
+    static STALL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let target = STALL.get_or_init(|| std::env::var("PIDCAP_FAULT_STALL").ok());
+    if target.as_deref() == Some(thread) {
+        tracing::warn!(
+            thread,
+            "fault injected: this thread stalls (PIDCAP_FAULT_STALL)"
+        );
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
 /// Test-only fault injection, in debug builds alone: panics when `PIDCAP_FAULT_PANIC` names
 /// `thread`. Release builds compile this to nothing.
 pub fn inject(thread: &str) {

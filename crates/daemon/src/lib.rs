@@ -108,6 +108,7 @@ pub async fn serve(
         learned_tx,
         misses.clone(),
         stop.clone(),
+        &shared,
     )?;
     shared.process_side().watcher = watcher.is_some();
     let refresher = Refresher {
@@ -217,6 +218,7 @@ fn start_watcher(
     learned: std::sync::mpsc::SyncSender<watch::Learned>,
     wake: refresh::MissSignal,
     stop: Arc<AtomicBool>,
+    shared: &Arc<Shared>,
 ) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
     let events = match pidcap_sockets::ProcEvents::open() {
         Ok(events) => events,
@@ -233,6 +235,7 @@ fn start_watcher(
         wake,
         stop,
         facts,
+        shared: shared.clone(),
     };
     std::thread::Builder::new()
         .name("watch".into())
@@ -393,14 +396,17 @@ async fn watchdog_task(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let stale = shared.since_heartbeat(Instant::now());
-        if stale < period {
+        let stale = shared.stale_workers(Instant::now(), period);
+        if stale.is_empty() {
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
         } else {
-            warn!(
-                stale_ms = stale.as_millis() as u64,
-                "capture loop is not going round; withholding the watchdog keep-alive"
-            );
+            for (thread, since) in stale {
+                warn!(
+                    thread,
+                    stale_ms = since.as_millis() as u64,
+                    "a daemon thread is not going round its loop; withholding the watchdog keep-alive"
+                );
+            }
         }
     }
 }

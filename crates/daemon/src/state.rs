@@ -44,6 +44,34 @@ pub struct CaptureInfo {
     pub down: bool,
 }
 
+/// The daemon's long-lived threads, each watched through its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worker {
+    Capture,
+    Refresh,
+    Watch,
+    Trace,
+}
+
+impl Worker {
+    pub const ALL: [Worker; 4] = [
+        Worker::Capture,
+        Worker::Refresh,
+        Worker::Watch,
+        Worker::Trace,
+    ];
+
+    /// The thread's name, as in logs and `stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Worker::Capture => "capture",
+            Worker::Refresh => "refresh",
+            Worker::Watch => "watch",
+            Worker::Trace => "trace",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Shared {
     pub table: ArcSwap<SocketTable>,
@@ -57,7 +85,8 @@ pub struct Shared {
     generation: AtomicU64,
     started: Instant,
     /// Milliseconds after `started` when the capture loop last went round.
-    heartbeat_ms: AtomicU64,
+    /// Per [`Worker`]: 1 + milliseconds after `started` of its last beat; 0 = not running.
+    heartbeats: [AtomicU64; Worker::ALL.len()],
     /// Frames handled by the capture loop since start (published once per batch).
     frames: AtomicU64,
 }
@@ -75,7 +104,7 @@ impl Shared {
             process_side: Mutex::new(ProcessSideInfo::default()),
             pending: Mutex::new(PendingLevel::default()),
             started: now,
-            heartbeat_ms: AtomicU64::new(0),
+            heartbeats: Default::default(),
             frames: AtomicU64::new(0),
         })
     }
@@ -134,13 +163,27 @@ impl Shared {
 
     /// Called by the capture loop each time round.
     pub fn beat(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
-        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+        self.beat_worker(Worker::Capture, now);
     }
 
-    /// Time since the capture loop last went round.
-    pub fn since_heartbeat(&self, now: Instant) -> Duration {
-        let beat = self.started + Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        now.saturating_duration_since(beat)
+    /// Called by each long-lived thread each time round its loop (and once at its start, which
+    /// makes the watchdog watch it).
+    pub fn beat_worker(&self, worker: Worker, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        self.heartbeats[worker as usize].store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// The running threads that have not gone round their loop for `max` or more, with how
+    /// long it has been.
+    pub fn stale_workers(&self, now: Instant, max: Duration) -> Vec<(&'static str, Duration)> {
+        Worker::ALL
+            .iter()
+            .filter_map(|&w| {
+                let beat = self.heartbeats[w as usize].load(Ordering::Relaxed);
+                let at = self.started + Duration::from_millis(beat.checked_sub(1)?);
+                let since = now.saturating_duration_since(at);
+                (since >= max).then_some((w.name(), since))
+            })
+            .collect()
     }
 }

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::facts::{Known, ProcessFacts};
 use crate::refresh::MissSignal;
-use crate::state::Shared;
+use crate::state::{Shared, Worker};
 use crate::watch::Learned;
 
 /// How long events may wait in the rings while TCP is busy (the latency of a claim, and of
@@ -74,6 +74,8 @@ impl Tracer {
         let mut failing = false;
         let mut cpus_at = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            self.shared.beat_worker(Worker::Trace, Instant::now());
+            crate::fault::stall_point("trace", &self.stop);
             claims.clear();
             if cpus_at.elapsed() >= CPUS_EVERY {
                 cpus_at = Instant::now();

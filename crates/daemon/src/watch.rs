@@ -65,6 +65,8 @@ pub struct Watcher {
     pub stop: Arc<AtomicBool>,
     /// Every new process's facts, recorded at exec for the socket tracer.
     pub facts: ProcessFacts,
+    /// For the heartbeat the watchdog reads.
+    pub shared: Arc<crate::state::Shared>,
 }
 
 impl Watcher {
@@ -76,6 +78,8 @@ impl Watcher {
         let mut failing = false;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            self.shared.beat_worker(crate::state::Worker::Watch, now);
+            crate::fault::stall_point("watch", &self.stop);
             let wait = due
                 .keys()
                 .next()

@@ -30,7 +30,7 @@ use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
 use pidcap_wire::{FlowKey, IpProto};
 use tracing::{debug, warn};
 
-use crate::state::Shared;
+use crate::state::{Shared, Worker};
 use crate::watch::Learned;
 
 pub use owners::{OwnerTracker, OwnerUpdate};
@@ -440,6 +440,8 @@ impl Refresher {
         let mut learned_at = Instant::now();
         let mut seen_frames = self.shared.frames();
         while !self.stop.load(Ordering::Relaxed) {
+            self.shared.beat_worker(Worker::Refresh, Instant::now());
+            crate::fault::stall_point("refresh", &self.stop);
             // With nothing captured since the last pass, a table only serves queries: refresh
             // seldom (a miss still wakes the refresher at once when traffic resumes).
             let period = if self.shared.frames() == seen_frames {

@@ -1,0 +1,100 @@
+//! The systemd watchdog watches every long-lived thread (issue #9): WATCHDOG=1 goes out only
+//! while capture, refresh, watcher and tracer all go round their loops. A fake notify socket
+//! stands in for systemd; a debug-build-only variable stalls one thread.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pidcap_e2e::{bin_path, require_root};
+
+/// Keep-alives the daemon sent in the two seconds after its first second of readiness.
+struct Observed {
+    keepalives: usize,
+    stderr: String,
+}
+
+/// Runs pidcapd under a fake systemd (NOTIFY_SOCKET, WATCHDOG_USEC = 1 s, so a keep-alive is
+/// due every 0.5 s) with `stall` naming a thread to stall, and counts its keep-alives.
+fn run_under_fake_systemd(stall: Option<&str>) -> Observed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = UnixDatagram::bind(dir.path().join("notify")).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let stderr_path = dir.path().join("stderr.log");
+    let mut command = Command::new("sh");
+    // WATCHDOG_PID must be the daemon's own pid: the shell's, which exec keeps.
+    command
+        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
+        .arg(bin_path("pidcapd"))
+        .args(["--interface", "lo", "--socket"])
+        .arg(dir.path().join("sock"))
+        .arg("--usage-log")
+        .arg(dir.path().join("usage.jsonl"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("NOTIFY_SOCKET", dir.path().join("notify"))
+        .env("WATCHDOG_USEC", "1000000")
+        .env_remove("PIDCAP_FAULT_STALL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    if let Some(thread) = stall {
+        command.env("PIDCAP_FAULT_STALL", thread);
+    }
+    let mut child = command.spawn().expect("spawn pidcapd");
+    let mut ready_at = None;
+    let mut keepalives = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        let message = match notify.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) => String::new(),
+        };
+        if message.contains("READY=1") {
+            ready_at.get_or_insert_with(Instant::now);
+        }
+        let Some(ready) = ready_at else { continue };
+        let since = ready.elapsed();
+        if since >= Duration::from_secs(3) {
+            break;
+        }
+        if since >= Duration::from_secs(1) && message.contains("WATCHDOG=1") {
+            keepalives += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(ready_at.is_some(), "pidcapd never said READY=1: {stderr}");
+    Observed { keepalives, stderr }
+}
+
+#[test]
+fn a_stalled_thread_withholds_the_watchdog_keepalive() {
+    require_root();
+    let healthy = run_under_fake_systemd(None);
+    assert!(
+        healthy.keepalives > 0,
+        "no keep-alive from a healthy daemon: {}",
+        healthy.stderr
+    );
+    for thread in ["refresh", "watch", "trace"] {
+        let stalled = run_under_fake_systemd(Some(thread));
+        assert_eq!(
+            stalled.keepalives, 0,
+            "keep-alives sent while {thread} was stalled: {}",
+            stalled.stderr
+        );
+        assert!(
+            stalled
+                .stderr
+                .contains("withholding the watchdog keep-alive")
+                && stalled.stderr.contains(thread),
+            "{thread}: {}",
+            stalled.stderr
+        );
+    }
+}
