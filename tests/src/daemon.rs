@@ -341,6 +341,19 @@ pub fn wait_bounded(mut child: Child, timeout: Duration, what: &str) -> ExitStat
     }
 }
 
+/// `--socket`, `--usage-log` and `--state-dir` inside `dir`: the flags that keep a pidcapd a
+/// test starts by hand away from the system's paths and from other tests' daemons.
+pub fn private_paths(dir: &Path) -> Vec<std::ffi::OsString> {
+    [
+        ("--socket", "sock"),
+        ("--usage-log", "usage.jsonl"),
+        ("--state-dir", "state"),
+    ]
+    .into_iter()
+    .flat_map(|(flag, name)| [flag.into(), dir.join(name).into_os_string()])
+    .collect()
+}
+
 /// Runs `pidcapd args` to completion (bounded by `timeout`), without any default flags.
 pub fn run_pidcapd(args: &[&str], timeout: Duration) -> Finished {
     crate::require_root();

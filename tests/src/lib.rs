@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use daemon::{run_pidcapd, wait_bounded, Client, Counters, Daemon, Finished, Launch};
+pub use daemon::{
+    private_paths, run_pidcapd, wait_bounded, Client, Counters, Daemon, Finished, Launch,
+};
 pub use netns::Netns;
 pub use peer::{Done, Peer, PeerInfo};
 pub use refcap::{RefCapture, Tally, Truth};

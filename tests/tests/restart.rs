@@ -153,12 +153,8 @@ fn a_panic_in_any_thread_ends_the_daemon_with_a_failure_status() {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("stderr.log");
         let child = Command::new(pidcap_e2e::bin_path("pidcapd"))
-            .args(["--interface", "lo", "--socket"])
-            .arg(dir.path().join("sock"))
-            .arg("--usage-log")
-            .arg(dir.path().join("usage.jsonl"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .args(["--interface", "lo"])
+            .args(pidcap_e2e::private_paths(dir.path()))
             .env("PIDCAP_FAULT_PANIC", thread)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
