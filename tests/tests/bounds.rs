@@ -68,6 +68,7 @@ fn huge_command_lines_do_not_grow_the_daemon() {
         daemon.stats()
     );
     let after = rss_kib(daemon.pid());
+    assert_facts_cut(&daemon.stats());
     eprintln!(
         "pidcapd RSS {before} KiB -> {after} KiB after {HOGS} processes with 1 MiB of arguments"
     );
@@ -76,6 +77,21 @@ fn huge_command_lines_do_not_grow_the_daemon() {
         "pidcapd grew from {before} KiB to {after} KiB"
     );
     assert_live_hog_cmdline_is_cut(&daemon, port, &arg);
+}
+
+/// `stats.process_facts`: the watcher remembered the hogs (exited less than 30 s ago), each
+/// with at most 4 KiB of command line, and no bound was reached.
+fn assert_facts_cut(stats: &serde_json::Value) {
+    let facts = &stats["process_facts"];
+    let entries = facts["entries"].as_u64().expect("process_facts.entries");
+    let bytes = facts["bytes"].as_u64().expect("process_facts.bytes");
+    eprintln!("process facts: {facts}");
+    assert!(entries >= HOGS as u64 / 2, "hogs not remembered: {facts}");
+    // A cut command line, an executable path and a name: well under 8 KiB per process
+    // (uncut, the hogs alone would hold 200 MiB).
+    assert!(bytes <= entries * 8192, "{facts}");
+    assert!(bytes >= (HOGS as u64 / 2) * 4096, "the hogs' cut command lines: {facts}");
+    assert_eq!(facts["evictions"], 0, "{facts}");
 }
 
 /// A live hog holding a UDP socket: `process` shows its command line cut to 4 KiB and marked.

@@ -6,11 +6,14 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pidcap_e2e::{bin_path, require_root};
+use pidcap_e2e::{bin_path, require_root, Client};
+use serde_json::{json, Value};
 
-/// Keep-alives the daemon sent in the two seconds after its first second of readiness.
+/// Keep-alives the daemon sent in the two seconds after its first second of readiness, and
+/// its `stats.threads` at the end of them.
 struct Observed {
     keepalives: usize,
+    threads: Vec<Value>,
     stderr: String,
 }
 
@@ -61,11 +64,37 @@ fn run_under_fake_systemd(stall: Option<&str>) -> Observed {
             keepalives += 1;
         }
     }
+    let stats = Client::connect(&dir.path().join("sock"))
+        .and_then(|mut c| c.try_request(&json!({"cmd": "stats"})));
     let _ = child.kill();
     let _ = child.wait();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(ready_at.is_some(), "pidcapd never said READY=1: {stderr}");
-    Observed { keepalives, stderr }
+    let stats = stats.unwrap_or_else(|e| panic!("stats: {e}: {stderr}"));
+    let threads = stats["stats"]["threads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stats.threads: {stats}"))
+        .clone();
+    Observed {
+        keepalives,
+        threads,
+        stderr,
+    }
+}
+
+/// The names of the threads `stats` reports running, and of those it reports stale.
+fn running_and_stale(threads: &[Value]) -> (Vec<&str>, Vec<&str>) {
+    let names = |pick: &dyn Fn(&Value) -> bool| -> Vec<&str> {
+        threads
+            .iter()
+            .filter(|t| pick(t))
+            .map(|t| t["name"].as_str().expect("thread name"))
+            .collect()
+    };
+    (
+        names(&|t| t["running"] == true),
+        names(&|t| t["stale"] == true),
+    )
 }
 
 #[test]
@@ -77,6 +106,16 @@ fn a_stalled_thread_withholds_the_watchdog_keepalive() {
         "no keep-alive from a healthy daemon: {}",
         healthy.stderr
     );
+    // As root every thread runs; a healthy daemon reports none stale.
+    let (running, stale) = running_and_stale(&healthy.threads);
+    assert_eq!(
+        running,
+        ["capture", "refresh", "watch", "trace"],
+        "{:?}: {}",
+        healthy.threads,
+        healthy.stderr
+    );
+    assert!(stale.is_empty(), "{:?}", healthy.threads);
     for thread in ["refresh", "watch", "trace"] {
         let stalled = run_under_fake_systemd(Some(thread));
         assert_eq!(
@@ -92,5 +131,8 @@ fn a_stalled_thread_withholds_the_watchdog_keepalive() {
             "{thread}: {}",
             stalled.stderr
         );
+        // `stats` names the stalled thread, and only it, stale (past half the 1 s period).
+        let (_, stale) = running_and_stale(&stalled.threads);
+        assert_eq!(stale, [thread], "{:?}", stalled.threads);
     }
 }

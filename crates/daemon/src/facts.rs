@@ -190,6 +190,24 @@ impl ProcessFacts {
     pub fn evictions(&self) -> u64 {
         self.inner().evictions
     }
+
+    /// Entries, heap bytes and evictions, read together (for `stats`).
+    pub fn usage(&self) -> FactsUsage {
+        let inner = self.inner();
+        FactsUsage {
+            entries: inner.map.len(),
+            bytes: inner.bytes,
+            evictions: inner.evictions,
+        }
+    }
+}
+
+/// What [`ProcessFacts::usage`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FactsUsage {
+    pub entries: usize,
+    pub bytes: usize,
+    pub evictions: u64,
 }
 
 /// Forgets processes that exited over [`KEEP_EXITED`] ago; at most once a second.

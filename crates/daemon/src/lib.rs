@@ -75,7 +75,7 @@ pub async fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let (misses, requests) = miss_channel();
     let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
-    let facts = ProcessFacts::default();
+    let facts = shared.facts.clone();
     let tracer = if config.socket_tracer && config.pcap_file.is_none() {
         let tracer = open_tracer(
             &proc,
@@ -389,7 +389,7 @@ async fn watchdog_task(shared: Arc<Shared>, shutdown: CancellationToken) {
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return;
     }
-    let period = Duration::from_micros(usec) / 2;
+    let period = state::stale_after();
     let mut ticker = tokio::time::interval(period);
     loop {
         tokio::select! {

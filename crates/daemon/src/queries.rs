@@ -16,7 +16,8 @@ use pidcap_proto::{ErrorCode, LookupQuery};
 use pidcap_wire::IpProto;
 
 use crate::access::Viewer;
-use crate::state::Shared;
+use crate::facts::FactsUsage;
+use crate::state::{stale_after, Shared, Worker};
 
 /// A reply line, or an error to send instead.
 pub type Reply = Result<Vec<u8>, (ErrorCode, String)>;
@@ -259,8 +260,35 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
             traced_routes: side.traced_routes,
         },
         query_server,
+        threads: threads(shared, now),
+        process_facts: process_facts(shared.facts.usage()),
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
+}
+
+/// Every long-lived thread's heartbeat, as `stats.threads`.
+fn threads(shared: &Shared, now: Instant) -> Vec<proto::ThreadHealth> {
+    let stale = stale_after();
+    Worker::ALL
+        .iter()
+        .map(|&worker| {
+            let since = shared.since_beat(worker, now);
+            proto::ThreadHealth {
+                name: worker.name().to_string(),
+                running: since.is_some(),
+                last_beat_ms: since.map(|d| d.as_millis() as u64),
+                stale: since.is_some_and(|d| d >= stale),
+            }
+        })
+        .collect()
+}
+
+fn process_facts(usage: FactsUsage) -> proto::ProcessFacts {
+    proto::ProcessFacts {
+        entries: usage.entries as u64,
+        bytes: usage.bytes as u64,
+        evictions: usage.evictions,
+    }
 }
 
 /// One `watch` frame: the current rate of every live process with traffic that `viewer` may

@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
 use pidcap_core::{AttributionCache, Ledger, PendingLevel, SocketTable};
 
+use crate::facts::ProcessFacts;
+
 /// What the refresher reports about itself.
 #[derive(Debug, Default, Clone)]
 pub struct RefreshInfo {
@@ -42,6 +44,23 @@ pub struct CaptureInfo {
     pub reopens: u64,
     /// The capture interface is gone and has not come back yet.
     pub down: bool,
+}
+
+/// Without a systemd watchdog, a running thread that has not gone round its loop for this
+/// long is reported `stale` in `stats`: every loop goes round at least every 200 ms, or once
+/// per capture batch or refresh pass, which take milliseconds.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a running thread may go without a beat before it is stale: half the systemd
+/// watchdog's period when one runs (the keep-alive is withheld from then on), else
+/// [`STALE_AFTER`].
+pub fn stale_after() -> Duration {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Duration::from_micros(usec) / 2
+    } else {
+        STALE_AFTER
+    }
 }
 
 /// The daemon's long-lived threads, each watched through its heartbeat.
@@ -80,6 +99,8 @@ pub struct Shared {
     pub capture: Mutex<CaptureInfo>,
     pub refresh: Mutex<RefreshInfo>,
     pub process_side: Mutex<ProcessSideInfo>,
+    /// Who each pid is, as the watcher and tracer learnt it (shared by both, sized in `stats`).
+    pub facts: ProcessFacts,
     pending: Mutex<PendingLevel>,
     /// Generation of the table in `table`, readable with one atomic load per packet.
     generation: AtomicU64,
@@ -102,6 +123,7 @@ impl Shared {
             capture: Mutex::new(CaptureInfo::default()),
             refresh: Mutex::new(RefreshInfo::default()),
             process_side: Mutex::new(ProcessSideInfo::default()),
+            facts: ProcessFacts::default(),
             pending: Mutex::new(PendingLevel::default()),
             started: now,
             heartbeats: Default::default(),
@@ -173,15 +195,21 @@ impl Shared {
         self.heartbeats[worker as usize].store(ms + 1, Ordering::Relaxed);
     }
 
+    /// How long ago `worker` last went round its loop; `None` if it never started (it is
+    /// off, or could not open what it reads).
+    pub fn since_beat(&self, worker: Worker, now: Instant) -> Option<Duration> {
+        let beat = self.heartbeats[worker as usize].load(Ordering::Relaxed);
+        let at = self.started + Duration::from_millis(beat.checked_sub(1)?);
+        Some(now.saturating_duration_since(at))
+    }
+
     /// The running threads that have not gone round their loop for `max` or more, with how
     /// long it has been.
     pub fn stale_workers(&self, now: Instant, max: Duration) -> Vec<(&'static str, Duration)> {
         Worker::ALL
             .iter()
             .filter_map(|&w| {
-                let beat = self.heartbeats[w as usize].load(Ordering::Relaxed);
-                let at = self.started + Duration::from_millis(beat.checked_sub(1)?);
-                let since = now.saturating_duration_since(at);
+                let since = self.since_beat(w, now)?;
                 (since >= max).then_some((w.name(), since))
             })
             .collect()

@@ -226,6 +226,42 @@ pub struct Stats {
     /// The query server's clients: how many, its limits, and what happened at them.
     #[serde(default)]
     pub query_server: QueryServer,
+    /// The daemon's long-lived threads (`capture`, `refresh`, `watch`, `trace`, in that
+    /// order) and when each last went round its loop.
+    #[serde(default)]
+    pub threads: Vec<ThreadHealth>,
+    /// What the process watcher and socket tracer remember about processes, and what
+    /// happened at its bound.
+    #[serde(default)]
+    pub process_facts: ProcessFacts,
+}
+
+/// One long-lived daemon thread's health, from its heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadHealth {
+    /// `capture`, `refresh`, `watch` or `trace`.
+    pub name: String,
+    /// The thread started its loop (false: configured off, or what it reads could not be
+    /// opened; `stats.process_side` and the daemon's log say which).
+    pub running: bool,
+    /// Milliseconds since it last went round its loop; `null` when not running.
+    pub last_beat_ms: Option<u64>,
+    /// Running, but it has not gone round its loop for 10 s or more (half the watchdog
+    /// period under systemd's watchdog): a stuck or dead thread, whose part of attribution is
+    /// stale; under systemd the watchdog then restarts the daemon.
+    pub stale: bool,
+}
+
+/// The process facts table (who each pid is or was, as the watcher and tracer learnt it):
+/// at most 65,536 entries and 32 MiB of strings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessFacts {
+    /// Processes remembered now.
+    pub entries: u64,
+    /// Heap bytes of their names, paths and command lines.
+    pub bytes: u64,
+    /// Times a bound made it forget facts early (exited processes first, then all).
+    pub evictions: u64,
 }
 
 /// The query server's clients and what happened at its bounds. Every bound the server keeps

@@ -107,7 +107,30 @@ pub fn render(s: &Stats) -> String {
             ),
         ),
         ("query clients", query_clients(&s.query_server)),
+        ("threads", threads(&s.threads)),
+        (
+            "process facts",
+            format!(
+                "{} processes, {}, {} evictions",
+                s.process_facts.entries,
+                format::bytes(s.process_facts.bytes),
+                s.process_facts.evictions
+            ),
+        ),
     ])
+}
+
+/// `capture 3 ms ago, refresh 120 ms ago, watch STALE 12 s, trace off`.
+fn threads(threads: &[pidcap_proto::ThreadHealth]) -> String {
+    if threads.is_empty() {
+        return "not reported (an older daemon)".to_string();
+    }
+    let one = |t: &pidcap_proto::ThreadHealth| match t.last_beat_ms {
+        None => format!("{} off", t.name),
+        Some(ms) if t.stale => format!("{} STALE ({} s without a beat)", t.name, ms / 1000),
+        Some(ms) => format!("{} {ms} ms ago", t.name),
+    };
+    threads.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 /// Clients now and their limits, then what happened at each bound.
@@ -220,6 +243,17 @@ mod tests {
                 lines_too_long: 47,
                 accept_errors: 48,
             },
+            threads: vec![
+                thread("capture", Some(3), false),
+                thread("refresh", Some(120), false),
+                thread("watch", Some(12_345), true),
+                thread("trace", None, false),
+            ],
+            process_facts: pidcap_proto::ProcessFacts {
+                entries: 49,
+                bytes: 50,
+                evictions: 51,
+            },
         };
         let failing = Stats {
             refresh_failures: 3,
@@ -259,7 +293,23 @@ mod tests {
              process watcher    running\n\
              socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n\
              route lookups      not traced: 44 connected sockets named from them\n\
-             query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n"
+             query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
+             threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
+             process facts      49 processes, 50 B, 51 evictions\n"
         );
+        let old = Stats {
+            threads: Vec::new(),
+            ..stats.clone()
+        };
+        assert!(render(&old).contains("threads            not reported (an older daemon)\n"));
+    }
+
+    fn thread(name: &str, last_beat_ms: Option<u64>, stale: bool) -> pidcap_proto::ThreadHealth {
+        pidcap_proto::ThreadHealth {
+            name: name.into(),
+            running: last_beat_ms.is_some(),
+            last_beat_ms,
+            stale,
+        }
     }
 }
