@@ -90,7 +90,10 @@ fn assert_facts_cut(stats: &serde_json::Value) {
     // A cut command line, an executable path and a name: well under 8 KiB per process
     // (uncut, the hogs alone would hold 200 MiB).
     assert!(bytes <= entries * 8192, "{facts}");
-    assert!(bytes >= (HOGS as u64 / 2) * 4096, "the hogs' cut command lines: {facts}");
+    assert!(
+        bytes >= (HOGS as u64 / 2) * 4096,
+        "the hogs' cut command lines: {facts}"
+    );
     assert_eq!(facts["evictions"], 0, "{facts}");
 }
 
