@@ -5,12 +5,20 @@
 //! stale entry). The cache is bounded: when it reaches its capacity it is emptied, which costs
 //! a re-lookup per live flow and nothing else. Concurrent readers (the capture thread, the
 //! `lookup` query) share it through `dashmap`'s sharded locks; no global lock is taken.
+//!
+//! A flow whose local ends have no socket at all, connected or bound (a port scan, a flood of
+//! spoofed flows to closed ports), or that has no local end (foreign), is not cached per flow: its verdict is recomputed for each
+//! packet (a few lookups in small maps), and only its local ends are remembered, so that a
+//! refresh is asked for once per local end and generation, not once per flow. A flood of
+//! 320,000 such flows then costs 20,000 small entries, not 320,000 cold 128-byte ones.
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
-use pidcap_wire::FlowKey;
+use std::net::SocketAddr;
 
-use crate::attribute::{attribute, Verdict};
+use pidcap_wire::{FlowKey, IpProto};
+
+use crate::attribute::{attribute, Credit, UnknownReason, Verdict};
 use crate::table::SocketTable;
 
 #[derive(Debug, Clone, Copy)]
@@ -32,14 +40,21 @@ pub struct Lookup {
 #[derive(Debug)]
 pub struct AttributionCache {
     entries: DashMap<FlowKey, Cached, RandomState>,
+    /// Local ends with no socket, and the generation they were last missed under.
+    unowned: DashMap<UnownedEnds, u64, RandomState>,
     capacity: usize,
 }
+
+/// The protocol and the local ends (source for `tx`, destination for `rx`) that matched no
+/// socket, for a flow whose verdict does not depend on its remote ends.
+type UnownedEnds = (IpProto, Option<SocketAddr>, Option<SocketAddr>);
 
 impl AttributionCache {
     /// A cache holding at most `capacity` flows (at least 1).
     pub fn new(capacity: usize) -> AttributionCache {
         AttributionCache {
             entries: DashMap::with_hasher(RandomState::default()),
+            unowned: DashMap::with_hasher(RandomState::default()),
             capacity: capacity.max(1),
         }
     }
@@ -56,6 +71,10 @@ impl AttributionCache {
             }
         }
         let verdict = attribute(table, flow, ports_known);
+        if let Some(ends) = unowned_ends(table, flow, &verdict) {
+            let new_miss = verdict.has_miss() && self.first_unowned(ends, generation);
+            return Lookup { verdict, new_miss };
+        }
         if self.entries.len() >= self.capacity {
             self.entries.clear();
         }
@@ -72,6 +91,19 @@ impl AttributionCache {
         }
     }
 
+    /// Records that `ends` missed under `generation`; true the first time.
+    fn first_unowned(&self, ends: UnownedEnds, generation: u64) -> bool {
+        if self.unowned.get(&ends).is_some_and(|g| *g == generation) {
+            return false;
+        }
+        if self.unowned.len() >= self.capacity {
+            self.unowned.clear();
+        }
+        self.unowned.insert(ends, generation);
+        true
+    }
+
+    /// Flows cached (flows to unowned local ends are not, see the module doc).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -79,4 +111,23 @@ impl AttributionCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The local ends of `flow` when its verdict is one that no remote end could change: every
+/// end is either not local (a foreign flow has two such) or local with no socket, and no
+/// connected socket (live or recently closed) has it as its local end. `None` for every
+/// other verdict: those are cached per flow.
+fn unowned_ends(table: &SocketTable, flow: &FlowKey, verdict: &Verdict) -> Option<UnownedEnds> {
+    let end = |credit: Option<Credit>, local: SocketAddr| -> Option<Option<SocketAddr>> {
+        match credit {
+            None => Some(None),
+            Some(Credit::Unknown(UnknownReason::NoSocket)) => Some(Some(local)),
+            Some(_) => None,
+        }
+    };
+    let tx = end(verdict.tx, flow.src)?;
+    let rx = end(verdict.rx, flow.dst)?;
+    let independent = table.remote_independent(flow.proto, flow.src)
+        && table.remote_independent(flow.proto, flow.dst);
+    independent.then_some((flow.proto, tx, rx))
 }

@@ -5,11 +5,11 @@
 //! (`::ffff:a.b.c.d`) are stored and looked up as IPv4, so a dual-stack socket matches IPv4
 //! traffic. Lookups allocate nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use foldhash::HashMap as FastMap;
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use pidcap_wire::IpProto;
 
 use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
@@ -68,8 +68,10 @@ pub struct SocketTable {
 pub struct LiveSockets {
     sockets: Vec<SocketEntry>,
     exact: FastMap<ExactKey, usize>,
+    /// The local ends of `exact`'s sockets.
+    connected: FastSet<BoundKey>,
     bound: FastMap<BoundKey, usize>,
-    local: HashSet<IpAddr>,
+    local: FastSet<IpAddr>,
 }
 
 /// Connected sockets that closed recently (or that a process was seen using), with their
@@ -82,6 +84,9 @@ pub struct LiveSockets {
 #[derive(Debug, Default, Clone)]
 pub struct RecentSockets {
     closed: FastMap<ExactKey, (u64, ProcessKey)>,
+    /// The local ports of `closed`'s sockets (ports, not addresses: an entry may have an
+    /// unspecified local address, which stands for every address of the host).
+    closed_ports: FastSet<(IpProto, u16)>,
     departed: HashMap<ProcessKey, Arc<ProcessInfo>>,
     /// Whether some entry has an unspecified local address (else no second lookup is made).
     any_local: bool,
@@ -92,6 +97,7 @@ impl RecentSockets {
     pub fn insert(&mut self, c: ClosedSocket) {
         let key = (c.proto, canonical(c.local), canonical(c.remote));
         self.any_local |= key.1.ip().is_unspecified();
+        self.closed_ports.insert((key.0, key.1.port()));
         self.closed.insert(key, (c.inode, c.owner));
     }
 
@@ -138,6 +144,7 @@ impl LiveSockets {
             );
         } else {
             let key = (entry.proto, entry.local, entry.remote);
+            self.connected.insert((entry.proto, entry.local));
             index_at(&mut self.exact, key, at, &self.sockets, &entry);
         }
         self.sockets.push(entry);
@@ -358,6 +365,15 @@ impl SocketTable {
             Some(found) if found.owner.is_some() => Some(found),
             other => holderless.or(other),
         }
+    }
+
+    /// True when no connected socket, live or recently closed, has `local` as its local
+    /// end: then [`SocketTable::lookup`] gives the same answer for `local` whatever the
+    /// remote end (only bound sockets and the host's addresses are consulted).
+    pub fn remote_independent(&self, proto: IpProto, local: SocketAddr) -> bool {
+        let local = canonical(local);
+        !self.live.connected.contains(&(proto, local))
+            && !self.recent.closed_ports.contains(&(proto, local.port()))
     }
 
     fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {

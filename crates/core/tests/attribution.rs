@@ -312,13 +312,65 @@ fn cache_is_invalidated_by_a_new_generation() {
 
 #[test]
 fn cache_stays_within_capacity() {
-    let t = SocketTable::build(1, TableParts::default());
+    // A bound sender: each flow has an owned end, so each is cached per flow.
+    let t = table(
+        vec![sock(IpProto::Udp, "127.0.0.1:1", "0.0.0.0:0", 1)],
+        &[(1, &[key(1, 1)])],
+        &[],
+    );
     let cache = AttributionCache::new(8);
-    for port in 1..100u16 {
+    for port in 2..100u16 {
         let f = flow(IpProto::Udp, "127.0.0.1:1", &format!("127.0.0.1:{port}"));
-        cache.attribute(&t, &f, true);
-        assert!(cache.len() <= 8);
+        let tx = cache.attribute(&t, &f, true).verdict.tx;
+        assert_eq!(credited(tx), Some((1, MatchKind::Wildcard)));
+        assert!((1..=8).contains(&cache.len()), "{}", cache.len());
     }
+}
+
+/// A flood of flows to local ports nobody holds (spoofed sources, a scan): no flow is cached,
+/// a refresh is asked for once per local port and table, not once per flow.
+#[test]
+fn flows_to_unowned_ports_cost_one_miss_per_port_not_per_flow() {
+    let t = table(
+        vec![
+            sock(IpProto::Udp, "10.0.0.1:53", "0.0.0.0:0", 1),
+            // A connected socket on port 7: flows to port 7 depend on their remote end.
+            sock(IpProto::Udp, "10.0.0.1:7", "192.0.2.9:7", 2),
+        ],
+        &[(1, &[key(1, 1)]), (2, &[key(2, 2)])],
+        &["10.0.0.1"],
+    );
+    let cache = AttributionCache::new(1024);
+    let mut misses = 0;
+    for src_port in 1000..1100u16 {
+        for dst_port in [80u16, 81] {
+            let f = flow(
+                IpProto::Udp,
+                &format!("192.0.2.1:{src_port}"),
+                &format!("10.0.0.1:{dst_port}"),
+            );
+            let got = cache.attribute(&t, &f, true);
+            assert_eq!(got.verdict, attribute(&t, &f, true));
+            assert_eq!(
+                got.verdict.rx,
+                Some(Credit::Unknown(UnknownReason::NoSocket))
+            );
+            misses += usize::from(got.new_miss);
+        }
+    }
+    assert_eq!(misses, 2, "one miss per unowned port");
+    assert_eq!(cache.len(), 0, "no flow cached");
+    // Port 7 has a connected socket: each new remote is its own miss, cached per flow.
+    for src_port in 1000..1010u16 {
+        let f = flow(IpProto::Udp, &format!("192.0.2.1:{src_port}"), "10.0.0.1:7");
+        assert!(cache.attribute(&t, &f, true).new_miss);
+    }
+    assert_eq!(cache.len(), 10);
+    // A new table asks again.
+    let next = SocketTable::build(2, parts(Vec::new(), &[], &["10.0.0.1"]));
+    let f = flow(IpProto::Udp, "192.0.2.1:1000", "10.0.0.1:80");
+    assert!(cache.attribute(&next, &f, true).new_miss);
+    assert!(!cache.attribute(&next, &f, true).new_miss);
 }
 
 #[test]
@@ -435,6 +487,69 @@ proptest! {
         prop_assert_eq!(per_process, tot.credited.rx_bytes + tot.credited.tx_bytes);
         prop_assert_eq!(ledger.unknown().total, tot.unknown);
         prop_assert!(tot.captured.rx_bytes + tot.captured.tx_bytes + tot.foreign_bytes >= ip_bytes);
+    }
+}
+
+/// A table of a few connected, bound, holderless and recently closed sockets over
+/// `arb_addr`'s addresses and ports.
+fn mixed_table() -> SocketTable {
+    let parts = TableParts {
+        closed: vec![
+            closed(IpProto::Udp, "0.0.0.0:2", "192.0.2.1:3", 0, key(5, 5)),
+            closed(IpProto::Udp, "10.0.0.1:4", "192.0.2.1:1", 9, key(6, 6)),
+        ],
+        ..parts(
+            vec![
+                sock(IpProto::Udp, "127.0.0.1:1", "127.0.0.1:2", 1),
+                sock(IpProto::Udp, "0.0.0.0:3", "0.0.0.0:0", 2),
+                sock(IpProto::Udp, "[::]:4", "[::]:0", 3),
+                sock(IpProto::Udp, "10.0.0.1:5", "192.0.2.1:5", 0),
+                sock(IpProto::Udp, "10.0.0.1:1", "0.0.0.0:0", 4),
+            ],
+            &[(1, &[key(1, 1)]), (2, &[key(2, 2)]), (3, &[key(3, 3)])],
+            &["10.0.0.1", "2001:db8::1"],
+        )
+    };
+    SocketTable::build(3, parts)
+}
+
+/// The local ends of `verdict`'s misses (the source for tx, the destination for rx).
+fn missed_ends(
+    f: &FlowKey,
+    verdict: &pidcap_core::Verdict,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let missed = |c: Option<Credit>, end: SocketAddr| c.is_some_and(Credit::is_miss).then_some(end);
+    (missed(verdict.tx, f.src), missed(verdict.rx, f.dst))
+}
+
+proptest! {
+    /// A local end that `remote_independent` names gets the same answer whatever the remote.
+    #[test]
+    fn remote_independent_ends_answer_the_same_for_every_remote(local in arb_addr(), r1 in arb_addr(), r2 in arb_addr()) {
+        let t = mixed_table();
+        if t.remote_independent(IpProto::Udp, local) {
+            prop_assert_eq!(t.lookup(IpProto::Udp, local, r1), t.lookup(IpProto::Udp, local, r2));
+        }
+    }
+
+    /// The cache never changes a verdict, reports a miss only for a miss, and reports every
+    /// missed local end at least once per table.
+    #[test]
+    fn the_cache_is_transparent_and_reports_every_missed_end(flows in prop::collection::vec((arb_addr(), arb_addr()), 1..300)) {
+        let t = mixed_table();
+        let cache = AttributionCache::new(64);
+        let mut reported = std::collections::HashSet::new();
+        for (src, dst) in flows {
+            let f = FlowKey { proto: IpProto::Udp, src, dst };
+            let got = cache.attribute(&t, &f, true);
+            prop_assert_eq!(got.verdict, attribute(&t, &f, true));
+            prop_assert!(!got.new_miss || got.verdict.has_miss());
+            let ends = missed_ends(&f, &got.verdict);
+            if got.new_miss {
+                reported.insert(ends);
+            }
+            prop_assert!(!got.verdict.has_miss() || reported.contains(&ends), "{:?} never reported", f);
+        }
     }
 }
 
