@@ -55,17 +55,39 @@ pub struct LogPosition {
     pub dev: u64,
     pub ino: u64,
     pub len: u64,
+    /// The file's birth time (ns since the epoch), where the filesystem records one: an inode
+    /// number freed by a deleted log and reused by a new one must not pass for the old file.
+    #[serde(default)]
+    pub born_ns: Option<u64>,
 }
 
 impl LogPosition {
     /// The current end of the file at `path`.
     pub fn of(path: &Path) -> io::Result<LogPosition> {
-        let meta = fs::metadata(path)?;
-        Ok(LogPosition {
+        Ok(LogPosition::from_metadata(&fs::metadata(path)?))
+    }
+
+    fn from_metadata(meta: &fs::Metadata) -> LogPosition {
+        let born_ns = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64);
+        LogPosition {
             dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
-        })
+            born_ns,
+        }
+    }
+
+    /// Whether `other` describes the same file (its length aside).
+    fn same_file(&self, other: &LogPosition) -> bool {
+        let born = match (self.born_ns, other.born_ns) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (self.dev, self.ino) == (other.dev, other.ino) && born
     }
 }
 
@@ -287,22 +309,71 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
     Ok(Some(checkpoint))
 }
 
-/// The usage-log bytes written after `position`, if `log` is still that file and not
-/// shorter (a rotated or truncated log has no tail to apply).
+/// The usage-log bytes written after `position`. While `log` is still that file: the rest of
+/// it, or all of it if it was truncated below `position` (copytruncate). After a rotation
+/// (another file at `log`): the rest of the old file, found by device and inode in `log`'s
+/// directory (logrotate renames it there), then all of the new one, whose lines are all newer.
+/// Lines carry running totals, so a line read twice or out of order raises nothing wrongly;
+/// a rotated file that was compressed or moved elsewhere is simply not found. Each part is
+/// bounded by [`MAX_TAIL`].
 pub fn log_tail(log: &Path, position: &LogPosition) -> io::Result<Vec<u8>> {
-    let now = match LogPosition::of(log) {
-        Ok(now) => now,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+    let current = match LogPosition::of(log) {
+        Ok(now) => Some(now),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    if (now.dev, now.ino) != (position.dev, position.ino) || now.len < position.len {
-        return Ok(Vec::new());
-    }
-    let mut file = File::open(log)?;
-    file.seek(SeekFrom::Start(position.len))?;
     let mut tail = Vec::new();
-    file.take(MAX_TAIL).read_to_end(&mut tail)?;
+    match current {
+        Some(now) if now.same_file(position) => {
+            let from = if now.len < position.len {
+                0
+            } else {
+                position.len
+            };
+            read_from(log, from, &mut tail)?;
+        }
+        _ => {
+            if let Some(rotated) = find_by_inode(log, position) {
+                read_from(&rotated, position.len, &mut tail)?;
+            }
+            if current.is_some() {
+                read_from(log, 0, &mut tail)?;
+            }
+        }
+    }
     Ok(tail)
+}
+
+/// Appends `path`'s bytes from `offset` (at most [`MAX_TAIL`]) to `out`, ending on a newline.
+fn read_from(path: &Path, offset: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    file.take(MAX_TAIL).read_to_end(out)?;
+    if out.last().is_some_and(|&b| b != b'\n') {
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+/// Entries of a log's directory looked at for its rotated file.
+const MAX_SIBLINGS: usize = 4096;
+
+/// The file in `log`'s directory that is the one `position` was taken in, if any.
+fn find_by_inode(log: &Path, position: &LogPosition) -> Option<PathBuf> {
+    let dir = match log.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::read_dir(dir)
+        .ok()?
+        .take(MAX_SIBLINGS)
+        .filter_map(Result::ok)
+        .find(|entry| {
+            entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && LogPosition::from_metadata(&m).same_file(position))
+        })
+        .map(|entry| entry.path())
 }
 
 /// Takes a checkpoint after each usage-log write and restores one at start; failures are
@@ -492,11 +563,58 @@ mod tests {
             .write_all(b"two\n")
             .unwrap();
         assert_eq!(log_tail(&log, &at).unwrap(), b"two\n");
-        // Rotated: another inode at the same path.
-        fs::rename(&log, dir.path().join("old")).unwrap();
-        fs::write(&log, b"three and more\n").unwrap();
-        assert!(log_tail(&log, &at).unwrap().is_empty());
+        // Rotated: the old file renamed beside it, a new one at the path.
+        fs::rename(&log, dir.path().join("usage.jsonl.1")).unwrap();
+        fs::write(&log, b"three\n").unwrap();
+        assert_eq!(log_tail(&log, &at).unwrap(), b"two\nthree\n");
+        // The new file not written yet.
         fs::remove_file(&log).unwrap();
-        assert!(log_tail(&log, &at).unwrap().is_empty());
+        assert_eq!(log_tail(&log, &at).unwrap(), b"two\n");
+        // The old file compressed away: the new file's lines alone.
+        fs::remove_file(dir.path().join("usage.jsonl.1")).unwrap();
+        fs::write(&log, b"four").unwrap();
+        assert_eq!(log_tail(&log, &at).unwrap(), b"four\n");
+    }
+
+    #[test]
+    fn a_log_truncated_in_place_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("usage.jsonl");
+        fs::write(&log, b"one\ntwo\n").unwrap();
+        let at = LogPosition::of(&log).unwrap();
+        // copytruncate: same inode, shorter, then new lines.
+        let file = fs::OpenOptions::new().write(true).open(&log).unwrap();
+        file.set_len(0).unwrap();
+        drop(file);
+        fs::write(&log, b"three\n").unwrap();
+        assert_eq!(LogPosition::of(&log).unwrap().ino, at.ino);
+        assert_eq!(log_tail(&log, &at).unwrap(), b"three\n");
+    }
+
+    /// A kill after a rotation: the lines written after the checkpoint, in the rotated file
+    /// and the new one, still raise the totals (issue #9: totals never go back).
+    #[test]
+    fn totals_written_after_the_checkpoint_survive_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("usage.jsonl");
+        fs::write(&log, b"").unwrap();
+        let mut checkpoint = checkpoint();
+        checkpoint.log = Some(LogPosition::of(&log).unwrap());
+        let line = |tx: u64| {
+            format!(
+                "{{\"pid\":1,\"start_time\":7,\"comm\":\"a\",\"uid\":0,\"rx_bytes_total\":0,\"tx_bytes_total\":{tx},\"rx_packets_total\":0,\"tx_packets_total\":1}}\n"
+            )
+        };
+        fs::write(&log, line(500)).unwrap();
+        fs::rename(&log, dir.path().join("usage.jsonl.1")).unwrap();
+        fs::write(&log, line(900)).unwrap();
+        let tail = log_tail(&log, checkpoint.log.as_ref().unwrap()).unwrap();
+        assert_eq!(checkpoint.apply_log_lines(&tail), 2);
+        let p = checkpoint
+            .processes
+            .iter()
+            .find(|p| (p.pid, p.start_time) == (1, 7))
+            .unwrap();
+        assert_eq!(p.total.tx_bytes, 900);
     }
 }
