@@ -157,6 +157,32 @@ fn nobody_sees_only_its_own_processes_and_a_group_member_sees_all() {
     assert!(pids(&member).contains(&u64::from(root_pid)), "{member}");
     assert!(pids(&member).contains(&u64::from(own_pid)), "{member}");
 
+    // A member through a supplementary group only (what `usermod -aG` makes): sees all too.
+    let supplementary = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+        ])
+        .args(["--groups", GROUP_ARG, "--"])
+        .arg(bin_path("pidcap"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(["ps", "--json"])
+        .env_remove("PIDCAP_SOCKET")
+        .output()
+        .expect("run setpriv (util-linux)");
+    let supplementary = json_of(&supplementary, "ps as a supplementary member");
+    assert!(
+        supplementary.get("filtered_to_uid").is_none(),
+        "{supplementary}"
+    );
+    assert!(
+        pids(&supplementary).contains(&u64::from(root_pid)),
+        "{supplementary}"
+    );
+
     // Another user's process: no detail (cmdline, exe, connections), not even its existence.
     let other = pidcap_as(
         &daemon,
