@@ -12,19 +12,18 @@ pub mod queries;
 pub mod refresh;
 pub mod server;
 pub mod state;
+pub mod threads;
 pub mod trace;
 pub mod usage_log;
 pub mod watch;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::Source;
-use pidcap_core::{FragmentMap, NetNsId, Pending, ProcessKey};
-use pidcap_sockets::trace::{find_tracefs, SockTracer};
+use pidcap_core::{NetNsId, ProcessKey};
 use pidcap_sockets::ProcRoot;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
@@ -33,10 +32,10 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint::Checkpointer;
 use crate::config::Config;
-use crate::facts::ProcessFacts;
-use crate::pipeline::{End, Pipeline};
-use crate::refresh::{miss_channel, Refresher, TableBuilder};
+use crate::pipeline::End;
+use crate::refresh::TableBuilder;
 use crate::state::Shared;
+use crate::threads::Threads;
 use crate::usage_log::UsageLog;
 
 /// How long connection tasks get to finish at shutdown.
@@ -63,90 +62,15 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
     let Opened {
         config,
-        source,
         shared,
-        proc,
-        netns,
-        builder,
         socket_group,
-    } = opened;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (misses, requests) = miss_channel();
-    let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
-    let facts = shared.facts.clone();
-    let tracer = if config.socket_tracer && config.pcap_file.is_none() {
-        let tracer = open_tracer(
-            &proc,
-            netns,
-            &facts,
-            &shared,
-            learned_tx.clone(),
-            misses.clone(),
-            stop.clone(),
-        );
-        match tracer {
-            Some(mut tracer) => {
-                tracer.route_tracing = config.route_tracing;
-                let thread = std::thread::Builder::new().name("trace".into());
-                Some(thread.spawn(move || {
-                    fault::inject("trace");
-                    tracer.run()
-                })?)
-            }
-            None => None,
-        }
-    } else {
-        info!("socket tracer off (configured, or replaying a file)");
-        None
-    };
-    let watcher = start_watcher(
-        &proc,
-        netns,
-        facts,
-        learned_tx,
-        misses.clone(),
-        stop.clone(),
-        &shared,
-    )?;
-    shared.process_side().watcher = watcher.is_some();
-    let refresher = Refresher {
-        builder,
-        proc,
-        netns,
-        interval: config.refresh_interval,
-        shared: shared.clone(),
-        requests,
-        learned,
-        stop: stop.clone(),
-    };
-    let refresher = std::thread::Builder::new()
-        .name("refresh".into())
-        .spawn(move || {
-            fault::inject("refresh");
-            refresher.run()
-        })?;
-    let pipeline = Pipeline {
-        source,
-        shared: shared.clone(),
-        misses,
-        pending: Pending::new(config.pending_max, config.pending_timeout),
-        fragments: FragmentMap::new(FRAGMENTED_DATAGRAMS),
-        stop: stop.clone(),
-        reopen: config.live_capture(),
-    };
-    let capture_done = shutdown.clone();
-    let capture = std::thread::Builder::new()
-        .name("capture".into())
-        .spawn(move || {
-            fault::inject("capture");
-            let result = pipeline.run();
-            capture_done.cancel();
-            result
-        })?;
-
-    let tasks = TaskTracker::new();
+        ..
+    } = &opened;
+    let (config, shared, socket_group) = (config.clone(), shared.clone(), socket_group.clone());
+    let threads = Threads::start(opened, stop.clone(), shutdown.clone())?;
     let log = Arc::new(Mutex::new(open_usage_log(&config, &shared)));
     // After capture, refresher, watcher and tracer have opened their fds: the client limit
     // is taken from what remains.
@@ -155,6 +79,38 @@ pub async fn serve(
         config.max_clients,
         server::Timeouts::new(config.client_idle_timeout),
     );
+    let tasks = spawn_tasks(&config, &shared, &log, listener, access, &shutdown);
+    notify_ready();
+    info!(interface = %config.interface, socket = %config.socket.display(), usage_log = %config.usage_log.display(), "pidcapd ready");
+
+    shutdown.cancelled().await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let captured = threads.join().await;
+    tasks.close();
+    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        warn!("some query connections did not close in time");
+    }
+    if !write_usage(&shared, &mut lock(&log), config.retention) {
+        error!(path = %config.usage_log.display(), "final usage-log write failed; the counts since the last successful write are lost");
+    }
+    match captured? {
+        End::EndOfFile => info!("end of the replayed file"),
+        End::Stopped => info!("stopped"),
+    }
+    Ok(())
+}
+
+/// The tokio tasks: the query server, the usage-log writer, rates, watchdog and signals.
+fn spawn_tasks(
+    config: &Config,
+    shared: &Arc<Shared>,
+    log: &Arc<Mutex<UsageLog>>,
+    listener: UnixListener,
+    access: server::Access,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
+    let tasks = TaskTracker::new();
     tasks.spawn(server::run(
         listener,
         shared.clone(),
@@ -171,122 +127,12 @@ pub async fn serve(
     tasks.spawn(rate_task(shared.clone(), shutdown.clone()));
     tasks.spawn(watchdog_task(shared.clone(), shutdown.clone()));
     tasks.spawn(signal_task(log.clone(), shutdown.clone()));
-    notify_ready();
-    info!(interface = %config.interface, socket = %config.socket.display(), usage_log = %config.usage_log.display(), "pidcapd ready");
-
-    shutdown.cancelled().await;
-    stop.store(true, Ordering::Relaxed);
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let captured = tokio::task::spawn_blocking(move || capture.join()).await?;
-    let _ = refresher.join();
-    for thread in [watcher, tracer].into_iter().flatten() {
-        let _ = thread.join();
-    }
-    tasks.close();
-    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
-        warn!("some query connections did not close in time");
-    }
-    let flushed = write_usage(&shared, &mut lock(&log), config.retention);
-    if !flushed {
-        error!(path = %config.usage_log.display(), "final usage-log write failed; the counts since the last successful write are lost");
-    }
-    match captured {
-        Ok(Ok(End::EndOfFile)) => info!("end of the replayed file"),
-        Ok(Ok(End::Stopped)) => info!("stopped"),
-        Ok(Err(e)) => return Err(anyhow::Error::new(e).context("capture failed")),
-        Err(_) => anyhow::bail!("the capture thread panicked"),
-    }
-    Ok(())
+    tasks
 }
 
 /// Exited processes kept apart while the usage log cannot be written (a few hundred bytes
 /// each); beyond, the oldest are folded into `unknown` (`Ledger::bound_exited`).
 pub const MAX_EXITED_UNLOGGED: usize = 50_000;
-
-/// Fragmented datagrams whose first fragment's ports are remembered.
-const FRAGMENTED_DATAGRAMS: usize = 4096;
-
-/// Messages from the process watcher to the refresher that may wait at once.
-const LEARNED_QUEUE: usize = 4096;
-
-/// Starts the process watcher, unless the process-event connector is unavailable (then
-/// short-lived processes rely on the refresh and the pending buffer alone; warned once).
-fn start_watcher(
-    proc: &ProcRoot,
-    netns: NetNsId,
-    facts: ProcessFacts,
-    learned: std::sync::mpsc::SyncSender<watch::Learned>,
-    wake: refresh::MissSignal,
-    stop: Arc<AtomicBool>,
-    shared: &Arc<Shared>,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    let events = match pidcap_sockets::ProcEvents::open() {
-        Ok(events) => events,
-        Err(error) => {
-            warn!(error = %error, "process-event connector unavailable; short-lived processes are learnt by refresh only");
-            return Ok(None);
-        }
-    };
-    let watcher = watch::Watcher {
-        events,
-        proc: proc.clone(),
-        netns,
-        learned,
-        wake,
-        stop,
-        facts,
-        shared: shared.clone(),
-    };
-    std::thread::Builder::new()
-        .name("watch".into())
-        .spawn(move || {
-            fault::inject("watch");
-            watcher.run()
-        })
-        .map(Some)
-}
-
-/// Starts the socket tracer, unless tracefs or the perf tracepoints are unavailable (then
-/// connections that live a millisecond in older processes may go to unknown; warned once).
-/// The socket tracer, ready to run; `None` (warned) when the kernel's tracepoints cannot be
-/// read.
-fn open_tracer(
-    proc: &ProcRoot,
-    netns: NetNsId,
-    facts: &ProcessFacts,
-    shared: &Arc<Shared>,
-    learned: std::sync::mpsc::SyncSender<watch::Learned>,
-    wake: refresh::MissSignal,
-    stop: Arc<AtomicBool>,
-) -> Option<trace::Tracer> {
-    let Some(tracefs) = find_tracefs() else {
-        warn!("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); connections that live a millisecond may go to unknown");
-        return None;
-    };
-    let tracer = match SockTracer::open(&tracefs) {
-        Ok(tracer) if tracer.traces_io() => tracer,
-        Ok(tracer) => {
-            info!("this kernel has no sock_send_length/sock_recv_length tracepoints (Linux < 6.4): the socket tracer claims connects only");
-            tracer
-        }
-        Err(error) => {
-            warn!(error = %error, "socket tracepoints unavailable (needs CAP_PERFMON); connections that live a millisecond may go to unknown");
-            return None;
-        }
-    };
-    Some(trace::Tracer {
-        tracer,
-        facts: facts.clone(),
-        proc: proc.clone(),
-        netns,
-        learned,
-        wake,
-        stop,
-        shared: shared.clone(),
-        route_tracing: true,
-        route_threads: HashMap::new(),
-    })
-}
 
 fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {
     log.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,0 +1,233 @@
+//! The daemon's long-lived threads: started in pipeline order (the process side — tracer and
+//! watcher —, the refresher, then capture) and joined at shutdown.
+//!
+//! Each runs a blocking loop (procfs, netlink and libpcap reads never sit on a tokio worker),
+//! beats its heartbeat each time round ([`crate::state::Worker`]) and ends when the shared
+//! `stop` flag is set; the capture thread also ends the daemon (`shutdown`) when its source
+//! does. Threads talk through two bounded queues made here: missed flows to the refresher
+//! ([`miss_channel`]) and what the watcher and tracer learnt ([`LEARNED_QUEUE`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use pidcap_capture::CaptureError;
+use pidcap_core::{FragmentMap, NetNsId, Pending};
+use pidcap_sockets::trace::{find_tracefs, SockTracer};
+use pidcap_sockets::ProcRoot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::facts::ProcessFacts;
+use crate::pipeline::{End, Pipeline};
+use crate::refresh::{miss_channel, MissSignal, Refresher};
+use crate::state::Shared;
+use crate::{fault, trace, watch, Opened};
+
+/// Fragmented datagrams whose first fragment's ports are remembered.
+const FRAGMENTED_DATAGRAMS: usize = 4096;
+
+/// Messages from the process watcher and tracer to the refresher that may wait at once.
+const LEARNED_QUEUE: usize = 4096;
+
+/// The running threads, to be joined at shutdown.
+#[derive(Debug)]
+pub struct Threads {
+    capture: JoinHandle<Result<End, CaptureError>>,
+    refresher: JoinHandle<()>,
+    /// The watcher and the tracer, those that run.
+    process_side: Vec<JoinHandle<()>>,
+}
+
+/// What the process side sends to the refresher: learnt sockets, and wake-ups for misses.
+struct ToRefresher {
+    learned: SyncSender<watch::Learned>,
+    wake: MissSignal,
+}
+
+impl Threads {
+    /// Starts every thread; `shutdown` is cancelled when capture ends by itself.
+    pub fn start(
+        opened: Opened,
+        stop: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Threads> {
+        let Opened {
+            config,
+            source,
+            shared,
+            proc,
+            netns,
+            builder,
+            ..
+        } = opened;
+        let (misses, requests) = miss_channel();
+        let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
+        let to_refresher = ToRefresher {
+            learned: learned_tx,
+            wake: misses.clone(),
+        };
+        let process_side = start_process_side(&config, &proc, netns, &shared, to_refresher, &stop)?;
+        let refresher = Refresher {
+            builder,
+            proc,
+            netns,
+            interval: config.refresh_interval,
+            shared: shared.clone(),
+            requests,
+            learned,
+            stop: stop.clone(),
+        };
+        let refresher = spawn("refresh", move || refresher.run())?;
+        let pipeline = Pipeline {
+            source,
+            shared,
+            misses,
+            pending: Pending::new(config.pending_max, config.pending_timeout),
+            fragments: FragmentMap::new(FRAGMENTED_DATAGRAMS),
+            stop,
+            reopen: config.live_capture(),
+        };
+        let capture = spawn("capture", move || {
+            let result = pipeline.run();
+            shutdown.cancel();
+            result
+        })?;
+        Ok(Threads {
+            capture,
+            refresher,
+            process_side,
+        })
+    }
+
+    /// Joins every thread (on a blocking thread, never a tokio worker) once `stop` is set;
+    /// capture's outcome.
+    pub async fn join(self) -> anyhow::Result<End> {
+        let joined = tokio::task::spawn_blocking(move || {
+            let captured = self.capture.join();
+            let _ = self.refresher.join();
+            for thread in self.process_side {
+                let _ = thread.join();
+            }
+            captured
+        })
+        .await?;
+        match joined {
+            Ok(Ok(end)) => Ok(end),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("capture failed")),
+            Err(_) => anyhow::bail!("the capture thread panicked"),
+        }
+    }
+}
+
+/// Spawns the thread `name` (fault injection points first, in debug builds).
+fn spawn<T: Send + 'static>(
+    name: &'static str,
+    run: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            fault::inject(name);
+            run()
+        })
+}
+
+/// Starts the tracer and the watcher, those that can run; records which do.
+fn start_process_side(
+    config: &Config,
+    proc: &ProcRoot,
+    netns: NetNsId,
+    shared: &Arc<Shared>,
+    to: ToRefresher,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let facts = shared.facts.clone();
+    let mut threads = Vec::new();
+    if config.socket_tracer && config.pcap_file.is_none() {
+        let tracer = open_tracer(proc, netns, &facts, shared, &to, stop.clone());
+        if let Some(mut tracer) = tracer {
+            tracer.route_tracing = config.route_tracing;
+            threads.push(spawn("trace", move || tracer.run())?);
+        }
+    } else {
+        info!("socket tracer off (configured, or replaying a file)");
+    }
+    let watcher = start_watcher(proc, netns, facts, to, stop.clone(), shared)?;
+    shared.process_side().watcher = watcher.is_some();
+    threads.extend(watcher);
+    Ok(threads)
+}
+
+/// Starts the process watcher, unless the process-event connector is unavailable (then
+/// short-lived processes rely on the refresh and the pending buffer alone; warned once).
+fn start_watcher(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    facts: ProcessFacts,
+    to: ToRefresher,
+    stop: Arc<AtomicBool>,
+    shared: &Arc<Shared>,
+) -> std::io::Result<Option<JoinHandle<()>>> {
+    let events = match pidcap_sockets::ProcEvents::open() {
+        Ok(events) => events,
+        Err(error) => {
+            warn!(error = %error, "process-event connector unavailable; short-lived processes are learnt by refresh only");
+            return Ok(None);
+        }
+    };
+    let watcher = watch::Watcher {
+        events,
+        proc: proc.clone(),
+        netns,
+        learned: to.learned,
+        wake: to.wake,
+        stop,
+        facts,
+        shared: shared.clone(),
+    };
+    spawn("watch", move || watcher.run()).map(Some)
+}
+
+/// The socket tracer, ready to run; `None` (warned) when tracefs or the perf tracepoints
+/// are unavailable (then connections that live a millisecond in older processes may go to
+/// unknown).
+fn open_tracer(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    facts: &ProcessFacts,
+    shared: &Arc<Shared>,
+    to: &ToRefresher,
+    stop: Arc<AtomicBool>,
+) -> Option<trace::Tracer> {
+    let Some(tracefs) = find_tracefs() else {
+        warn!("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); connections that live a millisecond may go to unknown");
+        return None;
+    };
+    let tracer = match SockTracer::open(&tracefs) {
+        Ok(tracer) if tracer.traces_io() => tracer,
+        Ok(tracer) => {
+            info!("this kernel has no sock_send_length/sock_recv_length tracepoints (Linux < 6.4): the socket tracer claims connects only");
+            tracer
+        }
+        Err(error) => {
+            warn!(error = %error, "socket tracepoints unavailable (needs CAP_PERFMON); connections that live a millisecond may go to unknown");
+            return None;
+        }
+    };
+    Some(trace::Tracer {
+        tracer,
+        facts: facts.clone(),
+        proc: proc.clone(),
+        netns,
+        learned: to.learned.clone(),
+        wake: to.wake.clone(),
+        stop,
+        shared: shared.clone(),
+        route_tracing: true,
+        route_threads: HashMap::new(),
+    })
+}
