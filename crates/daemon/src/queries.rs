@@ -258,6 +258,7 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
             trace_events_lost: side.trace_events_lost,
             route_threads: side.route_threads,
             traced_routes: side.traced_routes,
+            learned_dropped: side.learned_dropped,
         },
         query_server,
         threads: threads(shared, now),

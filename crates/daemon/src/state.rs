@@ -32,6 +32,8 @@ pub struct ProcessSideInfo {
     pub trace_events_lost: u64,
     pub route_threads: u64,
     pub traced_routes: u64,
+    /// Messages from the watcher and tracer dropped because the refresher's queue was full.
+    pub learned_dropped: u64,
 }
 
 /// Facts about the capture handle, refreshed by the capture thread.

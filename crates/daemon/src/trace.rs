@@ -65,55 +65,54 @@ pub struct Tracer {
     pub route_threads: HashMap<u32, Instant>,
 }
 
+/// The tracer loop's own state between rounds.
+#[derive(Debug)]
+struct Round {
+    claims: Vec<SocketClaim>,
+    /// Trace events lost so far, as last reported.
+    lost: u64,
+    /// When events last came (TCP busy): waits are short for [`ACTIVE_FOR`] after.
+    active_at: Option<Instant>,
+    /// The last poll failed (warned once per run of failures).
+    failing: bool,
+    cpus_at: Instant,
+}
+
+/// How long to wait for events: not at all while some wait in the rings' reorder window,
+/// briefly while TCP is busy, else long (also how quickly `stop` is noticed).
+fn poll_wait(waiting: bool, active_at: Option<Instant>, now: Instant) -> Duration {
+    if waiting {
+        Duration::ZERO
+    } else if active_at.is_some_and(|at| now.saturating_duration_since(at) < ACTIVE_FOR) {
+        ACTIVE_WAIT
+    } else {
+        IDLE_WAIT
+    }
+}
+
 impl Tracer {
     pub fn run(mut self) {
-        let mut claims = Vec::new();
-        let mut lost = 0;
-        let mut active_at: Option<Instant> = None;
         self.shared.process_side().tracer = true;
-        let mut failing = false;
-        let mut cpus_at = Instant::now();
+        let mut round = Round {
+            claims: Vec::new(),
+            lost: 0,
+            active_at: None,
+            failing: false,
+            cpus_at: Instant::now(),
+        };
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Trace, Instant::now());
             crate::fault::stall_point("trace", &self.stop);
-            claims.clear();
-            if cpus_at.elapsed() >= CPUS_EVERY {
-                cpus_at = Instant::now();
+            if round.cpus_at.elapsed() >= CPUS_EVERY {
+                round.cpus_at = Instant::now();
                 self.add_online_cpus();
             }
-            let wait = if self.tracer.has_waiting() {
-                Duration::ZERO
-            } else if active_at.is_some_and(|at| at.elapsed() < ACTIVE_FOR) {
-                ACTIVE_WAIT
-            } else {
-                IDLE_WAIT
-            };
-            if let Err(error) = self.tracer.poll(wait, &mut claims) {
-                if !failing {
-                    warn!(error = %error, "socket tracepoints unreadable; short-lived connections may go to unknown");
-                }
-                failing = true;
+            if !self.poll(&mut round) {
                 std::thread::sleep(IDLE_WAIT);
                 continue;
             }
-            failing = false;
-            if self.tracer.has_waiting() || !claims.is_empty() {
-                active_at = Some(Instant::now());
-            }
             // Connected datagram sockets first: a resolver's lives one round trip.
-            let connected = self.tracer.connected().to_vec();
-            let mut learnt = 0;
-            for c in connected {
-                let (learned, missed) = self.learn_connected(c);
-                learnt += u64::from(learned);
-                if missed {
-                    self.missed_connect(c.tid);
-                }
-            }
-            if learnt > 0 {
-                self.wake.request();
-                self.shared.process_side().traced_claims += learnt;
-            }
+            self.learn_all_connected();
             self.expire_routes();
             // Learn who the actors are now: a 5 ms process is gone by the time its
             // connection's events are paired.
@@ -121,22 +120,65 @@ impl Tracer {
                 let pid = self.tracer.actors()[i];
                 self.who(pid);
             }
-            if !claims.is_empty() {
-                self.send(&claims);
+            if !round.claims.is_empty() {
+                self.send(&round.claims);
             }
-            if self.tracer.lost() != lost {
-                lost = self.tracer.lost();
-                self.shared.process_side().trace_events_lost = lost;
-                warn!(
-                    lost,
-                    "socket trace events lost (ring full); some connections may go to unknown"
-                );
-            }
+            self.report_lost(&mut round.lost);
             if self.tracer.has_waiting() {
                 // Let events age past the reorder window, batching what comes meanwhile.
                 std::thread::sleep(pidcap_sockets::trace::perf::REORDER / 2);
             }
         }
+    }
+
+    /// Reads the rings into `round.claims`; false (warned once in a row) when they cannot be
+    /// read.
+    fn poll(&mut self, round: &mut Round) -> bool {
+        round.claims.clear();
+        let wait = poll_wait(self.tracer.has_waiting(), round.active_at, Instant::now());
+        if let Err(error) = self.tracer.poll(wait, &mut round.claims) {
+            if !round.failing {
+                warn!(error = %error, "socket tracepoints unreadable; short-lived connections may go to unknown");
+            }
+            round.failing = true;
+            return false;
+        }
+        round.failing = false;
+        if self.tracer.has_waiting() || !round.claims.is_empty() {
+            round.active_at = Some(Instant::now());
+        }
+        true
+    }
+
+    /// Reads every socket connected since the last round; route tracing for the threads
+    /// whose sockets were gone.
+    fn learn_all_connected(&mut self) {
+        let connected = self.tracer.connected().to_vec();
+        let mut learnt = 0;
+        for c in connected {
+            let (learned, missed) = self.learn_connected(c);
+            learnt += u64::from(learned);
+            if missed {
+                self.missed_connect(c.tid);
+            }
+        }
+        if learnt > 0 {
+            self.wake.request();
+            self.shared.process_side().traced_claims += learnt;
+        }
+    }
+
+    /// Publishes and warns about events the kernel dropped since `lost` was last seen.
+    fn report_lost(&self, lost: &mut u64) {
+        if self.tracer.lost() == *lost {
+            return;
+        }
+        *lost = self.tracer.lost();
+        self.shared.process_side().trace_events_lost = *lost;
+        warn!(
+            lost = *lost,
+            "socket trace events lost (ring full); some connections may go to unknown"
+        );
     }
 
     /// Groups claims by process and hands them to the refresher.
@@ -145,8 +187,7 @@ impl Tracer {
         for c in claims {
             by_pid.entry(c.pid).or_default().push(c);
         }
-        let mut sent = false;
-        let mut unknown = 0;
+        let (mut delivered, mut unknown, mut dropped) = (0, 0, 0);
         for (pid, claims) in by_pid {
             let info = match self.who(pid) {
                 Known::Ours(info) => info,
@@ -174,14 +215,20 @@ impl Tracer {
                 })
                 .collect();
             debug!(pid, comm = %info.comm, sockets = claims.len(), "connections claimed by trace");
-            sent |= self.learned.try_send(Learned { sockets, info }).is_ok();
+            match self.learned.try_send(Learned { sockets, info }) {
+                Ok(()) => delivered += claims.len() as u64,
+                Err(_) => dropped += claims.len() as u64,
+            }
         }
-        if sent {
+        if delivered > 0 {
             self.wake.request();
         }
+        // Only what reached the refresher counts as claimed; another namespace's
+        // connections are not counted at all.
         let mut side = self.shared.process_side();
-        side.traced_claims += claims.len() as u64 - unknown;
+        side.traced_claims += delivered;
         side.traced_unknown_process += unknown;
+        side.learned_dropped += dropped;
     }
 
     /// Reads the socket a process just connected (a duplicate of its fd through
@@ -212,6 +259,9 @@ impl Tracer {
             info,
         };
         let sent = self.learned.try_send(learnt).is_ok();
+        if !sent {
+            self.shared.process_side().learned_dropped += 1;
+        }
         if sent && missed {
             // Learnt, though the read missed: from the route lookup.
             self.shared.process_side().traced_routes += 1;
@@ -323,4 +373,23 @@ fn same_flow(entry: &SocketEntry, route: &RouteLookup) -> bool {
     remote == r_remote
         && local.port() == r_local.port()
         && (r_local.ip().is_unspecified() || local.ip() == r_local.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_is_none_while_events_wait_short_while_busy_and_long_when_idle() {
+        let now = Instant::now();
+        assert_eq!(poll_wait(true, None, now), Duration::ZERO);
+        assert_eq!(poll_wait(false, Some(now), now), ACTIVE_WAIT);
+        let busy_until = now + ACTIVE_FOR;
+        assert_eq!(
+            poll_wait(false, Some(now), busy_until - Duration::from_millis(1)),
+            ACTIVE_WAIT
+        );
+        assert_eq!(poll_wait(false, Some(now), busy_until), IDLE_WAIT);
+        assert_eq!(poll_wait(false, None, now), IDLE_WAIT);
+    }
 }

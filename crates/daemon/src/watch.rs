@@ -203,10 +203,13 @@ impl Watcher {
         }
         if !found.is_empty() {
             debug!(pid, sockets = found.len(), comm = %w.info.comm, "learnt sockets of a new process");
-            let _ = self.learned.try_send(Learned {
+            let sent = self.learned.try_send(Learned {
                 sockets: found,
                 info: w.info.clone(),
             });
+            if sent.is_err() {
+                self.shared.process_side().learned_dropped += 1;
+            }
             self.wake.request();
         }
         true

@@ -309,6 +309,10 @@ pub struct ProcessSide {
     /// Connected sockets named from their route lookups (counted in `traced_claims` too).
     #[serde(default)]
     pub traced_routes: u64,
+    /// What the watcher and tracer learnt but could not hand to the refresher (its queue of
+    /// 4,096 messages was full); those sockets wait for the next dump.
+    #[serde(default)]
+    pub learned_dropped: u64,
 }
 
 /// Unknown bytes per reason.

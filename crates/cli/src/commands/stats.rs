@@ -106,6 +106,13 @@ pub fn render(s: &Stats) -> String {
                 s.process_side.traced_routes
             ),
         ),
+        (
+            "learnt, dropped",
+            format!(
+                "{} (the refresher's queue was full)",
+                s.process_side.learned_dropped
+            ),
+        ),
         ("query clients", query_clients(&s.query_server)),
         ("threads", threads(&s.threads)),
         (
@@ -233,6 +240,7 @@ mod tests {
                 trace_events_lost: 43,
                 route_threads: 0,
                 traced_routes: 44,
+                learned_dropped: 52,
             },
             query_server: pidcap_proto::QueryServer {
                 clients: 1,
@@ -293,6 +301,7 @@ mod tests {
              process watcher    running\n\
              socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n\
              route lookups      not traced: 44 connected sockets named from them\n\
+             learnt, dropped    52 (the refresher's queue was full)\n\
              query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
              threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
              process facts      49 processes, 50 B, 51 evictions\n"
