@@ -217,3 +217,62 @@ impl Shared {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The `pub` field names of `pub struct NAME` in `source`.
+    fn fields_of<'a>(source: &'a str, name: &str) -> Vec<&'a str> {
+        let start = source
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name} not found"));
+        let body = &source[start..];
+        let body = &body[..body.find("\n}").expect("struct end")];
+        body.lines()
+            .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
+            .map(|(field, _)| field.trim())
+            .collect()
+    }
+
+    /// Every daemon source file but this one and the query answers (which only read).
+    fn writers() -> String {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = String::new();
+        let mut dirs = vec![src];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src dir").flatten() {
+                let path = entry.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if name.ends_with(".rs") && !["state.rs", "queries.rs"].contains(&name) {
+                    all.push_str(&std::fs::read_to_string(&path).expect("read source"));
+                }
+            }
+        }
+        all
+    }
+
+    /// A `stats` counter that no thread ever writes reads 0 forever and looks healthy (this
+    /// is how `trace_events_lost` and refresh failures went unreported): every field of the
+    /// structs the threads publish into must be assigned somewhere outside this file.
+    #[test]
+    fn every_published_field_is_written_by_some_thread() {
+        let state = include_str!("state.rs");
+        let writers = writers();
+        for name in ["RefreshInfo", "ProcessSideInfo", "CaptureInfo"] {
+            let fields = fields_of(state, name);
+            assert!(fields.len() >= 3, "{name}: {fields:?}");
+            for field in fields {
+                let written = [" =", " +=", " |="]
+                    .iter()
+                    .any(|op| writers.contains(&format!(".{field}{op}")));
+                assert!(
+                    written,
+                    "{name}::{field} is published in stats but never written"
+                );
+            }
+        }
+    }
+}
