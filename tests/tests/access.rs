@@ -398,9 +398,14 @@ fn a_flood_of_connections_never_takes_the_fds_capture_and_refresh_need() {
         .map(|_| UnixStream::connect(daemon.socket()).expect("connect"))
         .collect();
     let fds = open_fds(daemon.pid());
-    // (+1: the momentary fd of a client being refused.)
+    // The clients leave the reserve free: what the daemon holds beyond it is the momentary
+    // fd of a client being refused (1) and what the refresher, watcher, tracer and log writer
+    // have open for a moment (a /proc directory, a checkpoint being written, the usage log
+    // opened at its first write: a few), which is the
+    // reserve's very use. Without the budget the flood would take every fd (hundreds over).
+    const MOMENTARY: usize = 1 + 8;
     assert!(
-        fds + FD_RESERVE <= DAEMON_NOFILE as usize + 1,
+        fds + FD_RESERVE <= DAEMON_NOFILE as usize + MOMENTARY,
         "the daemon holds {fds} fds during the flood, within {FD_RESERVE} of its limit"
     );
     // Capture, refresh and attribution go on while the flood holds every client slot (no
