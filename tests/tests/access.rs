@@ -399,10 +399,10 @@ fn a_flood_of_connections_never_takes_the_fds_capture_and_refresh_need() {
         .collect();
     let fds = open_fds(daemon.pid());
     // The clients leave the reserve free: what the daemon holds beyond it is the momentary
-    // fd of a client being refused (1) and what the refresher, watcher, tracer and log writer
-    // have open for a moment (a /proc directory, a checkpoint being written, the usage log
-    // opened at its first write: a few), which is the
-    // reserve's very use. Without the budget the flood would take every fd (hundreds over).
+    // fd of a client being refused (1) and what the refresher, watcher, tracer and log
+    // writer have open for a moment (a /proc directory, a checkpoint being written, the usage
+    // log opened at its first write: a few), which is the reserve's very use. Without the
+    // budget the flood would take every fd (hundreds over).
     const MOMENTARY: usize = 1 + 8;
     assert!(
         fds + FD_RESERVE <= DAEMON_NOFILE as usize + MOMENTARY,
