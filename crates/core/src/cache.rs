@@ -15,6 +15,7 @@
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pidcap_wire::{FlowKey, IpProto};
 
@@ -43,6 +44,8 @@ pub struct AttributionCache {
     /// Local ends with no socket, and the generation they were last missed under.
     unowned: DashMap<UnownedEnds, u64, RandomState>,
     capacity: usize,
+    /// Times either map was emptied because it was full.
+    clears: AtomicU64,
 }
 
 /// The protocol and the local ends (source for `tx`, destination for `rx`) that matched no
@@ -55,6 +58,7 @@ impl AttributionCache {
         AttributionCache {
             entries: DashMap::with_hasher(RandomState::default()),
             unowned: DashMap::with_hasher(RandomState::default()),
+            clears: AtomicU64::new(0),
             capacity: capacity.max(1),
         }
     }
@@ -77,6 +81,7 @@ impl AttributionCache {
         }
         if self.entries.len() >= self.capacity {
             self.entries.clear();
+            self.clears.fetch_add(1, Ordering::Relaxed);
         }
         self.entries.insert(
             *flow,
@@ -98,6 +103,7 @@ impl AttributionCache {
         }
         if self.unowned.len() >= self.capacity {
             self.unowned.clear();
+            self.clears.fetch_add(1, Ordering::Relaxed);
         }
         self.unowned.insert(ends, generation);
         true
@@ -110,6 +116,12 @@ impl AttributionCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Times the cache was emptied because it was full (each costs a re-lookup per live
+    /// flow), since start.
+    pub fn clears(&self) -> u64 {
+        self.clears.load(Ordering::Relaxed)
     }
 }
 

@@ -21,6 +21,8 @@ pub struct FragmentMap {
     ports: FastMap<DatagramKey, (u16, u16)>,
     order: VecDeque<DatagramKey>,
     capacity: usize,
+    /// Datagrams forgotten because the map was full, since start.
+    forgotten: u64,
 }
 
 impl FragmentMap {
@@ -29,6 +31,7 @@ impl FragmentMap {
             ports: FastMap::default(),
             order: VecDeque::with_capacity(capacity),
             capacity: capacity.max(2),
+            forgotten: 0,
         }
     }
 
@@ -62,6 +65,7 @@ impl FragmentMap {
             for _ in 0..self.capacity / 2 {
                 if let Some(old) = self.order.pop_front() {
                     self.ports.remove(&old);
+                    self.forgotten += 1;
                 }
             }
         }
@@ -70,6 +74,12 @@ impl FragmentMap {
 
     pub fn len(&self) -> usize {
         self.ports.len()
+    }
+
+    /// Datagrams forgotten because the map was full (their later fragments went to
+    /// `unknown` as `unsupported`), since start.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
     }
 
     pub fn is_empty(&self) -> bool {

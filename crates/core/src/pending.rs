@@ -30,6 +30,9 @@ struct Waiting {
 pub struct PendingLevel {
     pub packets: u64,
     pub bytes: u64,
+    /// Directions decided early (to `unknown`, or credited if resolved) because the buffer
+    /// was full, since start.
+    pub evicted: u64,
 }
 
 /// See the module documentation.
@@ -41,6 +44,8 @@ pub struct Pending {
     bytes: u64,
     /// Generation of the table the queue was last retried against.
     tried: u64,
+    /// See [`PendingLevel::evicted`].
+    evicted: u64,
 }
 
 impl Pending {
@@ -53,6 +58,7 @@ impl Pending {
             max_age,
             bytes: 0,
             tried: 0,
+            evicted: 0,
         }
     }
 
@@ -60,6 +66,7 @@ impl Pending {
         PendingLevel {
             packets: self.queue.len() as u64,
             bytes: self.bytes,
+            evicted: self.evicted,
         }
     }
 
@@ -81,6 +88,7 @@ impl Pending {
         if self.queue.len() == self.capacity {
             if let Some(oldest) = self.queue.pop_front() {
                 self.expire_one(tally, oldest);
+                self.evicted += 1;
             }
         }
         self.bytes += u64::from(len);

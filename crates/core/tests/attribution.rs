@@ -327,6 +327,11 @@ fn cache_stays_within_capacity() {
         assert_eq!(credited(tx), Some((1, MatchKind::Wildcard)));
         assert!((1..=8).contains(&cache.len()), "{}", cache.len());
     }
+    assert_eq!(
+        cache.clears(),
+        98 / 8,
+        "each clear counted for stats.bounds"
+    );
 }
 
 /// A flood of flows to local ports nobody holds (spoofed sources, a scan): no flow is cached,

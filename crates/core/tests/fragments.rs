@@ -57,6 +57,11 @@ fn the_map_stays_within_its_capacity() {
         map.resolve(&mut meta("10.0.0.1:5000", "10.0.0.2:53", id, 0, true));
         assert!(map.len() <= 8);
     }
+    assert_eq!(
+        map.forgotten() as usize + map.len(),
+        100,
+        "every datagram is remembered or counted forgotten"
+    );
     let mut recent = meta("10.0.0.1:0", "10.0.0.2:0", 99, 185, false);
     map.resolve(&mut recent);
     assert!(recent.ports_known, "the newest datagrams are kept");

@@ -142,6 +142,7 @@ fn a_full_buffer_decides_its_oldest_entry_first() {
     assert_eq!(pending.level().bytes, 400);
     ledger.merge(&mut tally, &table);
     assert_eq!(ledger.totals().unknown_by_reason.pending_expired, 600);
+    assert_eq!(pending.level().evicted, 6, "counted for stats.bounds");
     conserved(&ledger);
 }
 

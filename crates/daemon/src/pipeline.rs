@@ -262,6 +262,7 @@ fn merge(shared: &Shared, batch: &mut Batch) {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
     shared.set_pending(batch.pending.level());
+    shared.set_fragments_forgotten(batch.fragments.forgotten());
     batch.opened_at = None;
     batch.merged_at = now;
     shared.beat(now);

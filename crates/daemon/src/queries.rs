@@ -263,6 +263,12 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
         query_server,
         threads: threads(shared, now),
         process_facts: process_facts(shared.facts.usage()),
+        bounds: proto::Bounds {
+            flows_cached: shared.cache.len() as u64,
+            flow_cache_clears: shared.cache.clears(),
+            pending_evicted: pending.evicted,
+            fragments_forgotten: shared.fragments_forgotten(),
+        },
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
 }

@@ -112,6 +112,8 @@ pub struct Shared {
     heartbeats: [AtomicU64; Worker::ALL.len()],
     /// Frames handled by the capture loop since start (published once per batch).
     frames: AtomicU64,
+    /// Fragmented datagrams the capture thread forgot at its bound (published per batch).
+    fragments_forgotten: AtomicU64,
 }
 
 impl Shared {
@@ -130,6 +132,7 @@ impl Shared {
             started: now,
             heartbeats: Default::default(),
             frames: AtomicU64::new(0),
+            fragments_forgotten: AtomicU64::new(0),
         })
     }
 
@@ -148,6 +151,15 @@ impl Shared {
     /// What waits in the capture thread's pending buffer (published once per batch).
     pub fn set_pending(&self, level: PendingLevel) {
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = level;
+    }
+
+    /// Publishes the fragment map's count of forgotten datagrams.
+    pub fn set_fragments_forgotten(&self, n: u64) {
+        self.fragments_forgotten.store(n, Ordering::Relaxed);
+    }
+
+    pub fn fragments_forgotten(&self) -> u64 {
+        self.fragments_forgotten.load(Ordering::Relaxed)
     }
 
     pub fn pending(&self) -> PendingLevel {

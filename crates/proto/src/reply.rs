@@ -234,6 +234,26 @@ pub struct Stats {
     /// happened at its bound.
     #[serde(default)]
     pub process_facts: ProcessFacts,
+    /// The packet path's bounded structures and what happened at their bounds.
+    #[serde(default)]
+    pub bounds: Bounds,
+}
+
+/// The packet path's bounded structures (`--max-flows`, `--pending-max`, 4,096 fragmented
+/// datagrams) and what happened at their bounds, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bounds {
+    /// Flows whose verdict is cached now.
+    pub flows_cached: u64,
+    /// Times the attribution cache was emptied because it was full (each costs a re-lookup
+    /// per live flow, nothing else).
+    pub flow_cache_clears: u64,
+    /// Packet directions decided before their time because the pending buffer was full
+    /// (counted as usual: credited if their owner was known by then, else `pending_expired`).
+    pub pending_evicted: u64,
+    /// Fragmented datagrams forgotten because 4,096 were remembered (their later fragments
+    /// are counted as `unsupported`).
+    pub fragments_forgotten: u64,
 }
 
 /// One long-lived daemon thread's health, from its heartbeat.

@@ -124,7 +124,16 @@ pub fn render(s: &Stats) -> String {
                 s.process_facts.evictions
             ),
         ),
+        ("bounds", bounds(&s.bounds)),
     ])
+}
+
+/// What happened at the packet path's bounds.
+fn bounds(b: &pidcap_proto::Bounds) -> String {
+    format!(
+        "{} flows cached ({} clears), {} pending evicted, {} fragmented datagrams forgotten",
+        b.flows_cached, b.flow_cache_clears, b.pending_evicted, b.fragments_forgotten
+    )
 }
 
 /// `capture 3 ms ago, refresh 120 ms ago, watch STALE 12 s, trace off`.
@@ -262,6 +271,12 @@ mod tests {
                 bytes: 50,
                 evictions: 51,
             },
+            bounds: pidcap_proto::Bounds {
+                flows_cached: 53,
+                flow_cache_clears: 54,
+                pending_evicted: 55,
+                fragments_forgotten: 56,
+            },
         };
         let failing = Stats {
             refresh_failures: 3,
@@ -304,7 +319,8 @@ mod tests {
              learnt, dropped    52 (the refresher's queue was full)\n\
              query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
              threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
-             process facts      49 processes, 50 B, 51 evictions\n"
+             process facts      49 processes, 50 B, 51 evictions\n\
+             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten\n"
         );
         let old = Stats {
             threads: Vec::new(),
