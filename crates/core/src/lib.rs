@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod assembly;
 mod attribute;
 mod cache;
 mod counters;
@@ -10,6 +11,7 @@ mod process;
 mod socket;
 mod table;
 
+pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
 pub use attribute::{attribute, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
 pub use counters::{
