@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod assembly;
 mod attribute;
 mod cache;
 mod counters;
@@ -11,6 +12,7 @@ mod process;
 mod socket;
 mod table;
 
+pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
 pub use attribute::{attribute, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
 pub use counters::{

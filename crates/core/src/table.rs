@@ -264,6 +264,12 @@ impl SocketTable {
         }
     }
 
+    /// The shared parts (live sockets, owners, recent sockets): two tables share a part when
+    /// `Arc::ptr_eq` says so.
+    pub fn parts(&self) -> (&Arc<LiveSockets>, &Arc<OwnerMap>, &Arc<RecentSockets>) {
+        (&self.live, &self.owners, &self.recent)
+    }
+
     /// The refresh generation this table came from.
     pub fn generation(&self) -> u64 {
         self.generation

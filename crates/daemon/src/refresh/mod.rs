@@ -1,8 +1,14 @@
-//! The refresher: builds socket tables from the kernel and swaps them in.
+//! The refresher: reads the kernel's sockets, their holders and the host's addresses, and
+//! publishes the tables that the table-assembly policy makes of them.
 //!
-//! Sockets come from netlink sock_diag (or `/proc/net` text as a fallback) on every pass;
-//! socket owners from a full fd scan at most every [`FULL_SCAN_EVERY`] and, in between, a
-//! search for new inodes only. A table is published only when something changed.
+//! This is the I/O shell. Sockets come from netlink sock_diag (or `/proc/net` text as a
+//! fallback, [`SocketSource`]) on every pass; socket owners from a full fd scan at most every
+//! [`FULL_SCAN_EVERY`] and, in between, a search for new inodes only ([`OwnerTracker`]).
+//! What to keep between passes — closed, departed, kept and learnt sockets, the grace periods
+//! ([`CLOSE_GRACE`], [`BOUND_GRACE`]), "a live socket wins", which table parts to rebuild and
+//! whether a pass publishes at all (only when something changed) — is
+//! [`pidcap_core::TableAssembly`]'s, a pure state machine fed by [`TableBuilder`] with time
+//! as a parameter.
 //!
 //! Runs on its own thread (blocking procfs reads never sit on a tokio worker). A full
 //! refresh happens every `interval`. A lookup miss on the packet path posts the flow (a
@@ -15,19 +21,14 @@
 mod owners;
 mod source;
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{
-    choose_owner, ClosedSocket, LiveSockets, NetNsId, ProcessInfo, ProcessKey, RecentSockets,
-    SocketEntry, SocketTable,
-};
+use pidcap_core::{NetNsId, Pass, ProcessKey, Sighting, SocketEntry, SocketTable, TableAssembly};
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
-use pidcap_wire::{FlowKey, IpProto};
+use pidcap_wire::FlowKey;
 use tracing::{debug, warn};
 
 use crate::state::{Shared, Worker};
@@ -97,15 +98,7 @@ pub fn miss_channel() -> (MissSignal, MissRequests) {
 /// sockets are looked for.
 pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 
-/// How long a closed connection keeps its owner for trailing packets (FIN/ACK/RST,
-/// retransmits, packets still in the capture buffer).
-pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
-
-/// How long a closed (or learnt, not yet dumped) unconnected socket keeps its owner: its
-/// datagrams and echo replies still in the capture buffer or the pending buffer. Short,
-/// because unlike a connection's 4-tuple a bound port is soon taken again (a restarted
-/// server) and, until a dump lists the new socket, the kept one would answer for it.
-pub const BOUND_GRACE: Duration = Duration::from_secs(2);
+pub use pidcap_core::{BOUND_GRACE, CLOSE_GRACE};
 
 /// Reads the kernel's sockets, their holders and the host's addresses, in one go (used at
 /// start-up and by benchmarks; the refresher keeps state between passes instead).
@@ -119,27 +112,16 @@ pub fn build_table(
     Ok((built.table.unwrap_or_default(), built.stats))
 }
 
-/// Builds tables from the kernel, keeping what does not change between passes.
+/// Builds tables from the kernel: reads sockets, their holders and the host's addresses, and
+/// feeds them to the table-assembly policy ([`TableAssembly`]), which keeps what does not
+/// change between passes.
 #[derive(Debug)]
 pub struct TableBuilder {
     sockets: SocketSource,
     owners: OwnerTracker,
-    last_sockets: Vec<SocketEntry>,
-    last_addrs: Vec<IpAddr>,
+    /// The buffer the next pass reads the socket list into (the previous list, reused).
     scratch: Vec<SocketEntry>,
-    closed: HashMap<(IpProto, SocketAddr, SocketAddr), (ClosedSocket, Instant)>,
-    departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
-    /// Unconnected sockets (listeners, UDP, ping, raw) kept for [`BOUND_GRACE`] by inode:
-    /// those the watcher or tracer learnt, and non-TCP ones that closed after a dump showed
-    /// them. Listed before the live sockets, so a live socket on the same address wins.
-    bound_kept: HashMap<u64, (SocketEntry, Instant)>,
-    dirty: bool,
-    /// The indexed live sockets of the last table, while `last_sockets`, `bound_kept` and
-    /// `last_addrs` have not changed since.
-    live: Option<Arc<LiveSockets>>,
-    /// `closed` and `departed` as the last table had them, plus what was learnt since; `None`
-    /// after something expired.
-    recent: Option<Arc<RecentSockets>>,
+    assembly: TableAssembly,
 }
 
 /// One pass: a new table when anything changed, and what the owner scan saw.
@@ -155,15 +137,8 @@ impl TableBuilder {
         TableBuilder {
             sockets: SocketSource::open(proc.clone()),
             owners: OwnerTracker::new(proc, full_every),
-            last_sockets: Vec::new(),
-            last_addrs: Vec::new(),
             scratch: Vec::new(),
-            closed: HashMap::new(),
-            departed: HashMap::new(),
-            bound_kept: HashMap::new(),
-            dirty: true,
-            live: None,
-            recent: None,
+            assembly: TableAssembly::new(),
         }
     }
 
@@ -176,104 +151,34 @@ impl TableBuilder {
         now: Instant,
     ) -> anyhow::Result<Built> {
         self.sockets.read_into(netns, &mut self.scratch)?;
-        let closed_changed = self.remember_closed(now);
+        // The holders of sockets that left, before the scan forgets them.
+        let owners_before = self.owners.map();
         let update = self.owners.update(&self.scratch, now)?;
         let addrs = local_addresses()?;
-        let live_changed = self.scratch != self.last_sockets || addrs != self.last_addrs;
-        let same = !self.dirty && !update.changed && !closed_changed && !live_changed;
+        let listed = self.scratch.len();
+        let pass = Pass {
+            sockets: &mut self.scratch,
+            addrs,
+            owners_before: &owners_before,
+            owners: self.owners.map(),
+            owners_changed: update.changed,
+        };
+        let table = self.assembly.pass(pass, netns, generation, now);
         debug!(
-            sockets = self.scratch.len(),
+            sockets = listed,
             source = self.sockets.kind(),
             full_scan = update.full,
             processes = update.stats.processes_scanned,
             vanished = update.stats.vanished,
             permission_denied = update.stats.permission_denied,
-            unchanged = same,
+            unchanged = table.is_none(),
             "socket table read"
         );
-        std::mem::swap(&mut self.scratch, &mut self.last_sockets);
-        let built = |table| Built {
+        Ok(Built {
             table,
             stats: update.stats,
             full_scan: update.full,
-        };
-        if same {
-            return Ok(built(None));
-        }
-        self.dirty = false;
-        if live_changed {
-            self.live = None;
-        }
-        self.last_addrs = addrs;
-        Ok(built(Some(self.table(netns, generation))))
-    }
-}
-
-impl TableBuilder {
-    /// Remembers the owners of sockets that disappeared (or lost their inode, as in
-    /// TIME_WAIT) since the last pass — connected ones by their addresses, unconnected
-    /// non-TCP ones in `bound_kept` — and forgets those older than [`CLOSE_GRACE`] (and
-    /// [`BOUND_GRACE`]).
-    /// Returns whether the set changed.
-    fn remember_closed(&mut self, now: Instant) -> bool {
-        let before = self.closed.len();
-        self.closed
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
-        self.departed
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
-        let learned = self.bound_kept.len();
-        self.bound_kept
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < BOUND_GRACE);
-        if self.bound_kept.len() != learned {
-            self.live = None;
-        }
-        if self.closed.len() != before {
-            self.recent = None;
-        }
-        let mut changed = self.closed.len() != before || self.bound_kept.len() != learned;
-        if self.scratch == self.last_sockets {
-            return changed;
-        }
-        let present: HashSet<u64> = self
-            .scratch
-            .iter()
-            .map(|s| s.inode)
-            .filter(|&i| i != 0)
-            .collect();
-        let owners = self.owners.map();
-        for s in &self.last_sockets {
-            if s.inode == 0 || present.contains(&s.inode) {
-                continue;
-            }
-            let Some(owner) = owners.holders.get(&s.inode).and_then(|h| choose_owner(h)) else {
-                continue;
-            };
-            if let Some(info) = owners.processes.get(&owner) {
-                self.departed.insert(owner, (info.clone(), now));
-            }
-            self.recent = None;
-            changed = true;
-            if s.is_wildcard_remote() {
-                // An unconnected socket's last datagrams or echo replies may still sit in the
-                // capture buffer when its process exits. A closed TCP listener has no
-                // trailing traffic of its own (its connections are remembered above).
-                if s.proto != IpProto::Tcp {
-                    self.bound_kept.insert(s.inode, (*s, now));
-                    self.live = None;
-                }
-                continue;
-            }
-            let closed = ClosedSocket {
-                proto: s.proto,
-                local: s.local,
-                remote: s.remote,
-                inode: s.inode,
-                owner,
-            };
-            self.closed
-                .insert((s.proto, s.local, s.remote), (closed, now));
-        }
-        changed
+        })
     }
 
     /// Looks up the sockets of `flows` one by one (netlink sock_diag) and, if every one was
@@ -287,122 +192,66 @@ impl TableBuilder {
     ) -> anyhow::Result<Option<SocketTable>> {
         let mut found: Vec<SocketEntry> = Vec::new();
         for flow in flows {
-            let mut any = false;
-            for (local, remote) in [(flow.src, flow.dst), (flow.dst, flow.src)] {
-                match self.sockets.find(flow.proto, local, remote, netns)? {
-                    Some(entry) if entry.inode != 0 => {
-                        any = true;
-                        if !found.iter().any(|e| e.inode == entry.inode) {
-                            found.push(entry);
-                        }
-                    }
-                    Some(_) => any = true,
-                    None => {}
-                }
-            }
-            if !any {
+            if !self.find_flow(flow, netns, &mut found)? {
                 return Ok(None);
             }
         }
         if !self.owners.place(&found)? {
             return Ok(None);
         }
-        // One pass over the (possibly 20,000-entry) list, not one per found socket.
-        let known: HashSet<u64> = self.last_sockets.iter().map(|e| e.inode).collect();
-        let before = self.last_sockets.len();
-        self.last_sockets
-            .extend(found.into_iter().filter(|e| !known.contains(&e.inode)));
-        if self.last_sockets.len() != before {
-            self.live = None;
+        let owners = self.owners.map();
+        Ok(Some(
+            self.assembly.resolved(found, owners, netns, generation),
+        ))
+    }
+
+    /// Adds the held sockets of either end of `flow` to `found`; false when the kernel has
+    /// no socket for either end.
+    fn find_flow(
+        &mut self,
+        flow: &FlowKey,
+        netns: NetNsId,
+        found: &mut Vec<SocketEntry>,
+    ) -> anyhow::Result<bool> {
+        let mut any = false;
+        for (local, remote) in [(flow.src, flow.dst), (flow.dst, flow.src)] {
+            match self.sockets.find(flow.proto, local, remote, netns)? {
+                Some(entry) if entry.inode != 0 => {
+                    any = true;
+                    if !found.iter().any(|e| e.inode == entry.inode) {
+                        found.push(entry);
+                    }
+                }
+                Some(_) => any = true,
+                None => {}
+            }
         }
-        Ok(Some(self.table(netns, generation)))
+        Ok(any)
     }
 
     /// A table of everything the builder knows now, without reading the kernel (after
     /// [`TableBuilder::learn`]).
     pub fn current(&mut self, netns: NetNsId, generation: u64) -> SocketTable {
-        self.dirty = false;
-        self.table(netns, generation)
+        self.assembly.table(self.owners.map(), netns, generation)
     }
 
-    /// A table of everything the builder knows now; parts that did not change since the
-    /// last table are shared with it, not rebuilt.
-    fn table(&mut self, netns: NetNsId, generation: u64) -> SocketTable {
-        if self.live.is_none() {
-            let live = LiveSockets::build(self.table_sockets(), self.last_addrs.clone());
-            self.live = Some(Arc::new(live));
-        }
-        if self.recent.is_none() {
-            let mut recent = RecentSockets::default();
-            for (c, _) in self.closed.values() {
-                recent.insert(*c);
-            }
-            for (info, _) in self.departed.values() {
-                recent.insert_departed(Arc::new(info.clone()));
-            }
-            self.recent = Some(Arc::new(recent));
-        }
-        SocketTable::from_shared(
-            generation,
-            Some(netns),
-            self.live.clone().unwrap_or_default(),
-            self.owners.map(),
-            self.recent.clone().unwrap_or_default(),
-        )
-    }
-
-    /// The kept unconnected sockets that the last dump did not show, then the live sockets
-    /// (later entries win an address in [`LiveSockets`], so a port reused by a live socket
-    /// is never credited to a kept one).
-    fn table_sockets(&self) -> Vec<SocketEntry> {
-        let live: HashSet<u64> = self.last_sockets.iter().map(|s| s.inode).collect();
-        let mut kept: Vec<&(SocketEntry, Instant)> = self
-            .bound_kept
-            .values()
-            .filter(|(s, _)| !live.contains(&s.inode))
-            .collect();
-        kept.sort_by_key(|(_, at)| *at); // of two on one address, the newer wins
-        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|(s, _)| *s).collect();
-        sockets.extend_from_slice(&self.last_sockets);
-        sockets
-    }
-
-    /// Takes in sockets the process watcher saw a new process holding. They are kept like
+    /// Takes in sockets the process watcher or socket tracer saw a process holding: their
+    /// holders go in the owner map, the sockets to the assembly, which keeps them like
     /// recently closed sockets (the exact table entry wins while the socket lives), so the
     /// process's packets are credited to it even after it exited; the next pass publishes them.
     pub fn learn(&mut self, learned: Learned, now: Instant) {
         let key = learned.info.key;
-        let mut recent = self.recent.as_mut().map(Arc::make_mut);
-        for s in learned.sockets {
+        for s in &learned.sockets {
             if s.inode != 0 {
                 // The socket tracer's claims carry no inode (tracepoints do not give it).
                 self.owners.learn(s.inode, key);
             }
-            if s.is_wildcard_remote() {
-                // Listeners, unconnected UDP, ping and raw sockets are matched by their bound
-                // address: keep them in the socket list itself for the grace period.
-                self.bound_kept.insert(s.inode, (s, now));
-                self.live = None;
-                continue;
-            }
-            let closed = ClosedSocket {
-                proto: s.proto,
-                local: s.local,
-                remote: s.remote,
-                inode: s.inode,
-                owner: key,
-            };
-            self.closed
-                .insert((s.proto, s.local, s.remote), (closed, now));
-            if let Some(recent) = recent.as_deref_mut() {
-                recent.insert(closed);
-            }
         }
-        if let Some(recent) = recent {
-            recent.insert_departed(Arc::new(learned.info.clone()));
-        }
-        self.departed.insert(key, (learned.info, now));
-        self.dirty = true; // publish on the next pass even if the socket list is unchanged
+        let sighting = Sighting {
+            sockets: learned.sockets,
+            holder: learned.info,
+        };
+        self.assembly.learn(sighting, now);
     }
 }
 
@@ -597,11 +446,14 @@ impl Refresher {
 
 #[cfg(test)]
 mod tests {
-    //! The builder against this process's real sockets (netlink or /proc, and its own fds).
+    //! The builder against this process's real sockets (netlink or /proc, and its own fds):
+    //! the shell feeds the assembly what the kernel shows. The policy itself is tested with
+    //! fixtures and properties in `pidcap_core`'s assembly tests.
 
-    use std::net::{TcpListener, UdpSocket};
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
 
     use pidcap_core::MatchKind;
+    use pidcap_wire::IpProto;
 
     use super::*;
 

@@ -1,0 +1,389 @@
+//! Table assembly: the policy that turns passes over the kernel's socket tables, owner maps
+//! and sightings into [`SocketTable`]s. No I/O; time is a parameter.
+//!
+//! Inputs: a pass's live sockets and the host's addresses with the owner map before and after
+//! the pass's owner scan ([`Pass`]); [`Sighting`]s (sockets the process watcher or socket
+//! tracer saw a process holding); the sockets a targeted lookup found
+//! ([`TableAssembly::resolved`]). Output: a [`SocketTable`], its parts shared (`Arc`) with the
+//! previous table when they did not change.
+//!
+//! Invariants:
+//! - A live socket always wins: kept unconnected sockets are listed before the live ones (a
+//!   later entry wins an address in [`LiveSockets`]), and a live connected socket held by a
+//!   process is found before any closed one ([`SocketTable::lookup`]). A port reused by a live
+//!   socket is never credited to a kept or closed one.
+//! - A socket that leaves the list (or loses its inode, as in TIME_WAIT) while a process held
+//!   it is kept: a connected one by its addresses for [`CLOSE_GRACE`]; an unconnected non-TCP
+//!   one by its inode for [`BOUND_GRACE`] (a closed TCP listener has no trailing traffic of
+//!   its own, its connections are kept instead). Its holder's facts are kept for
+//!   [`CLOSE_GRACE`] from then, so they outlive every closed socket that names that holder.
+//! - Sightings are kept the same way from when they were learnt: connected sockets as closed
+//!   ones, unconnected ones (listeners, UDP, ping, raw) as kept ones. The latest holder of an
+//!   address wins; of two kept sockets on one address, the newer.
+//! - The shared parts are derived from the inputs, never invalidated by hand: every edit of
+//!   the inputs counts a change, and a part is rebuilt when its inputs changed since it was
+//!   built ([`LiveSockets`]: the live list, the kept sockets, the addresses;
+//!   [`RecentSockets`]: the closed sockets, the departed holders). A sighting is added to the
+//!   current [`RecentSockets`] in place instead of rebuilding it.
+//! - A pass yields a table only when something changed since the last table: its inputs, or
+//!   the owner map (as the caller reports). Forgetting a departed holder's facts changes no
+//!   lookup and is not counted; the next rebuild leaves them out.
+//!
+//! Bounded by what the kernel lists plus what was learnt within the grace periods. Never
+//! panics.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pidcap_wire::IpProto;
+
+use crate::table::canonical;
+use crate::{
+    choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
+    RecentSockets, SocketEntry, SocketTable,
+};
+
+/// How long a closed connection keeps its owner for trailing packets (FIN/ACK/RST,
+/// retransmits, packets still in the capture buffer).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a closed (or learnt, not yet dumped) unconnected socket keeps its owner: its
+/// datagrams and echo replies still in the capture buffer or the pending buffer. Short,
+/// because unlike a connection's 4-tuple a bound port is soon taken again (a restarted
+/// server) and, until a dump lists the new socket, the kept one would answer for it.
+pub const BOUND_GRACE: Duration = Duration::from_secs(2);
+
+/// Sockets a process was seen holding (by the process watcher or the socket tracer), with
+/// who it is. A socket the tracer claimed has inode 0 (tracepoints do not give it).
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub sockets: Vec<SocketEntry>,
+    pub holder: ProcessInfo,
+}
+
+/// One pass over the kernel's tables.
+#[derive(Debug)]
+pub struct Pass<'a> {
+    /// Every live socket, as listed. Swapped with the previous pass's list, which is left
+    /// here for the caller to reuse as its next buffer.
+    pub sockets: &'a mut Vec<SocketEntry>,
+    /// The host's addresses.
+    pub addrs: Vec<IpAddr>,
+    /// The owner map before this pass's owner scan: the holders of sockets that left.
+    pub owners_before: &'a OwnerMap,
+    /// The owner map after this pass's owner scan, for the table.
+    pub owners: Arc<OwnerMap>,
+    /// Whether the owner scan changed the map.
+    pub owners_changed: bool,
+}
+
+type ExactKey = (IpProto, SocketAddr, SocketAddr);
+
+/// The change counts of the two inputs: live, recent.
+type Versions = (u64, u64);
+
+/// The state between passes from which tables are assembled (see the module doc).
+#[derive(Debug, Default)]
+pub struct TableAssembly {
+    live: LiveInputs,
+    recent: RecentInputs,
+    live_part: Option<BuiltPart<LiveSockets>>,
+    recent_part: Option<BuiltPart<RecentSockets>>,
+    /// The versions the last table was assembled from; `None` before the first.
+    published: Option<Versions>,
+}
+
+/// A shared part and the version of the inputs it was built from.
+#[derive(Debug)]
+struct BuiltPart<T> {
+    part: Arc<T>,
+    from: u64,
+}
+
+/// What [`LiveSockets`] is built from.
+#[derive(Debug, Default)]
+struct LiveInputs {
+    sockets: Vec<SocketEntry>,
+    addrs: Vec<IpAddr>,
+    /// Unconnected sockets kept for [`BOUND_GRACE`], by inode, with when they were kept.
+    kept: HashMap<u64, (SocketEntry, Instant)>,
+    /// Counts every change to the fields above.
+    version: u64,
+}
+
+/// What [`RecentSockets`] is built from.
+#[derive(Debug, Default)]
+struct RecentInputs {
+    /// Connected sockets kept for [`CLOSE_GRACE`], by canonical addresses.
+    closed: HashMap<ExactKey, (ClosedSocket, Instant)>,
+    departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
+    /// Counts every change to `closed` and every departure (not forgotten facts).
+    version: u64,
+}
+
+impl TableAssembly {
+    pub fn new() -> TableAssembly {
+        TableAssembly::default()
+    }
+
+    /// Takes in one pass at `now`: forgets what outlived its grace period, keeps the sockets
+    /// that left, and returns a table when anything changed since the last table.
+    pub fn pass(
+        &mut self,
+        pass: Pass<'_>,
+        netns: NetNsId,
+        generation: u64,
+        now: Instant,
+    ) -> Option<SocketTable> {
+        self.live.expire(now);
+        self.recent.expire(now);
+        let listed_changed = *pass.sockets != self.live.sockets;
+        if listed_changed {
+            self.remember_departed(pass.sockets, pass.owners_before, now);
+        }
+        self.live.take_sockets(pass.sockets, listed_changed);
+        self.live.set_addrs(pass.addrs);
+        if !pass.owners_changed && self.published == Some(self.versions()) {
+            return None;
+        }
+        Some(self.table(pass.owners, netns, generation))
+    }
+
+    /// Takes in what a process was seen holding at `now` (the caller records the holders of
+    /// its inodes in the owner map). The next table has it.
+    pub fn learn(&mut self, sighting: Sighting, now: Instant) {
+        let in_place = self.recent_is_current();
+        let key = sighting.holder.key;
+        let mut closed = Vec::new();
+        for s in sighting.sockets {
+            if s.is_wildcard_remote() {
+                // Matched by their bound address: kept in the socket list itself.
+                self.live.keep(s, now);
+            } else {
+                let c = closed_socket(&s, key);
+                self.recent.close(c, now);
+                closed.push(c);
+            }
+        }
+        let holder = Arc::new(sighting.holder.clone());
+        self.recent.depart(sighting.holder, now);
+        if !in_place {
+            return; // rebuilt with the rest at the next table
+        }
+        if let Some(recent) = self.recent_part_mut() {
+            for c in closed {
+                recent.insert(c);
+            }
+            recent.insert_departed(holder);
+        }
+    }
+
+    /// Adds the sockets a targeted lookup found (their holders already in `owners`) to the
+    /// live list, and returns a table.
+    pub fn resolved(
+        &mut self,
+        found: Vec<SocketEntry>,
+        owners: Arc<OwnerMap>,
+        netns: NetNsId,
+        generation: u64,
+    ) -> SocketTable {
+        self.live.extend(found);
+        self.table(owners, netns, generation)
+    }
+
+    /// A table of everything known now; parts whose inputs did not change since they were
+    /// built are shared with the previous table.
+    pub fn table(&mut self, owners: Arc<OwnerMap>, netns: NetNsId, generation: u64) -> SocketTable {
+        let live = self.live_part();
+        let recent = self.recent_part();
+        self.published = Some(self.versions());
+        SocketTable::from_shared(generation, Some(netns), live, owners, recent)
+    }
+
+    /// The live sockets of the last pass (and what targeted lookups added since).
+    pub fn live_sockets(&self) -> &[SocketEntry] {
+        &self.live.sockets
+    }
+
+    fn versions(&self) -> Versions {
+        (self.live.version, self.recent.version)
+    }
+
+    /// Keeps the sockets of the previous list missing from `sockets` (or that lost their
+    /// inode) whose holder is known.
+    fn remember_departed(&mut self, sockets: &[SocketEntry], owners: &OwnerMap, now: Instant) {
+        let present: HashSet<u64> = sockets
+            .iter()
+            .map(|s| s.inode)
+            .filter(|&i| i != 0)
+            .collect();
+        let gone: Vec<(SocketEntry, ProcessKey)> = self
+            .live
+            .sockets
+            .iter()
+            .filter(|s| s.inode != 0 && !present.contains(&s.inode))
+            .filter_map(|s| Some((*s, choose_owner(owners.holders.get(&s.inode)?)?)))
+            .collect();
+        for (socket, owner) in gone {
+            self.depart(socket, owner, owners, now);
+        }
+    }
+
+    fn depart(&mut self, s: SocketEntry, owner: ProcessKey, owners: &OwnerMap, now: Instant) {
+        if let Some(info) = owners.processes.get(&owner) {
+            self.recent.depart(info.clone(), now);
+        }
+        if !s.is_wildcard_remote() {
+            self.recent.close(closed_socket(&s, owner), now);
+        } else if s.proto != IpProto::Tcp {
+            // An unconnected socket's last datagrams or echo replies may still sit in the
+            // capture buffer when its process exits.
+            self.live.keep(s, now);
+        }
+    }
+
+    fn live_part(&mut self) -> Arc<LiveSockets> {
+        let version = self.live.version;
+        match &self.live_part {
+            Some(built) if built.from == version => built.part.clone(),
+            _ => {
+                let part = Arc::new(self.live.build());
+                self.live_part = Some(BuiltPart {
+                    part: part.clone(),
+                    from: version,
+                });
+                part
+            }
+        }
+    }
+
+    fn recent_part(&mut self) -> Arc<RecentSockets> {
+        if !self.recent_is_current() {
+            self.recent_part = Some(BuiltPart {
+                part: Arc::new(self.recent.build()),
+                from: self.recent.version,
+            });
+        }
+        self.recent_part
+            .as_ref()
+            .map(|built| built.part.clone())
+            .unwrap_or_default()
+    }
+
+    fn recent_is_current(&self) -> bool {
+        (self.recent_part.as_ref()).is_some_and(|built| built.from == self.recent.version)
+    }
+
+    /// The built [`RecentSockets`] (copied if a table shares it), marked as built from the
+    /// current inputs: the caller makes the same edit to it as it just made to them.
+    fn recent_part_mut(&mut self) -> Option<&mut RecentSockets> {
+        let built = self.recent_part.as_mut()?;
+        built.from = self.recent.version;
+        Some(Arc::make_mut(&mut built.part))
+    }
+}
+
+impl LiveInputs {
+    /// Swaps in a pass's list; `changed` is whether it differs from the current one.
+    fn take_sockets(&mut self, sockets: &mut Vec<SocketEntry>, changed: bool) {
+        std::mem::swap(sockets, &mut self.sockets);
+        self.version += u64::from(changed);
+    }
+
+    fn set_addrs(&mut self, addrs: Vec<IpAddr>) {
+        if addrs != self.addrs {
+            self.addrs = addrs;
+            self.version += 1;
+        }
+    }
+
+    fn keep(&mut self, socket: SocketEntry, at: Instant) {
+        self.kept.insert(socket.inode, (socket, at));
+        self.version += 1;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let before = self.kept.len();
+        self.kept
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < BOUND_GRACE);
+        self.version += u64::from(self.kept.len() != before);
+    }
+
+    /// Appends the sockets of `found` whose inode is not listed yet.
+    fn extend(&mut self, found: Vec<SocketEntry>) {
+        // One pass over the (possibly 20,000-entry) list, not one per found socket.
+        let known: HashSet<u64> = self.sockets.iter().map(|e| e.inode).collect();
+        let before = self.sockets.len();
+        let new = found.into_iter().filter(|e| !known.contains(&e.inode));
+        self.sockets.extend(new);
+        self.version += u64::from(self.sockets.len() != before);
+    }
+
+    fn build(&self) -> LiveSockets {
+        LiveSockets::build(self.table_sockets(), self.addrs.clone())
+    }
+
+    /// The kept sockets that the list does not show, oldest first, then the listed ones
+    /// (later entries win an address in [`LiveSockets`]).
+    fn table_sockets(&self) -> Vec<SocketEntry> {
+        let listed: HashSet<u64> = self.sockets.iter().map(|s| s.inode).collect();
+        let mut kept: Vec<&(SocketEntry, Instant)> = self
+            .kept
+            .values()
+            .filter(|(s, _)| !listed.contains(&s.inode))
+            .collect();
+        kept.sort_by_key(|(s, at)| (*at, s.inode)); // of two on one address, the newer wins
+        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|(s, _)| *s).collect();
+        sockets.extend_from_slice(&self.sockets);
+        sockets
+    }
+}
+
+impl RecentInputs {
+    /// Keeps (or replaces: the latest holder wins) a closed connected socket.
+    fn close(&mut self, c: ClosedSocket, at: Instant) {
+        let key = (c.proto, canonical(c.local), canonical(c.remote));
+        self.closed.insert(key, (c, at));
+        self.version += 1;
+    }
+
+    fn depart(&mut self, info: ProcessInfo, at: Instant) {
+        self.departed.insert(info.key, (info, at));
+        self.version += 1;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let before = self.closed.len();
+        self.closed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        self.departed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        self.version += u64::from(self.closed.len() != before);
+    }
+
+    fn build(&self) -> RecentSockets {
+        let mut recent = RecentSockets::default();
+        for (c, _) in self.closed.values() {
+            recent.insert(*c);
+        }
+        for (info, _) in self.departed.values() {
+            recent.insert_departed(Arc::new(info.clone()));
+        }
+        recent
+    }
+}
+
+fn closed_socket(s: &SocketEntry, owner: ProcessKey) -> ClosedSocket {
+    ClosedSocket {
+        proto: s.proto,
+        local: s.local,
+        remote: s.remote,
+        inode: s.inode,
+        owner,
+    }
+}
+
+#[cfg(test)]
+mod tests;

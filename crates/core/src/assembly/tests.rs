@@ -1,0 +1,500 @@
+//! The assembly policy with fixtures and properties: sockets, owners and sightings in,
+//! tables out, time as a parameter (no kernel, no clock).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pidcap_wire::IpProto;
+use proptest::prelude::*;
+
+use super::*;
+use crate::{MatchKind, SocketMatch, TableParts, TcpState};
+
+const NS: NetNsId = NetNsId(4026531840);
+/// A peer no socket uses: a lookup with it finds bound sockets only.
+const STRANGER: &str = "127.0.0.9:9";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn sock(proto: IpProto, local: &str, remote: &str, inode: u64) -> SocketEntry {
+    let connected = remote != "0.0.0.0:0";
+    SocketEntry {
+        netns: NS,
+        proto,
+        local: addr(local),
+        remote: addr(remote),
+        state: if connected {
+            TcpState::Established
+        } else {
+            TcpState::Close
+        },
+        inode,
+        uid: 1000,
+    }
+}
+
+/// `s` in TIME_WAIT: no fd holds it any more.
+fn time_wait(s: SocketEntry) -> SocketEntry {
+    SocketEntry {
+        inode: 0,
+        state: TcpState::TimeWait,
+        ..s
+    }
+}
+
+fn key(pid: u32) -> ProcessKey {
+    ProcessKey {
+        pid,
+        start_time: u64::from(pid),
+    }
+}
+
+fn info(pid: u32) -> ProcessInfo {
+    ProcessInfo {
+        key: key(pid),
+        comm: format!("p{pid}"),
+        exe: None,
+        uid: 1000,
+        cmdline: Vec::new(),
+    }
+}
+
+fn owners(held: &[(u64, u32)]) -> OwnerMap {
+    let mut map = OwnerMap::default();
+    for &(inode, pid) in held {
+        map.holders.entry(inode).or_default().push(key(pid));
+        map.processes.insert(key(pid), info(pid));
+    }
+    map
+}
+
+/// What the daemon's shell does around the assembly, without the kernel: a fixed owner map
+/// (replaced on demand), learnt holders recorded in it, time in milliseconds from a start.
+struct Shell {
+    assembly: TableAssembly,
+    owners: Arc<OwnerMap>,
+    scratch: Vec<SocketEntry>,
+    generation: u64,
+    start: Instant,
+}
+
+impl Shell {
+    fn new(held: &[(u64, u32)]) -> Shell {
+        Shell {
+            assembly: TableAssembly::new(),
+            owners: Arc::new(owners(held)),
+            scratch: Vec::new(),
+            generation: 0,
+            start: Instant::now(),
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// A pass at `ms` listing `sockets`; the owner map unchanged.
+    fn pass(&mut self, ms: u64, sockets: &[SocketEntry]) -> Option<SocketTable> {
+        let owners = self.owners.clone();
+        self.pass_with(ms, sockets, owners, false)
+    }
+
+    fn pass_with(
+        &mut self,
+        ms: u64,
+        sockets: &[SocketEntry],
+        after: Arc<OwnerMap>,
+        owners_changed: bool,
+    ) -> Option<SocketTable> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(sockets);
+        self.generation += 1;
+        let before = std::mem::replace(&mut self.owners, after);
+        let now = self.at(ms);
+        let pass = Pass {
+            sockets: &mut self.scratch,
+            addrs: vec![addr("192.0.2.1:0").ip()],
+            owners_before: &before,
+            owners: self.owners.clone(),
+            owners_changed,
+        };
+        self.assembly.pass(pass, NS, self.generation, now)
+    }
+
+    /// A table of what is known now (published or not).
+    fn table(&mut self) -> SocketTable {
+        self.generation += 1;
+        self.assembly
+            .table(self.owners.clone(), NS, self.generation)
+    }
+
+    /// A pass at `ms`, and the table as of then.
+    fn table_at(&mut self, ms: u64, sockets: &[SocketEntry]) -> SocketTable {
+        self.pass(ms, sockets).unwrap_or_else(|| self.table())
+    }
+
+    fn learn(&mut self, ms: u64, sockets: &[SocketEntry], pid: u32) {
+        let map = Arc::make_mut(&mut self.owners);
+        for s in sockets.iter().filter(|s| s.inode != 0) {
+            map.holders.entry(s.inode).or_default().push(key(pid));
+        }
+        let sighting = Sighting {
+            sockets: sockets.to_vec(),
+            holder: info(pid),
+        };
+        let now = self.at(ms);
+        self.assembly.learn(sighting, now);
+    }
+}
+
+/// The socket and holder a lookup of `s`'s ends finds (a stranger as the peer of an
+/// unconnected socket).
+fn find(table: &SocketTable, s: &SocketEntry) -> Option<SocketMatch> {
+    let remote = if s.is_wildcard_remote() {
+        addr(STRANGER)
+    } else {
+        s.remote
+    };
+    table.lookup(s.proto, s.local, remote)
+}
+
+fn found(table: &SocketTable, s: &SocketEntry) -> Option<(u64, MatchKind, Option<u32>)> {
+    find(table, s).map(|m| (m.inode, m.kind, m.owner.map(|k| k.pid)))
+}
+
+const SECOND: u64 = 1000;
+const CLOSE_MS: u64 = CLOSE_GRACE.as_millis() as u64;
+const BOUND_MS: u64 = BOUND_GRACE.as_millis() as u64;
+
+#[test]
+fn a_live_socket_wins_over_a_learnt_one_on_the_same_address() {
+    let mut shell = Shell::new(&[(60, 2), (61, 2)]);
+    let learnt_udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 50);
+    let learnt_tcp = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.1:80", 51);
+    shell.pass(0, &[]);
+    shell.learn(100, &[learnt_udp, learnt_tcp], 500);
+    let table = shell.pass(200, &[]).expect("a sighting publishes");
+    assert_eq!(
+        found(&table, &learnt_udp),
+        Some((50, MatchKind::Wildcard, Some(500)))
+    );
+    assert_eq!(
+        found(&table, &learnt_tcp),
+        Some((51, MatchKind::Recent, Some(500)))
+    );
+
+    let live_udp = SocketEntry {
+        inode: 60,
+        ..learnt_udp
+    };
+    let live_tcp = SocketEntry {
+        inode: 61,
+        ..learnt_tcp
+    };
+    let table = shell.pass(300, &[live_udp, live_tcp]).expect("new sockets");
+    assert_eq!(
+        found(&table, &live_udp),
+        Some((60, MatchKind::Wildcard, Some(2)))
+    );
+    assert_eq!(
+        found(&table, &live_tcp),
+        Some((61, MatchKind::Exact, Some(2)))
+    );
+}
+
+#[test]
+fn a_connection_in_time_wait_keeps_its_last_holder_for_close_grace() {
+    let conn = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.2:80", 10);
+    let mut shell = Shell::new(&[(10, 1)]);
+    shell.pass(0, &[conn]);
+    let table = shell.pass(SECOND, &[time_wait(conn)]).expect("inode lost");
+    assert_eq!(found(&table, &conn), Some((10, MatchKind::Recent, Some(1))));
+    let table = shell.table_at(SECOND + CLOSE_MS - 1, &[time_wait(conn)]);
+    assert_eq!(found(&table, &conn), Some((10, MatchKind::Recent, Some(1))));
+    let table = shell.pass(SECOND + CLOSE_MS, &[time_wait(conn)]);
+    let table = table.expect("the closed socket expired");
+    assert_eq!(found(&table, &conn), Some((0, MatchKind::Exact, None)));
+}
+
+#[test]
+fn a_closed_unconnected_socket_is_kept_for_bound_grace_then_expires() {
+    let udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let mut shell = Shell::new(&[(20, 1)]);
+    shell.pass(0, &[udp]);
+    let table = shell.pass(SECOND, &[]).expect("a socket left");
+    assert_eq!(
+        found(&table, &udp),
+        Some((20, MatchKind::Wildcard, Some(1)))
+    );
+    assert!(shell.pass(SECOND + BOUND_MS - 1, &[]).is_none());
+    let table = shell
+        .pass(SECOND + BOUND_MS, &[])
+        .expect("the kept socket expired");
+    assert_eq!(found(&table, &udp), None);
+}
+
+#[test]
+fn a_closed_connection_is_kept_for_close_grace_then_expires() {
+    let conn = sock(IpProto::Udp, "127.0.0.1:40000", "127.0.0.2:53", 30);
+    let mut shell = Shell::new(&[(30, 1)]);
+    shell.pass(0, &[conn]);
+    let table = shell.pass(SECOND, &[]).expect("a socket left");
+    assert_eq!(found(&table, &conn), Some((30, MatchKind::Recent, Some(1))));
+    assert!(shell.pass(SECOND + CLOSE_MS - 1, &[]).is_none());
+    let table = shell
+        .pass(SECOND + CLOSE_MS, &[])
+        .expect("the closed socket expired");
+    assert_eq!(found(&table, &conn), None);
+}
+
+#[test]
+fn a_new_live_socket_on_a_closed_sockets_address_wins_at_once() {
+    let udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let conn = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.2:80", 30);
+    let mut shell = Shell::new(&[(20, 1), (30, 1), (21, 2), (31, 2)]);
+    shell.pass(0, &[udp, conn]);
+    shell.pass(SECOND, &[]).expect("both closed");
+    let (udp2, conn2) = (
+        SocketEntry { inode: 21, ..udp },
+        SocketEntry { inode: 31, ..conn },
+    );
+    let table = shell.pass(SECOND + 1, &[udp2, conn2]).expect("reused");
+    assert_eq!(
+        found(&table, &udp),
+        Some((21, MatchKind::Wildcard, Some(2)))
+    );
+    assert_eq!(found(&table, &conn), Some((31, MatchKind::Exact, Some(2))));
+}
+
+#[test]
+fn of_two_kept_sockets_on_one_address_the_newer_wins() {
+    let first = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let second = SocketEntry { inode: 21, ..first };
+    let mut shell = Shell::new(&[(20, 1), (21, 2)]);
+    shell.pass(0, &[first]);
+    shell.pass(SECOND, &[]);
+    shell.pass(SECOND + 100, &[second]);
+    let table = shell.pass(SECOND + 200, &[]).expect("closed");
+    assert_eq!(
+        found(&table, &first),
+        Some((21, MatchKind::Wildcard, Some(2)))
+    );
+}
+
+#[test]
+fn a_closed_tcp_listener_is_not_kept() {
+    let listener = sock(IpProto::Tcp, "127.0.0.1:8080", "0.0.0.0:0", 40);
+    let mut shell = Shell::new(&[(40, 1)]);
+    shell.pass(0, &[listener]);
+    assert_eq!(found(&shell.table_at(SECOND, &[]), &listener), None);
+}
+
+#[test]
+fn a_departed_holders_facts_outlive_its_closed_socket() {
+    let conn = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.2:80", 30);
+    let mut shell = Shell::new(&[(30, 1)]);
+    shell.pass(0, &[conn]);
+    // The process exited: the next full scan no longer knows it.
+    let table = shell.pass_with(SECOND, &[], Arc::new(OwnerMap::default()), true);
+    let table = table.expect("a socket left");
+    assert_eq!(found(&table, &conn), Some((30, MatchKind::Recent, Some(1))));
+    assert_eq!(table.process(&key(1)).map(|p| p.comm.as_str()), Some("p1"));
+}
+
+#[test]
+fn an_unchanged_pass_publishes_no_table_and_tables_share_unchanged_parts() {
+    let conn = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.2:80", 30);
+    let mut shell = Shell::new(&[(30, 1)]);
+    let first = shell.pass(0, &[conn]).expect("the first pass publishes");
+    assert!(shell.pass(SECOND, &[conn]).is_none());
+    let again = shell.table();
+    let (a, b) = (first.parts(), again.parts());
+    assert!(Arc::ptr_eq(a.0, b.0) && Arc::ptr_eq(a.1, b.1) && Arc::ptr_eq(a.2, b.2));
+
+    // A connection learnt: only the recent part is new.
+    let learnt = sock(IpProto::Tcp, "127.0.0.1:40001", "127.0.0.2:80", 0);
+    shell.learn(SECOND + 1, &[learnt], 500);
+    let next = shell
+        .pass(SECOND + 2, &[conn])
+        .expect("a sighting publishes");
+    assert!(Arc::ptr_eq(first.parts().0, next.parts().0));
+    assert!(!Arc::ptr_eq(first.parts().2, next.parts().2));
+    assert_eq!(
+        found(&next, &learnt),
+        Some((0, MatchKind::Recent, Some(500)))
+    );
+    assert!(shell.pass(SECOND + 3, &[conn]).is_none());
+}
+
+#[test]
+fn a_resolved_socket_joins_the_live_list() {
+    let conn = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.2:80", 30);
+    let mut shell = Shell::new(&[(30, 1)]);
+    let first = shell.pass(0, &[]).expect("the first pass publishes");
+    let table = shell
+        .assembly
+        .resolved(vec![conn], shell.owners.clone(), NS, 2);
+    assert!(!Arc::ptr_eq(first.parts().0, table.parts().0));
+    assert_eq!(found(&table, &conn), Some((30, MatchKind::Exact, Some(1))));
+    assert!(
+        shell.pass(1, &[conn]).is_none(),
+        "the dump shows what was resolved"
+    );
+}
+
+/// Sockets the properties draw from: ports reused by other sockets, a wildcard bind, a
+/// socket no process holds.
+fn universe() -> Vec<SocketEntry> {
+    vec![
+        sock(IpProto::Tcp, "127.0.0.1:80", "0.0.0.0:0", 1),
+        sock(IpProto::Tcp, "127.0.0.1:80", "127.0.0.2:4000", 2),
+        sock(IpProto::Tcp, "127.0.0.1:5000", "127.0.0.2:80", 3),
+        sock(IpProto::Udp, "127.0.0.1:53", "0.0.0.0:0", 4),
+        sock(IpProto::Udp, "127.0.0.1:53", "0.0.0.0:0", 5),
+        sock(IpProto::Tcp, "127.0.0.1:5000", "127.0.0.2:80", 6),
+        sock(IpProto::Udp, "0.0.0.0:123", "0.0.0.0:0", 7),
+        sock(IpProto::Tcp, "127.0.0.1:6000", "127.0.0.2:80", 8),
+    ]
+}
+
+const HELD: &[(u64, u32)] = &[(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3), (7, 1)];
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A pass `ms` later listing these sockets (index, in TIME_WAIT).
+    Pass(u64, Vec<(usize, bool)>),
+    /// A sighting by a pid of these sockets (index, without inode as the tracer has it).
+    Learn(u32, Vec<(usize, bool)>),
+    Table,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let picks = prop::collection::vec((0..8usize, any::<bool>()), 0..6);
+    prop_oneof![
+        3 => (0..3 * CLOSE_MS, picks.clone()).prop_map(|(ms, p)| Op::Pass(ms, p)),
+        1 => (500..502u32, picks).prop_map(|(pid, p)| Op::Learn(pid, p)),
+        1 => Just(Op::Table),
+    ]
+}
+
+/// The listed sockets of a pass: one per address (the first), TIME_WAIT for connected TCP.
+fn listed(picks: &[(usize, bool)]) -> Vec<SocketEntry> {
+    let all = universe();
+    let mut out: Vec<SocketEntry> = Vec::new();
+    for &(i, tw) in picks {
+        let s = all[i];
+        let s = if tw && s.proto == IpProto::Tcp && !s.is_wildcard_remote() {
+            time_wait(s)
+        } else {
+            s
+        };
+        let key = (s.proto, s.local, s.remote);
+        if !out.iter().any(|o| (o.proto, o.local, o.remote) == key) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn sighted(picks: &[(usize, bool)]) -> Vec<SocketEntry> {
+    let all = universe();
+    let strip = |(i, no_inode): &(usize, bool)| SocketEntry {
+        inode: if *no_inode { 0 } else { all[*i].inode },
+        ..all[*i]
+    };
+    picks.iter().map(strip).collect()
+}
+
+/// Runs `ops`, calling `check` after each with the shell, the time and the listed sockets;
+/// returns the shell, the time and the sockets listed last.
+fn run(
+    ops: &[Op],
+    mut check: impl FnMut(&mut Shell, u64, &[SocketEntry]),
+) -> (Shell, u64, Vec<SocketEntry>) {
+    let mut shell = Shell::new(HELD);
+    let (mut ms, mut list) = (0, Vec::new());
+    shell.pass(ms, &list); // as the daemon does before anything is learnt
+    for op in ops {
+        match op {
+            Op::Pass(later, picks) => {
+                ms += later;
+                list = listed(picks);
+                shell.pass(ms, &list);
+            }
+            Op::Learn(pid, picks) => shell.learn(ms, &sighted(picks), *pid),
+            Op::Table => drop(shell.table()),
+        }
+        check(&mut shell, ms, &list);
+    }
+    (shell, ms, list)
+}
+
+/// Every lookup of the universe's ends.
+fn answers(table: &SocketTable) -> Vec<Option<SocketMatch>> {
+    universe().iter().map(|s| find(table, s)).collect()
+}
+
+proptest! {
+    #[test]
+    fn a_live_held_socket_always_wins(ops in prop::collection::vec(op(), 1..30)) {
+        run(&ops, |shell, _, list| {
+            let table = shell.table();
+            for s in list.iter().filter(|s| !table.holders(s.inode).is_empty()) {
+                let m = find(&table, s).expect("a live held socket is found");
+                assert_eq!(m.inode, s.inode, "{s:?} in {list:?}");
+            }
+        });
+    }
+
+    #[test]
+    fn unchanged_inputs_publish_nothing_and_share_parts(ops in prop::collection::vec(op(), 1..30)) {
+        run(&ops, |shell, ms, list| {
+            let first = shell.table();
+            assert!(shell.pass(ms, list).is_none());
+            let again = shell.table();
+            let (a, b) = (first.parts(), again.parts());
+            assert!(Arc::ptr_eq(a.0, b.0) && Arc::ptr_eq(a.1, b.1) && Arc::ptr_eq(a.2, b.2));
+        });
+    }
+
+    #[test]
+    fn everything_kept_expires_after_the_grace_periods(ops in prop::collection::vec(op(), 1..30)) {
+        let (mut shell, ms, list) = run(&ops, |_, _, _| {});
+        let listed_inodes: Vec<u64> = list.iter().map(|s| s.inode).collect();
+        let bound_over = shell.table_at(ms + BOUND_MS, &list);
+        for m in answers(&bound_over).into_iter().flatten() {
+            if m.kind == MatchKind::Wildcard {
+                prop_assert!(listed_inodes.contains(&m.inode), "{m:?} kept past BOUND_GRACE");
+            }
+        }
+        let close_over = shell.table_at(ms + CLOSE_MS, &list);
+        let plain = SocketTable::build(0, TableParts {
+            netns: Some(NS),
+            sockets: list.clone(),
+            owners: shell.owners.clone(),
+            local_addrs: vec![addr("192.0.2.1:0").ip()],
+            ..TableParts::default()
+        });
+        prop_assert_eq!(answers(&close_over), answers(&plain));
+    }
+
+    #[test]
+    fn built_parts_answer_as_parts_rebuilt_from_the_inputs(ops in prop::collection::vec(op(), 1..30)) {
+        run(&ops, |shell, _, _| {
+            let table = shell.table();
+            let a = &shell.assembly;
+            let rebuilt = SocketTable::from_shared(
+                0,
+                Some(NS),
+                Arc::new(a.live.build()),
+                shell.owners.clone(),
+                Arc::new(a.recent.build()),
+            );
+            assert_eq!(answers(&table), answers(&rebuilt));
+            assert_eq!(table.sockets(), rebuilt.sockets());
+        });
+    }
+}
