@@ -180,6 +180,13 @@ impl TableAssembly {
         }
     }
 
+    /// Adds sockets the kernel just listed (their holders already in the owner map) to the
+    /// live list; the next table has them. A live socket's known holder wins over any
+    /// sighting of the same addresses.
+    pub fn add_live(&mut self, found: Vec<SocketEntry>) {
+        self.live.extend(found);
+    }
+
     /// Adds the sockets a targeted lookup found (their holders already in `owners`) to the
     /// live list, and returns a table.
     pub fn resolved(

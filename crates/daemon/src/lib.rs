@@ -6,6 +6,7 @@ pub mod clients;
 pub mod config;
 pub mod facts;
 pub mod fault;
+pub mod inbox;
 pub mod pipeline;
 pub mod privileges;
 pub mod queries;

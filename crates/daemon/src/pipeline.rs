@@ -18,7 +18,7 @@ use pidcap_core::{Direction, FragmentMap, Pending, SocketTable, Tally};
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
 
-use crate::refresh::MissSignal;
+use crate::inbox::MissSignal;
 use crate::state::Shared;
 
 /// Packets handled between two merges into the ledger.

@@ -22,8 +22,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::facts::ProcessFacts;
+use crate::inbox::{miss_channel, MissSignal, News};
 use crate::pipeline::{End, Pipeline};
-use crate::refresh::{miss_channel, MissSignal, Refresher};
+use crate::refresh::Refresher;
 use crate::state::Shared;
 use crate::{fault, trace, watch, Opened};
 
@@ -44,7 +45,7 @@ pub struct Threads {
 
 /// What the process side sends to the refresher: learnt sockets, and wake-ups for misses.
 struct ToRefresher {
-    learned: SyncSender<watch::Learned>,
+    learned: SyncSender<News>,
     wake: MissSignal,
 }
 
@@ -188,6 +189,7 @@ fn start_watcher(
         stop,
         facts,
         shared: shared.clone(),
+        reported: HashMap::new(),
     };
     spawn("watch", move || watcher.run()).map(Some)
 }

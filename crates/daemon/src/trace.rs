@@ -31,9 +31,8 @@ use pidcap_wire::IpProto;
 use tracing::{debug, info, warn};
 
 use crate::facts::{Known, ProcessFacts};
-use crate::refresh::MissSignal;
+use crate::inbox::{Learned, MissSignal, News};
 use crate::state::{Shared, Worker};
-use crate::watch::Learned;
 
 /// How long events may wait in the rings while TCP is busy (the latency of a claim, and of
 /// learning who a new process is before it exits)…
@@ -53,7 +52,7 @@ pub struct Tracer {
     pub facts: ProcessFacts,
     pub proc: ProcRoot,
     pub netns: NetNsId,
-    pub learned: SyncSender<Learned>,
+    pub learned: SyncSender<News>,
     pub wake: MissSignal,
     pub stop: Arc<AtomicBool>,
     /// Where the claim counts are published (`stats`).
@@ -215,7 +214,7 @@ impl Tracer {
                 })
                 .collect();
             debug!(pid, comm = %info.comm, sockets = claims.len(), "connections claimed by trace");
-            match self.learned.try_send(Learned { sockets, info }) {
+            match self.learned.try_send(Learned { sockets, info }.into()) {
                 Ok(()) => delivered += claims.len() as u64,
                 Err(_) => dropped += claims.len() as u64,
             }
@@ -258,7 +257,7 @@ impl Tracer {
             sockets: vec![entry],
             info,
         };
-        let sent = self.learned.try_send(learnt).is_ok();
+        let sent = self.learned.try_send(learnt.into()).is_ok();
         if !sent {
             self.shared.process_side().learned_dropped += 1;
         }

@@ -21,12 +21,12 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{NetNsId, ProcessInfo, SocketEntry};
+use pidcap_core::{NetNsId, ProcessInfo, ProcessKey};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
 use crate::facts::{Known, ProcessFacts};
-use crate::refresh::MissSignal;
+use crate::inbox::{Learned, MissSignal, News};
 
 /// Looks at a young process this often…
 const YOUNG_EVERY: Duration = Duration::from_micros(250);
@@ -38,13 +38,6 @@ const MAX_WATCHED: usize = 4096;
 
 /// Whether the missing-privilege warning was given (once per daemon).
 static DENIED_WARNED: AtomicBool = AtomicBool::new(false);
-
-/// Sockets a process was seen holding, with who it is.
-#[derive(Debug, Clone)]
-pub struct Learned {
-    pub sockets: Vec<SocketEntry>,
-    pub info: ProcessInfo,
-}
 
 struct Watched {
     since: Instant,
@@ -60,14 +53,20 @@ pub struct Watcher {
     pub events: ProcEvents,
     pub proc: ProcRoot,
     pub netns: NetNsId,
-    pub learned: SyncSender<Learned>,
+    pub learned: SyncSender<News>,
     pub wake: MissSignal,
     pub stop: Arc<AtomicBool>,
     /// Every new process's facts, recorded at exec for the socket tracer.
     pub facts: ProcessFacts,
     /// For the heartbeat the watchdog reads.
     pub shared: Arc<crate::state::Shared>,
+    /// Processes whose sockets were sent to the refresher, to be reported at their exit (at
+    /// most [`MAX_REPORTED`]; beyond, full fd scans alone correct those holders).
+    pub reported: HashMap<u32, (ProcessKey, u32)>,
 }
+
+/// Processes remembered for the report of their exit.
+const MAX_REPORTED: usize = 65_536;
 
 impl Watcher {
     pub fn run(mut self) {
@@ -102,6 +101,7 @@ impl Watcher {
                     ProcEvent::Exit { pid, .. } => {
                         watched.remove(&pid);
                         self.facts.exited(pid, Instant::now());
+                        self.report_exit(pid);
                     }
                     ProcEvent::Fork { child_pid, .. } => self.facts.forked(child_pid),
                 }
@@ -203,16 +203,33 @@ impl Watcher {
         }
         if !found.is_empty() {
             debug!(pid, sockets = found.len(), comm = %w.info.comm, "learnt sockets of a new process");
-            let sent = self.learned.try_send(Learned {
+            let learned = Learned {
                 sockets: found,
                 info: w.info.clone(),
-            });
-            if sent.is_err() {
-                self.shared.process_side().learned_dropped += 1;
+            };
+            if self.reported.len() >= MAX_REPORTED {
+                self.reported.clear();
             }
-            self.wake.request();
+            self.reported.insert(pid, (w.info.key, w.info.uid));
+            self.send(learned.into());
         }
         true
+    }
+
+    /// Tells the refresher that a process it was told holds sockets has exited: it holds
+    /// nothing now (a child that inherited a socket must not stay its newest holder).
+    fn report_exit(&mut self, pid: u32) {
+        if let Some((key, uid)) = self.reported.remove(&pid) {
+            self.send(News::Exited { key, uid });
+        }
+    }
+
+    /// Queues `news` for the refresher (counting a drop when its queue is full) and wakes it.
+    fn send(&self, news: News) {
+        if self.learned.try_send(news).is_err() {
+            self.shared.process_side().learned_dropped += 1;
+        }
+        self.wake.request();
     }
 }
 

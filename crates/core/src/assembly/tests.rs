@@ -205,6 +205,34 @@ fn a_live_socket_wins_over_a_learnt_one_on_the_same_address() {
     );
 }
 
+/// A socket shared after fork: the child was seen holding it (a sighting, its newest
+/// holder), exited, and the socket lives on in the parent. Once the parent is found as its
+/// holder and the socket is listed live, the parent is credited, not the child's sighting.
+#[test]
+fn a_socket_listed_live_with_its_holder_wins_over_an_exited_sharers_sighting() {
+    let mut shell = Shell::new(&[]);
+    let shared = sock(IpProto::Udp, "127.0.0.1:40000", "127.0.0.1:53", 70);
+    shell.pass(0, &[]);
+    shell.learn(10, &[shared], 900); // the child, at exec
+    let table = shell.table();
+    assert_eq!(
+        found(&table, &shared),
+        Some((70, MatchKind::Recent, Some(900))),
+        "before its exit the child is the holder known"
+    );
+    // The child exited; the kernel still has the socket; its holders are looked for again.
+    Arc::make_mut(&mut shell.owners)
+        .holders
+        .insert(70, vec![key(800)]);
+    shell.assembly.add_live(vec![shared]);
+    let table = shell.table();
+    assert_eq!(
+        found(&table, &shared),
+        Some((70, MatchKind::Exact, Some(800))),
+        "the parent, found holding it, wins over the child's sighting"
+    );
+}
+
 #[test]
 fn a_connection_in_time_wait_keeps_its_last_holder_for_close_grace() {
     let conn = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.2:80", 10);

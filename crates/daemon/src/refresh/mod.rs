@@ -22,7 +22,7 @@ mod owners;
 mod source;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,43 +31,14 @@ use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
 use pidcap_wire::FlowKey;
 use tracing::{debug, warn};
 
+use crate::inbox::{Learned, MissRequests, News, MISSED_FLOWS};
 use crate::state::{Shared, Worker};
-use crate::watch::Learned;
 
 pub use owners::{OwnerTracker, OwnerUpdate};
 pub use source::SocketSource;
 
 /// The shortest time between two refreshes asked for by misses.
 pub const MIN_GAP: Duration = Duration::from_millis(100);
-
-/// Asks the refresher for an early refresh; never blocks. Concurrent requests coalesce into
-/// at most one pending wake-up; missed flows queue (bounded, dropped when full) so the
-/// refresher can ask the kernel for exactly those sockets.
-#[derive(Debug, Clone)]
-pub struct MissSignal {
-    wake: SyncSender<()>,
-    flows: SyncSender<FlowKey>,
-}
-
-impl MissSignal {
-    /// Wakes the refresher for a pass.
-    pub fn request(&self) {
-        let _ = self.wake.try_send(());
-    }
-
-    /// Reports a flow no socket was found for, and wakes the refresher.
-    pub fn missed(&self, flow: FlowKey) {
-        let _ = self.flows.try_send(flow);
-        self.request();
-    }
-}
-
-/// The refresher's end of a [`MissSignal`].
-#[derive(Debug)]
-pub struct MissRequests {
-    wake: Receiver<()>,
-    flows: Receiver<FlowKey>,
-}
 
 /// The full-pass period while no packet is captured.
 pub const IDLE_INTERVAL: Duration = Duration::from_secs(10);
@@ -77,22 +48,6 @@ const TARGETED_GAP: Duration = Duration::from_millis(20);
 
 /// The shortest time between two tables published for learnt sockets alone.
 const LEARNED_GAP: Duration = Duration::from_millis(50);
-
-/// Missed flows that may wait for the refresher at once.
-const MISSED_FLOWS: usize = 1024;
-
-/// A one-slot wake-up channel and a bounded queue of missed flows.
-pub fn miss_channel() -> (MissSignal, MissRequests) {
-    let (wake, wake_rx) = std::sync::mpsc::sync_channel(1);
-    let (flows, flows_rx) = std::sync::mpsc::sync_channel(MISSED_FLOWS);
-    (
-        MissSignal { wake, flows },
-        MissRequests {
-            wake: wake_rx,
-            flows: flows_rx,
-        },
-    )
-}
 
 /// Full scans of every process's fds happen at most this often; in between, only new
 /// sockets are looked for.
@@ -229,6 +184,44 @@ impl TableBuilder {
         Ok(any)
     }
 
+    /// `key`, which the process side reported holding sockets, exited. Each of those sockets
+    /// the kernel still has (`sock_diag`) is held by someone else — a parent or child that
+    /// shares it after fork — whose holders are looked for again, so the exited process is
+    /// not their newest holder any more. A socket that closed keeps its exited holder: its
+    /// trailing packets are still that process's. True when an owner changed.
+    pub fn exited(&mut self, key: ProcessKey, uid: u32, netns: NetNsId) -> bool {
+        let learnt = self.owners.take_learnt(key);
+        let open: Vec<SocketEntry> = learnt
+            .iter()
+            .filter_map(|s| self.still_open(s, netns))
+            .collect();
+        let inodes: Vec<u64> = open.iter().map(|s| s.inode).collect();
+        match self.owners.recheck(&inodes, uid) {
+            Ok(true) => {
+                // Listed live with their holders now, they win over the exited process's
+                // sighting of the same addresses.
+                self.assembly.add_live(open);
+                true
+            }
+            Ok(false) => false,
+            Err(error) => {
+                debug!(error = %error, "cannot look again for the holders of an exited process's sockets");
+                false
+            }
+        }
+    }
+
+    /// The kernel's entry for `socket` if it still has it (asked by its addresses through
+    /// sock_diag; a socket it cannot be asked about counts as closed: its exited holder
+    /// stays).
+    fn still_open(&mut self, socket: &SocketEntry, netns: NetNsId) -> Option<SocketEntry> {
+        let (proto, local, remote) = (socket.proto, socket.local, socket.remote);
+        match self.sockets.find(proto, local, remote, netns) {
+            Ok(Some(e)) if e.inode == socket.inode => Some(e),
+            _ => None,
+        }
+    }
+
     /// A table of everything the builder knows now, without reading the kernel (after
     /// [`TableBuilder::learn`]).
     pub fn current(&mut self, netns: NetNsId, generation: u64) -> SocketTable {
@@ -244,7 +237,7 @@ impl TableBuilder {
         for s in &learned.sockets {
             if s.inode != 0 {
                 // The socket tracer's claims carry no inode (tracepoints do not give it).
-                self.owners.learn(s.inode, key);
+                self.owners.learn(s, key);
             }
         }
         let sighting = Sighting {
@@ -275,7 +268,7 @@ pub struct Refresher {
     pub interval: Duration,
     pub shared: Arc<Shared>,
     pub requests: MissRequests,
-    pub learned: Receiver<Learned>,
+    pub learned: Receiver<News>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -342,9 +335,14 @@ impl Refresher {
     fn take_learned(&mut self) -> bool {
         let now = Instant::now();
         let mut any = false;
-        while let Ok(learned) = self.learned.try_recv() {
-            self.builder.learn(learned, now);
-            any = true;
+        while let Ok(news) = self.learned.try_recv() {
+            any |= match news {
+                News::Learned(learned) => {
+                    self.builder.learn(learned, now);
+                    true
+                }
+                News::Exited { key, uid } => self.builder.exited(key, uid, self.netns),
+            };
         }
         any
     }

@@ -6,12 +6,15 @@
 //! whose holder is unreadable costs one search, not one per refresh. The map is shared with
 //! published tables through an `Arc` and copied only when it changes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{OwnerMap, SocketEntry};
+use pidcap_core::{OwnerMap, ProcessKey, SocketEntry};
 use pidcap_sockets::{OwnerScan, OwnerScanner, ProcRoot, ScanStats};
+
+/// Processes whose learnt holdings are remembered for their exit.
+const MAX_LEARNT: usize = 65_536;
 
 #[derive(Debug)]
 pub struct OwnerTracker {
@@ -20,6 +23,10 @@ pub struct OwnerTracker {
     /// be opened that way, then the plain scan is used.
     scanner: Option<OwnerScanner>,
     map: Arc<OwnerMap>,
+    /// The inodes each process was learnt to hold from the process side, until it exits
+    /// (at most [`MAX_LEARNT`] processes; beyond, the oldest knowledge goes and full scans
+    /// alone correct those holders).
+    learnt: HashMap<ProcessKey, Vec<SocketEntry>>,
     unplaceable: HashSet<u64>,
     last_full: Option<Instant>,
     full_every: Duration,
@@ -39,6 +46,7 @@ impl OwnerTracker {
             scanner: OwnerScanner::open(&proc).ok(),
             proc,
             map: Arc::default(),
+            learnt: HashMap::new(),
             unplaceable: HashSet::new(),
             last_full: None,
             full_every,
@@ -50,16 +58,36 @@ impl OwnerTracker {
         self.map.clone()
     }
 
-    /// Records a holder learnt from the process side (the process watcher).
-    pub fn learn(&mut self, inode: u64, key: pidcap_core::ProcessKey) {
+    /// Records a holder of `socket` learnt from the process side (the process watcher).
+    pub fn learn(&mut self, socket: &SocketEntry, key: ProcessKey) {
+        let inode = socket.inode;
         let holders = Arc::make_mut(&mut self.map)
             .holders
             .entry(inode)
             .or_default();
         if !holders.contains(&key) {
             holders.push(key);
+            if self.learnt.len() >= MAX_LEARNT {
+                self.learnt.clear();
+            }
+            self.learnt.entry(key).or_default().push(*socket);
         }
         self.unplaceable.remove(&inode);
+    }
+
+    /// The sockets `key` was learnt to hold, forgotten (it exited).
+    pub fn take_learnt(&mut self, key: ProcessKey) -> Vec<SocketEntry> {
+        self.learnt.remove(&key).unwrap_or_default()
+    }
+
+    /// Looks again for the holders of `inodes`, sockets still open after a holder exited
+    /// (inherited across fork): those found replace the listed holders, so the exited one
+    /// no longer answers for them. True when some were found.
+    pub fn recheck(&mut self, inodes: &[u64], uid: u32) -> anyhow::Result<bool> {
+        if inodes.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.resolve(inodes, &[uid])?.changed)
     }
 
     /// Makes sure every socket in `sockets` (inode ≠ 0) has a known holder, searching for

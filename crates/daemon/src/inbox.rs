@@ -1,0 +1,81 @@
+//! What the other threads tell the refresher: the vocabulary between them, in one room (the
+//! refresher imports it, the packet path, watcher and tracer send it; none imports another).
+//!
+//! Two bounded queues, neither ever blocks a sender: missed flows with a one-slot wake-up
+//! ([`miss_channel`]; a full queue drops the flow, the wake-up still comes, and the next
+//! full pass finds its socket), and [`News`] from the process side (a full queue drops the
+//! message; senders count it in `stats.process_side.learned_dropped`).
+
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use pidcap_core::{ProcessInfo, ProcessKey, SocketEntry};
+use pidcap_wire::FlowKey;
+
+/// Asks the refresher for an early refresh; never blocks. Concurrent requests coalesce into
+/// at most one pending wake-up; missed flows queue (bounded, dropped when full) so the
+/// refresher can ask the kernel for exactly those sockets.
+#[derive(Debug, Clone)]
+pub struct MissSignal {
+    wake: SyncSender<()>,
+    flows: SyncSender<FlowKey>,
+}
+
+impl MissSignal {
+    /// Wakes the refresher for a pass.
+    pub fn request(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    /// Reports a flow no socket was found for, and wakes the refresher.
+    pub fn missed(&self, flow: FlowKey) {
+        let _ = self.flows.try_send(flow);
+        self.request();
+    }
+}
+
+/// The refresher's end of a [`MissSignal`].
+#[derive(Debug)]
+pub struct MissRequests {
+    pub(crate) wake: Receiver<()>,
+    pub(crate) flows: Receiver<FlowKey>,
+}
+
+/// Missed flows that may wait for the refresher at once.
+pub(crate) const MISSED_FLOWS: usize = 1024;
+
+/// A one-slot wake-up channel and a bounded queue of missed flows.
+pub fn miss_channel() -> (MissSignal, MissRequests) {
+    let (wake, wake_rx) = std::sync::mpsc::sync_channel(1);
+    let (flows, flows_rx) = std::sync::mpsc::sync_channel(MISSED_FLOWS);
+    (
+        MissSignal { wake, flows },
+        MissRequests {
+            wake: wake_rx,
+            flows: flows_rx,
+        },
+    )
+}
+
+/// Sockets a process was seen holding, with who it is.
+#[derive(Debug, Clone)]
+pub struct Learned {
+    pub sockets: Vec<SocketEntry>,
+    pub info: ProcessInfo,
+}
+
+/// What the process watcher and the socket tracer tell the refresher.
+#[derive(Debug, Clone)]
+pub enum News {
+    /// A process was seen holding or using these sockets.
+    Learned(Learned),
+    /// A process that [`News::Learned`] named as a holder exited (with its uid): it holds
+    /// nothing any more. Until the next full fd scan it would still be listed, and as the
+    /// newest holder be credited with the traffic of the process it shared a socket with.
+    Exited { key: ProcessKey, uid: u32 },
+}
+
+impl From<Learned> for News {
+    fn from(learned: Learned) -> News {
+        News::Learned(learned)
+    }
+}

@@ -1,0 +1,75 @@
+//! A socket shared after fork (issue #12): a short-lived child that inherited its parent's
+//! connected UDP socket, and exited, must not be credited with the parent's traffic.
+//!
+//! bash opens the socket, then `$(seq …)` forks a subshell whose `seq` holds the socket for a
+//! millisecond and exits; bash sends every datagram. The watcher reads `seq`'s fds at exec
+//! and reports it as a holder; before its exit was reported, `seq` stayed the socket's newest
+//! holder until the next full fd scan (10 s) and every datagram was credited to it.
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pidcap_e2e::{wait_bounded, wait_until, Daemon};
+use serde_json::{json, Value};
+
+const DATAGRAMS: u64 = 100;
+
+/// `(pid, comm, tx_packets_total)` of every process the daemon credited with sent packets.
+fn senders(daemon: &Daemon) -> Vec<(u64, String, u64)> {
+    let reply = daemon.query(&json!({"cmd": "processes"}));
+    reply["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("processes: {reply}"))
+        .iter()
+        .map(|p: &Value| {
+            (
+                p["pid"].as_u64().unwrap_or(0),
+                p["comm"].as_str().unwrap_or("").to_string(),
+                p["tx_packets_total"].as_u64().unwrap_or(0),
+            )
+        })
+        .filter(|(_, _, tx)| *tx > 0)
+        .collect()
+}
+
+#[test]
+fn a_child_that_inherited_a_socket_and_exited_is_not_credited_with_its_parents_traffic() {
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind sink");
+    let port = sink.local_addr().expect("sink addr").port();
+    let filter = format!("udp port {port}");
+    let daemon = Daemon::start(&["--interface", "lo", "--filter", &filter]);
+    let script = format!(
+        "exec 3<>/dev/udp/127.0.0.1/{port}; for i in $(seq {DATAGRAMS}); do echo x >&3; sleep 0.01 3>&-; done"
+    );
+    let sender = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn the sender");
+    let pid = u64::from(sender.id());
+    wait_bounded(sender, Duration::from_secs(60), "the sender");
+    // Every datagram decided: captured, and nothing left pending.
+    let drained = wait_until(Duration::from_secs(20), || {
+        let stats = daemon.stats();
+        stats["pending_packets"] == 0 && stats["tx_packets"].as_u64() >= Some(DATAGRAMS)
+    });
+    assert!(drained, "not all datagrams decided: {}", daemon.stats());
+    let credited = senders(&daemon);
+    let wrong: Vec<_> = credited.iter().filter(|(p, _, _)| *p != pid).collect();
+    assert!(
+        wrong.is_empty(),
+        "datagrams bash {pid} sent were credited to other processes: {wrong:?}"
+    );
+    let right = credited
+        .iter()
+        .find(|(p, _, _)| *p == pid)
+        .map_or(0, |(_, _, tx)| *tx);
+    // Before the socket is first read, a datagram or two may wait and go to unknown; never
+    // to another process.
+    assert!(
+        right >= DATAGRAMS - 5,
+        "bash {pid} credited with {right} of {DATAGRAMS}: {credited:?} {}",
+        daemon.stats()
+    );
+}
