@@ -35,28 +35,42 @@ fn main() -> ExitCode {
 }
 
 fn start() -> Result<(), Fatal> {
-    let flags = match Flags::try_parse() {
-        Ok(flags) => flags,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return Ok(());
-        }
-        Err(e) => {
-            return Err(Fatal(
-                EX_CONFIG,
-                e.to_string()
-                    .trim_end()
-                    .trim_start_matches("error: ")
-                    .to_string(),
-            ))
-        }
+    let Some(config) = load_config()? else {
+        return Ok(()); // --help or --version
     };
-    let config = Config::load(flags).map_err(|e| Fatal(EX_CONFIG, e.to_string()))?;
     init_tracing();
     pidcapd::fault::exit_on_panic();
     if config.pcap_file.is_none() {
         privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
     }
+    let (opened, listener) = open(config)?;
+    narrow_privileges();
+    run(opened, listener)
+}
+
+/// Flags, then the configuration file; `None` when the flags asked for help or the version
+/// (printed). Nothing is opened yet: any problem exits 64.
+fn load_config() -> Result<Option<Config>, Fatal> {
+    let flags = match Flags::try_parse() {
+        Ok(flags) => flags,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return Ok(None);
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let message = message.trim_end().trim_start_matches("error: ");
+            return Err(Fatal(EX_CONFIG, message.to_string()));
+        }
+    };
+    Config::load(flags)
+        .map(Some)
+        .map_err(|e| Fatal(EX_CONFIG, e.to_string()))
+}
+
+/// Opens everything that needs privileges before they are narrowed: the capture, the first
+/// socket table and the query socket.
+fn open(config: Config) -> Result<(Opened, std::os::unix::net::UnixListener), Fatal> {
     let socket_group =
         access::configured_group(config.socket_group.as_deref(), config.socket_group_required)
             .map_err(|e| Fatal(EX_CONFIG, format!("socket_group: {e}")))?;
@@ -87,14 +101,6 @@ fn start() -> Result<(), Fatal> {
             format!("cannot listen on {}: {e:#}", config.socket.display()),
         )
     })?;
-    narrow_privileges();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("pidcapd-rt")
-        .build()
-        .map_err(|e| Fatal(1, format!("cannot start the runtime: {e}")))?;
-    let socket_path = config.socket.clone();
     let opened = Opened {
         config,
         source,
@@ -104,6 +110,19 @@ fn start() -> Result<(), Fatal> {
         builder,
         socket_group,
     };
+    Ok((opened, listener))
+}
+
+/// Serves on a tokio runtime until a signal or the end of a replayed file; removes the
+/// query socket after.
+fn run(opened: Opened, listener: std::os::unix::net::UnixListener) -> Result<(), Fatal> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("pidcapd-rt")
+        .build()
+        .map_err(|e| Fatal(1, format!("cannot start the runtime: {e}")))?;
+    let socket_path = opened.config.socket.clone();
     let result = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         serve(opened, listener, CancellationToken::new()).await

@@ -272,62 +272,111 @@ pub struct Refresher {
     pub stop: Arc<AtomicBool>,
 }
 
+/// The refresher loop's state between rounds.
+#[derive(Debug)]
+struct Round {
+    generation: u64,
+    /// When the last full pass started.
+    last: Instant,
+    /// The last pass failed (warned once per run of failures).
+    failing: bool,
+    denied_warned: bool,
+    targeted_at: Instant,
+    learned_at: Instant,
+    /// Frames captured as of the last pass (none since: refresh seldom).
+    seen_frames: u64,
+}
+
+/// What the refresher does after a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Nothing more this round.
+    Done,
+    /// A full pass now.
+    Pass,
+    /// The senders are gone: end.
+    Stop,
+}
+
+/// The longest single wait (how quickly `stop` is noticed and the heartbeat goes round).
+const MAX_WAIT: Duration = Duration::from_millis(200);
+
 impl Refresher {
     pub fn run(mut self) {
-        let mut generation = self.shared.table.load().generation();
-        let mut last = Instant::now();
-        let mut failing = false;
-        let mut denied_warned = false;
-        let mut targeted_at = Instant::now();
-        let mut learned_at = Instant::now();
-        let mut seen_frames = self.shared.frames();
+        let now = Instant::now();
+        let mut round = Round {
+            generation: self.shared.table.load().generation(),
+            last: now,
+            failing: false,
+            denied_warned: false,
+            targeted_at: now,
+            learned_at: now,
+            seen_frames: self.shared.frames(),
+        };
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Refresh, Instant::now());
             crate::fault::stall_point("refresh", &self.stop);
-            // With nothing captured since the last pass, a table only serves queries: refresh
-            // seldom (a miss still wakes the refresher at once when traffic resumes).
-            let period = if self.shared.frames() == seen_frames {
-                self.interval.max(IDLE_INTERVAL)
-            } else {
-                self.interval
-            };
-            let wait = period
-                .saturating_sub(last.elapsed())
-                .min(Duration::from_millis(200));
-            match self.requests.wake.recv_timeout(wait) {
-                Ok(()) => {
-                    let learned = self.take_learned();
-                    match self.resolve_missed(&mut generation, &mut targeted_at) {
-                        Missed::Settled => continue,
-                        Missed::None if learned => {
-                            // What the watcher or tracer learnt needs no dump: publish it,
-                            // gathering for up to LEARNED_GAP (the packets wait in the
-                            // pending buffer; each table costs a build and empties the
-                            // attribution cache, and the tracer may learn thousands a second).
-                            std::thread::sleep(LEARNED_GAP.saturating_sub(learned_at.elapsed()));
-                            self.take_learned();
-                            learned_at = Instant::now();
-                            generation += 1;
-                            let table = self.builder.current(self.netns, generation);
-                            self.shared.publish(table);
-                            continue;
-                        }
-                        Missed::None | Missed::Unsettled if learned => {}
-                        Missed::None | Missed::Unsettled => {
-                            std::thread::sleep(MIN_GAP.saturating_sub(last.elapsed()))
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if last.elapsed() < period => continue,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            match self.wait(&mut round) {
+                Step::Done => continue,
+                Step::Stop => return,
+                Step::Pass => {}
             }
             self.take_learned();
-            seen_frames = self.shared.frames();
-            generation += 1;
-            last = Instant::now();
-            failing = self.refresh_once(generation, failing, &mut denied_warned);
+            round.seen_frames = self.shared.frames();
+            round.generation += 1;
+            round.last = Instant::now();
+            round.failing =
+                self.refresh_once(round.generation, round.failing, &mut round.denied_warned);
         }
+    }
+
+    /// Waits for a wake-up or the next full pass, whichever comes first (at most
+    /// [`MAX_WAIT`]).
+    fn wait(&mut self, round: &mut Round) -> Step {
+        // With nothing captured since the last pass, a table only serves queries: refresh
+        // seldom (a miss still wakes the refresher at once when traffic resumes).
+        let period = if self.shared.frames() == round.seen_frames {
+            self.interval.max(IDLE_INTERVAL)
+        } else {
+            self.interval
+        };
+        let wait = period.saturating_sub(round.last.elapsed()).min(MAX_WAIT);
+        match self.requests.wake.recv_timeout(wait) {
+            Ok(()) => self.woken(round),
+            Err(RecvTimeoutError::Timeout) if round.last.elapsed() < period => Step::Done,
+            Err(RecvTimeoutError::Timeout) => Step::Pass,
+            Err(RecvTimeoutError::Disconnected) => Step::Stop,
+        }
+    }
+
+    /// A miss or the process side woke the refresher: targeted lookups first, then what was
+    /// learnt, and a full pass only when those cannot settle it.
+    fn woken(&mut self, round: &mut Round) -> Step {
+        let learned = self.take_learned();
+        match self.resolve_missed(&mut round.generation, &mut round.targeted_at) {
+            Missed::Settled => Step::Done,
+            Missed::None if learned => {
+                self.publish_learned(round);
+                Step::Done
+            }
+            Missed::None | Missed::Unsettled if learned => Step::Pass,
+            Missed::None | Missed::Unsettled => {
+                std::thread::sleep(MIN_GAP.saturating_sub(round.last.elapsed()));
+                Step::Pass
+            }
+        }
+    }
+
+    /// What the watcher or tracer learnt needs no dump: publish it, gathering for up to
+    /// [`LEARNED_GAP`] (the packets wait in the pending buffer; each table costs a build and
+    /// empties the attribution cache, and the tracer may learn thousands a second).
+    fn publish_learned(&mut self, round: &mut Round) {
+        std::thread::sleep(LEARNED_GAP.saturating_sub(round.learned_at.elapsed()));
+        self.take_learned();
+        round.learned_at = Instant::now();
+        round.generation += 1;
+        let table = self.builder.current(self.netns, round.generation);
+        self.shared.publish(table);
     }
 
     /// Moves what the process watcher learnt into the builder; true if there was any (such
