@@ -336,3 +336,179 @@ fn rate_row(pid: Option<u32>, comm: &str, u: &Usage) -> proto::RateRow {
         tx_bytes_total: u.total.tx_bytes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use pidcap_core::{
+        attribute, NetNsId, OwnerMap, ProcessInfo, ProcessKey, SocketTable, TableParts, Tally,
+    };
+    use pidcap_proto::LookupRequest;
+    use pidcap_wire::FlowKey;
+    use serde_json::Value;
+    use std::time::Duration;
+
+    use super::*;
+
+    const NS: NetNsId = NetNsId(4026531840);
+    const ROOT: ProcessKey = ProcessKey {
+        pid: 100,
+        start_time: 1,
+    };
+    const USER: ProcessKey = ProcessKey {
+        pid: 200,
+        start_time: 2,
+    };
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn info(key: ProcessKey, uid: u32, comm: &str) -> ProcessInfo {
+        ProcessInfo {
+            key,
+            comm: comm.into(),
+            exe: Some(format!("/usr/bin/{comm}")),
+            uid,
+            cmdline: vec![comm.into(), "--secret".into()],
+        }
+    }
+
+    fn socket(local: &str, remote: &str, inode: u64, uid: u32) -> SocketEntry {
+        SocketEntry {
+            netns: NS,
+            proto: IpProto::Tcp,
+            local: addr(local),
+            remote: addr(remote),
+            state: TcpState::Established,
+            inode,
+            uid,
+        }
+    }
+
+    /// Root's server on :80 and user 1000's client, connected over loopback, with 1,000
+    /// bytes each way counted.
+    fn shared() -> Arc<Shared> {
+        let server = socket("127.0.0.1:80", "127.0.0.1:40000", 1, 0);
+        let client = socket("127.0.0.1:40000", "127.0.0.1:80", 2, 1000);
+        let owners = OwnerMap {
+            holders: HashMap::from([(1, vec![ROOT]), (2, vec![USER])]),
+            processes: HashMap::from([
+                (ROOT, info(ROOT, 0, "server")),
+                (USER, info(USER, 1000, "client")),
+            ]),
+        };
+        let table = SocketTable::build(
+            1,
+            TableParts {
+                netns: Some(NS),
+                sockets: vec![server, client],
+                owners: Arc::new(owners),
+                ..TableParts::default()
+            },
+        );
+        let now = Instant::now();
+        let mut tally = Tally::default();
+        let flow = FlowKey {
+            proto: IpProto::Tcp,
+            src: client.local,
+            dst: server.local,
+        };
+        tally.record(&attribute(&table, &flow, true), 1000);
+        let shared = Shared::new(table, 1024, now);
+        let table = shared.table.load_full();
+        shared.ledger().merge(&mut tally, &table);
+        shared
+    }
+
+    fn reply(r: Reply) -> Value {
+        let line = r.unwrap_or_else(|(code, m)| panic!("{code:?}: {m}"));
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    fn pids(v: &Value) -> Vec<u64> {
+        v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_restricted_viewer_sees_only_its_own_processes_and_is_told_so() {
+        let shared = shared();
+        let all = reply(processes(&shared, Viewer::Full));
+        assert_eq!(pids(&all), [100, 200], "{all}");
+        assert!(all.get("filtered_to_uid").is_none());
+        let own = reply(processes(&shared, Viewer::Own { uid: 1000 }));
+        assert_eq!(pids(&own), [200], "{own}");
+        assert_eq!(own["filtered_to_uid"], 1000);
+        assert_eq!(own["processes"][0]["tx_bytes_total"], 1000);
+    }
+
+    #[test]
+    fn another_users_process_is_not_found_exactly_like_a_pid_without_traffic() {
+        let shared = shared();
+        let viewer = Viewer::Own { uid: 1000 };
+        let hidden = process(&shared, ROOT.pid, viewer).unwrap_err();
+        let absent = process(&shared, 999, viewer).unwrap_err();
+        assert_eq!(hidden.0, ErrorCode::NotFound);
+        assert_eq!(
+            hidden.1.replace("pid 100 ", "pid N "),
+            absent.1.replace("pid 999 ", "pid N ")
+        );
+        let detail = reply(process(&shared, ROOT.pid, Viewer::Full));
+        assert_eq!(detail["process"]["cmdline"][1], "--secret");
+        assert_eq!(detail["process"]["connections"][0]["state"], "ESTABLISHED");
+    }
+
+    #[test]
+    fn lookup_names_only_owners_the_viewer_may_see() {
+        let shared = shared();
+        let q = LookupRequest {
+            proto: "tcp".into(),
+            local: "127.0.0.1:80".into(),
+            remote: "127.0.0.1:40000".into(),
+        }
+        .query()
+        .unwrap();
+        let full = reply(lookup(&shared, &q, Viewer::Full));
+        assert_eq!(full["found"], true, "{full}");
+        assert_eq!(full["owner"]["pid"], 100);
+        assert_eq!(full["owner"]["matched"], "exact");
+        let own = reply(lookup(&shared, &q, Viewer::Own { uid: 1000 }));
+        assert_eq!(own["found"], false, "root's socket is not named: {own}");
+        assert_eq!(own["filtered_to_uid"], 1000);
+    }
+
+    #[test]
+    fn stats_list_every_thread_and_which_ones_run() {
+        let shared = shared();
+        let now = shared.started() + Duration::from_secs(60);
+        shared.beat_worker(Worker::Capture, now);
+        shared.beat_worker(Worker::Refresh, shared.started());
+        let s = reply(stats(&shared, now, proto::QueryServer::default()));
+        let threads = &s["stats"]["threads"];
+        let names: Vec<&str> = threads
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["capture", "refresh", "watch", "trace"]);
+        assert_eq!(threads[0]["running"], true);
+        assert_eq!(threads[0]["stale"], false);
+        assert_eq!(
+            threads[1]["stale"], true,
+            "a minute without a beat: {threads}"
+        );
+        assert_eq!(threads[2]["running"], false);
+        assert_eq!(threads[2]["last_beat_ms"], Value::Null);
+        assert_eq!(s["stats"]["credited_tx_bytes"], 1000);
+        assert_eq!(s["stats"]["credited_rx_bytes"], 1000);
+    }
+}
