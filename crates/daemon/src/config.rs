@@ -23,6 +23,22 @@ pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "60s";
 /// Default state directory (counter checkpoints) when systemd gives none
 /// (`$STATE_DIRECTORY`, set by the unit's `StateDirectory=`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pidcap";
+/// Every interface (LINUX_SLL2).
+pub const DEFAULT_INTERFACE: &str = "any";
+/// Headers are enough: sizes come from the IP header.
+pub const DEFAULT_SNAPLEN: i32 = 256;
+pub const DEFAULT_CAPTURE_TIMEOUT: &str = "100ms";
+/// The kernel capture ring.
+pub const DEFAULT_BUFFER_SIZE: &str = "16MiB";
+pub const DEFAULT_LOG_INTERVAL: &str = "10s";
+pub const DEFAULT_REFRESH_INTERVAL: &str = "1s";
+pub const DEFAULT_RETENTION: &str = "10m";
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+pub const DEFAULT_PENDING_TIMEOUT: &str = "2s";
+pub const DEFAULT_PENDING_MAX: usize = 100_000;
+
+// The help text and README's option table quote these defaults; `tests::defaults_are_quoted`
+// fails when one of them says otherwise.
 
 /// Command-line flags. Every flag overrides the same key of the configuration file.
 #[derive(Debug, Default, Parser)]
@@ -218,19 +234,19 @@ impl Config {
                     "must be a number of bytes or a string like \"16MiB\"",
                 ))
             }
-            (None, None) => 16 << 20,
+            (None, None) => parse_size(DEFAULT_BUFFER_SIZE)?,
         };
         let config = Config {
             interface: flags
                 .interface
                 .or(file.interface)
-                .unwrap_or_else(|| "any".into()),
+                .unwrap_or_else(|| DEFAULT_INTERFACE.into()),
             filter: flags.filter.or(file.filter),
-            snaplen: flags.snaplen.or(file.snaplen).unwrap_or(256),
+            snaplen: flags.snaplen.or(file.snaplen).unwrap_or(DEFAULT_SNAPLEN),
             capture_timeout: duration(
                 "capture_timeout",
                 flags.capture_timeout.or(file.capture_timeout),
-                "100ms",
+                DEFAULT_CAPTURE_TIMEOUT,
             )?,
             buffer_size,
             socket: flags
@@ -261,21 +277,31 @@ impl Config {
             log_interval: duration(
                 "log_interval",
                 flags.log_interval.or(file.log_interval),
-                "10s",
+                DEFAULT_LOG_INTERVAL,
             )?,
             refresh_interval: duration(
                 "refresh_interval",
                 flags.refresh_interval.or(file.refresh_interval),
-                "1s",
+                DEFAULT_REFRESH_INTERVAL,
             )?,
-            retention: duration("retention", flags.retention.or(file.retention), "10m")?,
-            max_flows: flags.max_flows.or(file.max_flows).unwrap_or(65_536),
+            retention: duration(
+                "retention",
+                flags.retention.or(file.retention),
+                DEFAULT_RETENTION,
+            )?,
+            max_flows: flags
+                .max_flows
+                .or(file.max_flows)
+                .unwrap_or(DEFAULT_MAX_FLOWS),
             pending_timeout: duration(
                 "pending_timeout",
                 flags.pending_timeout.or(file.pending_timeout),
-                "2s",
+                DEFAULT_PENDING_TIMEOUT,
             )?,
-            pending_max: flags.pending_max.or(file.pending_max).unwrap_or(100_000),
+            pending_max: flags
+                .pending_max
+                .or(file.pending_max)
+                .unwrap_or(DEFAULT_PENDING_MAX),
             socket_tracer: !flags.no_socket_tracer && file.socket_tracer.unwrap_or(true),
             route_tracing: !flags.no_route_tracing && file.route_tracing.unwrap_or(true),
             pcap_file: flags.pcap_file.or(file.pcap_file),
@@ -650,6 +676,53 @@ mod tests {
         std::fs::write(&path, "interfce = \"lo\"\n").unwrap();
         let err = read_file(&path).unwrap_err();
         assert!(err.to_string().contains("interfce"), "{err}");
+    }
+
+    /// Each flag's help text and README's option table quote the default the code uses.
+    #[test]
+    fn defaults_are_quoted() {
+        use clap::CommandFactory;
+        let defaults: &[(&str, String)] = &[
+            ("interface", DEFAULT_INTERFACE.into()),
+            ("snaplen", DEFAULT_SNAPLEN.to_string()),
+            ("capture-timeout", DEFAULT_CAPTURE_TIMEOUT.into()),
+            ("buffer-size", DEFAULT_BUFFER_SIZE.into()),
+            ("socket", pidcap_proto::DEFAULT_SOCKET.into()),
+            ("socket-group", DEFAULT_SOCKET_GROUP.into()),
+            ("socket-mode", format!("0{DEFAULT_SOCKET_MODE:o}")),
+            ("max-clients", DEFAULT_MAX_CLIENTS.to_string()),
+            ("client-idle-timeout", DEFAULT_CLIENT_IDLE_TIMEOUT.into()),
+            ("usage-log", DEFAULT_USAGE_LOG.into()),
+            ("log-interval", DEFAULT_LOG_INTERVAL.into()),
+            ("refresh-interval", DEFAULT_REFRESH_INTERVAL.into()),
+            ("retention", DEFAULT_RETENTION.into()),
+            ("max-flows", DEFAULT_MAX_FLOWS.to_string()),
+            ("pending-timeout", DEFAULT_PENDING_TIMEOUT.into()),
+            ("pending-max", DEFAULT_PENDING_MAX.to_string()),
+        ];
+        let command = Flags::command();
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+                .unwrap();
+        for (flag, default) in defaults {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("no --{flag}"));
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "--{flag}: help says {help:?}, the code's default is {default}"
+            );
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{flag}` |")))
+                .unwrap_or_else(|| panic!("README has no row for --{flag}"));
+            let cell = row.split('|').nth(2).unwrap_or("").trim().trim_matches('`');
+            assert_eq!(cell, default, "README's default for --{flag}: {row}");
+        }
+        let defaults = Config::merge(FileConfig::default(), Flags::default()).unwrap();
+        assert_eq!(defaults.buffer_size, 16 << 20, "{DEFAULT_BUFFER_SIZE}");
     }
 
     #[test]
