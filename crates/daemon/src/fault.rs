@@ -3,7 +3,7 @@
 //! A panic anywhere ends the whole daemon with [`EX_SOFTWARE`]: a dead refresher, watcher or
 //! tracer would otherwise leave stale tables behind a service that looks healthy. systemd
 //! restarts it (`Restart=on-failure`) and the counters continue from the last checkpoint
-//! (see [`crate::checkpoint`]): at most one log interval is lost.
+//! (see [`crate::persist::checkpoint`]): at most one log interval is lost.
 
 /// sysexits.h: an internal software error.
 pub const EX_SOFTWARE: i32 = 70;

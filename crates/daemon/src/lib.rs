@@ -1,22 +1,16 @@
 #![doc = include_str!("../README.md")]
 
-pub mod access;
-pub mod checkpoint;
-pub mod clients;
 pub mod config;
-pub mod facts;
 pub mod fault;
 pub mod inbox;
+pub mod persist;
 pub mod pipeline;
 pub mod privileges;
-pub mod queries;
+pub mod process_side;
+pub mod query;
 pub mod refresh;
-pub mod server;
 pub mod state;
 pub mod threads;
-pub mod trace;
-pub mod usage_log;
-pub mod watch;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,13 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::checkpoint::Checkpointer;
 use crate::config::Config;
+use crate::persist::checkpoint::Checkpointer;
+use crate::persist::usage_log;
+use crate::persist::usage_log::UsageLog;
 use crate::pipeline::End;
+use crate::query::{access, server};
 use crate::refresh::TableBuilder;
 use crate::state::Shared;
 use crate::threads::Threads;
-use crate::usage_log::UsageLog;
 
 /// How long connection tasks get to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(2);

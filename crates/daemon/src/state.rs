@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
 use pidcap_core::{AttributionCache, Ledger, PendingLevel, SocketTable};
 
-use crate::facts::ProcessFacts;
+use crate::process_side::facts::ProcessFacts;
 
 /// What the refresher reports about itself.
 #[derive(Debug, Default, Clone)]

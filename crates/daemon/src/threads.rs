@@ -5,7 +5,7 @@
 //! beats its heartbeat each time round ([`crate::state::Worker`]) and ends when the shared
 //! `stop` flag is set; the capture thread also ends the daemon (`shutdown`) when its source
 //! does. Threads talk through two bounded queues made here: missed flows to the refresher
-//! ([`miss_channel`]) and what the watcher and tracer learnt ([`LEARNED_QUEUE`]).
+//! ([`miss_channel`]) and what the watcher and tracer learnt (`LEARNED_QUEUE`, 4,096).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -21,12 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::facts::ProcessFacts;
 use crate::inbox::{miss_channel, MissSignal, News};
 use crate::pipeline::{End, Pipeline};
+use crate::process_side::facts::ProcessFacts;
+use crate::process_side::{trace, watch};
 use crate::refresh::Refresher;
 use crate::state::Shared;
-use crate::{fault, trace, watch, Opened};
+use crate::{fault, Opened};
 
 /// Fragmented datagrams whose first fragment's ports are remembered.
 const FRAGMENTED_DATAGRAMS: usize = 4096;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use pidcap_proto as proto;
 
-use crate::access::Viewer;
+use crate::query::access::Viewer;
 
 /// File descriptors kept free for the rest of the daemon: the tracer's per-thread route
 /// counters (at most [`pidcap_sockets::trace::ROUTE_COUNTERS`]) plus headroom for refresh
@@ -240,7 +240,7 @@ pub struct AcceptErrors {
 
 impl AcceptErrors {
     /// The pause before the next `accept`: doubles per consecutive failure, within
-    /// [`ACCEPT_BACKOFF_MIN`]..=[`ACCEPT_BACKOFF_MAX`].
+    /// `ACCEPT_BACKOFF_MIN..=ACCEPT_BACKOFF_MAX`.
     pub fn backoff(&mut self) -> Duration {
         self.backoff = (self.backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
         self.backoff

@@ -97,7 +97,7 @@ pub struct UsageLog {
     fsync: bool,
     daemon_start: String,
     /// Takes a counter checkpoint after each successful write (live capture only).
-    pub checkpoints: Option<crate::checkpoint::Checkpointer>,
+    pub checkpoints: Option<crate::persist::checkpoint::Checkpointer>,
 }
 
 impl UsageLog {

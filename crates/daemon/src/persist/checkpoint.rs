@@ -315,7 +315,7 @@ pub fn read(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
 /// directory (logrotate renames it there), then all of the new one, whose lines are all newer.
 /// Lines carry running totals, so a line read twice or out of order raises nothing wrongly;
 /// a rotated file that was compressed or moved elsewhere is simply not found. Each part is
-/// bounded by [`MAX_TAIL`].
+/// bounded by `MAX_TAIL` (64 MiB).
 pub fn log_tail(log: &Path, position: &LogPosition) -> io::Result<Vec<u8>> {
     let current = match LogPosition::of(log) {
         Ok(now) => Some(now),

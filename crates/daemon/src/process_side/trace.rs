@@ -6,7 +6,7 @@
 //! accepted by one process and served by another. For a successful `connect()` of any IP
 //! socket it also reads the socket at once (`pidfd_getfd`), which is how a connected UDP
 //! socket that lives one round trip (a resolver's) gets its owner; when that socket is gone
-//! before the read, the connecting thread's route lookups are traced for [`ROUTES_FOR`] and
+//! before the read, the connecting thread's route lookups are traced for `ROUTES_FOR` (30 s) and
 //! name its later connects' sockets in the kernel (at most
 //! [`SockTracer::max_route_threads`] threads; each costs one event per route lookup). Each
 //! claim goes to the refresher as a learnt socket with the process's facts
@@ -30,8 +30,8 @@ use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
 use tracing::{debug, info, warn};
 
-use crate::facts::{Known, ProcessFacts};
 use crate::inbox::{Learned, MissSignal, News};
+use crate::process_side::facts::{Known, ProcessFacts};
 use crate::state::{Shared, Worker};
 
 /// How long events may wait in the rings while TCP is busy (the latency of a claim, and of

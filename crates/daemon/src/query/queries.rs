@@ -15,8 +15,8 @@ use pidcap_proto as proto;
 use pidcap_proto::{ErrorCode, LookupQuery};
 use pidcap_wire::IpProto;
 
-use crate::access::Viewer;
-use crate::facts::FactsUsage;
+use crate::process_side::facts::FactsUsage;
+use crate::query::access::Viewer;
 use crate::state::{stale_after, Shared, Worker};
 
 /// A reply line, or an error to send instead.

@@ -25,8 +25,8 @@ use pidcap_core::{NetNsId, ProcessInfo, ProcessKey};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
-use crate::facts::{Known, ProcessFacts};
 use crate::inbox::{Learned, MissSignal, News};
+use crate::process_side::facts::{Known, ProcessFacts};
 
 /// Looks at a young process this often…
 const YOUNG_EVERY: Duration = Duration::from_micros(250);
@@ -61,7 +61,7 @@ pub struct Watcher {
     /// For the heartbeat the watchdog reads.
     pub shared: Arc<crate::state::Shared>,
     /// Processes whose sockets were sent to the refresher, to be reported at their exit (at
-    /// most [`MAX_REPORTED`]; beyond, full fd scans alone correct those holders).
+    /// most `MAX_REPORTED` (65,536); beyond, full fd scans alone correct those holders).
     pub reported: HashMap<u32, (ProcessKey, u32)>,
 }
 

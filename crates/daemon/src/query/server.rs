@@ -1,8 +1,8 @@
 //! The query server: newline-delimited JSON on a unix socket.
 //!
 //! Invariants: each connection is its own task, so a slow or hostile client costs only its
-//! own connection, and every connection is bounded (see [`crate::clients`] for the counts):
-//! - who may see what is fixed at accept from the kernel's credentials ([`crate::access`]);
+//! own connection, and every connection is bounded (see [`crate::query::clients`] for the counts):
+//! - who may see what is fixed at accept from the kernel's credentials ([`crate::query::access`]);
 //! - a client beyond the server's or its user's limit gets `too_many_clients` and is closed;
 //! - a connection with no request for the idle timeout, or with a line left half-sent for
 //!   the line timeout, gets `timeout` and is closed;
@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::access::{peer_credentials, SocketGroup, Viewer};
-use crate::clients::{
+use crate::query::access::{peer_credentials, SocketGroup, Viewer};
+use crate::query::clients::{
     fd_budget, fd_usage, AcceptErrors, Clients, LogLimit, Slot, FD_RESERVE, LINE_TIMEOUT,
 };
-use crate::queries;
+use crate::query::queries;
 use crate::state::Shared;
 
 /// How long a reply may wait for the client to read it before the client is dropped.
@@ -63,7 +63,7 @@ pub struct Access {
 
 impl Access {
     /// The access rule and bounds for this process: `max_clients`, lowered (warned once,
-    /// with the fix) so that [`crate::clients::FD_RESERVE`] fds stay free beyond those open
+    /// with the fix) so that [`crate::query::clients::FD_RESERVE`] fds stay free beyond those open
     /// now. Call it once everything else has opened its fds.
     pub fn new(group: Option<SocketGroup>, max_clients: usize, timeouts: Timeouts) -> Access {
         let limit = match fd_usage() {
@@ -477,7 +477,7 @@ mod tests {
         refuse(
             &server,
             ErrorCode::TooManyClients,
-            crate::clients::Refusal::Server { limit: 2 }.to_string(),
+            crate::query::clients::Refusal::Server { limit: 2 }.to_string(),
         );
         drop(server);
         let mut client = BufReader::new(client);
