@@ -313,3 +313,169 @@ fn attribute(shared: &Shared, misses: &MissSignal, batch: &mut Batch, meta: &Pac
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    use pidcap_core::{
+        NetNsId, OwnerMap, ProcessInfo, ProcessKey, SocketEntry, TableParts, TcpState,
+    };
+    use pidcap_wire::IpProto;
+
+    use super::*;
+    use crate::inbox::miss_channel;
+
+    const NS: NetNsId = NetNsId(4026531840);
+    const OWNER: ProcessKey = ProcessKey {
+        pid: 42,
+        start_time: 7,
+    };
+
+    /// An Ethernet frame carrying IPv4/UDP `src` → `dst` with `payload` bytes, its IP header
+    /// declaring `declared` total bytes (the truth is 28 + payload).
+    fn frame(src: &str, dst: &str, payload: usize, declared: Option<u16>) -> Vec<u8> {
+        let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+            panic!("IPv4 only")
+        };
+        let ip_len = declared.unwrap_or((28 + payload) as u16);
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f.extend_from_slice(&src.ip().octets());
+        f.extend_from_slice(&dst.ip().octets());
+        f.extend_from_slice(&src.port().to_be_bytes());
+        f.extend_from_slice(&dst.port().to_be_bytes());
+        f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.resize(f.len() + payload, 0);
+        f
+    }
+
+    /// A table where pid 42 holds a UDP socket bound to 10.0.0.1:53 on a host 10.0.0.1.
+    fn shared() -> Arc<Shared> {
+        let socket = SocketEntry {
+            netns: NS,
+            proto: IpProto::Udp,
+            local: "10.0.0.1:53".parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: TcpState::Close,
+            inode: 9,
+            uid: 0,
+        };
+        let owners = OwnerMap {
+            holders: HashMap::from([(9, vec![OWNER])]),
+            processes: HashMap::from([(
+                OWNER,
+                ProcessInfo {
+                    key: OWNER,
+                    comm: "dns".into(),
+                    exe: None,
+                    uid: 0,
+                    cmdline: Vec::new(),
+                },
+            )]),
+        };
+        let table = SocketTable::build(
+            1,
+            TableParts {
+                netns: Some(NS),
+                sockets: vec![socket],
+                owners: Arc::new(owners),
+                local_addrs: vec!["10.0.0.1".parse().unwrap()],
+                ..TableParts::default()
+            },
+        );
+        Shared::new(table, 1024, Instant::now())
+    }
+
+    fn batch(shared: &Shared) -> Batch {
+        let now = Instant::now();
+        Batch {
+            tally: Tally::default(),
+            pending: Pending::new(100, Duration::from_secs(2)),
+            fragments: FragmentMap::new(16),
+            table: shared.table.load_full(),
+            opened_at: None,
+            merged_at: now,
+            stats_at: now,
+        }
+    }
+
+    fn feed(shared: &Shared, misses: &MissSignal, batch: &mut Batch, f: &[u8]) {
+        handle(shared, misses, batch, LinkType::Ethernet, f, f.len() as u32);
+    }
+
+    #[test]
+    fn frames_are_credited_counted_at_their_wire_length_and_merged_per_batch() {
+        let shared = shared();
+        let (misses, _requests) = miss_channel();
+        let mut batch = batch(&shared);
+        feed(
+            &shared,
+            &misses,
+            &mut batch,
+            &frame("192.0.2.9:4000", "10.0.0.1:53", 72, None),
+        );
+        // A header that claims 65,535 bytes: the wire carried 100 - 14.
+        let liar = frame("192.0.2.9:4000", "10.0.0.1:53", 72, Some(u16::MAX));
+        feed(&shared, &misses, &mut batch, &liar);
+        feed(&shared, &misses, &mut batch, &[0u8; 14]); // Ethernet, no IP
+        assert_eq!(
+            shared.ledger().totals().credited.rx_bytes,
+            0,
+            "not merged yet"
+        );
+        merge(&shared, &mut batch);
+        let totals = *shared.ledger().totals();
+        assert_eq!(totals.credited.rx_packets, 2);
+        assert_eq!(totals.credited.rx_bytes, 2 * 100);
+        assert_eq!(totals.non_ip_packets + totals.malformed_packets, 1);
+        let row = shared.ledger().find_pid(42).map(|p| p.usage.total.rx_bytes);
+        assert_eq!(row, Some(200));
+        assert_eq!(shared.frames(), 3);
+    }
+
+    #[test]
+    fn a_missed_flow_waits_and_asks_the_refresher_once() {
+        let shared = shared();
+        let (misses, requests) = miss_channel();
+        let mut batch = batch(&shared);
+        let to_closed_port = frame("192.0.2.9:4000", "10.0.0.1:9999", 10, None);
+        for _ in 0..3 {
+            feed(&shared, &misses, &mut batch, &to_closed_port);
+        }
+        merge(&shared, &mut batch);
+        assert_eq!(
+            requests.flows.try_iter().count(),
+            1,
+            "one request, not one per packet"
+        );
+        assert!(requests.wake.try_recv().is_ok(), "the refresher was woken");
+        assert_eq!(
+            shared.pending().packets,
+            3,
+            "held for their owner, not yet unknown"
+        );
+        assert_eq!(shared.ledger().totals().unknown.rx_packets, 0);
+    }
+
+    #[test]
+    fn foreign_packets_are_counted_apart() {
+        let shared = shared();
+        let (misses, _requests) = miss_channel();
+        let mut batch = batch(&shared);
+        feed(
+            &shared,
+            &misses,
+            &mut batch,
+            &frame("192.0.2.9:1", "192.0.2.10:2", 4, None),
+        );
+        merge(&shared, &mut batch);
+        let totals = *shared.ledger().totals();
+        assert_eq!(totals.foreign_packets, 1);
+        assert_eq!(totals.captured.rx_packets + totals.captured.tx_packets, 0);
+    }
+}
