@@ -17,7 +17,7 @@ use rustix::fs::{openat, readlinkat, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::process::{parse_cmdline, parse_stat, parse_status_uid, CMDLINE_LIMIT};
+use crate::processes::process::{parse_cmdline, parse_stat, parse_status_uid, CMDLINE_LIMIT};
 use crate::text::{dec, fields};
 
 /// `<root>/<pid>/<name>`, built only to name a file in an error.

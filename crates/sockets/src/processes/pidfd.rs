@@ -188,8 +188,10 @@ mod tests {
 
     fn inode_of(fd: RawFd) -> u64 {
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
-        crate::fds::parse_socket_link(std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()))
-            .unwrap()
+        crate::owners::fds::parse_socket_link(std::os::unix::ffi::OsStrExt::as_bytes(
+            link.as_os_str(),
+        ))
+        .unwrap()
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{openat, readlinkat_raw, seek, Mode, OFlags, RawDir, SeekFrom};
 use rustix::io::Errno;
 
-use crate::fds::{parse_pid, parse_socket_link};
+use crate::owners::fds::{parse_pid, parse_socket_link};
 
 /// Bytes of `getdents64` output read per call. A `/proc` entry takes 24–32 bytes, so one
 /// call lists about 500 processes (or fds); larger directories take several calls.

@@ -37,7 +37,7 @@ use rustix::fs::{fstat, open, statat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::fds::{tolerate, OwnerScan, ScanStats};
+use crate::owners::fds::{tolerate, OwnerScan, ScanStats};
 use crate::root::ProcRoot;
 use dir::{PidName, LINK_BUFFER};
 

@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, Result};
-use crate::fds::parse_socket_link;
+use crate::owners::fds::parse_socket_link;
 use crate::root::ProcRoot;
 
 impl ProcRoot {
