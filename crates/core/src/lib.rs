@@ -7,6 +7,7 @@ mod cache;
 mod counters;
 mod fragments;
 mod ledger;
+mod looks;
 mod pending;
 mod process;
 mod socket;
@@ -20,6 +21,7 @@ pub use counters::{
 };
 pub use fragments::FragmentMap;
 pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, Usage};
+pub use looks::{LookSchedule, LATER_ROUNDS, YOUNG_EVERY, YOUNG_FOR};
 pub use pending::{Pending, PendingLevel};
 pub use process::{ProcessInfo, ProcessKey};
 pub use socket::{NetNsId, SocketEntry, TcpState};

@@ -14,38 +14,33 @@
 //! oldest dropped); the channel to the refresher drops what does not fit. Processes in
 //! another network namespace are not watched (their sockets are not this namespace's).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{NetNsId, ProcessInfo, ProcessKey};
+use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
 use crate::inbox::{Learned, MissSignal, News};
 use crate::process_side::facts::{Known, ProcessFacts};
 
-/// Looks at a young process this often…
-const YOUNG_EVERY: Duration = Duration::from_micros(250);
-/// …for this long, then with doubling delays from 1 ms, this many more times.
-const YOUNG_FOR: Duration = Duration::from_millis(10);
-const LATER_ROUNDS: u32 = 8;
-/// Processes watched at once.
+/// Processes watched at once (when looks are due: `pidcap_core::LookSchedule`).
 const MAX_WATCHED: usize = 4096;
+/// The longest wait for process events (how quickly `stop` is noticed).
+const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Whether the missing-privilege warning was given (once per daemon).
 static DENIED_WARNED: AtomicBool = AtomicBool::new(false);
 
 struct Watched {
-    since: Instant,
     handle: ProcessHandle,
     info: ProcessInfo,
     /// Socket inodes already read (IP sockets sent, others ignored).
     done: HashSet<u64>,
-    later_round: u32,
 }
 
 #[derive(Debug)]
@@ -70,7 +65,7 @@ const MAX_REPORTED: usize = 65_536;
 
 impl Watcher {
     pub fn run(mut self) {
-        let mut due: BTreeMap<(Instant, u32), ()> = BTreeMap::new();
+        let mut due = LookSchedule::new(MAX_WATCHED);
         let mut watched: HashMap<u32, Watched> = HashMap::new();
         let mut events = Vec::new();
         let mut fds = Vec::new();
@@ -79,13 +74,7 @@ impl Watcher {
             let now = Instant::now();
             self.shared.beat_worker(crate::state::Worker::Watch, now);
             crate::fault::stall_point("watch", &self.stop);
-            let wait = due
-                .keys()
-                .next()
-                .map_or(Duration::from_millis(100), |(at, _)| {
-                    at.saturating_duration_since(now)
-                })
-                .min(Duration::from_millis(100));
+            let wait = due.wait(now, MAX_WAIT);
             if let Err(error) = self.events.recv_into(wait, &mut events) {
                 if !failing {
                     warn!(error = %error, "process events unreadable; short-lived processes may go to unknown");
@@ -100,6 +89,7 @@ impl Watcher {
                     ProcEvent::Exec { pid } => self.watch(&mut due, &mut watched, pid),
                     ProcEvent::Exit { pid, .. } => {
                         watched.remove(&pid);
+                        due.forget(pid);
                         self.facts.exited(pid, Instant::now());
                         self.report_exit(pid);
                     }
@@ -111,12 +101,7 @@ impl Watcher {
     }
 
     /// Starts (or restarts, after a new exec) watching `pid`, if it is in our namespace.
-    fn watch(
-        &self,
-        due: &mut BTreeMap<(Instant, u32), ()>,
-        watched: &mut HashMap<u32, Watched>,
-        pid: u32,
-    ) {
+    fn watch(&self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
         // An exec replaces the program: read the facts afresh (and record them).
         let Known::Ours(info) = self.facts.read(&self.proc, self.netns, pid, Instant::now()) else {
             return; // another namespace, or already gone
@@ -124,52 +109,33 @@ impl Watcher {
         let Ok(handle) = ProcessHandle::open(pid) else {
             return; // already gone
         };
-        if watched.len() >= MAX_WATCHED && !watched.contains_key(&pid) {
-            if let Some(((_, oldest), ())) = due.pop_first() {
-                watched.remove(&oldest);
-            }
+        if let Some(dropped) = due.start(pid, Instant::now()) {
+            watched.remove(&dropped);
         }
-        let now = Instant::now();
         let w = Watched {
-            since: now,
             handle,
             info,
             done: HashSet::new(),
-            later_round: 0,
         };
         watched.insert(pid, w);
-        due.insert((now, pid), ());
     }
 
     /// Looks at every process whose turn has come and schedules its next look.
     fn look_at_due(
         &mut self,
-        due: &mut BTreeMap<(Instant, u32), ()>,
+        due: &mut LookSchedule,
         watched: &mut HashMap<u32, Watched>,
         fds: &mut Vec<(RawFd, u64)>,
     ) {
         let now = Instant::now();
-        let ready: Vec<u32> = due
-            .range(..=(now, u32::MAX))
-            .map(|((_, pid), ())| *pid)
-            .collect();
-        due.retain(|(at, _), ()| *at > now);
-        for pid in ready {
-            let Some(w) = watched.get_mut(&pid) else {
-                continue;
+        for pid in due.take_due(now) {
+            let keep = match watched.get_mut(&pid) {
+                Some(w) => self.look(pid, w, fds) && due.looked(pid, now),
+                None => false,
             };
-            let next = if self.look(pid, w, fds) {
-                next_look(w, now)
-            } else {
-                None
-            };
-            match next {
-                Some(at) => {
-                    due.insert((at, pid), ());
-                }
-                None => {
-                    watched.remove(&pid);
-                }
+            if !keep {
+                watched.remove(&pid);
+                due.forget(pid);
             }
         }
     }
@@ -231,13 +197,4 @@ impl Watcher {
         }
         self.wake.request();
     }
-}
-
-/// When to look at a process next: often while it is young, then less and less.
-fn next_look(w: &mut Watched, now: Instant) -> Option<Instant> {
-    if now.saturating_duration_since(w.since) < YOUNG_FOR {
-        return Some(now + YOUNG_EVERY);
-    }
-    w.later_round += 1;
-    (w.later_round <= LATER_ROUNDS).then(|| now + Duration::from_millis(1 << (w.later_round - 1)))
 }
