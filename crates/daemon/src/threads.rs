@@ -93,11 +93,7 @@ impl Threads {
             stop,
             reopen: config.live_capture(),
         };
-        let capture = spawn("capture", move || {
-            let result = pipeline.run();
-            shutdown.cancel();
-            result
-        })?;
+        let capture = spawn_capture(pipeline, shutdown)?;
         Ok(Threads {
             capture,
             refresher,
@@ -123,6 +119,18 @@ impl Threads {
             Err(_) => anyhow::bail!("the capture thread panicked"),
         }
     }
+}
+
+/// The capture thread; it ends the daemon (`shutdown`) when its source ends by itself.
+fn spawn_capture(
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+) -> std::io::Result<JoinHandle<Result<End, CaptureError>>> {
+    spawn("capture", move || {
+        let result = pipeline.run();
+        shutdown.cancel();
+        result
+    })
 }
 
 /// Spawns the thread `name` (fault injection points first, in debug builds).

@@ -24,7 +24,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{canonical, NetNsId, SocketEntry, TcpState};
+use pidcap_core::{canonical, NetNsId, ProcessInfo, SocketEntry, TcpState};
 use pidcap_sockets::trace::{Connected, RouteLookup, RouteScope, SockTracer, SocketClaim};
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
@@ -188,35 +188,21 @@ impl Tracer {
         }
         let (mut delivered, mut unknown, mut dropped) = (0, 0, 0);
         for (pid, claims) in by_pid {
-            let info = match self.who(pid) {
-                Known::Ours(info) => info,
-                Known::Foreign => continue, // another namespace's connection
+            let n = claims.len() as u64;
+            match self.who(pid) {
+                Known::Ours(info) => match self.learned.try_send(self.claimed(info, &claims)) {
+                    Ok(()) => delivered += n,
+                    Err(_) => dropped += n,
+                },
+                Known::Foreign => {} // another namespace's connection
                 Known::Unknown => {
-                    unknown += claims.len() as u64;
+                    unknown += n;
                     debug!(
                         pid,
-                        sockets = claims.len(),
+                        sockets = n,
                         "connections claimed by a process nobody knew"
                     );
-                    continue;
                 }
-            };
-            let sockets = claims
-                .iter()
-                .map(|c| SocketEntry {
-                    netns: self.netns,
-                    proto: IpProto::Tcp,
-                    local: c.local,
-                    remote: c.remote,
-                    state: TcpState::Established,
-                    inode: 0,
-                    uid: info.uid,
-                })
-                .collect();
-            debug!(pid, comm = %info.comm, sockets = claims.len(), "connections claimed by trace");
-            match self.learned.try_send(Learned { sockets, info }.into()) {
-                Ok(()) => delivered += claims.len() as u64,
-                Err(_) => dropped += claims.len() as u64,
             }
         }
         if delivered > 0 {
@@ -228,6 +214,25 @@ impl Tracer {
         side.traced_claims += delivered;
         side.traced_unknown_process += unknown;
         side.learned_dropped += dropped;
+    }
+
+    /// The news that `info`'s process uses the connections of `claims` (no inode: the
+    /// tracepoints do not give it).
+    fn claimed(&self, info: ProcessInfo, claims: &[&SocketClaim]) -> News {
+        let sockets = claims
+            .iter()
+            .map(|c| SocketEntry {
+                netns: self.netns,
+                proto: IpProto::Tcp,
+                local: c.local,
+                remote: c.remote,
+                state: TcpState::Established,
+                inode: 0,
+                uid: info.uid,
+            })
+            .collect();
+        debug!(pid = info.key.pid, comm = %info.comm, sockets = claims.len(), "connections claimed by trace");
+        Learned { sockets, info }.into()
     }
 
     /// Reads the socket a process just connected (a duplicate of its fd through
