@@ -339,3 +339,72 @@ fn warn_if_unreachable(dir: &Path, mode: u32) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pidcap_core::{Credit, SocketTable, Tally, UnknownReason, Verdict};
+
+    use super::*;
+    use crate::config::Flags;
+
+    fn lines(path: &Path) -> usize {
+        std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+    }
+
+    /// Counts `bytes` received by nobody into the ledger (the unknown bucket is logged).
+    fn count_unknown(shared: &Shared, bytes: u32) {
+        let mut tally = Tally::default();
+        let verdict = Verdict {
+            tx: None,
+            rx: Some(Credit::Unknown(UnknownReason::NoSocket)),
+        };
+        tally.record(&verdict, bytes);
+        shared.ledger().merge(&mut tally, &SocketTable::default());
+    }
+
+    /// Waits (in real time, bounded) for the blocking write the task started.
+    fn wait_for_lines(path: &Path, n: usize) -> usize {
+        for _ in 0..500 {
+            if lines(path) >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lines(path)
+    }
+
+    /// The usage-log task writes once per `log_interval` on the (paused) tokio clock, not
+    /// before the first interval, and stops when the daemon shuts down.
+    #[tokio::test(start_paused = true)]
+    async fn the_log_task_writes_once_per_interval_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.jsonl");
+        // An empty configuration file: the machine's own /etc/pidcap is not read.
+        let file = dir.path().join("pidcap.toml");
+        std::fs::write(&file, "").unwrap();
+        let config = Config::load(Flags {
+            usage_log: Some(path.clone()),
+            state_dir: Some(dir.path().join("state")),
+            log_interval: Some("10s".into()),
+            config: Some(file),
+            ..Flags::default()
+        })
+        .unwrap();
+        let shared = Shared::new(SocketTable::default(), 1024, Instant::now());
+        let log = Arc::new(Mutex::new(UsageLog::new(path.clone(), false)));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(log_task(shared.clone(), log, config, shutdown.clone()));
+        count_unknown(&shared, 100);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(lines(&path), 0, "nothing before the first interval");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(wait_for_lines(&path, 1), 1, "one line at 10 s");
+        count_unknown(&shared, 50);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(wait_for_lines(&path, 2), 2, "one more at 20 s");
+        shutdown.cancel();
+        task.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(lines(&path), 2, "nothing after shutdown");
+    }
+}
