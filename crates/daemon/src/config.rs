@@ -40,8 +40,11 @@ pub const DEFAULT_PENDING_MAX: usize = 100_000;
 // The help text and README's option table quote these defaults; `tests::defaults_are_quoted`
 // fails when one of them says otherwise.
 
-/// Command-line flags. Every flag overrides the same key of the configuration file.
-#[derive(Debug, Default, Parser)]
+/// Every setting, written once: as a command-line flag (clap) and as the same key of the
+/// configuration file (serde; unknown keys are errors). A flag overrides the file's key.
+/// `--config` is a flag only; the three on/off settings are `--no-…` flags and boolean keys.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[command(
     name = "pidcapd",
     version,
@@ -62,7 +65,7 @@ pub struct Flags {
     pub capture_timeout: Option<String>,
     /// Kernel capture buffer, in bytes or with a unit (e.g. 32MiB) [default: 16MiB]
     #[arg(long, value_name = "SIZE")]
-    pub buffer_size: Option<String>,
+    pub buffer_size: Option<Size>,
     /// Query socket path [default: /run/pidcap/pidcap.sock]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -89,7 +92,11 @@ pub struct Flags {
     /// Do not fsync the usage log and the checkpoint after each write (faster on slow
     /// disks; a power loss may then lose more than one interval)
     #[arg(long)]
+    #[serde(skip)]
     pub no_log_fsync: bool,
+    /// The file's spelling of `--no-log-fsync`: `log_fsync = false`.
+    #[arg(skip)]
+    pub log_fsync: Option<bool>,
     /// How often the usage log is written, e.g. 10s, 1m [default: 10s]
     #[arg(long, value_name = "DUR")]
     pub log_interval: Option<String>,
@@ -111,46 +118,44 @@ pub struct Flags {
     /// Do not read the kernel's socket tracepoints (the socket tracer: credits TCP
     /// connections that live a millisecond; costs one kernel event per TCP send/receive)
     #[arg(long)]
+    #[serde(skip)]
     pub no_socket_tracer: bool,
+    /// The file's spelling of `--no-socket-tracer`: `socket_tracer = false`.
+    #[arg(skip)]
+    pub socket_tracer: Option<bool>,
     /// Never trace route lookups (by default a thread whose connected UDP sockets close
     /// before they can be read has them traced for 30 s: its later connects are then named
     /// in the kernel; costs that thread one kernel event per route lookup)
     #[arg(long)]
+    #[serde(skip)]
     pub no_route_tracing: bool,
+    /// The file's spelling of `--no-route-tracing`: `route_tracing = false`.
+    #[arg(skip)]
+    pub route_tracing: Option<bool>,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Replay a pcap/pcapng file through the pipeline instead of capturing, then exit
     #[arg(long, value_name = "FILE")]
     pub pcap_file: Option<PathBuf>,
 }
 
-/// The configuration file's keys (all optional; unknown keys are an error).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    interface: Option<String>,
-    filter: Option<String>,
-    snaplen: Option<i32>,
-    capture_timeout: Option<String>,
-    buffer_size: Option<toml::Value>,
-    socket: Option<PathBuf>,
-    socket_group: Option<String>,
-    socket_mode: Option<String>,
-    max_clients: Option<usize>,
-    client_idle_timeout: Option<String>,
-    usage_log: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-    log_fsync: Option<bool>,
-    log_interval: Option<String>,
-    refresh_interval: Option<String>,
-    retention: Option<String>,
-    max_flows: Option<usize>,
-    pending_timeout: Option<String>,
-    pending_max: Option<usize>,
-    socket_tracer: Option<bool>,
-    route_tracing: Option<bool>,
-    pcap_file: Option<PathBuf>,
+/// A size: bytes, or text with a unit (`16MiB`); the file may give either, a flag text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+impl std::str::FromStr for Size {
+    type Err = std::convert::Infallible;
+
+    /// Text is checked when the configuration is validated, so that the error names its key.
+    fn from_str(text: &str) -> Result<Size, Self::Err> {
+        Ok(Size::Text(text.to_string()))
+    }
 }
 
 /// The validated configuration the daemon runs with.
@@ -218,23 +223,16 @@ impl Config {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
             None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
-            None => FileConfig::default(),
+            None => Flags::default(),
         };
         Config::merge(file, flags)
     }
 
-    fn merge(file: FileConfig, flags: Flags) -> Result<Config, ConfigError> {
-        let buffer_size = match (flags.buffer_size, file.buffer_size) {
-            (Some(s), _) => parse_size(&s)?,
-            (None, Some(toml::Value::Integer(n))) => i64_to_size(n)?,
-            (None, Some(toml::Value::String(s))) => parse_size(&s)?,
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "buffer_size",
-                    "must be a number of bytes or a string like \"16MiB\"",
-                ))
-            }
-            (None, None) => parse_size(DEFAULT_BUFFER_SIZE)?,
+    fn merge(file: Flags, flags: Flags) -> Result<Config, ConfigError> {
+        let buffer_size = match flags.buffer_size.or(file.buffer_size) {
+            Some(Size::Bytes(n)) => i64_to_size(n)?,
+            Some(Size::Text(text)) => parse_size(&text)?,
+            None => parse_size(DEFAULT_BUFFER_SIZE)?,
         };
         let config = Config {
             interface: flags
@@ -452,7 +450,7 @@ fn default_state_dir() -> PathBuf {
         .unwrap_or_else(|| DEFAULT_STATE_DIR.into())
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Flags, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.into(),
         source,
@@ -562,7 +560,7 @@ mod tests {
 
     #[test]
     fn defaults_are_sensible() {
-        let c = Config::merge(FileConfig::default(), Flags::default()).unwrap();
+        let c = Config::merge(Flags::default(), Flags::default()).unwrap();
         assert_eq!(c.interface, "any");
         assert_eq!(c.snaplen, 256);
         assert_eq!(c.buffer_size, 16 << 20);
@@ -577,31 +575,31 @@ mod tests {
 
     #[test]
     fn the_socket_tracer_is_turned_off_by_the_file_or_the_flag() {
-        let off: FileConfig = toml::from_str("socket_tracer = false").unwrap();
+        let off: Flags = toml::from_str("socket_tracer = false").unwrap();
         assert!(!Config::merge(off, Flags::default()).unwrap().socket_tracer);
-        let on: FileConfig = toml::from_str("socket_tracer = true").unwrap();
+        let on: Flags = toml::from_str("socket_tracer = true").unwrap();
         assert!(
             !Config::merge(on, flags(&["--no-socket-tracer"]))
                 .unwrap()
                 .socket_tracer
         );
-        assert!(toml::from_str::<FileConfig>("socket_tracer = \"off\"").is_err());
+        assert!(toml::from_str::<Flags>("socket_tracer = \"off\"").is_err());
     }
 
     #[test]
     fn route_tracing_is_turned_off_by_the_file_or_the_flag() {
-        let off: FileConfig = toml::from_str("route_tracing = false").unwrap();
+        let off: Flags = toml::from_str("route_tracing = false").unwrap();
         let c = Config::merge(off, Flags::default()).unwrap();
         assert!(!c.route_tracing && c.socket_tracer);
-        let on: FileConfig = toml::from_str("route_tracing = true").unwrap();
+        let on: Flags = toml::from_str("route_tracing = true").unwrap();
         let c = Config::merge(on, flags(&["--no-route-tracing"])).unwrap();
         assert!(!c.route_tracing && c.socket_tracer);
-        assert!(toml::from_str::<FileConfig>("route_tracing = 1").is_err());
+        assert!(toml::from_str::<Flags>("route_tracing = 1").is_err());
     }
 
     #[test]
     fn flags_override_the_file() {
-        let file: FileConfig = toml::from_str(
+        let file: Flags = toml::from_str(
             "interface = \"eth0\"\nsnaplen = 128\nbuffer_size = \"32MiB\"\nlog_interval = \"5s\"",
         )
         .unwrap();
@@ -634,14 +632,14 @@ mod tests {
             (&["--socket-mode", "rw"], "socket_mode"),
         ];
         for (args, key) in cases {
-            let err = Config::merge(FileConfig::default(), flags(args)).unwrap_err();
+            let err = Config::merge(Flags::default(), flags(args)).unwrap_err();
             assert!(err.to_string().starts_with(key), "{args:?}: {err}");
         }
     }
 
     #[test]
     fn the_query_socket_is_open_to_all_with_a_group_that_sees_everything() {
-        let c = Config::merge(FileConfig::default(), Flags::default()).unwrap();
+        let c = Config::merge(Flags::default(), Flags::default()).unwrap();
         assert_eq!(c.socket_group.as_deref(), Some(DEFAULT_SOCKET_GROUP));
         assert!(
             !c.socket_group_required,
@@ -654,7 +652,7 @@ mod tests {
 
     #[test]
     fn socket_access_keys_come_from_the_file_or_the_flags() {
-        let file: FileConfig = toml::from_str(
+        let file: Flags = toml::from_str(
             "socket_group = \"adm\"\nsocket_mode = \"0660\"\nmax_clients = 16\nclient_idle_timeout = \"5s\"",
         )
         .unwrap();
@@ -664,9 +662,34 @@ mod tests {
         assert_eq!(c.socket_mode, 0o640);
         assert_eq!(c.max_clients, 16);
         assert_eq!(c.client_idle_timeout, Duration::from_secs(5));
-        let none = Config::merge(FileConfig::default(), flags(&["--socket-group", ""])).unwrap();
+        let none = Config::merge(Flags::default(), flags(&["--socket-group", ""])).unwrap();
         assert_eq!(none.socket_group, None);
-        assert!(toml::from_str::<FileConfig>("socket_mode = 438").is_err());
+        assert!(toml::from_str::<Flags>("socket_mode = 438").is_err());
+    }
+
+    /// One struct holds both spellings: the file accepts keys, not the `--no-…` flags or
+    /// `--config`, and the command line accepts flags, not the file's boolean keys.
+    #[test]
+    fn flags_and_file_keys_are_one_list_with_their_own_spellings() {
+        for flag_only in [
+            "no_log_fsync = true",
+            "no_socket_tracer = true",
+            "config = \"x\"",
+        ] {
+            assert!(toml::from_str::<Flags>(flag_only).is_err(), "{flag_only}");
+        }
+        for key_only in [["--log-fsync", "false"], ["--socket-tracer", "false"]] {
+            let args = std::iter::once("pidcapd").chain(key_only);
+            assert!(Flags::try_parse_from(args).is_err(), "{key_only:?}");
+        }
+        let ints: Flags = toml::from_str("buffer_size = 2097152").unwrap();
+        let text: Flags = toml::from_str("buffer_size = \"2MiB\"").unwrap();
+        for file in [ints, text] {
+            let c = Config::merge(file, Flags::default()).unwrap();
+            assert_eq!(c.buffer_size, 2 << 20);
+        }
+        let err = toml::from_str::<Flags>("buffer_size = true").unwrap_err();
+        assert!(err.to_string().contains("buffer_size"), "{err}");
     }
 
     #[test]
@@ -721,7 +744,7 @@ mod tests {
             let cell = row.split('|').nth(2).unwrap_or("").trim().trim_matches('`');
             assert_eq!(cell, default, "README's default for --{flag}: {row}");
         }
-        let defaults = Config::merge(FileConfig::default(), Flags::default()).unwrap();
+        let defaults = Config::merge(Flags::default(), Flags::default()).unwrap();
         assert_eq!(defaults.buffer_size, 16 << 20, "{DEFAULT_BUFFER_SIZE}");
     }
 
@@ -763,7 +786,7 @@ mod example {
             .filter(|l| l.contains(" = "))
             .map(|l| l.split('#').next().unwrap_or("").trim().to_string() + "\n")
             .collect();
-        let file: FileConfig = toml::from_str(&uncommented).unwrap();
+        let file: Flags = toml::from_str(&uncommented).unwrap();
         let c = Config::merge(file, Flags::default()).unwrap();
         assert_eq!(c.filter.as_deref(), Some("not port 22"));
         assert_eq!(c.buffer_size, 16 << 20);
