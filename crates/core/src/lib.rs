@@ -10,6 +10,7 @@ mod ledger;
 mod looks;
 mod pending;
 mod process;
+mod routes;
 mod socket;
 mod table;
 
@@ -24,6 +25,7 @@ pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, U
 pub use looks::{LookSchedule, LATER_ROUNDS, YOUNG_EVERY, YOUNG_FOR};
 pub use pending::{Pending, PendingLevel};
 pub use process::{ProcessInfo, ProcessKey};
+pub use routes::{RouteThreads, ROUTES_FOR};
 pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
     canonical, canonical_ip, choose_owner, ClosedSocket, LiveSockets, MatchKind, OwnerMap,

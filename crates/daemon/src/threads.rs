@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use pidcap_capture::CaptureError;
-use pidcap_core::{FragmentMap, NetNsId, Pending};
+use pidcap_core::{FragmentMap, NetNsId, Pending, RouteThreads};
 use pidcap_sockets::trace::{find_tracefs, SockTracer};
 use pidcap_sockets::ProcRoot;
 use tokio_util::sync::CancellationToken;
@@ -239,6 +239,6 @@ fn open_tracer(
         stop,
         shared: shared.clone(),
         route_tracing: true,
-        route_threads: HashMap::new(),
+        route_threads: RouteThreads::default(),
     })
 }

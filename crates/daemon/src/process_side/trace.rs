@@ -24,7 +24,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{canonical, NetNsId, ProcessInfo, SocketEntry, TcpState};
+use pidcap_core::{canonical, NetNsId, ProcessInfo, RouteThreads, SocketEntry, TcpState};
 use pidcap_sockets::trace::{Connected, RouteLookup, RouteScope, SockTracer, SocketClaim};
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
@@ -42,9 +42,6 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
 /// How often the tracer looks for CPUs brought online (each needs a ring of its own).
 const CPUS_EVERY: Duration = Duration::from_secs(10);
-/// How long a thread's route lookups stay traced after one of its connected sockets closed
-/// before it was read.
-const ROUTES_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Tracer {
@@ -60,8 +57,8 @@ pub struct Tracer {
     /// Whether a thread's route lookups may be traced when its connected sockets close
     /// before they can be read (`route_tracing` in the configuration).
     pub route_tracing: bool,
-    /// Threads whose route lookups are traced, and until when.
-    pub route_threads: HashMap<u32, Instant>,
+    /// Threads whose route lookups are traced, and until when (the policy is core's).
+    pub route_threads: RouteThreads,
 }
 
 /// The tracer loop's own state between rounds.
@@ -300,26 +297,15 @@ impl Tracer {
 
     /// A connected socket of thread `tid` closed before it could be read: trace that
     /// thread's route lookups (each of its connects' addresses, from the kernel) for the
-    /// next [`ROUTES_FOR`]. At most [`SockTracer::max_route_threads`] threads: the one due
+    /// next [`pidcap_core::ROUTES_FOR`]. At most [`SockTracer::max_route_threads`] threads: the one due
     /// to expire first makes room.
     fn missed_connect(&mut self, tid: u32) {
         if !self.route_tracing || !self.tracer.can_trace_routes() {
             return;
         }
-        let until = Instant::now() + ROUTES_FOR;
-        let new = self.route_threads.insert(tid, until).is_none();
-        if !new {
+        let max = self.tracer.max_route_threads();
+        if !self.route_threads.missed(tid, Instant::now(), max) {
             return;
-        }
-        if self.route_threads.len() > self.tracer.max_route_threads() {
-            let first = self
-                .route_threads
-                .iter()
-                .min_by_key(|(_, &t)| t)
-                .map(|(&t, _)| t);
-            if let Some(first) = first {
-                self.route_threads.remove(&first);
-            }
         }
         debug!(
             tid,
@@ -329,19 +315,15 @@ impl Tracer {
         self.apply_route_scope();
     }
 
-    /// Stops tracing the route lookups of threads that missed no connect for [`ROUTES_FOR`].
+    /// Stops tracing the route lookups of threads that missed no connect for [`pidcap_core::ROUTES_FOR`].
     fn expire_routes(&mut self) {
-        let now = Instant::now();
-        let before = self.route_threads.len();
-        self.route_threads.retain(|_, until| now < *until);
-        if self.route_threads.len() != before {
+        if self.route_threads.expire(Instant::now()) {
             self.apply_route_scope();
         }
     }
 
     fn apply_route_scope(&mut self) {
-        let mut tids: Vec<u32> = self.route_threads.keys().copied().collect();
-        tids.sort_unstable();
+        let tids = self.route_threads.tids();
         if let Err(error) = self.tracer.trace_routes(&RouteScope::Threads(tids)) {
             warn!(error = %error, "route lookups cannot be traced");
             self.route_threads.clear(); // the tracer traces none after a failure
