@@ -209,11 +209,6 @@ impl TableAssembly {
         SocketTable::from_shared(generation, Some(netns), live, owners, recent)
     }
 
-    /// The live sockets of the last pass (and what targeted lookups added since).
-    pub fn live_sockets(&self) -> &[SocketEntry] {
-        &self.live.sockets
-    }
-
     fn versions(&self) -> Versions {
         (self.live.version, self.recent.version)
     }
