@@ -17,7 +17,7 @@
 //!   one by its inode for [`BOUND_GRACE`] (a closed TCP listener has no trailing traffic of
 //!   its own, its connections are kept instead). Its holder's facts are kept for
 //!   [`CLOSE_GRACE`] from then, so they outlive every closed socket that names that holder.
-//! - Sightings are kept the same way from when they were learnt: connected sockets as closed
+//! - Sightings are kept the same way from when they were learned: connected sockets as closed
 //!   ones, unconnected ones (listeners, UDP, ping, raw) as kept ones. The latest holder of an
 //!   address wins; of two kept sockets on one address, the newer.
 //! - The shared parts are derived from the inputs, never invalidated by hand: every edit of
@@ -29,7 +29,7 @@
 //!   the owner map (as the caller reports). Forgetting a departed holder's facts changes no
 //!   lookup and is not counted; the next rebuild leaves them out.
 //!
-//! Bounded by what the kernel lists plus what was learnt within the grace periods. Never
+//! Bounded by what the kernel lists plus what was learned within the grace periods. Never
 //! panics.
 
 use std::collections::{HashMap, HashSet};
@@ -49,7 +49,7 @@ use crate::{
 /// retransmits, packets still in the capture buffer).
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// How long a closed (or learnt, not yet dumped) unconnected socket keeps its owner: its
+/// How long a closed (or learned, not yet dumped) unconnected socket keeps its owner: its
 /// datagrams and echo replies still in the capture buffer or the pending buffer. Short,
 /// because unlike a connection's 4-tuple a bound port is soon taken again (a restarted
 /// server) and, until a dump lists the new socket, the kept one would answer for it.

@@ -53,7 +53,7 @@ type BoundKey = (IpProto, SocketAddr);
 
 /// Everything attribution needs from one refresh. Its three parts are shared (`Arc`) with
 /// the tables before and after it that did not change them, so publishing a table that only
-/// learnt a few recently used sockets costs no rebuild of the live sockets' indexes.
+/// learned a few recently used sockets costs no rebuild of the live sockets' indexes.
 #[derive(Debug, Default)]
 pub struct SocketTable {
     generation: u64,
@@ -180,8 +180,8 @@ pub struct ClosedSocket {
     pub owner: ProcessKey,
 }
 
-/// Socket inode → holders, and the facts about every holder. Shared (`Arc`) between
-/// successive tables, so a refresh that learnt no new owner does not copy it.
+/// Socket inode → holders, and the facts about every holder. DaemonState (`Arc`) between
+/// successive tables, so a refresh that learned no new owner does not copy it.
 #[derive(Debug, Default, Clone)]
 pub struct OwnerMap {
     pub holders: HashMap<u64, Vec<ProcessKey>>,

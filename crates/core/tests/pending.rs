@@ -88,7 +88,7 @@ fn conserved(ledger: &Ledger) {
 }
 
 #[test]
-fn a_packet_whose_owner_is_learnt_later_is_credited_late() {
+fn a_packet_whose_owner_is_learned_later_is_credited_late() {
     let t0 = Instant::now();
     let cache = AttributionCache::new(1024);
     let mut pending = Pending::new(1000, Duration::from_secs(2));

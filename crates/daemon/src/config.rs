@@ -308,6 +308,7 @@ impl Config {
         Ok(config)
     }
 
+    /// The bounds of every key, as a table: the first key out of bounds is the error.
     fn validate(&self) -> Result<(), ConfigError> {
         if self.interface.is_empty() || self.interface.len() > 15 {
             return Err(invalid(
@@ -315,50 +316,34 @@ impl Config {
                 "must be an interface name (1 to 15 characters) or `any`",
             ));
         }
-        if !(64..=262_144).contains(&self.snaplen) {
-            return Err(invalid(
-                "snaplen",
-                format!("{} is out of range 64..=262144", self.snaplen),
-            ));
-        }
+        within("snaplen", self.snaplen, 64..=262_144)?;
         if self.buffer_size < (1 << 20) {
             return Err(invalid("buffer_size", "must be at least 1MiB"));
         }
-        check_min(
-            "capture_timeout",
-            self.capture_timeout,
-            Duration::from_millis(1),
-        )?;
-        if self.capture_timeout > Duration::from_secs(1) {
-            return Err(invalid("capture_timeout", "must be at most 1s"));
-        }
-        check_min(
-            "log_interval",
-            self.log_interval,
-            Duration::from_millis(100),
-        )?;
-        check_min(
+        span_within("capture_timeout", self.capture_timeout, MS, SECOND)?;
+        span_within("log_interval", self.log_interval, MS * 100, Duration::MAX)?;
+        span_within(
             "refresh_interval",
             self.refresh_interval,
-            Duration::from_millis(100),
+            MS * 100,
+            Duration::MAX,
         )?;
-        if !(1_024..=16_777_216).contains(&self.max_flows) {
-            return Err(invalid(
-                "max_flows",
-                format!("{} is out of range 1024..=16777216", self.max_flows),
-            ));
-        }
-        if self.pending_timeout > Duration::from_secs(60) {
-            return Err(invalid("pending_timeout", "must be at most 1m"));
-        }
-        if self.pending_max > 10_000_000 {
-            return Err(invalid(
-                "pending_max",
-                format!("{} is over 10000000", self.pending_max),
-            ));
-        }
+        within("max_flows", self.max_flows, 1_024..=16_777_216)?;
+        span_within(
+            "pending_timeout",
+            self.pending_timeout,
+            Duration::ZERO,
+            SECOND * 60,
+        )?;
+        within("pending_max", self.pending_max, 0..=10_000_000)?;
+        within("max_clients", self.max_clients, 1..=65_536)?;
+        span_within(
+            "client_idle_timeout",
+            self.client_idle_timeout,
+            MS * 100,
+            SECOND * 86_400,
+        )?;
         check_path("socket", &self.socket)?;
-        self.validate_clients()?;
         check_path("usage_log", &self.usage_log)?;
         check_dir("state_dir", &self.state_dir)?;
         if let Some(f) = &self.filter {
@@ -376,26 +361,6 @@ impl Config {
                     format!("{} is not a readable file", p.display()),
                 ));
             }
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    fn validate_clients(&self) -> Result<(), ConfigError> {
-        if !(1..=65_536).contains(&self.max_clients) {
-            return Err(invalid(
-                "max_clients",
-                format!("{} is out of range 1..=65536", self.max_clients),
-            ));
-        }
-        check_min(
-            "client_idle_timeout",
-            self.client_idle_timeout,
-            Duration::from_millis(100),
-        )?;
-        if self.client_idle_timeout > Duration::from_secs(86_400) {
-            return Err(invalid("client_idle_timeout", "must be at most 24h"));
         }
         Ok(())
     }
@@ -475,14 +440,39 @@ fn duration(
     })
 }
 
-fn check_min(key: &'static str, value: Duration, min: Duration) -> Result<(), ConfigError> {
-    if value < min {
-        return Err(invalid(
-            key,
-            format!("must be at least {}", humantime::format_duration(min)),
-        ));
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
     }
-    Ok(())
+    let (min, max) = range.into_inner();
+    Err(invalid(
+        key,
+        format!("{value} is out of range {min}..={max}"),
+    ))
+}
+
+/// `min..=max`; `Duration::MAX` means no upper bound.
+fn span_within(
+    key: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    let bound = if value < min {
+        format!("must be at least {}", humantime::format_duration(min))
+    } else if value > max {
+        format!("must be at most {}", humantime::format_duration(max))
+    } else {
+        return Ok(());
+    };
+    Err(invalid(key, bound))
 }
 
 fn check_path(key: &'static str, path: &Path) -> Result<(), ConfigError> {

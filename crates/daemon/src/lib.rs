@@ -32,18 +32,18 @@ use crate::persist::usage_log::UsageLog;
 use crate::pipeline::End;
 use crate::query::{access, server};
 use crate::refresh::TableBuilder;
-use crate::state::Shared;
+use crate::state::DaemonState;
 use crate::threads::Threads;
 
 /// How long connection tasks get to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(2);
 
-/// Everything opened before the daemon starts serving.
+/// The handles opened with full privileges, before they are narrowed and the daemon serves.
 #[derive(Debug)]
-pub struct Opened {
+pub struct Handles {
     pub config: Config,
     pub source: Source,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<DaemonState>,
     pub proc: ProcRoot,
     pub netns: NetNsId,
     /// The builder that made the first table; it carries on refreshing.
@@ -55,19 +55,19 @@ pub struct Opened {
 /// Runs until `shutdown` is cancelled (signal) or the replayed file ends. Returns an error
 /// if capture failed; the final usage-log flush happens either way.
 pub async fn serve(
-    opened: Opened,
+    handles: Handles,
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    let Opened {
+    let Handles {
         config,
         shared,
         socket_group,
         ..
-    } = &opened;
+    } = &handles;
     let (config, shared, socket_group) = (config.clone(), shared.clone(), socket_group.clone());
-    let threads = Threads::start(opened, stop.clone(), shutdown.clone())?;
+    let threads = Threads::start(handles, stop.clone(), shutdown.clone())?;
     let log = Arc::new(Mutex::new(open_usage_log(&config, &shared)));
     // After capture, refresher, watcher and tracer have opened their fds: the client limit
     // is taken from what remains.
@@ -84,13 +84,7 @@ pub async fn serve(
     stop.store(true, Ordering::Relaxed);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let captured = threads.join().await;
-    tasks.close();
-    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
-        warn!("some query connections did not close in time");
-    }
-    if !write_usage(&shared, &mut lock(&log), config.retention) {
-        error!(path = %config.usage_log.display(), "final usage-log write failed; the counts since the last successful write are lost");
-    }
+    wind_down(tasks, &shared, &log, &config).await;
     match captured? {
         End::EndOfFile => info!("end of the replayed file"),
         End::Stopped => info!("stopped"),
@@ -98,10 +92,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// After the threads have stopped: gives query connections [`GRACE`] to finish, then writes
+/// the last usage-log lines.
+async fn wind_down(
+    tasks: TaskTracker,
+    shared: &DaemonState,
+    log: &Mutex<UsageLog>,
+    config: &Config,
+) {
+    tasks.close();
+    if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        warn!("some query connections did not close in time");
+    }
+    if !write_usage(shared, &mut lock(log), config.retention) {
+        error!(path = %config.usage_log.display(), "final usage-log write failed; the counts since the last successful write are lost");
+    }
+}
+
 /// The tokio tasks: the query server, the usage-log writer, rates, watchdog and signals.
 fn spawn_tasks(
     config: &Config,
-    shared: &Arc<Shared>,
+    shared: &Arc<DaemonState>,
     log: &Arc<Mutex<UsageLog>>,
     listener: UnixListener,
     access: server::Access,
@@ -137,7 +148,7 @@ fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {
 
 /// Writes one usage-log batch; on success the ledger counts it as logged and forgets what
 /// retention allows. Returns whether the write succeeded.
-pub fn write_usage(shared: &Shared, log: &mut UsageLog, retention: Duration) -> bool {
+pub fn write_usage(shared: &DaemonState, log: &mut UsageLog, retention: Duration) -> bool {
     let now = Instant::now();
     let batch = shared.ledger().log_batch(now);
     let bytes = usage_log::render(&batch, SystemTime::now(), log.daemon_start());
@@ -160,7 +171,7 @@ pub fn write_usage(shared: &Shared, log: &mut UsageLog, retention: Duration) -> 
 
 /// The usage log, its torn last line (if a SIGKILL left one) cut away; for live capture,
 /// with checkpoints in the state directory, whose last one is restored into the ledger first.
-fn open_usage_log(config: &Config, shared: &Shared) -> UsageLog {
+fn open_usage_log(config: &Config, shared: &DaemonState) -> UsageLog {
     match usage_log::repair_torn_tail(&config.usage_log) {
         Ok(0) => {}
         Ok(cut) => {
@@ -180,7 +191,7 @@ fn open_usage_log(config: &Config, shared: &Shared) -> UsageLog {
 }
 
 /// Continues the totals of processes that still run from the last checkpoint.
-fn restore_counters(checkpoints: &Checkpointer, config: &Config, shared: &Shared) {
+fn restore_counters(checkpoints: &Checkpointer, config: &Config, shared: &DaemonState) {
     let proc = ProcRoot::default();
     let alive = |key: ProcessKey| proc.start_time(key.pid).ok() == Some(key.start_time);
     match checkpoints.restore(&mut shared.ledger(), &config.usage_log, alive) {
@@ -196,7 +207,7 @@ fn restore_counters(checkpoints: &Checkpointer, config: &Config, shared: &Shared
 }
 
 async fn log_task(
-    shared: Arc<Shared>,
+    shared: Arc<DaemonState>,
     log: Arc<Mutex<UsageLog>>,
     config: Config,
     shutdown: CancellationToken,
@@ -216,18 +227,19 @@ async fn log_task(
     }
 }
 
-async fn rate_task(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn rate_task(shared: Arc<DaemonState>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => shared.ledger().sample_rates(Instant::now()),
+            // tokio's clock (the real one in the daemon, the paused one in tests).
+            _ = ticker.tick() => shared.ledger().sample_rates(tokio::time::Instant::now().into_std()),
         }
     }
 }
 
 /// Sends systemd keep-alives only while the capture loop is going round.
-async fn watchdog_task(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn watchdog_task(shared: Arc<DaemonState>, shutdown: CancellationToken) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return;
@@ -352,7 +364,7 @@ mod tests {
     }
 
     /// Counts `bytes` received by nobody into the ledger (the unknown bucket is logged).
-    fn count_unknown(shared: &Shared, bytes: u32) {
+    fn count_unknown(shared: &DaemonState, bytes: u32) {
         let mut tally = Tally::default();
         let verdict = Verdict {
             tx: None,
@@ -373,6 +385,30 @@ mod tests {
         lines(path)
     }
 
+    /// The rate task samples once a second: a second's bytes become that second's rate, and
+    /// an idle second brings it back to zero.
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_task_turns_each_second_into_a_rate() {
+        let shared = DaemonState::new(
+            SocketTable::default(),
+            tokio::time::Instant::now().into_std(),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(rate_task(shared.clone(), shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await; // after the first, immediate tick
+        count_unknown(&shared, 3_000);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rx = shared.ledger().unknown().rate.rx_bps;
+        assert!(
+            (rx - 3_000.0).abs() < 1.0,
+            "3,000 bytes in one second: {rx} B/s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(shared.ledger().unknown().rate.rx_bps, 0.0, "an idle second");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
     /// The usage-log task writes once per `log_interval` on the (paused) tokio clock, not
     /// before the first interval, and stops when the daemon shuts down.
     #[tokio::test(start_paused = true)]
@@ -390,7 +426,7 @@ mod tests {
             ..Flags::default()
         })
         .unwrap();
-        let shared = Shared::new(SocketTable::default(), 1024, Instant::now());
+        let shared = DaemonState::new(SocketTable::default(), Instant::now());
         let log = Arc::new(Mutex::new(UsageLog::new(path.clone(), false)));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(log_task(shared.clone(), log, config, shutdown.clone()));

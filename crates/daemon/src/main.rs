@@ -2,16 +2,18 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
 use pidcap_capture::{CaptureError, Source};
+use pidcap_core::NetNsId;
 use pidcap_sockets::ProcRoot;
 use pidcapd::config::{Config, Flags};
 use pidcapd::query::access;
 use pidcapd::refresh::{TableBuilder, FULL_SCAN_EVERY};
-use pidcapd::state::Shared;
-use pidcapd::{bind_socket, privileges, serve, Opened};
+use pidcapd::state::DaemonState;
+use pidcapd::{bind_socket, privileges, serve, Handles};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::prelude::*;
@@ -44,9 +46,9 @@ fn start() -> Result<(), Fatal> {
     if config.pcap_file.is_none() {
         privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
     }
-    let (opened, listener) = open(config)?;
+    let (handles, listener) = open(config)?;
     narrow_privileges();
-    run(opened, listener)
+    run(handles, listener)
 }
 
 /// Flags, then the configuration file; `None` when the flags asked for help or the version
@@ -71,7 +73,7 @@ fn load_config() -> Result<Option<Config>, Fatal> {
 
 /// Opens everything that needs privileges before they are narrowed: the capture, the first
 /// socket table and the query socket.
-fn open(config: Config) -> Result<(Opened, std::os::unix::net::UnixListener), Fatal> {
+fn open(config: Config) -> Result<(Handles, std::os::unix::net::UnixListener), Fatal> {
     let socket_group =
         access::configured_group(config.socket_group.as_deref(), config.socket_group_required)
             .map_err(|e| Fatal(EX_CONFIG, format!("socket_group: {e}")))?;
@@ -83,18 +85,7 @@ fn open(config: Config) -> Result<(Opened, std::os::unix::net::UnixListener), Fa
             format!("cannot read this process's network namespace: {e}"),
         )
     })?;
-    let mut builder = TableBuilder::new(proc.clone(), FULL_SCAN_EVERY);
-    let table = builder
-        .build(netns, 1, Instant::now())
-        .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?
-        .table
-        .unwrap_or_default();
-    let shared = Shared::new(table, config.max_flows, Instant::now());
-    {
-        let mut info = shared.capture_info();
-        info.origin = source.origin().to_string();
-        info.link_name = source.link_name();
-    }
+    let (builder, shared) = first_table(&proc, netns, &source)?;
     let gid = socket_group.as_ref().map(|g| g.gid);
     let listener = bind_socket(&config.socket, config.socket_mode, gid).map_err(|e| {
         Fatal(
@@ -102,7 +93,7 @@ fn open(config: Config) -> Result<(Opened, std::os::unix::net::UnixListener), Fa
             format!("cannot listen on {}: {e:#}", config.socket.display()),
         )
     })?;
-    let opened = Opened {
+    let handles = Handles {
         config,
         source,
         shared,
@@ -111,22 +102,44 @@ fn open(config: Config) -> Result<(Opened, std::os::unix::net::UnixListener), Fa
         builder,
         socket_group,
     };
-    Ok((opened, listener))
+    Ok((handles, listener))
+}
+
+/// The first socket table, read before capture starts, and the state it seeds; the builder
+/// carries on refreshing.
+fn first_table(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    source: &Source,
+) -> Result<(TableBuilder, Arc<DaemonState>), Fatal> {
+    let mut builder = TableBuilder::new(proc.clone(), FULL_SCAN_EVERY);
+    let table = builder
+        .build(netns, 1, Instant::now())
+        .map_err(|e| Fatal(1, format!("first socket-table refresh failed: {e:#}")))?
+        .table
+        .unwrap_or_default();
+    let shared = DaemonState::new(table, Instant::now());
+    {
+        let mut info = shared.capture_info();
+        info.origin = source.origin().to_string();
+        info.link_name = source.link_name();
+    }
+    Ok((builder, shared))
 }
 
 /// Serves on a tokio runtime until a signal or the end of a replayed file; removes the
 /// query socket after.
-fn run(opened: Opened, listener: std::os::unix::net::UnixListener) -> Result<(), Fatal> {
+fn run(handles: Handles, listener: std::os::unix::net::UnixListener) -> Result<(), Fatal> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("pidcapd-rt")
         .build()
         .map_err(|e| Fatal(1, format!("cannot start the runtime: {e}")))?;
-    let socket_path = opened.config.socket.clone();
+    let socket_path = handles.config.socket.clone();
     let result = runtime.block_on(async move {
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        serve(opened, listener, CancellationToken::new()).await
+        serve(handles, listener, CancellationToken::new()).await
     });
     let _ = std::fs::remove_file(&socket_path);
     result.map_err(|e| Fatal(1, format!("{e:#}")))

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, LiveConfig, Next, Source};
-use pidcap_core::{Direction, FragmentMap, Pending, SocketTable, Tally};
+use pidcap_core::{AttributionCache, Direction, FragmentMap, Pending, SocketTable, Tally};
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
 
 use crate::inbox::MissSignal;
-use crate::state::Shared;
+use crate::state::{CaptureLevels, DaemonState};
 
 /// Packets handled between two merges into the ledger.
 pub const BATCH: u64 = 4096;
@@ -45,8 +45,10 @@ pub enum End {
 #[derive(Debug)]
 pub struct Pipeline {
     pub source: Source,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<DaemonState>,
     pub misses: MissSignal,
+    /// Each flow's verdict, until the table changes under it (bounded; emptied when full).
+    pub cache: AttributionCache,
     pub pending: Pending,
     pub fragments: FragmentMap,
     pub stop: Arc<AtomicBool>,
@@ -54,9 +56,11 @@ pub struct Pipeline {
     pub reopen: Option<LiveConfig>,
 }
 
-/// The capture thread's own state: nothing here is shared or locked.
-struct Batch {
+/// The capture thread's own state: nothing here is shared or locked; `stats` reads a copy
+/// of its levels published once per batch.
+struct CaptureState {
     tally: Tally,
+    cache: AttributionCache,
     pending: Pending,
     fragments: FragmentMap,
     table: Arc<SocketTable>,
@@ -68,7 +72,7 @@ struct Batch {
     stats_at: Instant,
 }
 
-impl Batch {
+impl CaptureState {
     fn due(&mut self, ts: SystemTime) -> bool {
         if self.tally.len() >= BATCH {
             return true;
@@ -82,7 +86,7 @@ impl Batch {
 /// The capture loop's handles, apart from its per-batch state.
 struct Capture {
     source: Source,
-    shared: Arc<Shared>,
+    shared: Arc<DaemonState>,
     misses: MissSignal,
     stop: Arc<AtomicBool>,
     reopen: Option<LiveConfig>,
@@ -94,17 +98,19 @@ impl Pipeline {
             source,
             shared,
             misses,
+            cache,
             pending,
             fragments,
             stop,
             reopen,
         } = self;
         let now = Instant::now();
-        let mut batch = Batch {
+        let mut batch = CaptureState {
             tally: Tally::default(),
+            cache,
             pending,
             fragments,
-            table: shared.table.load_full(),
+            table: shared.table(),
             opened_at: None,
             merged_at: now,
             stats_at: now,
@@ -125,7 +131,7 @@ impl Pipeline {
 }
 
 impl Capture {
-    fn capture(&mut self, link: LinkType, batch: &mut Batch) -> Result<End, CaptureError> {
+    fn capture(&mut self, link: LinkType, batch: &mut CaptureState) -> Result<End, CaptureError> {
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(End::Stopped);
@@ -143,14 +149,7 @@ impl Capture {
                         // A refresh landed: attribute this packet with the new table.
                         merge(&self.shared, batch);
                     }
-                    handle(
-                        &self.shared,
-                        &self.misses,
-                        batch,
-                        link,
-                        frame.data,
-                        frame.orig_len,
-                    );
+                    handle(&self.misses, batch, link, frame.data, frame.orig_len);
                     if batch.due(frame.ts) {
                         merge(&self.shared, batch);
                         self.maybe_publish_stats(batch);
@@ -168,7 +167,11 @@ impl Capture {
     /// After a read error: gives the error back for a file; for a live capture, waits for the
     /// interface to return (deciding pending packets and beating the heartbeat meanwhile) and
     /// reopens it, or returns when asked to stop. The link type stays the one configured.
-    fn reopen_after(&mut self, error: CaptureError, batch: &mut Batch) -> Result<(), CaptureError> {
+    fn reopen_after(
+        &mut self,
+        error: CaptureError,
+        batch: &mut CaptureState,
+    ) -> Result<(), CaptureError> {
         let Some(live) = self.reopen.clone() else {
             return Err(error);
         };
@@ -197,7 +200,7 @@ impl Capture {
 
     /// Sleeps about `wait` in short steps, merging (which settles pending packets and beats
     /// the heartbeat) and watching for a stop request.
-    fn pause(&self, wait: Duration, batch: &mut Batch) {
+    fn pause(&self, wait: Duration, batch: &mut CaptureState) {
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
             merge(&self.shared, batch);
@@ -206,16 +209,16 @@ impl Capture {
     }
 
     /// Decides everything still pending and merges the last counts.
-    fn finish(&mut self, batch: &mut Batch) {
+    fn finish(&mut self, batch: &mut CaptureState) {
         merge(&self.shared, batch);
         batch
             .pending
-            .drain(&mut batch.tally, &batch.table, &self.shared.cache);
+            .drain(&mut batch.tally, &batch.table, &batch.cache);
         merge(&self.shared, batch);
         self.publish_stats();
     }
 
-    fn maybe_publish_stats(&mut self, batch: &mut Batch) {
+    fn maybe_publish_stats(&mut self, batch: &mut CaptureState) {
         if batch.merged_at.saturating_duration_since(batch.stats_at) >= STATS_EVERY {
             batch.stats_at = batch.merged_at;
             self.publish_stats();
@@ -248,21 +251,25 @@ impl Capture {
 
 /// Merges the batch into the ledger, switches to the newest table, retries the pending
 /// buffer against it (crediting late what it resolves) and merges that too.
-fn merge(shared: &Shared, batch: &mut Batch) {
+fn merge(shared: &DaemonState, batch: &mut CaptureState) {
     let now = Instant::now();
     shared.count_frames(batch.tally.len());
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
-    batch.table = shared.table.load_full();
+    batch.table = shared.table();
     batch
         .pending
-        .settle(&mut batch.tally, &batch.table, &shared.cache, now);
+        .settle(&mut batch.tally, &batch.table, &batch.cache, now);
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
-    shared.set_pending(batch.pending.level());
-    shared.set_fragments_forgotten(batch.fragments.forgotten());
+    shared.set_levels(CaptureLevels {
+        pending: batch.pending.level(),
+        flows_cached: batch.cache.len() as u64,
+        flow_cache_clears: batch.cache.clears(),
+        fragments_forgotten: batch.fragments.forgotten(),
+    });
     batch.opened_at = None;
     batch.merged_at = now;
     shared.beat(now);
@@ -270,9 +277,8 @@ fn merge(shared: &Shared, batch: &mut Batch) {
 
 /// One frame: parse, attribute (through the cache), count or hold.
 fn handle(
-    shared: &Shared,
     misses: &MissSignal,
-    batch: &mut Batch,
+    batch: &mut CaptureState,
     link: LinkType,
     data: &[u8],
     orig_len: u32,
@@ -280,15 +286,15 @@ fn handle(
     match parse(link, data, orig_len) {
         Ok(mut meta) => {
             batch.fragments.resolve(&mut meta);
-            attribute(shared, misses, batch, &meta)
+            attribute(misses, batch, &meta)
         }
         Err(WireError::NotIp(_)) => batch.tally.record_non_ip(),
         Err(_) => batch.tally.record_malformed(),
     }
 }
 
-fn attribute(shared: &Shared, misses: &MissSignal, batch: &mut Batch, meta: &PacketMeta) {
-    let lookup = shared
+fn attribute(misses: &MissSignal, batch: &mut CaptureState, meta: &PacketMeta) {
+    let lookup = batch
         .cache
         .attribute(&batch.table, &meta.flow, meta.ports_known);
     if lookup.new_miss {
@@ -355,7 +361,7 @@ mod tests {
     }
 
     /// A table where pid 42 holds a UDP socket bound to 10.0.0.1:53 on a host 10.0.0.1.
-    fn shared() -> Arc<Shared> {
+    fn shared() -> Arc<DaemonState> {
         let socket = SocketEntry {
             netns: NS,
             proto: IpProto::Udp,
@@ -388,24 +394,25 @@ mod tests {
                 ..TableParts::default()
             },
         );
-        Shared::new(table, 1024, Instant::now())
+        DaemonState::new(table, Instant::now())
     }
 
-    fn batch(shared: &Shared) -> Batch {
+    fn batch(shared: &DaemonState) -> CaptureState {
         let now = Instant::now();
-        Batch {
+        CaptureState {
             tally: Tally::default(),
+            cache: AttributionCache::new(1024),
             pending: Pending::new(100, Duration::from_secs(2)),
             fragments: FragmentMap::new(16),
-            table: shared.table.load_full(),
+            table: shared.table(),
             opened_at: None,
             merged_at: now,
             stats_at: now,
         }
     }
 
-    fn feed(shared: &Shared, misses: &MissSignal, batch: &mut Batch, f: &[u8]) {
-        handle(shared, misses, batch, LinkType::Ethernet, f, f.len() as u32);
+    fn feed(misses: &MissSignal, batch: &mut CaptureState, f: &[u8]) {
+        handle(misses, batch, LinkType::Ethernet, f, f.len() as u32);
     }
 
     #[test]
@@ -414,15 +421,14 @@ mod tests {
         let (misses, _requests) = miss_channel();
         let mut batch = batch(&shared);
         feed(
-            &shared,
             &misses,
             &mut batch,
             &frame("192.0.2.9:4000", "10.0.0.1:53", 72, None),
         );
         // A header that claims 65,535 bytes: the wire carried 100 - 14.
         let liar = frame("192.0.2.9:4000", "10.0.0.1:53", 72, Some(u16::MAX));
-        feed(&shared, &misses, &mut batch, &liar);
-        feed(&shared, &misses, &mut batch, &[0u8; 14]); // Ethernet, no IP
+        feed(&misses, &mut batch, &liar);
+        feed(&misses, &mut batch, &[0u8; 14]); // Ethernet, no IP
         assert_eq!(
             shared.ledger().totals().credited.rx_bytes,
             0,
@@ -445,7 +451,7 @@ mod tests {
         let mut batch = batch(&shared);
         let to_closed_port = frame("192.0.2.9:4000", "10.0.0.1:9999", 10, None);
         for _ in 0..3 {
-            feed(&shared, &misses, &mut batch, &to_closed_port);
+            feed(&misses, &mut batch, &to_closed_port);
         }
         merge(&shared, &mut batch);
         assert_eq!(
@@ -455,7 +461,7 @@ mod tests {
         );
         assert!(requests.wake.try_recv().is_ok(), "the refresher was woken");
         assert_eq!(
-            shared.pending().packets,
+            shared.levels().pending.packets,
             3,
             "held for their owner, not yet unknown"
         );
@@ -468,7 +474,6 @@ mod tests {
         let (misses, _requests) = miss_channel();
         let mut batch = batch(&shared);
         feed(
-            &shared,
             &misses,
             &mut batch,
             &frame("192.0.2.9:1", "192.0.2.10:2", 4, None),

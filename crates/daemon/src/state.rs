@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
-use pidcap_core::{AttributionCache, Ledger, PendingLevel, SocketTable};
+use pidcap_core::{Ledger, PendingLevel, SocketTable};
 
 use crate::process_side::facts::ProcessFacts;
 
@@ -34,6 +34,19 @@ pub struct ProcessSideInfo {
     pub traced_routes: u64,
     /// Messages from the watcher and tracer dropped because the refresher's queue was full.
     pub learned_dropped: u64,
+}
+
+/// The capture thread's bounded structures, published once per batch (they are its own,
+/// never shared; this is the copy `stats` reads).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CaptureLevels {
+    pub pending: PendingLevel,
+    /// Flows in the attribution cache.
+    pub flows_cached: u64,
+    /// Times the attribution cache was emptied at its bound.
+    pub flow_cache_clears: u64,
+    /// Fragmented datagrams forgotten at the fragment map's bound.
+    pub fragments_forgotten: u64,
 }
 
 /// Facts about the capture handle, refreshed by the capture thread.
@@ -93,17 +106,19 @@ impl Worker {
     }
 }
 
+/// What the daemon's threads publish for each other and for queries: the socket table (the
+/// refresher's), the ledger (the capture thread's counts), each thread's report and
+/// heartbeat. Every field is private; each has one writer, named on its accessor.
 #[derive(Debug)]
-pub struct Shared {
-    pub table: ArcSwap<SocketTable>,
-    pub cache: AttributionCache,
-    pub ledger: Mutex<Ledger>,
-    pub capture: Mutex<CaptureInfo>,
-    pub refresh: Mutex<RefreshInfo>,
-    pub process_side: Mutex<ProcessSideInfo>,
-    /// Who each pid is, as the watcher and tracer learnt it (shared by both, sized in `stats`).
-    pub facts: ProcessFacts,
-    pending: Mutex<PendingLevel>,
+pub struct DaemonState {
+    table: ArcSwap<SocketTable>,
+    ledger: Mutex<Ledger>,
+    capture: Mutex<CaptureInfo>,
+    levels: Mutex<CaptureLevels>,
+    refresh: Mutex<RefreshInfo>,
+    process_side: Mutex<ProcessSideInfo>,
+    /// Who each pid is, as the watcher and tracer learned it (shared by both, sized in `stats`).
+    facts: ProcessFacts,
     /// Generation of the table in `table`, readable with one atomic load per packet.
     generation: AtomicU64,
     started: Instant,
@@ -112,28 +127,33 @@ pub struct Shared {
     heartbeats: [AtomicU64; Worker::ALL.len()],
     /// Frames handled by the capture loop since start (published once per batch).
     frames: AtomicU64,
-    /// Fragmented datagrams the capture thread forgot at its bound (published per batch).
-    fragments_forgotten: AtomicU64,
 }
 
-impl Shared {
-    /// `max_flows` bounds the attribution cache (it is emptied when full).
-    pub fn new(table: SocketTable, max_flows: usize, now: Instant) -> Arc<Shared> {
-        Arc::new(Shared {
+impl DaemonState {
+    pub fn new(table: SocketTable, now: Instant) -> Arc<DaemonState> {
+        Arc::new(DaemonState {
             generation: AtomicU64::new(table.generation()),
             table: ArcSwap::from_pointee(table),
-            cache: AttributionCache::new(max_flows),
             ledger: Mutex::new(Ledger::new(now)),
             capture: Mutex::new(CaptureInfo::default()),
+            levels: Mutex::new(CaptureLevels::default()),
             refresh: Mutex::new(RefreshInfo::default()),
             process_side: Mutex::new(ProcessSideInfo::default()),
             facts: ProcessFacts::default(),
-            pending: Mutex::new(PendingLevel::default()),
             started: now,
             heartbeats: Default::default(),
             frames: AtomicU64::new(0),
-            fragments_forgotten: AtomicU64::new(0),
         })
+    }
+
+    /// The newest socket table (written by the refresher through [`DaemonState::publish`]).
+    pub fn table(&self) -> Arc<SocketTable> {
+        self.table.load_full()
+    }
+
+    /// Who each pid is (written by the watcher and the tracer).
+    pub fn facts(&self) -> &ProcessFacts {
+        &self.facts
     }
 
     /// Swaps in a new table; the capture thread picks it up before its next packet.
@@ -148,37 +168,32 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// What waits in the capture thread's pending buffer (published once per batch).
-    pub fn set_pending(&self, level: PendingLevel) {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = level;
+    /// The capture thread's bounded structures (published by it once per batch).
+    pub fn set_levels(&self, levels: CaptureLevels) {
+        *self.levels.lock().unwrap_or_else(|e| e.into_inner()) = levels;
     }
 
-    /// Publishes the fragment map's count of forgotten datagrams.
-    pub fn set_fragments_forgotten(&self, n: u64) {
-        self.fragments_forgotten.store(n, Ordering::Relaxed);
+    pub fn levels(&self) -> CaptureLevels {
+        *self.levels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn fragments_forgotten(&self) -> u64 {
-        self.fragments_forgotten.load(Ordering::Relaxed)
-    }
-
-    pub fn pending(&self) -> PendingLevel {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The ledger, even if a thread panicked while holding it (counters stay usable).
+    /// The ledger (written by the capture thread, read by queries and the log), even if a
+    /// thread panicked while holding it (counters stay usable).
     pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Written by the capture thread.
     pub fn capture_info(&self) -> MutexGuard<'_, CaptureInfo> {
         self.capture.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Written by the refresher.
     pub fn refresh_info(&self) -> MutexGuard<'_, RefreshInfo> {
         self.refresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Written by the watcher and the tracer.
     pub fn process_side(&self) -> MutexGuard<'_, ProcessSideInfo> {
         self.process_side.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -233,6 +248,31 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::{DaemonState, Worker};
+    use pidcap_core::SocketTable;
+
+    /// A thread is stale once its last beat is `max` old; a thread that never beat (off, or
+    /// could not start) is not reported, and a new beat clears it.
+    #[test]
+    fn stale_workers_are_those_whose_last_beat_is_too_old() {
+        let start = Instant::now();
+        let state = DaemonState::new(SocketTable::default(), start);
+        let max = Duration::from_secs(10);
+        state.beat_worker(Worker::Capture, start);
+        state.beat_worker(Worker::Refresh, start + Duration::from_secs(5));
+        assert!(state
+            .stale_workers(start + Duration::from_secs(9), max)
+            .is_empty());
+        let stale = state.stale_workers(start + Duration::from_secs(12), max);
+        assert_eq!(stale, vec![("capture", Duration::from_secs(12))]);
+        assert_eq!(state.since_beat(Worker::Trace, start + max * 9), None);
+        state.beat(start + Duration::from_secs(12));
+        assert!(state
+            .stale_workers(start + Duration::from_secs(13), max)
+            .is_empty());
+    }
 
     /// The `pub` field names of `pub struct NAME` in `source`.
     fn fields_of<'a>(source: &'a str, name: &str) -> Vec<&'a str> {
@@ -245,6 +285,15 @@ mod tests {
             .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
             .map(|(field, _)| field.trim())
             .collect()
+    }
+
+    /// Whether some `NAME { ... }` literal in `source` sets `field`.
+    fn built_with(source: &str, name: &str, field: &str) -> bool {
+        source.match_indices(&format!("{name} {{\n")).any(|(at, _)| {
+            let body = &source[at..];
+            let body = &body[..body.find("\n    }").unwrap_or(body.len())];
+            body.lines().any(|l| l.trim().starts_with(&format!("{field}:")))
+        })
     }
 
     /// Every daemon source file but this one and the query answers (which only read).
@@ -273,13 +322,19 @@ mod tests {
     fn every_published_field_is_written_by_some_thread() {
         let state = include_str!("state.rs");
         let writers = writers();
-        for name in ["RefreshInfo", "ProcessSideInfo", "CaptureInfo"] {
+        for name in [
+            "RefreshInfo",
+            "ProcessSideInfo",
+            "CaptureInfo",
+            "CaptureLevels",
+        ] {
             let fields = fields_of(state, name);
             assert!(fields.len() >= 3, "{name}: {fields:?}");
             for field in fields {
-                let written = [" =", " +=", " |="]
+                let assigned = [" =", " +=", " |="]
                     .iter()
                     .any(|op| writers.contains(&format!(".{field}{op}")));
+                let written = assigned || built_with(&writers, name, field);
                 assert!(
                     written,
                     "{name}::{field} is published in stats but never written"

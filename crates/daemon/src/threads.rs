@@ -5,7 +5,7 @@
 //! beats its heartbeat each time round ([`crate::state::Worker`]) and ends when the shared
 //! `stop` flag is set; the capture thread also ends the daemon (`shutdown`) when its source
 //! does. Threads talk through two bounded queues made here: missed flows to the refresher
-//! ([`miss_channel`]) and what the watcher and tracer learnt (`LEARNED_QUEUE`, 4,096).
+//! ([`miss_channel`]) and what the watcher and tracer learned (`LEARNED_QUEUE`, 4,096).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -13,8 +13,8 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use pidcap_capture::CaptureError;
-use pidcap_core::{FragmentMap, NetNsId, Pending, RouteThreads};
+use pidcap_capture::{CaptureError, Source};
+use pidcap_core::{AttributionCache, FragmentMap, NetNsId, Pending, RouteThreads};
 use pidcap_sockets::trace::{find_tracefs, SockTracer};
 use pidcap_sockets::ProcRoot;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +26,8 @@ use crate::pipeline::{End, Pipeline};
 use crate::process_side::facts::ProcessFacts;
 use crate::process_side::{trace, watch};
 use crate::refresh::Refresher;
-use crate::state::Shared;
-use crate::{fault, Opened};
+use crate::state::DaemonState;
+use crate::{fault, Handles};
 
 /// Fragmented datagrams whose first fragment's ports are remembered.
 const FRAGMENTED_DATAGRAMS: usize = 4096;
@@ -44,7 +44,27 @@ pub struct Threads {
     process_side: Vec<JoinHandle<()>>,
 }
 
-/// What the process side sends to the refresher: learnt sockets, and wake-ups for misses.
+/// The capture thread's loop, with its own cache, pending buffer and fragment map.
+fn pipeline(
+    config: &Config,
+    source: Source,
+    shared: Arc<DaemonState>,
+    misses: MissSignal,
+    stop: Arc<AtomicBool>,
+) -> Pipeline {
+    Pipeline {
+        source,
+        shared,
+        misses,
+        cache: AttributionCache::new(config.max_flows),
+        pending: Pending::new(config.pending_max, config.pending_timeout),
+        fragments: FragmentMap::new(FRAGMENTED_DATAGRAMS),
+        stop,
+        reopen: config.live_capture(),
+    }
+}
+
+/// What the process side sends to the refresher: learned sockets, and wake-ups for misses.
 struct ToRefresher {
     learned: SyncSender<News>,
     wake: MissSignal,
@@ -53,11 +73,11 @@ struct ToRefresher {
 impl Threads {
     /// Starts every thread; `shutdown` is cancelled when capture ends by itself.
     pub fn start(
-        opened: Opened,
+        handles: Handles,
         stop: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Threads> {
-        let Opened {
+        let Handles {
             config,
             source,
             shared,
@@ -65,7 +85,7 @@ impl Threads {
             netns,
             builder,
             ..
-        } = opened;
+        } = handles;
         let (misses, requests) = miss_channel();
         let (learned_tx, learned) = std::sync::mpsc::sync_channel(LEARNED_QUEUE);
         let to_refresher = ToRefresher {
@@ -84,15 +104,7 @@ impl Threads {
             stop: stop.clone(),
         };
         let refresher = spawn("refresh", move || refresher.run())?;
-        let pipeline = Pipeline {
-            source,
-            shared,
-            misses,
-            pending: Pending::new(config.pending_max, config.pending_timeout),
-            fragments: FragmentMap::new(FRAGMENTED_DATAGRAMS),
-            stop,
-            reopen: config.live_capture(),
-        };
+        let pipeline = pipeline(&config, source, shared, misses, stop);
         let capture = spawn_capture(pipeline, shutdown)?;
         Ok(Threads {
             capture,
@@ -151,11 +163,11 @@ fn start_process_side(
     config: &Config,
     proc: &ProcRoot,
     netns: NetNsId,
-    shared: &Arc<Shared>,
+    shared: &Arc<DaemonState>,
     to: ToRefresher,
     stop: &Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let facts = shared.facts.clone();
+    let facts = shared.facts().clone();
     let mut threads = Vec::new();
     if config.socket_tracer && config.pcap_file.is_none() {
         let tracer = open_tracer(proc, netns, &facts, shared, &to, stop.clone());
@@ -180,12 +192,12 @@ fn start_watcher(
     facts: ProcessFacts,
     to: ToRefresher,
     stop: Arc<AtomicBool>,
-    shared: &Arc<Shared>,
+    shared: &Arc<DaemonState>,
 ) -> std::io::Result<Option<JoinHandle<()>>> {
     let events = match pidcap_sockets::ProcEvents::open() {
         Ok(events) => events,
         Err(error) => {
-            warn!(error = %error, "process-event connector unavailable; short-lived processes are learnt by refresh only");
+            warn!(error = %error, "process-event connector unavailable; short-lived processes are learned by refresh only");
             return Ok(None);
         }
     };
@@ -210,7 +222,7 @@ fn open_tracer(
     proc: &ProcRoot,
     netns: NetNsId,
     facts: &ProcessFacts,
-    shared: &Arc<Shared>,
+    shared: &Arc<DaemonState>,
     to: &ToRefresher,
     stop: Arc<AtomicBool>,
 ) -> Option<trace::Tracer> {

@@ -272,7 +272,7 @@ pub struct ThreadHealth {
     pub stale: bool,
 }
 
-/// The process facts table (who each pid is or was, as the watcher and tracer learnt it):
+/// The process facts table (who each pid is or was, as the watcher and tracer learned it):
 /// at most 65,536 entries and 32 MiB of strings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessFacts {
@@ -329,7 +329,7 @@ pub struct ProcessSide {
     /// Connected sockets named from their route lookups (counted in `traced_claims` too).
     #[serde(default)]
     pub traced_routes: u64,
-    /// What the watcher and tracer learnt but could not hand to the refresher (its queue of
+    /// What the watcher and tracer learned but could not hand to the refresher (its queue of
     /// 4,096 messages was full); those sockets wait for the next dump.
     #[serde(default)]
     pub learned_dropped: u64,

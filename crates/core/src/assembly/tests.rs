@@ -72,7 +72,7 @@ fn owners(held: &[(u64, u32)]) -> OwnerMap {
 }
 
 /// What the daemon's shell does around the assembly, without the kernel: a fixed owner map
-/// (replaced on demand), learnt holders recorded in it, time in milliseconds from a start.
+/// (replaced on demand), learned holders recorded in it, time in milliseconds from a start.
 struct Shell {
     assembly: TableAssembly,
     owners: Arc<OwnerMap>,
@@ -170,29 +170,29 @@ const CLOSE_MS: u64 = CLOSE_GRACE.as_millis() as u64;
 const BOUND_MS: u64 = BOUND_GRACE.as_millis() as u64;
 
 #[test]
-fn a_live_socket_wins_over_a_learnt_one_on_the_same_address() {
+fn a_live_socket_wins_over_a_learned_one_on_the_same_address() {
     let mut shell = Shell::new(&[(60, 2), (61, 2)]);
-    let learnt_udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 50);
-    let learnt_tcp = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.1:80", 51);
+    let learned_udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 50);
+    let learned_tcp = sock(IpProto::Tcp, "127.0.0.1:40000", "127.0.0.1:80", 51);
     shell.pass(0, &[]);
-    shell.learn(100, &[learnt_udp, learnt_tcp], 500);
+    shell.learn(100, &[learned_udp, learned_tcp], 500);
     let table = shell.pass(200, &[]).expect("a sighting publishes");
     assert_eq!(
-        found(&table, &learnt_udp),
+        found(&table, &learned_udp),
         Some((50, MatchKind::Wildcard, Some(500)))
     );
     assert_eq!(
-        found(&table, &learnt_tcp),
+        found(&table, &learned_tcp),
         Some((51, MatchKind::Recent, Some(500)))
     );
 
     let live_udp = SocketEntry {
         inode: 60,
-        ..learnt_udp
+        ..learned_udp
     };
     let live_tcp = SocketEntry {
         inode: 61,
-        ..learnt_tcp
+        ..learned_tcp
     };
     let table = shell.pass(300, &[live_udp, live_tcp]).expect("new sockets");
     assert_eq!(
@@ -342,16 +342,16 @@ fn an_unchanged_pass_publishes_no_table_and_tables_share_unchanged_parts() {
     let (a, b) = (first.parts(), again.parts());
     assert!(Arc::ptr_eq(a.0, b.0) && Arc::ptr_eq(a.1, b.1) && Arc::ptr_eq(a.2, b.2));
 
-    // A connection learnt: only the recent part is new.
-    let learnt = sock(IpProto::Tcp, "127.0.0.1:40001", "127.0.0.2:80", 0);
-    shell.learn(SECOND + 1, &[learnt], 500);
+    // A connection learned: only the recent part is new.
+    let learned = sock(IpProto::Tcp, "127.0.0.1:40001", "127.0.0.2:80", 0);
+    shell.learn(SECOND + 1, &[learned], 500);
     let next = shell
         .pass(SECOND + 2, &[conn])
         .expect("a sighting publishes");
     assert!(Arc::ptr_eq(first.parts().0, next.parts().0));
     assert!(!Arc::ptr_eq(first.parts().2, next.parts().2));
     assert_eq!(
-        found(&next, &learnt),
+        found(&next, &learned),
         Some((0, MatchKind::Recent, Some(500)))
     );
     assert!(shell.pass(SECOND + 3, &[conn]).is_none());
@@ -444,7 +444,7 @@ fn run(
 ) -> (Shell, u64, Vec<SocketEntry>) {
     let mut shell = Shell::new(HELD);
     let (mut ms, mut list) = (0, Vec::new());
-    shell.pass(ms, &list); // as the daemon does before anything is learnt
+    shell.pass(ms, &list); // as the daemon does before anything is learned
     for op in ops {
         match op {
             Op::Pass(later, picks) => {

@@ -9,7 +9,7 @@
 //! before the read, the connecting thread's route lookups are traced for `ROUTES_FOR` (30 s) and
 //! name its later connects' sockets in the kernel (at most
 //! [`SockTracer::max_route_threads`] threads; each costs one event per route lookup). Each
-//! claim goes to the refresher as a learnt socket with the process's facts
+//! claim goes to the refresher as a learned socket with the process's facts
 //! ([`ProcessFacts`]: recorded at exec by the watcher, or read from `/proc` now), so the
 //! flow's packets, read later, are credited to it even after the socket closed and the
 //! process exited; a live socket whose holder is known still wins.
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::inbox::{Learned, MissSignal, News};
 use crate::process_side::facts::{Known, ProcessFacts};
-use crate::state::{Shared, Worker};
+use crate::state::{DaemonState, Worker};
 
 /// How long events may wait in the rings while TCP is busy (the latency of a claim, and of
 /// learning who a new process is before it exits)…
@@ -53,7 +53,7 @@ pub struct Tracer {
     pub wake: MissSignal,
     pub stop: Arc<AtomicBool>,
     /// Where the claim counts are published (`stats`).
-    pub shared: Arc<Shared>,
+    pub shared: Arc<DaemonState>,
     /// Whether a thread's route lookups may be traced when its connected sockets close
     /// before they can be read (`route_tracing` in the configuration).
     pub route_tracing: bool,
@@ -150,17 +150,17 @@ impl Tracer {
     /// whose sockets were gone.
     fn learn_all_connected(&mut self) {
         let connected = self.tracer.connected().to_vec();
-        let mut learnt = 0;
+        let mut claims = 0;
         for c in connected {
             let (learned, missed) = self.learn_connected(c);
-            learnt += u64::from(learned);
+            claims += u64::from(learned);
             if missed {
                 self.missed_connect(c.tid);
             }
         }
-        if learnt > 0 {
+        if claims > 0 {
             self.wake.request();
-            self.shared.process_side().traced_claims += learnt;
+            self.shared.process_side().traced_claims += claims;
         }
     }
 
@@ -236,7 +236,7 @@ impl Tracer {
     /// `pidfd_getfd`, then its addresses) and hands it to the refresher. When the socket is
     /// gone (closed before the read: a resolver's on loopback) or the fd already holds
     /// another one, the route lookup inside the connect, if traced, gives the addresses
-    /// instead. Returns (learnt, missed): `missed` when the socket could not be read as it
+    /// instead. Returns (learned, missed): `missed` when the socket could not be read as it
     /// was connected, which is what turns route tracing on. TCP connects are claimed from
     /// their state changes and never come here.
     fn learn_connected(&self, c: Connected) -> (bool, bool) {
@@ -255,11 +255,11 @@ impl Tracer {
         };
         entry.uid = info.uid;
         debug!(pid = c.pid, fd = c.fd, local = %entry.local, remote = %entry.remote, routed = c.route.is_some(), "connected socket");
-        let learnt = Learned {
+        let learned = Learned {
             sockets: vec![entry],
             info,
         };
-        let sent = self.learned.try_send(learnt.into()).is_ok();
+        let sent = self.learned.try_send(learned.into()).is_ok();
         if !sent {
             self.shared.process_side().learned_dropped += 1;
         }
@@ -344,7 +344,7 @@ impl Tracer {
     }
 
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it
-    /// exited before anyone learnt who it was.
+    /// exited before anyone learned who it was.
     fn who(&self, pid: u32) -> Known {
         self.facts
             .get_or_read(&self.proc, self.netns, pid, Instant::now())

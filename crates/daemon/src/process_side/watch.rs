@@ -54,7 +54,7 @@ pub struct Watcher {
     /// Every new process's facts, recorded at exec for the socket tracer.
     pub facts: ProcessFacts,
     /// For the heartbeat the watchdog reads.
-    pub shared: Arc<crate::state::Shared>,
+    pub shared: Arc<crate::state::DaemonState>,
     /// Processes whose sockets were sent to the refresher, to be reported at their exit (at
     /// most `MAX_REPORTED` (65,536); beyond, full fd scans alone correct those holders).
     pub reported: HashMap<u32, (ProcessKey, u32)>,
@@ -168,7 +168,7 @@ impl Watcher {
             }
         }
         if !found.is_empty() {
-            debug!(pid, sockets = found.len(), comm = %w.info.comm, "learnt sockets of a new process");
+            debug!(pid, sockets = found.len(), comm = %w.info.comm, "learned sockets of a new process");
             let learned = Learned {
                 sockets: found,
                 info: w.info.clone(),

@@ -17,7 +17,7 @@ use pidcap_wire::IpProto;
 
 use crate::process_side::facts::FactsUsage;
 use crate::query::access::Viewer;
-use crate::state::{stale_after, Shared, Worker};
+use crate::state::{stale_after, DaemonState, Worker};
 
 /// A reply line, or an error to send instead.
 pub type Reply = Result<Vec<u8>, (ErrorCode, String)>;
@@ -60,7 +60,7 @@ fn matched(q: &QualityBytes) -> proto::MatchBytes {
     }
 }
 
-pub fn processes(shared: &Shared, viewer: Viewer) -> Reply {
+pub fn processes(shared: &DaemonState, viewer: Viewer) -> Reply {
     let (mut processes, unknown) = {
         let ledger = shared.ledger();
         let rows: Vec<proto::ProcessRow> = ledger
@@ -78,12 +78,12 @@ pub fn processes(shared: &Shared, viewer: Viewer) -> Reply {
     })))
 }
 
-pub fn process(shared: &Shared, pid: u32, viewer: Viewer) -> Reply {
+pub fn process(shared: &DaemonState, pid: u32, viewer: Viewer) -> Reply {
     let row = shared.ledger().find_pid(pid).map(row);
     let Some(row) = row.filter(|r| viewer.sees(r.uid)) else {
         return Err((ErrorCode::NotFound, not_found_message(pid, viewer)));
     };
-    let table = shared.table.load();
+    let table = shared.table();
     let cmdline = table
         .process(&pidcap_core::ProcessKey {
             pid: row.pid,
@@ -150,8 +150,8 @@ fn state_name(proto: IpProto, state: TcpState) -> &'static str {
     }
 }
 
-pub fn lookup(shared: &Shared, q: &LookupQuery, viewer: Viewer) -> Reply {
-    let table = shared.table.load();
+pub fn lookup(shared: &DaemonState, q: &LookupQuery, viewer: Viewer) -> Reply {
+    let table = shared.table();
     let proto = IpProto::from(q.proto.ip_number());
     let found = table
         .lookup(proto, canonical(q.local), canonical(q.remote))
@@ -196,7 +196,7 @@ fn owner(
     })
 }
 
-pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) -> Reply {
+pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServer) -> Reply {
     let (totals, uptime, processes) = {
         let ledger = shared.ledger();
         (
@@ -208,8 +208,9 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
     let capture = shared.capture_info().clone();
     let refresh = shared.refresh_info().clone();
     let side = *shared.process_side();
-    let sockets = shared.table.load().sockets().len();
-    let pending = shared.pending();
+    let sockets = shared.table().sockets().len();
+    let levels = shared.levels();
+    let pending = levels.pending;
     let reasons = totals.unknown_by_reason;
     let stats = proto::Stats {
         uptime_s: uptime.as_secs_f64(),
@@ -262,19 +263,19 @@ pub fn stats(shared: &Shared, now: Instant, query_server: proto::QueryServer) ->
         },
         query_server,
         threads: threads(shared, now),
-        process_facts: process_facts(shared.facts.usage()),
+        process_facts: process_facts(shared.facts().usage()),
         bounds: proto::Bounds {
-            flows_cached: shared.cache.len() as u64,
-            flow_cache_clears: shared.cache.clears(),
+            flows_cached: levels.flows_cached,
+            flow_cache_clears: levels.flow_cache_clears,
             pending_evicted: pending.evicted,
-            fragments_forgotten: shared.fragments_forgotten(),
+            fragments_forgotten: levels.fragments_forgotten,
         },
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
 }
 
 /// Every long-lived thread's heartbeat, as `stats.threads`.
-fn threads(shared: &Shared, now: Instant) -> Vec<proto::ThreadHealth> {
+fn threads(shared: &DaemonState, now: Instant) -> Vec<proto::ThreadHealth> {
     let stale = stale_after();
     Worker::ALL
         .iter()
@@ -300,7 +301,7 @@ fn process_facts(usage: FactsUsage) -> proto::ProcessFacts {
 
 /// One `watch` frame: the current rate of every live process with traffic that `viewer` may
 /// see, busiest first.
-pub fn watch_frame(shared: &Shared, interval_ms: u64, viewer: Viewer) -> Vec<u8> {
+pub fn watch_frame(shared: &DaemonState, interval_ms: u64, viewer: Viewer) -> Vec<u8> {
     let (mut processes, unknown) = {
         let ledger = shared.ledger();
         let rows: Vec<proto::RateRow> = ledger
@@ -391,7 +392,7 @@ mod tests {
 
     /// Root's server on :80 and user 1000's client, connected over loopback, with 1,000
     /// bytes each way counted.
-    fn shared() -> Arc<Shared> {
+    fn shared() -> Arc<DaemonState> {
         let server = socket("127.0.0.1:80", "127.0.0.1:40000", 1, 0);
         let client = socket("127.0.0.1:40000", "127.0.0.1:80", 2, 1000);
         let owners = OwnerMap {
@@ -418,8 +419,8 @@ mod tests {
             dst: server.local,
         };
         tally.record(&attribute(&table, &flow, true), 1000);
-        let shared = Shared::new(table, 1024, now);
-        let table = shared.table.load_full();
+        let shared = DaemonState::new(table, now);
+        let table = shared.table();
         shared.ledger().merge(&mut tally, &table);
         shared
     }

@@ -30,7 +30,7 @@ use crate::query::clients::{
     fd_budget, fd_usage, AcceptErrors, Clients, LogLimit, Slot, FD_RESERVE, LINE_TIMEOUT,
 };
 use crate::query::queries;
-use crate::state::Shared;
+use crate::state::DaemonState;
 
 /// How long a reply may wait for the client to read it before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ impl Access {
 /// `tasks` so shutdown can wait for them.
 pub async fn run(
     listener: UnixListener,
-    shared: Arc<Shared>,
+    shared: Arc<DaemonState>,
     access: Access,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -106,23 +106,8 @@ pub async fn run(
     let mut errors = AcceptErrors::default();
     let mut refusals = LogLimit::default();
     loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                access.clients.count_accept_error();
-                if let Some(suppressed) = errors.log.record(Instant::now()) {
-                    warn!(error = %error, suppressed, "accept failed; retrying (further failures are counted in stats, logged at most every 10 s)");
-                }
-                let pause = errors.backoff();
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
+        let Some(stream) = accept(&listener, &mut errors, &access, &shutdown).await else {
+            return;
         };
         errors.succeeded();
         match admit(&stream, &access) {
@@ -135,6 +120,36 @@ pub async fn run(
                     info!(reason = %message, suppressed, "query client refused");
                 }
                 refuse(&stream, code, message);
+            }
+        }
+    }
+}
+
+/// The next connection; after a failed accept, a pause that grows with each failure in a row
+/// (fd exhaustion must not spin). `None` once `shutdown` is cancelled.
+async fn accept(
+    listener: &UnixListener,
+    errors: &mut AcceptErrors,
+    access: &Access,
+    shutdown: &CancellationToken,
+) -> Option<UnixStream> {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => return Some(stream),
+            Err(error) => {
+                access.clients.count_accept_error();
+                if let Some(suppressed) = errors.log.record(Instant::now()) {
+                    warn!(error = %error, suppressed, "accept failed; retrying (further failures are counted in stats, logged at most every 10 s)");
+                }
+                let pause = errors.backoff();
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
@@ -184,7 +199,7 @@ enum Closed {
 struct Connection {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
-    shared: Arc<Shared>,
+    shared: Arc<DaemonState>,
     clients: Arc<Clients>,
     viewer: Viewer,
     timeouts: Timeouts,
@@ -195,7 +210,7 @@ struct Connection {
 impl Connection {
     fn new(
         stream: UnixStream,
-        shared: Arc<Shared>,
+        shared: Arc<DaemonState>,
         access: &Access,
         viewer: Viewer,
         slot: Slot,
@@ -348,7 +363,12 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 }
 
 /// The reply line for a one-shot request, as `viewer` may see it.
-pub fn answer(shared: &Shared, request: &Request, viewer: Viewer, clients: &Clients) -> Vec<u8> {
+pub fn answer(
+    shared: &DaemonState,
+    request: &Request,
+    viewer: Viewer,
+    clients: &Clients,
+) -> Vec<u8> {
     let reply = match request {
         Request::Processes => queries::processes(shared, viewer),
         Request::Process { pid } => queries::process(shared, *pid, viewer),
@@ -384,7 +404,7 @@ mod tests {
     /// A connection served for a restricted viewer, and the client's end of it.
     fn served(access: &Access) -> (tokio::task::JoinHandle<()>, BufReader<UnixStream>) {
         let (server, client) = UnixStream::pair().unwrap();
-        let shared = Shared::new(SocketTable::default(), 1024, Instant::now());
+        let shared = DaemonState::new(SocketTable::default(), Instant::now());
         let viewer = Viewer::Own { uid: 1000 };
         let slot = access.clients.admit(viewer).unwrap();
         let conn = Connection::new(server, shared, access, viewer, slot);

@@ -4,7 +4,7 @@
 //! This is the I/O shell. Sockets come from netlink sock_diag (or `/proc/net` text as a
 //! fallback, [`SocketSource`]) on every pass; socket owners from a full fd scan at most every
 //! [`FULL_SCAN_EVERY`] and, in between, a search for new inodes only ([`OwnerTracker`]).
-//! What to keep between passes — closed, departed, kept and learnt sockets, the grace periods
+//! What to keep between passes — closed, departed, kept and learned sockets, the grace periods
 //! ([`CLOSE_GRACE`], [`BOUND_GRACE`]), "a live socket wins", which table parts to rebuild and
 //! whether a pass publishes at all (only when something changed) — is
 //! [`pidcap_core::TableAssembly`]'s, a pure state machine fed by [`TableBuilder`] with time
@@ -32,7 +32,7 @@ use pidcap_wire::FlowKey;
 use tracing::{debug, warn};
 
 use crate::inbox::{Learned, MissRequests, News, MISSED_FLOWS};
-use crate::state::{Shared, Worker};
+use crate::state::{DaemonState, Worker};
 
 pub use owners::{OwnerTracker, OwnerUpdate};
 pub use source::SocketSource;
@@ -46,7 +46,7 @@ pub const IDLE_INTERVAL: Duration = Duration::from_secs(10);
 /// The shortest time between two tables published by targeted lookups.
 const TARGETED_GAP: Duration = Duration::from_millis(20);
 
-/// The shortest time between two tables published for learnt sockets alone.
+/// The shortest time between two tables published for learned sockets alone.
 const LEARNED_GAP: Duration = Duration::from_millis(50);
 
 /// Full scans of every process's fds happen at most this often; in between, only new
@@ -81,7 +81,7 @@ pub struct TableBuilder {
 
 /// One pass: a new table when anything changed, and what the owner scan saw.
 #[derive(Debug)]
-pub struct Built {
+pub struct RefreshPass {
     pub table: Option<SocketTable>,
     pub stats: ScanStats,
     pub full_scan: bool,
@@ -104,7 +104,7 @@ impl TableBuilder {
         netns: NetNsId,
         generation: u64,
         now: Instant,
-    ) -> anyhow::Result<Built> {
+    ) -> anyhow::Result<RefreshPass> {
         self.sockets.read_into(netns, &mut self.scratch)?;
         // The holders of sockets that left, before the scan forgets them.
         let owners_before = self.owners.map();
@@ -129,7 +129,7 @@ impl TableBuilder {
             unchanged = table.is_none(),
             "socket table read"
         );
-        Ok(Built {
+        Ok(RefreshPass {
             table,
             stats: update.stats,
             full_scan: update.full,
@@ -190,8 +190,8 @@ impl TableBuilder {
     /// not their newest holder any more. A socket that closed keeps its exited holder: its
     /// trailing packets are still that process's. True when an owner changed.
     pub fn exited(&mut self, key: ProcessKey, uid: u32, netns: NetNsId) -> bool {
-        let learnt = self.owners.take_learnt(key);
-        let open: Vec<SocketEntry> = learnt
+        let learned = self.owners.take_learned(key);
+        let open: Vec<SocketEntry> = learned
             .iter()
             .filter_map(|s| self.still_open(s, netns))
             .collect();
@@ -266,7 +266,7 @@ pub struct Refresher {
     pub proc: ProcRoot,
     pub netns: NetNsId,
     pub interval: Duration,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<DaemonState>,
     pub requests: MissRequests,
     pub learned: Receiver<News>,
     pub stop: Arc<AtomicBool>,
@@ -305,7 +305,7 @@ impl Refresher {
     pub fn run(mut self) {
         let now = Instant::now();
         let mut round = Round {
-            generation: self.shared.table.load().generation(),
+            generation: self.shared.generation(),
             last: now,
             failing: false,
             denied_warned: false,
@@ -350,7 +350,7 @@ impl Refresher {
     }
 
     /// A miss or the process side woke the refresher: targeted lookups first, then what was
-    /// learnt, and a full pass only when those cannot settle it.
+    /// learned, and a full pass only when those cannot settle it.
     fn woken(&mut self, round: &mut Round) -> Step {
         let learned = self.take_learned();
         match self.resolve_missed(&mut round.generation, &mut round.targeted_at) {
@@ -367,7 +367,7 @@ impl Refresher {
         }
     }
 
-    /// What the watcher or tracer learnt needs no dump: publish it, gathering for up to
+    /// What the watcher or tracer learned needs no dump: publish it, gathering for up to
     /// [`LEARNED_GAP`] (the packets wait in the pending buffer; each table costs a build and
     /// empties the attribution cache, and the tracer may learn thousands a second).
     fn publish_learned(&mut self, round: &mut Round) {
@@ -379,7 +379,7 @@ impl Refresher {
         self.shared.publish(table);
     }
 
-    /// Moves what the process watcher learnt into the builder; true if there was any (such
+    /// Moves what the process watcher learned into the builder; true if there was any (such
     /// a refresh is not delayed: the process may already be gone).
     fn take_learned(&mut self) -> bool {
         let now = Instant::now();
@@ -397,7 +397,7 @@ impl Refresher {
     }
 
     /// Asks the kernel for exactly the sockets of missed flows and publishes what it
-    /// learnt (with anything learnt from the process side). Tables published this way are
+    /// learned (with anything learned from the process side). Tables published this way are
     /// at least [`TARGETED_GAP`] apart.
     fn resolve_missed(&mut self, generation: &mut u64, targeted_at: &mut Instant) -> Missed {
         // Each new table empties the attribution cache: under a flood of new flows, tables

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use pidcap_core::{OwnerMap, ProcessKey, SocketEntry};
 use pidcap_sockets::{OwnerScan, OwnerScanner, ProcRoot, ScanStats};
 
-/// Processes whose learnt holdings are remembered for their exit.
-const MAX_LEARNT: usize = 65_536;
+/// Processes whose learned holdings are remembered for their exit.
+const MAX_LEARNED: usize = 65_536;
 
 #[derive(Debug)]
 pub struct OwnerTracker {
@@ -23,10 +23,10 @@ pub struct OwnerTracker {
     /// be opened that way, then the plain scan is used.
     scanner: Option<OwnerScanner>,
     map: Arc<OwnerMap>,
-    /// The inodes each process was learnt to hold from the process side, until it exits
-    /// (at most [`MAX_LEARNT`] processes; beyond, the oldest knowledge goes and full scans
+    /// The inodes each process was learned to hold from the process side, until it exits
+    /// (at most [`MAX_LEARNED`] processes; beyond, the oldest knowledge goes and full scans
     /// alone correct those holders).
-    learnt: HashMap<ProcessKey, Vec<SocketEntry>>,
+    learned: HashMap<ProcessKey, Vec<SocketEntry>>,
     unplaceable: HashSet<u64>,
     last_full: Option<Instant>,
     full_every: Duration,
@@ -46,7 +46,7 @@ impl OwnerTracker {
             scanner: OwnerScanner::open(&proc).ok(),
             proc,
             map: Arc::default(),
-            learnt: HashMap::new(),
+            learned: HashMap::new(),
             unplaceable: HashSet::new(),
             last_full: None,
             full_every,
@@ -58,7 +58,7 @@ impl OwnerTracker {
         self.map.clone()
     }
 
-    /// Records a holder of `socket` learnt from the process side (the process watcher).
+    /// Records a holder of `socket` learned from the process side (the process watcher).
     pub fn learn(&mut self, socket: &SocketEntry, key: ProcessKey) {
         let inode = socket.inode;
         let holders = Arc::make_mut(&mut self.map)
@@ -67,17 +67,17 @@ impl OwnerTracker {
             .or_default();
         if !holders.contains(&key) {
             holders.push(key);
-            if self.learnt.len() >= MAX_LEARNT {
-                self.learnt.clear();
+            if self.learned.len() >= MAX_LEARNED {
+                self.learned.clear();
             }
-            self.learnt.entry(key).or_default().push(*socket);
+            self.learned.entry(key).or_default().push(*socket);
         }
         self.unplaceable.remove(&inode);
     }
 
-    /// The sockets `key` was learnt to hold, forgotten (it exited).
-    pub fn take_learnt(&mut self, key: ProcessKey) -> Vec<SocketEntry> {
-        self.learnt.remove(&key).unwrap_or_default()
+    /// The sockets `key` was learned to hold, forgotten (it exited).
+    pub fn take_learned(&mut self, key: ProcessKey) -> Vec<SocketEntry> {
+        self.learned.remove(&key).unwrap_or_default()
     }
 
     /// Looks again for the holders of `inodes`, sockets still open after a holder exited
