@@ -180,7 +180,7 @@ pub struct ClosedSocket {
     pub owner: ProcessKey,
 }
 
-/// Socket inode → holders, and the facts about every holder. DaemonState (`Arc`) between
+/// Socket inode → holders, and the facts about every holder. Shared (`Arc`) between
 /// successive tables, so a refresh that learned no new owner does not copy it.
 #[derive(Debug, Default, Clone)]
 pub struct OwnerMap {

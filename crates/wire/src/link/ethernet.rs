@@ -106,7 +106,7 @@ pub(super) fn decode(frame: &[u8]) -> Result<LinkFrame, WireError> {
 }
 
 /// Walks VLAN tags starting at `at` (just after an EtherType field holding `ethertype`) and
-/// returns the network layer and the offset where it starts. DaemonState with LINUX_SLL/SLL2,
+/// returns the network layer and the offset where it starts. Shared with LINUX_SLL/SLL2,
 /// where libpcap re-inserts stripped VLAN tags after the cooked header.
 pub(crate) fn after_ethertype(
     frame: &[u8],
