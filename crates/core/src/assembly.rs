@@ -69,8 +69,10 @@ pub struct Pass<'a> {
     /// Every live socket, as listed. Swapped with the previous pass's list, which is left
     /// here for the caller to reuse as its next buffer.
     pub sockets: &'a mut Vec<SocketEntry>,
-    /// The host's addresses.
+    /// The addresses of the table's own namespace.
     pub addrs: Vec<IpAddr>,
+    /// The addresses of the other namespaces whose sockets are in `sockets`.
+    pub guest_addrs: Vec<(NetNsId, IpAddr)>,
     /// The owner map before this pass's owner scan: the holders of sockets that left.
     pub owners_before: &'a OwnerMap,
     /// The owner map after this pass's owner scan, for the table.
@@ -79,7 +81,7 @@ pub struct Pass<'a> {
     pub owners_changed: bool,
 }
 
-type ExactKey = (IpProto, SocketAddr, SocketAddr);
+type ExactKey = (NetNsId, IpProto, SocketAddr, SocketAddr);
 
 /// The change counts of the two inputs: live, recent.
 type Versions = (u64, u64);
@@ -87,6 +89,8 @@ type Versions = (u64, u64);
 /// The state between passes from which tables are assembled (see the module doc).
 #[derive(Debug, Default)]
 pub struct TableAssembly {
+    /// The tables' own namespace (the `netns` of the last call that named it).
+    home: Option<NetNsId>,
     live: LiveInputs,
     recent: RecentInputs,
     live_part: Option<BuiltPart<LiveSockets>>,
@@ -106,7 +110,7 @@ struct BuiltPart<T> {
 #[derive(Debug, Default)]
 struct LiveInputs {
     sockets: Vec<SocketEntry>,
-    addrs: Vec<IpAddr>,
+    addrs: (Vec<IpAddr>, Vec<(NetNsId, IpAddr)>),
     /// Unconnected sockets kept for [`BOUND_GRACE`], by inode, with when they were kept.
     kept: HashMap<u64, (SocketEntry, Instant)>,
     /// Counts every change to the fields above.
@@ -137,6 +141,7 @@ impl TableAssembly {
         generation: u64,
         now: Instant,
     ) -> Option<SocketTable> {
+        self.set_home(netns);
         self.live.expire(now);
         self.recent.expire(now);
         let listed_changed = *pass.sockets != self.live.sockets;
@@ -144,7 +149,7 @@ impl TableAssembly {
             self.remember_departed(pass.sockets, pass.owners_before, now);
         }
         self.live.take_sockets(pass.sockets, listed_changed);
-        self.live.set_addrs(pass.addrs);
+        self.live.set_addrs((pass.addrs, pass.guest_addrs));
         if !pass.owners_changed && self.published == Some(self.versions()) {
             return None;
         }
@@ -203,10 +208,20 @@ impl TableAssembly {
     /// A table of everything known now; parts whose inputs did not change since they were
     /// built are shared with the previous table.
     pub fn table(&mut self, owners: Arc<OwnerMap>, netns: NetNsId, generation: u64) -> SocketTable {
+        self.set_home(netns);
         let live = self.live_part();
         let recent = self.recent_part();
         self.published = Some(self.versions());
         SocketTable::from_shared(generation, Some(netns), live, owners, recent)
+    }
+
+    /// Parts built for another home are rebuilt (the daemon's never changes).
+    fn set_home(&mut self, netns: NetNsId) {
+        if self.home != Some(netns) {
+            self.home = Some(netns);
+            self.live.version += 1;
+            self.recent.version += 1;
+        }
     }
 
     fn versions(&self) -> Versions {
@@ -251,7 +266,7 @@ impl TableAssembly {
         match &self.live_part {
             Some(built) if built.from == version => built.part.clone(),
             _ => {
-                let part = Arc::new(self.live.build());
+                let part = Arc::new(self.live.build(self.home));
                 self.live_part = Some(BuiltPart {
                     part: part.clone(),
                     from: version,
@@ -264,7 +279,7 @@ impl TableAssembly {
     fn recent_part(&mut self) -> Arc<RecentSockets> {
         if !self.recent_is_current() {
             self.recent_part = Some(BuiltPart {
-                part: Arc::new(self.recent.build()),
+                part: Arc::new(self.recent.build(self.home)),
                 from: self.recent.version,
             });
         }
@@ -294,7 +309,7 @@ impl LiveInputs {
         self.version += u64::from(changed);
     }
 
-    fn set_addrs(&mut self, addrs: Vec<IpAddr>) {
+    fn set_addrs(&mut self, addrs: (Vec<IpAddr>, Vec<(NetNsId, IpAddr)>)) {
         if addrs != self.addrs {
             self.addrs = addrs;
             self.version += 1;
@@ -323,8 +338,9 @@ impl LiveInputs {
         self.version += u64::from(self.sockets.len() != before);
     }
 
-    fn build(&self) -> LiveSockets {
-        LiveSockets::build(self.table_sockets(), self.addrs.clone())
+    fn build(&self, home: Option<NetNsId>) -> LiveSockets {
+        let (local, guests) = &self.addrs;
+        LiveSockets::build(home, self.table_sockets(), local.clone(), guests)
     }
 
     /// The kept sockets that the list does not show, oldest first, then the listed ones
@@ -346,7 +362,7 @@ impl LiveInputs {
 impl RecentInputs {
     /// Keeps (or replaces: the latest holder wins) a closed connected socket.
     fn close(&mut self, c: ClosedSocket, at: Instant) {
-        let key = (c.proto, canonical(c.local), canonical(c.remote));
+        let key = (c.netns, c.proto, canonical(c.local), canonical(c.remote));
         self.closed.insert(key, (c, at));
         self.version += 1;
     }
@@ -365,8 +381,8 @@ impl RecentInputs {
         self.version += u64::from(self.closed.len() != before);
     }
 
-    fn build(&self) -> RecentSockets {
-        let mut recent = RecentSockets::default();
+    fn build(&self, home: Option<NetNsId>) -> RecentSockets {
+        let mut recent = RecentSockets::new(home);
         for (c, _) in self.closed.values() {
             recent.insert(*c);
         }
@@ -379,6 +395,7 @@ impl RecentInputs {
 
 fn closed_socket(s: &SocketEntry, owner: ProcessKey) -> ClosedSocket {
     ClosedSocket {
+        netns: s.netns,
         proto: s.proto,
         local: s.local,
         remote: s.remote,

@@ -4,6 +4,16 @@
 //! daemon swaps whole tables. Addresses are canonical: IPv4-mapped IPv6 addresses
 //! (`::ffff:a.b.c.d`) are stored and looked up as IPv4, so a dual-stack socket matches IPv4
 //! traffic. Lookups allocate nothing.
+//!
+//! Namespaces: a table covers its own network namespace (*home*: the capture's) and any
+//! number of others (*guests*: containers). A packet's end is looked up in the namespace its
+//! address belongs to — home for loopback addresses, home's own addresses and addresses no
+//! namespace claims; a guest for that guest's addresses — and only among that namespace's
+//! sockets, so a 4-tuple or port used in two namespaces is never credited across them. An
+//! address local to more than one namespace (home and a guest, or two guests) finds no
+//! socket: which process owns that end cannot be told, so it is `unknown`, never a guess.
+//! Guests' loopback addresses are not theirs here: their loopback traffic never crosses
+//! home's interfaces.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -48,8 +58,23 @@ pub struct SocketMatch {
     pub owner: Option<ProcessKey>,
 }
 
-type ExactKey = (IpProto, SocketAddr, SocketAddr);
-type BoundKey = (IpProto, SocketAddr);
+/// A namespace as the indexes key it: [`HOME`] for the table's own (and for every socket
+/// when the table names no namespace), else the other namespace's id.
+type Ns = u64;
+const HOME: Ns = 0;
+/// The namespace of an address that is local in more than one: no socket is looked up.
+const SHARED_ADDR: Ns = u64::MAX;
+
+/// The index key of `netns` in a table whose own namespace is `home`.
+fn ns_key(home: Option<NetNsId>, netns: NetNsId) -> Ns {
+    match home {
+        Some(h) if h != netns => netns.0,
+        _ => HOME,
+    }
+}
+
+type ExactKey = (Ns, IpProto, SocketAddr, SocketAddr);
+type BoundKey = (Ns, IpProto, SocketAddr);
 
 /// Everything attribution needs from one refresh. Its three parts are shared (`Arc`) with
 /// the tables before and after it that did not change them, so publishing a table that only
@@ -63,15 +88,20 @@ pub struct SocketTable {
     recent: Arc<RecentSockets>,
 }
 
-/// The live sockets of a refresh, indexed, and the host's addresses.
+/// The live sockets of a refresh, indexed, and the addresses of each namespace.
 #[derive(Debug, Default)]
 pub struct LiveSockets {
+    home: Option<NetNsId>,
     sockets: Vec<SocketEntry>,
     exact: FastMap<ExactKey, usize>,
     /// The local ends of `exact`'s sockets.
     connected: FastSet<BoundKey>,
     bound: FastMap<BoundKey, usize>,
+    /// Home's addresses (loopback addresses are always home's, listed or not).
     local: FastSet<IpAddr>,
+    /// Guests' addresses, each with its namespace, or [`SHARED_ADDR`] when more than one
+    /// namespace (home included) has it.
+    guests: FastMap<IpAddr, Ns>,
 }
 
 /// Connected sockets that closed recently (or that a process was seen using), with their
@@ -83,6 +113,7 @@ pub struct LiveSockets {
 /// on every address of this host, with that remote.
 #[derive(Debug, Default, Clone)]
 pub struct RecentSockets {
+    home: Option<NetNsId>,
     closed: FastMap<ExactKey, (u64, ProcessKey)>,
     /// The local ports of `closed`'s sockets (ports, not addresses: an entry may have an
     /// unspecified local address, which stands for every address of the host).
@@ -93,11 +124,20 @@ pub struct RecentSockets {
 }
 
 impl RecentSockets {
+    /// None yet, for a table whose own namespace is `home`.
+    pub fn new(home: Option<NetNsId>) -> RecentSockets {
+        RecentSockets {
+            home,
+            ..RecentSockets::default()
+        }
+    }
+
     /// Adds (or replaces: the latest holder wins) a recently closed socket.
     pub fn insert(&mut self, c: ClosedSocket) {
-        let key = (c.proto, canonical(c.local), canonical(c.remote));
-        self.any_local |= key.1.ip().is_unspecified();
-        self.closed_ports.insert((key.0, key.1.port()));
+        let ns = ns_key(self.home, c.netns);
+        let key = (ns, c.proto, canonical(c.local), canonical(c.remote));
+        self.any_local |= key.2.ip().is_unspecified();
+        self.closed_ports.insert((key.1, key.2.port()));
         self.closed.insert(key, (c.inode, c.owner));
     }
 
@@ -117,10 +157,28 @@ impl RecentSockets {
 }
 
 impl LiveSockets {
-    /// Indexes `sockets` (addresses made canonical) and the host's addresses.
-    pub fn build(sockets: Vec<SocketEntry>, local_addrs: Vec<IpAddr>) -> LiveSockets {
+    /// Indexes `sockets` (addresses made canonical), home's addresses `local_addrs` and the
+    /// guests' `guest_addrs`, for a table whose own namespace is `home`.
+    pub fn build(
+        home: Option<NetNsId>,
+        sockets: Vec<SocketEntry>,
+        local_addrs: Vec<IpAddr>,
+        guest_addrs: &[(NetNsId, IpAddr)],
+    ) -> LiveSockets {
+        let local: FastSet<IpAddr> = local_addrs.into_iter().map(canonical_ip).collect();
+        let mut guests: FastMap<IpAddr, Ns> = FastMap::default();
+        for &(netns, ip) in guest_addrs {
+            let (ns, ip) = (ns_key(home, netns), canonical_ip(ip));
+            if ns == HOME || ip.is_loopback() {
+                continue;
+            }
+            let shared = local.contains(&ip) || guests.get(&ip).is_some_and(|&n| n != ns);
+            guests.insert(ip, if shared { SHARED_ADDR } else { ns });
+        }
         let mut live = LiveSockets {
-            local: local_addrs.into_iter().map(canonical_ip).collect(),
+            home,
+            local,
+            guests,
             ..LiveSockets::default()
         };
         live.sockets.reserve(sockets.len());
@@ -134,20 +192,43 @@ impl LiveSockets {
 
     fn index(&mut self, entry: SocketEntry) {
         let at = self.sockets.len();
+        let ns = ns_key(self.home, entry.netns);
         if entry.is_wildcard_remote() {
             index_at(
                 &mut self.bound,
-                (entry.proto, entry.local),
+                (ns, entry.proto, entry.local),
                 at,
                 &self.sockets,
                 &entry,
             );
         } else {
-            let key = (entry.proto, entry.local, entry.remote);
-            self.connected.insert((entry.proto, entry.local));
+            let key = (ns, entry.proto, entry.local, entry.remote);
+            self.connected.insert((ns, entry.proto, entry.local));
             index_at(&mut self.exact, key, at, &self.sockets, &entry);
         }
         self.sockets.push(entry);
+    }
+
+    /// The namespace whose sockets answer for local address `ip`; `None` when more than one
+    /// namespace has it.
+    fn ns_of(&self, ip: IpAddr) -> Option<Ns> {
+        if self.guests.is_empty() || ip.is_loopback() {
+            return Some(HOME);
+        }
+        match self.guests.get(&ip) {
+            None => Some(HOME),
+            Some(&SHARED_ADDR) => None,
+            Some(&ns) => Some(ns),
+        }
+    }
+
+    /// True when `ip` (canonical) is an address of namespace `ns`.
+    fn is_local_in(&self, ns: Ns, ip: IpAddr) -> bool {
+        if ns == HOME {
+            ip.is_loopback() || self.local.contains(&ip)
+        } else {
+            self.guests.get(&ip) == Some(&ns)
+        }
     }
 }
 
@@ -173,6 +254,8 @@ fn index_at<K: std::hash::Hash + Eq>(
 /// the same addresses always wins, so a reused port is never credited to a dead process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClosedSocket {
+    /// The namespace the socket was in.
+    pub netns: NetNsId,
     pub proto: IpProto,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -198,7 +281,10 @@ pub struct TableParts {
     /// Facts about processes that held recently closed sockets and may have exited, so late
     /// and trailing credits still name them.
     pub departed: Vec<ProcessInfo>,
+    /// The addresses of the table's own namespace.
     pub local_addrs: Vec<IpAddr>,
+    /// The addresses of other namespaces whose sockets are in `sockets`.
+    pub guest_addrs: Vec<(NetNsId, IpAddr)>,
 }
 
 /// Maps `::ffff:a.b.c.d` to `a.b.c.d`; every other address is returned unchanged.
@@ -230,7 +316,7 @@ pub fn choose_owner(holders: &[ProcessKey]) -> Option<ProcessKey> {
 impl SocketTable {
     /// Builds the lookup indexes. `generation` must grow with every refresh.
     pub fn build(generation: u64, parts: TableParts) -> SocketTable {
-        let mut recent = RecentSockets::default();
+        let mut recent = RecentSockets::new(parts.netns);
         for info in parts.departed {
             recent.insert_departed(Arc::new(info));
         }
@@ -240,7 +326,12 @@ impl SocketTable {
         SocketTable::from_shared(
             generation,
             parts.netns,
-            Arc::new(LiveSockets::build(parts.sockets, parts.local_addrs)),
+            Arc::new(LiveSockets::build(
+                parts.netns,
+                parts.sockets,
+                parts.local_addrs,
+                &parts.guest_addrs,
+            )),
             parts.owners,
             Arc::new(recent),
         )
@@ -308,14 +399,16 @@ impl SocketTable {
             .unwrap_or(&[])
     }
 
-    /// True when `ip` is one of this host's addresses (any loopback address counts).
+    /// True when `ip` is an address of this host, in any namespace the table covers (any
+    /// loopback address counts).
     pub fn is_local(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
-        ip.is_loopback() || self.live.local.contains(&ip)
+        ip.is_loopback() || self.live.local.contains(&ip) || self.live.guests.contains_key(&ip)
     }
 
-    /// Finds the socket for the local end `local` of a packet exchanged with `remote`, in the
-    /// documented lookup order: exact connected socket held by a process; then a recently
+    /// Finds the socket for the local end `local` of a packet exchanged with `remote`, among
+    /// the sockets of the namespace `local`'s address belongs to (none when several have
+    /// it; see the module doc), in the documented lookup order: exact connected socket held by a process; then a recently
     /// closed connected socket with those addresses (its last holder; one recorded with an
     /// unspecified local address matches any of this host's, see [`RecentSockets`]); then a socket bound to
     /// the local address and port with no peer (for protocols without ports, and ICMP echo
@@ -330,7 +423,9 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Option<SocketMatch> {
-        let key = (proto, canonical(local), canonical(remote));
+        let local = canonical(local);
+        let ns = self.live.ns_of(local.ip())?;
+        let key = (ns, proto, local, canonical(remote));
         // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
         // last holder, or the listener that accepted it, is a better answer.
         let mut holderless = None;
@@ -356,15 +451,14 @@ impl SocketTable {
                 _ => found,
             });
         }
-        let local = key.1;
-        let bound = self.lookup_bound(proto, local).or_else(|| {
+        let bound = self.lookup_bound(ns, proto, local).or_else(|| {
             // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
             let port_based = matches!(
                 proto,
                 IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp
             );
             (!port_based && local.port() != 0)
-                .then(|| self.lookup_bound(proto, SocketAddr::new(local.ip(), 0)))
+                .then(|| self.lookup_bound(ns, proto, SocketAddr::new(local.ip(), 0)))
                 .flatten()
         });
         match bound.map(|at| self.matched(at, MatchKind::Wildcard)) {
@@ -378,14 +472,18 @@ impl SocketTable {
     /// remote end (only bound sockets and the host's addresses are consulted).
     pub fn remote_independent(&self, proto: IpProto, local: SocketAddr) -> bool {
         let local = canonical(local);
-        !self.live.connected.contains(&(proto, local))
+        let Some(ns) = self.live.ns_of(local.ip()) else {
+            return true; // no lookup is made for an address several namespaces have
+        };
+        !self.live.connected.contains(&(ns, proto, local))
             && !self.recent.closed_ports.contains(&(proto, local.port()))
     }
 
     fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {
         let &(inode, owner) = self.recent.closed.get(key).or_else(|| {
-            let (proto, local, remote) = *key;
-            if !self.recent.any_local || local.ip().is_unspecified() || !self.is_local(local.ip()) {
+            let (ns, proto, local, remote) = *key;
+            let unspecified = local.ip().is_unspecified();
+            if !self.recent.any_local || unspecified || !self.live.is_local_in(ns, local.ip()) {
                 return None;
             }
             let any = match local {
@@ -393,7 +491,7 @@ impl SocketTable {
                 SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             };
             let any = SocketAddr::new(any, local.port());
-            self.recent.closed.get(&(proto, any, remote))
+            self.recent.closed.get(&(ns, proto, any, remote))
         })?;
         Some(SocketMatch {
             inode,
@@ -402,22 +500,22 @@ impl SocketTable {
         })
     }
 
-    fn lookup_bound(&self, proto: IpProto, local: SocketAddr) -> Option<usize> {
-        if let Some(&at) = self.live.bound.get(&(proto, local)) {
+    fn lookup_bound(&self, ns: Ns, proto: IpProto, local: SocketAddr) -> Option<usize> {
+        if let Some(&at) = self.live.bound.get(&(ns, proto, local)) {
             return Some(at);
         }
-        if !self.is_local(local.ip()) {
+        if !self.live.is_local_in(ns, local.ip()) {
             return None;
         }
         let port = local.port();
         let any_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         if local.is_ipv4() {
             let any_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            if let Some(&at) = self.live.bound.get(&(proto, any_v4)) {
+            if let Some(&at) = self.live.bound.get(&(ns, proto, any_v4)) {
                 return Some(at);
             }
         }
-        self.live.bound.get(&(proto, any_v6)).copied()
+        self.live.bound.get(&(ns, proto, any_v6)).copied()
     }
 
     fn matched(&self, at: usize, kind: MatchKind) -> SocketMatch {

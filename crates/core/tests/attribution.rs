@@ -79,6 +79,7 @@ fn parts(
         closed: Vec::new(),
         departed: Vec::new(),
         local_addrs: local.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
+        guest_addrs: Vec::new(),
     }
 }
 
@@ -607,6 +608,7 @@ fn closed(
     owner: ProcessKey,
 ) -> ClosedSocket {
     ClosedSocket {
+        netns: NS,
         proto,
         local: addr(local),
         remote: addr(remote),
@@ -665,7 +667,12 @@ fn a_claim_without_a_chosen_source_address_matches_that_port_on_local_addresses_
 
 #[test]
 fn tables_share_parts_but_a_published_table_never_changes() {
-    let live = Arc::new(pidcap_core::LiveSockets::build(Vec::new(), Vec::new()));
+    let live = Arc::new(pidcap_core::LiveSockets::build(
+        Some(NS),
+        Vec::new(),
+        Vec::new(),
+        &[],
+    ));
     let owners = Arc::new(pidcap_core::OwnerMap::default());
     let mut recent = Arc::new(pidcap_core::RecentSockets::default());
     let before =

@@ -127,6 +127,7 @@ fn table() -> SocketTable {
             closed: Vec::new(),
             departed: Vec::new(),
             local_addrs: vec![lo],
+            guest_addrs: Vec::new(),
         },
     )
 }

@@ -289,11 +289,14 @@ mod tests {
 
     /// Whether some `NAME { ... }` literal in `source` sets `field`.
     fn built_with(source: &str, name: &str, field: &str) -> bool {
-        source.match_indices(&format!("{name} {{\n")).any(|(at, _)| {
-            let body = &source[at..];
-            let body = &body[..body.find("\n    }").unwrap_or(body.len())];
-            body.lines().any(|l| l.trim().starts_with(&format!("{field}:")))
-        })
+        source
+            .match_indices(&format!("{name} {{\n"))
+            .any(|(at, _)| {
+                let body = &source[at..];
+                let body = &body[..body.find("\n    }").unwrap_or(body.len())];
+                body.lines()
+                    .any(|l| l.trim().starts_with(&format!("{field}:")))
+            })
     }
 
     /// Every daemon source file but this one and the query answers (which only read).

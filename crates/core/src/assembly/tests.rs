@@ -117,6 +117,7 @@ impl Shell {
         let pass = Pass {
             sockets: &mut self.scratch,
             addrs: vec![addr("192.0.2.1:0").ip()],
+            guest_addrs: Vec::new(),
             owners_before: &before,
             owners: self.owners.clone(),
             owners_changed,
@@ -517,9 +518,9 @@ proptest! {
             let rebuilt = SocketTable::from_shared(
                 0,
                 Some(NS),
-                Arc::new(a.live.build()),
+                Arc::new(a.live.build(Some(NS))),
                 shell.owners.clone(),
-                Arc::new(a.recent.build()),
+                Arc::new(a.recent.build(Some(NS))),
             );
             assert_eq!(answers(&table), answers(&rebuilt));
             assert_eq!(table.sockets(), rebuilt.sockets());

@@ -114,6 +114,7 @@ impl TableBuilder {
         let pass = Pass {
             sockets: &mut self.scratch,
             addrs,
+            guest_addrs: Vec::new(),
             owners_before: &owners_before,
             owners: self.owners.map(),
             owners_changed: update.changed,

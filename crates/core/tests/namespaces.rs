@@ -1,0 +1,261 @@
+//! Tables that cover several network namespaces: each end of a packet is looked up among the
+//! sockets of the namespace its address belongs to, and nowhere else.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use pidcap_core::{
+    attribute, ClosedSocket, Credit, MatchKind, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
+    SocketEntry, SocketTable, TableParts, TcpState, UnknownReason,
+};
+use pidcap_wire::{FlowKey, IpProto};
+use proptest::prelude::*;
+
+/// The table's own namespace (the capture's), and two containers.
+const HOME: NetNsId = NetNsId(4026531840);
+const RED: NetNsId = NetNsId(4026532001);
+const BLUE: NetNsId = NetNsId(4026532002);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A socket in `netns`, held by the process whose pid is its inode.
+fn sock(netns: NetNsId, proto: IpProto, local: &str, remote: &str, inode: u64) -> SocketEntry {
+    SocketEntry {
+        netns,
+        proto,
+        local: addr(local),
+        remote: addr(remote),
+        state: TcpState::Established,
+        inode,
+        uid: 0,
+    }
+}
+
+fn key(pid: u32) -> ProcessKey {
+    ProcessKey {
+        pid,
+        start_time: u64::from(pid),
+    }
+}
+
+/// A table whose every socket is held by the process with its inode as pid; home has
+/// 10.0.0.1, RED 10.0.0.2 and BLUE 10.0.0.3 (and each its own loopback).
+fn table(sockets: Vec<SocketEntry>, closed: Vec<ClosedSocket>) -> SocketTable {
+    table_with(
+        sockets,
+        closed,
+        guests(&[(RED, "10.0.0.2"), (BLUE, "10.0.0.3")]),
+    )
+}
+
+fn guests(list: &[(NetNsId, &str)]) -> Vec<(NetNsId, IpAddr)> {
+    let mut all: Vec<(NetNsId, IpAddr)> = list.iter().map(|&(n, a)| (n, ip(a))).collect();
+    for &(n, _) in list {
+        all.push((n, ip("127.0.0.1")));
+    }
+    all
+}
+
+fn table_with(
+    sockets: Vec<SocketEntry>,
+    closed: Vec<ClosedSocket>,
+    guest_addrs: Vec<(NetNsId, IpAddr)>,
+) -> SocketTable {
+    let mut owners = OwnerMap {
+        holders: HashMap::new(),
+        processes: HashMap::new(),
+    };
+    let inodes = sockets.iter().map(|s| s.inode);
+    for inode in inodes.chain(closed.iter().map(|c| c.inode)) {
+        let k = key(inode as u32);
+        owners.holders.insert(inode, vec![k]);
+        owners.processes.insert(
+            k,
+            ProcessInfo {
+                key: k,
+                comm: format!("p{inode}"),
+                exe: None,
+                uid: 0,
+                cmdline: Vec::new(),
+            },
+        );
+    }
+    SocketTable::build(
+        1,
+        TableParts {
+            netns: Some(HOME),
+            sockets,
+            owners: Arc::new(owners),
+            closed,
+            departed: Vec::new(),
+            local_addrs: vec![ip("10.0.0.1"), ip("127.0.0.1")],
+            guest_addrs,
+        },
+    )
+}
+
+fn flow(proto: IpProto, src: &str, dst: &str) -> FlowKey {
+    FlowKey {
+        proto,
+        src: addr(src),
+        dst: addr(dst),
+    }
+}
+
+/// The pid credited, if any.
+fn pid(c: Option<Credit>) -> Option<u32> {
+    match c? {
+        Credit::Process { key, .. } => Some(key.pid),
+        Credit::Unknown(_) => None,
+    }
+}
+
+#[test]
+fn a_packet_between_home_and_a_container_is_tx_for_one_and_rx_for_the_other() {
+    use IpProto::Tcp;
+    let t = table(
+        vec![
+            sock(HOME, Tcp, "10.0.0.1:40000", "10.0.0.2:80", 1),
+            sock(RED, Tcp, "0.0.0.0:80", "0.0.0.0:0", 2),
+            sock(RED, Tcp, "10.0.0.2:80", "10.0.0.1:40000", 3),
+        ],
+        Vec::new(),
+    );
+    let out = attribute(&t, &flow(Tcp, "10.0.0.1:40000", "10.0.0.2:80"), true);
+    assert_eq!((pid(out.tx), pid(out.rx)), (Some(1), Some(3)));
+    let back = attribute(&t, &flow(Tcp, "10.0.0.2:80", "10.0.0.1:40000"), true);
+    assert_eq!((pid(back.tx), pid(back.rx)), (Some(3), Some(1)));
+    // A new connection to the container's server, before its socket is listed: the
+    // container's listener, never anything of home's.
+    let syn = attribute(&t, &flow(Tcp, "10.0.0.1:40001", "10.0.0.2:80"), true);
+    assert_eq!(pid(syn.rx), Some(2));
+    assert!(matches!(
+        syn.rx,
+        Some(Credit::Process {
+            kind: MatchKind::Wildcard,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_port_bound_in_two_namespaces_answers_for_each_namespace_s_addresses() {
+    use IpProto::Udp;
+    let t = table(
+        vec![
+            sock(HOME, Udp, "0.0.0.0:53", "0.0.0.0:0", 1),
+            sock(RED, Udp, "0.0.0.0:53", "0.0.0.0:0", 2),
+            sock(BLUE, Udp, "10.0.0.3:53", "0.0.0.0:0", 3),
+        ],
+        Vec::new(),
+    );
+    let to = |dst: &str| pid(attribute(&t, &flow(Udp, "192.0.2.9:5353", dst), true).rx);
+    assert_eq!(to("10.0.0.1:53"), Some(1));
+    assert_eq!(to("127.0.0.1:53"), Some(1), "loopback is home's");
+    assert_eq!(to("10.0.0.2:53"), Some(2));
+    assert_eq!(to("10.0.0.3:53"), Some(3));
+    assert_eq!(to("192.0.2.1:53"), None, "not an address of this host");
+}
+
+#[test]
+fn a_container_s_loopback_socket_never_answers_for_home_s_loopback() {
+    use IpProto::Tcp;
+    let t = table(
+        vec![
+            sock(RED, Tcp, "127.0.0.1:9000", "0.0.0.0:0", 2),
+            sock(RED, Tcp, "127.0.0.1:9000", "127.0.0.1:41000", 3),
+        ],
+        Vec::new(),
+    );
+    let out = attribute(&t, &flow(Tcp, "127.0.0.1:41000", "127.0.0.1:9000"), true);
+    assert_eq!(out.rx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+    assert_eq!(out.tx, Some(Credit::Unknown(UnknownReason::NoSocket)));
+}
+
+#[test]
+fn an_address_two_namespaces_have_is_never_credited_to_either() {
+    use IpProto::Udp;
+    let both = guests(&[(RED, "10.0.0.2"), (BLUE, "10.0.0.2"), (BLUE, "10.0.0.1")]);
+    let t = table_with(
+        vec![
+            sock(HOME, Udp, "0.0.0.0:53", "0.0.0.0:0", 1),
+            sock(RED, Udp, "0.0.0.0:53", "0.0.0.0:0", 2),
+            sock(BLUE, Udp, "0.0.0.0:53", "0.0.0.0:0", 3),
+        ],
+        Vec::new(),
+        both,
+    );
+    for dst in ["10.0.0.2:53", "10.0.0.1:53"] {
+        let out = attribute(&t, &flow(Udp, "192.0.2.9:5353", dst), true);
+        assert_eq!(
+            out.rx,
+            Some(Credit::Unknown(UnknownReason::NoSocket)),
+            "{dst}"
+        );
+    }
+}
+
+#[test]
+fn a_closed_connection_keeps_its_owner_in_its_own_namespace_only() {
+    use IpProto::Tcp;
+    let closed = |netns, inode| ClosedSocket {
+        netns,
+        proto: Tcp,
+        local: addr("10.0.0.2:80"),
+        remote: addr("192.0.2.9:5000"),
+        inode,
+        owner: key(inode as u32),
+    };
+    let t = table(Vec::new(), vec![closed(RED, 7)]);
+    let fin = attribute(&t, &flow(Tcp, "192.0.2.9:5000", "10.0.0.2:80"), true);
+    assert_eq!(pid(fin.rx), Some(7));
+    // The same 4-tuple recorded in BLUE does not answer for RED's address.
+    let t = table(Vec::new(), vec![closed(BLUE, 8)]);
+    let fin = attribute(&t, &flow(Tcp, "192.0.2.9:5000", "10.0.0.2:80"), true);
+    assert_eq!(pid(fin.rx), None);
+}
+
+/// The namespaces in the property test, with their addresses (home has 10.0.0.1).
+const SPACES: [(NetNsId, &str); 3] = [(HOME, "10.0.0.1"), (RED, "10.0.0.2"), (BLUE, "10.0.0.3")];
+
+fn arb_socket() -> impl Strategy<Value = (usize, bool, u16, u16, bool)> {
+    // (namespace, wildcard address?, local port, remote port, connected?)
+    (0..3usize, any::<bool>(), 1..4u16, 1..4u16, any::<bool>())
+}
+
+proptest! {
+    /// Whatever sockets each namespace holds on the same ports, every credit goes to a
+    /// socket of the namespace whose address that end has.
+    #[test]
+    fn every_credit_stays_in_the_namespace_of_its_address(
+        specs in prop::collection::vec(arb_socket(), 1..24),
+        packets in prop::collection::vec((0..3usize, 1..4u16, 1..4u16), 1..24),
+    ) {
+        let mut sockets = Vec::new();
+        let mut netns_of_inode = HashMap::new();
+        for (i, &(space, wildcard, lport, rport, connected)) in specs.iter().enumerate() {
+            let (netns, a) = SPACES[space];
+            let inode = i as u64 + 1;
+            let local = format!("{}:{lport}", if wildcard { "0.0.0.0" } else { a });
+            let remote = if connected { format!("192.0.2.9:{rport}") } else { "0.0.0.0:0".into() };
+            let local = if connected { format!("{a}:{lport}") } else { local };
+            sockets.push(sock(netns, IpProto::Udp, &local, &remote, inode));
+            netns_of_inode.insert(inode as u32, netns);
+        }
+        let t = table(sockets, Vec::new());
+        for (space, lport, rport) in packets {
+            let (netns, a) = SPACES[space];
+            let f = flow(IpProto::Udp, &format!("192.0.2.9:{rport}"), &format!("{a}:{lport}"));
+            if let Some(p) = pid(attribute(&t, &f, true).rx) {
+                prop_assert_eq!(netns_of_inode[&p], netns);
+            }
+        }
+    }
+}
