@@ -1,9 +1,20 @@
 //! Traffic that leaves the host's stack: a server inside a namespace the test creates, a
-//! client on the host, over a veth pair. The client's counters must match a reference
-//! capture on the veth's host side.
+//! client on the host, over a veth pair. Both ends are local processes, in two namespaces:
+//! the client's counters and the namespaced server's must match a reference capture on the
+//! veth's host side, each packet `tx` for one and `rx` for the other.
 
-use pidcap_e2e::check::{assert_conservation, assert_totals_match, Endpoint, TCP};
+use pidcap_e2e::check::{assert_conservation, assert_totals_match, Endpoint, TCP, UDP};
 use pidcap_e2e::{Daemon, Netns, Peer, RefCapture};
+
+/// The process row of `pid` names the peer program, not `ip` (which `ip netns exec` ran
+/// first, before it moved into the namespace and exec'd the peer).
+fn assert_named_peer(daemon: &Daemon, pid: u32) {
+    let row = daemon
+        .process(pid)
+        .expect("a process row for the namespaced server");
+    let comm = row["comm"].as_str().unwrap_or("");
+    assert!(comm.starts_with("pidcap-peer"), "comm {comm:?}: {row}");
+}
 
 fn veth_scenario(v6: bool, daemon_on_any: bool) {
     let ns = Netns::new();
@@ -51,7 +62,14 @@ fn veth_scenario(v6: bool, daemon_on_any: bool) {
         proto: TCP,
         local: client.info.local,
     };
-    assert_totals_match(&daemon, &cap, &[client_end]);
+    let server_end = Endpoint {
+        name: "namespaced server",
+        pid: server.pid(),
+        proto: TCP,
+        local: server.info.local,
+    };
+    assert_totals_match(&daemon, &cap, &[client_end, server_end]);
+    assert_named_peer(&daemon, server.pid());
     assert_conservation(&daemon.stats());
     let finished = daemon.stop();
     assert_eq!(
@@ -72,4 +90,69 @@ fn tcp_ipv4_over_veth_daemon_on_any_matches_reference_capture() {
 #[test]
 fn tcp_ipv6_over_veth_daemon_on_veth_matches_reference_capture() {
     veth_scenario(true, false);
+}
+
+/// Unconnected UDP into the namespace: a receiver bound to the wildcard address inside, a
+/// sender on the host; every datagram and every reply credited at both ends.
+#[test]
+fn udp_into_a_namespace_credits_both_ends() {
+    let ns = Netns::new();
+    let mut daemon = Daemon::start(&["--interface", "any"]);
+    let mut receiver = Peer::spawn_in(
+        &ns,
+        &[
+            "udp-recv",
+            "--bind",
+            "0.0.0.0:0",
+            "--count",
+            "100",
+            "--reply-size",
+            "200",
+        ],
+    );
+    let port = receiver.info.local.port();
+    let to = std::net::SocketAddr::new(ns.ns_ip(false), port);
+    let bind = format!("{}:0", ns.host_v4);
+    let mut sender = Peer::spawn(&[
+        "udp-send",
+        "--bind",
+        &bind,
+        "--to",
+        &to.to_string(),
+        "--count",
+        "100",
+        "--size",
+        "1000",
+        "--await-reply",
+    ]);
+    let cap = RefCapture::start(
+        &ns.host_if,
+        &RefCapture::ports_filter(&[port, sender.info.local.port()]),
+    );
+    daemon.wait_owner("udp", sender.info.local, to, sender.pid());
+    daemon.wait_owner("udp", to, sender.info.local, receiver.pid());
+    receiver.go();
+    sender.go();
+    assert_eq!(sender.wait_done().received, 100 * 200);
+    assert_eq!(receiver.wait_done().received, 100 * 1000);
+    let ends = [
+        Endpoint {
+            name: "namespaced receiver",
+            pid: receiver.pid(),
+            proto: UDP,
+            local: receiver.info.local,
+        },
+        Endpoint {
+            name: "host sender",
+            pid: sender.pid(),
+            proto: UDP,
+            local: sender.info.local,
+        },
+    ];
+    assert_totals_match(&daemon, &cap, &ends);
+    assert_named_peer(&daemon, receiver.pid());
+    assert_conservation(&daemon.stats());
+    assert_eq!(daemon.stop().code(), 0);
+    assert!(sender.finish().success());
+    assert!(receiver.finish().success());
 }

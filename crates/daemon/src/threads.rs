@@ -102,6 +102,7 @@ impl Threads {
             requests,
             learned,
             stop: stop.clone(),
+            pass_due: false,
         };
         let refresher = spawn("refresh", move || refresher.run())?;
         let pipeline = pipeline(&config, source, shared, misses, stop);

@@ -17,5 +17,6 @@ pub use processes::process;
 pub use root::ProcRoot;
 pub use tables::addrs::local_addresses;
 pub use tables::diag::{SockDiag, ALL_STATES};
+pub use tables::ns_addrs::{parse_fib_trie_local, parse_if_inet6};
 pub use tables::proc_net::{parse_net_table, parse_net_table_into, NetTable};
 pub use tables::sctp::{parse_sctp_assocs, parse_sctp_eps};

@@ -31,8 +31,9 @@ pub const MAX_FACTS_BYTES: usize = 32 << 20;
 
 #[derive(Debug, Clone)]
 struct Fact {
-    /// `None`: the process is not in the daemon's network namespace.
-    info: Option<ProcessInfo>,
+    info: ProcessInfo,
+    /// The network namespace the process was in when its facts were read.
+    netns: NetNsId,
     exited: Option<Instant>,
 }
 
@@ -54,7 +55,7 @@ struct Inner {
 
 impl Fact {
     fn heap_bytes(&self) -> usize {
-        self.info.as_ref().map_or(0, ProcessInfo::heap_bytes)
+        self.info.heap_bytes()
     }
 }
 
@@ -102,10 +103,9 @@ impl Inner {
 /// What is known about a pid.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Known {
-    /// A process of this namespace (possibly exited).
-    Ours(ProcessInfo),
-    /// A process of another network namespace.
-    Foreign,
+    /// A process (possibly exited), and the network namespace it is in: its sockets are that
+    /// namespace's.
+    Process(ProcessInfo, NetNsId),
     /// Nothing.
     Unknown,
 }
@@ -115,12 +115,16 @@ impl ProcessFacts {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records the process now holding `pid` (`None`: in another network namespace).
-    pub fn record(&self, pid: u32, info: Option<ProcessInfo>, now: Instant) {
+    /// Records the process now holding `pid`, in network namespace `netns`.
+    pub fn record(&self, pid: u32, info: ProcessInfo, netns: NetNsId, now: Instant) {
         let mut inner = self.inner();
         prune(&mut inner, now);
         inner.remove(pid);
-        let fact = Fact { info, exited: None };
+        let fact = Fact {
+            info,
+            netns,
+            exited: None,
+        };
         inner.make_room(fact.heap_bytes());
         inner.insert(pid, fact);
     }
@@ -137,38 +141,31 @@ impl ProcessFacts {
         self.inner().remove(pid);
     }
 
-    /// Reads who holds `pid` now from `/proc` and records it. A process whose namespace
-    /// cannot be read but whose stat can is a zombie (exited, not yet reaped): taken as ours,
-    /// since what it was seen doing was seen in our tables' terms. `Unknown`: gone.
-    pub fn read(&self, proc: &ProcRoot, netns: NetNsId, pid: u32, now: Instant) -> Known {
-        match proc.netns_of(pid) {
-            Ok(ns) if ns != netns => {
-                self.record(pid, None, now);
-                return Known::Foreign;
-            }
-            Ok(_) | Err(_) => {}
-        }
+    /// Reads who holds `pid` now, and its network namespace, from `/proc` and records it. A
+    /// process whose namespace cannot be read but whose stat can is a zombie (exited, not
+    /// yet reaped): taken as in `home`, the daemon's namespace. `Unknown`: gone.
+    pub fn read(&self, proc: &ProcRoot, home: NetNsId, pid: u32, now: Instant) -> Known {
+        let netns = proc.netns_of(pid).unwrap_or(home);
         match proc.process(pid) {
             Ok(info) => {
-                self.record(pid, Some(info.clone()), now);
-                Known::Ours(info)
+                self.record(pid, info.clone(), netns, now);
+                Known::Process(info, netns)
             }
             Err(_) => Known::Unknown,
         }
     }
 
     /// What is recorded about `pid`, or else what [`ProcessFacts::read`] finds.
-    pub fn get_or_read(&self, proc: &ProcRoot, netns: NetNsId, pid: u32, now: Instant) -> Known {
+    pub fn get_or_read(&self, proc: &ProcRoot, home: NetNsId, pid: u32, now: Instant) -> Known {
         match self.get(pid) {
-            Known::Unknown => self.read(proc, netns, pid, now),
+            Known::Unknown => self.read(proc, home, pid, now),
             known => known,
         }
     }
 
     pub fn get(&self, pid: u32) -> Known {
         match self.inner().map.get(&pid) {
-            Some(Fact { info: Some(i), .. }) => Known::Ours(i.clone()),
-            Some(Fact { info: None, .. }) => Known::Foreign,
+            Some(f) => Known::Process(f.info.clone(), f.netns),
             None => Known::Unknown,
         }
     }
@@ -230,6 +227,9 @@ mod tests {
     use super::*;
     use pidcap_core::ProcessKey;
 
+    const HOME: NetNsId = NetNsId(4026531840);
+    const GUEST: NetNsId = NetNsId(4026532001);
+
     fn info(pid: u32, start: u64) -> ProcessInfo {
         ProcessInfo {
             key: ProcessKey {
@@ -247,19 +247,19 @@ mod tests {
     fn exited_processes_stay_known_for_a_while_then_go() {
         let facts = ProcessFacts::default();
         let t0 = Instant::now();
-        facts.record(10, Some(info(10, 1)), t0);
+        facts.record(10, info(10, 1), HOME, t0);
         facts.exited(10, t0);
-        assert_eq!(facts.get(10), Known::Ours(info(10, 1)));
-        facts.record(11, None, t0 + KEEP_EXITED);
+        assert_eq!(facts.get(10), Known::Process(info(10, 1), HOME));
+        facts.record(11, info(11, 1), GUEST, t0 + KEEP_EXITED);
         assert_eq!(facts.get(10), Known::Unknown);
-        assert_eq!(facts.get(11), Known::Foreign);
+        assert_eq!(facts.get(11), Known::Process(info(11, 1), GUEST));
     }
 
     #[test]
     fn a_fork_forgets_the_previous_holder_of_the_pid() {
         let facts = ProcessFacts::default();
         let t0 = Instant::now();
-        facts.record(10, Some(info(10, 1)), t0);
+        facts.record(10, info(10, 1), HOME, t0);
         facts.exited(10, t0);
         facts.forked(10);
         assert_eq!(facts.get(10), Known::Unknown);
@@ -282,14 +282,14 @@ mod tests {
         let per_hog = hog(0).heap_bytes();
         let hogs = 3 * MAX_FACTS_BYTES / per_hog;
         for pid in 0..hogs as u32 {
-            facts.record(pid, Some(hog(pid)), t0);
+            facts.record(pid, hog(pid), HOME, t0);
             facts.exited(pid, t0);
             assert!(facts.bytes() <= MAX_FACTS_BYTES, "{}", facts.bytes());
         }
         assert!(facts.evictions() >= 2, "{}", facts.evictions());
         // The most recent one is still known; the byte count matches what is held.
         let last = hogs as u32 - 1;
-        assert_eq!(facts.get(last), Known::Ours(hog(last)));
+        assert_eq!(facts.get(last), Known::Process(hog(last), HOME));
         let held: usize = facts.inner().map.values().map(Fact::heap_bytes).sum();
         assert_eq!(held, facts.bytes());
     }
@@ -298,15 +298,15 @@ mod tests {
     fn replacing_and_forgetting_keep_the_byte_count_exact() {
         let facts = ProcessFacts::default();
         let t0 = Instant::now();
-        facts.record(1, Some(hog(1)), t0);
-        facts.record(1, Some(info(1, 2)), t0);
+        facts.record(1, hog(1), HOME, t0);
+        facts.record(1, info(1, 2), HOME, t0);
         assert_eq!(facts.bytes(), info(1, 2).heap_bytes());
         facts.forked(1);
         assert_eq!(facts.bytes(), 0);
-        facts.record(2, Some(hog(2)), t0);
+        facts.record(2, hog(2), HOME, t0);
         facts.exited(2, t0);
-        facts.record(3, None, t0 + KEEP_EXITED);
-        assert_eq!(facts.bytes(), 0);
+        facts.record(3, info(3, 1), GUEST, t0 + KEEP_EXITED);
+        assert_eq!(facts.bytes(), info(3, 1).heap_bytes());
     }
 
     #[test]
@@ -314,7 +314,7 @@ mod tests {
         let facts = ProcessFacts::default();
         let t0 = Instant::now();
         for pid in 0..(MAX_FACTS as u32 + 10) {
-            facts.record(pid, None, t0);
+            facts.record(pid, info(pid, 1), HOME, t0);
             assert!(facts.len() <= MAX_FACTS);
         }
     }

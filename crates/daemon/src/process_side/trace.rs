@@ -15,8 +15,8 @@
 //! process exited; a live socket whose holder is known still wins.
 //!
 //! Runs on its own thread. Optional: without tracefs or `CAP_PERFMON` the daemon warns once
-//! and attributes as before. Processes of another network namespace are ignored (the
-//! tracepoints are system-wide; their connections are not this namespace's).
+//! and attributes as before. The tracepoints are system-wide: each claim is labelled with the
+//! network namespace of the process that made it (containers included).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,11 +187,12 @@ impl Tracer {
         for (pid, claims) in by_pid {
             let n = claims.len() as u64;
             match self.who(pid) {
-                Known::Ours(info) => match self.learned.try_send(self.claimed(info, &claims)) {
-                    Ok(()) => delivered += n,
-                    Err(_) => dropped += n,
-                },
-                Known::Foreign => {} // another namespace's connection
+                Known::Process(info, netns) => {
+                    match self.learned.try_send(self.claimed(info, netns, &claims)) {
+                        Ok(()) => delivered += n,
+                        Err(_) => dropped += n,
+                    }
+                }
                 Known::Unknown => {
                     unknown += n;
                     debug!(
@@ -205,21 +206,20 @@ impl Tracer {
         if delivered > 0 {
             self.wake.request();
         }
-        // Only what reached the refresher counts as claimed; another namespace's
-        // connections are not counted at all.
+        // Only what reached the refresher counts as claimed.
         let mut side = self.shared.process_side();
         side.traced_claims += delivered;
         side.traced_unknown_process += unknown;
         side.learned_dropped += dropped;
     }
 
-    /// The news that `info`'s process uses the connections of `claims` (no inode: the
-    /// tracepoints do not give it).
-    fn claimed(&self, info: ProcessInfo, claims: &[&SocketClaim]) -> News {
+    /// The news that `info`'s process, in `netns`, uses the connections of `claims` (no
+    /// inode: the tracepoints do not give it).
+    fn claimed(&self, info: ProcessInfo, netns: NetNsId, claims: &[&SocketClaim]) -> News {
         let sockets = claims
             .iter()
             .map(|c| SocketEntry {
-                netns: self.netns,
+                netns,
                 proto: IpProto::Tcp,
                 local: c.local,
                 remote: c.remote,
@@ -240,15 +240,17 @@ impl Tracer {
     /// was connected, which is what turns route tracing on. TCP connects are claimed from
     /// their state changes and never come here.
     fn learn_connected(&self, c: Connected) -> (bool, bool) {
-        let read = self.read_connected(c.pid, c.fd);
-        let (entry, missed) = match (read, c.route) {
-            (Some(entry), Some(route)) if !same_flow(&entry, &route) => (self.routed(route), true),
-            (Some(entry), _) => (Some(entry), false),
-            (None, Some(route)) => (self.routed(route), true),
-            (None, None) => (None, true),
+        let Known::Process(info, netns) = self.who(c.pid) else {
+            return (false, false); // gone unnamed
         };
-        let Known::Ours(info) = self.who(c.pid) else {
-            return (false, false); // gone unnamed, or another namespace's
+        let read = self.read_connected(c.pid, c.fd, netns);
+        let (entry, missed) = match (read, c.route) {
+            (Some(entry), Some(route)) if !same_flow(&entry, &route) => {
+                (routed(route, netns), true)
+            }
+            (Some(entry), _) => (Some(entry), false),
+            (None, Some(route)) => (routed(route, netns), true),
+            (None, None) => (None, true),
         };
         let Some(mut entry) = entry else {
             return (false, missed);
@@ -270,29 +272,13 @@ impl Tracer {
         (sent, missed)
     }
 
-    /// The connected IP socket behind `pid`'s `fd`, if it is still there.
-    fn read_connected(&self, pid: u32, fd: i32) -> Option<SocketEntry> {
+    /// The connected IP socket behind `pid`'s `fd` (a socket of `netns`), if it is still
+    /// there.
+    fn read_connected(&self, pid: u32, fd: i32, netns: NetNsId) -> Option<SocketEntry> {
         let inode = self.proc.socket_inode(pid, fd).ok()??;
         let handle = ProcessHandle::open(pid).ok()?;
-        let entry = handle.ip_socket(fd, inode, 0, self.netns).ok()??;
+        let entry = handle.ip_socket(fd, inode, 0, netns).ok()??;
         (!entry.is_wildcard_remote()).then_some(entry)
-    }
-
-    /// A connected socket as a route lookup inside its `connect()` described it (no inode:
-    /// it may be closed already).
-    fn routed(&self, route: RouteLookup) -> Option<SocketEntry> {
-        if !matches!(route.proto, IpProto::Udp | IpProto::UdpLite) {
-            return None;
-        }
-        Some(SocketEntry {
-            netns: self.netns,
-            proto: route.proto,
-            local: route.local,
-            remote: route.remote,
-            state: TcpState::Established,
-            inode: 0,
-            uid: 0,
-        })
     }
 
     /// A connected socket of thread `tid` closed before it could be read: trace that
@@ -349,6 +335,23 @@ impl Tracer {
         self.facts
             .get_or_read(&self.proc, self.netns, pid, Instant::now())
     }
+}
+
+/// A connected socket of `netns` as a route lookup inside its `connect()` described it (no
+/// inode: it may be closed already).
+fn routed(route: RouteLookup, netns: NetNsId) -> Option<SocketEntry> {
+    if !matches!(route.proto, IpProto::Udp | IpProto::UdpLite) {
+        return None;
+    }
+    Some(SocketEntry {
+        netns,
+        proto: route.proto,
+        local: route.local,
+        remote: route.remote,
+        state: TcpState::Established,
+        inode: 0,
+        uid: 0,
+    })
 }
 
 /// True when `entry` (read from the fd) is the connection `route` describes; a route lookup

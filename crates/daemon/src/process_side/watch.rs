@@ -11,8 +11,10 @@
 //! credited to the right process even after it exited.
 //!
 //! Runs on its own thread. Bounded: at most `MAX_WATCHED` processes are watched at once (the
-//! oldest dropped); the channel to the refresher drops what does not fit. Processes in
-//! another network namespace are not watched (their sockets are not this namespace's).
+//! oldest dropped); the channel to the refresher drops what does not fit. Processes of
+//! every network namespace are watched; their sockets are labelled with the namespace the
+//! process was in at its last exec (read afresh at each exec: `ip netns exec` moves a process
+//! and execs again).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
@@ -39,6 +41,8 @@ static DENIED_WARNED: AtomicBool = AtomicBool::new(false);
 struct Watched {
     handle: ProcessHandle,
     info: ProcessInfo,
+    /// The network namespace the process was in at its exec: its sockets are that one's.
+    netns: NetNsId,
     /// Socket inodes already read (IP sockets sent, others ignored).
     done: HashSet<u64>,
 }
@@ -100,11 +104,15 @@ impl Watcher {
         }
     }
 
-    /// Starts (or restarts, after a new exec) watching `pid`, if it is in our namespace.
+    /// Starts (or restarts, after a new exec) watching `pid`. An exec replaces the program
+    /// and may follow a `setns` (`ip netns exec`): the facts and the namespace are read
+    /// afresh, and a watch of the previous program ends.
     fn watch(&self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
-        // An exec replaces the program: read the facts afresh (and record them).
-        let Known::Ours(info) = self.facts.read(&self.proc, self.netns, pid, Instant::now()) else {
-            return; // another namespace, or already gone
+        watched.remove(&pid);
+        let Known::Process(info, netns) =
+            self.facts.read(&self.proc, self.netns, pid, Instant::now())
+        else {
+            return; // already gone
         };
         let Ok(handle) = ProcessHandle::open(pid) else {
             return; // already gone
@@ -115,6 +123,7 @@ impl Watcher {
         let w = Watched {
             handle,
             info,
+            netns,
             done: HashSet::new(),
         };
         watched.insert(pid, w);
@@ -151,7 +160,7 @@ impl Watcher {
             if w.done.contains(&inode) {
                 continue;
             }
-            match w.handle.ip_socket(fd, inode, w.info.uid, self.netns) {
+            match w.handle.ip_socket(fd, inode, w.info.uid, w.netns) {
                 Ok(Some(entry)) => {
                     w.done.insert(inode);
                     found.push(entry);

@@ -18,6 +18,7 @@
 //! settle them, it does a full pass, at least `MIN_GAP` after the previous one. The packet
 //! path never waits.
 
+mod guests;
 mod owners;
 mod source;
 
@@ -34,6 +35,7 @@ use tracing::{debug, warn};
 use crate::inbox::{Learned, MissRequests, News, MISSED_FLOWS};
 use crate::state::{DaemonState, Worker};
 
+pub use guests::{GuestPass, Guests, DISCOVER_EVERY};
 pub use owners::{OwnerTracker, OwnerUpdate};
 pub use source::SocketSource;
 
@@ -73,6 +75,8 @@ pub fn build_table(
 #[derive(Debug)]
 pub struct TableBuilder {
     sockets: SocketSource,
+    /// The other network namespaces' sockets and addresses.
+    guests: Guests,
     owners: OwnerTracker,
     /// The buffer the next pass reads the socket list into (the previous list, reused).
     scratch: Vec<SocketEntry>,
@@ -91,6 +95,7 @@ impl TableBuilder {
     pub fn new(proc: ProcRoot, full_every: Duration) -> TableBuilder {
         TableBuilder {
             sockets: SocketSource::open(proc.clone()),
+            guests: Guests::new(proc.clone()),
             owners: OwnerTracker::new(proc, full_every),
             scratch: Vec::new(),
             assembly: TableAssembly::new(),
@@ -106,6 +111,7 @@ impl TableBuilder {
         now: Instant,
     ) -> anyhow::Result<RefreshPass> {
         self.sockets.read_into(netns, &mut self.scratch)?;
+        let guests = self.guests.read_into(netns, now, &mut self.scratch);
         // The holders of sockets that left, before the scan forgets them.
         let owners_before = self.owners.map();
         let update = self.owners.update(&self.scratch, now)?;
@@ -114,7 +120,7 @@ impl TableBuilder {
         let pass = Pass {
             sockets: &mut self.scratch,
             addrs,
-            guest_addrs: Vec::new(),
+            guest_addrs: guests.addrs,
             owners_before: &owners_before,
             owners: self.owners.map(),
             owners_changed: update.changed,
@@ -123,6 +129,8 @@ impl TableBuilder {
         debug!(
             sockets = listed,
             source = self.sockets.kind(),
+            namespaces_read = guests.read,
+            namespaces_skipped = guests.skipped,
             full_scan = update.full,
             processes = update.stats.processes_scanned,
             vanished = update.stats.vanished,
@@ -233,19 +241,25 @@ impl TableBuilder {
     /// holders go in the owner map, the sockets to the assembly, which keeps them like
     /// recently closed sockets (the exact table entry wins while the socket lives), so the
     /// process's packets are credited to it even after it exited; the next pass publishes them.
-    pub fn learn(&mut self, learned: Learned, now: Instant) {
+    /// True when a socket is in a network namespace not known yet: it is read from the next
+    /// pass on (through this process), which should come at once — until then its
+    /// addresses are not known to be local.
+    pub fn learn(&mut self, learned: Learned, now: Instant) -> bool {
         let key = learned.info.key;
+        let mut new_namespace = false;
         for s in &learned.sockets {
             if s.inode != 0 {
                 // The socket tracer's claims carry no inode (tracepoints do not give it).
                 self.owners.learn(s, key);
             }
+            new_namespace |= self.guests.note(s.netns, key.pid);
         }
         let sighting = Sighting {
             sockets: learned.sockets,
             holder: learned.info,
         };
         self.assembly.learn(sighting, now);
+        new_namespace
     }
 }
 
@@ -271,6 +285,8 @@ pub struct Refresher {
     pub requests: MissRequests,
     pub learned: Receiver<News>,
     pub stop: Arc<AtomicBool>,
+    /// A full pass is due at once (a socket of a namespace not read yet was learned).
+    pub pass_due: bool,
 }
 
 /// The refresher loop's state between rounds.
@@ -323,6 +339,7 @@ impl Refresher {
                 Step::Pass => {}
             }
             self.take_learned();
+            self.pass_due = false;
             round.seen_frames = self.shared.frames();
             round.generation += 1;
             round.last = Instant::now();
@@ -354,6 +371,9 @@ impl Refresher {
     /// learned, and a full pass only when those cannot settle it.
     fn woken(&mut self, round: &mut Round) -> Step {
         let learned = self.take_learned();
+        if self.pass_due {
+            return Step::Pass;
+        }
         match self.resolve_missed(&mut round.generation, &mut round.targeted_at) {
             Missed::Settled => Step::Done,
             Missed::None if learned => {
@@ -388,7 +408,7 @@ impl Refresher {
         while let Ok(news) = self.learned.try_recv() {
             any |= match news {
                 News::Learned(learned) => {
-                    self.builder.learn(learned, now);
+                    self.pass_due |= self.builder.learn(learned, now);
                     true
                 }
                 News::Exited { key, uid } => self.builder.exited(key, uid, self.netns),

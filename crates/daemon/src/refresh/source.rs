@@ -94,23 +94,7 @@ impl SocketSource {
     /// again after a backoff (see the module doc).
     pub fn read_into(&mut self, netns: NetNsId, out: &mut Vec<SocketEntry>) -> anyhow::Result<()> {
         self.read_tcp_udp(netns, out)?;
-        // Small tables, empty on most hosts: always read as text.
-        for table in [
-            NetTable::UdpLite,
-            NetTable::UdpLite6,
-            NetTable::Icmp,
-            NetTable::Icmp6,
-        ] {
-            let from = out.len();
-            self.proc.read_table_into(table, netns, out)?;
-            if matches!(table, NetTable::Icmp | NetTable::Icmp6) {
-                // A ping socket shows port 0 until its first send assigns its identifier;
-                // keyed so, it would claim the kernel's side of every echo.
-                retain_from(out, from, |s| s.local.port() != 0);
-            }
-        }
-        self.proc.read_raw_into(netns, out)?;
-        self.proc.read_sctp_into(netns, out)?;
+        read_small_tables(&self.proc, netns, out)?;
         Ok(())
     }
 
@@ -163,6 +147,42 @@ impl SocketSource {
         self.proc.read_sockets_into(netns, out)?;
         Ok(())
     }
+}
+
+/// Appends every socket of the namespace `proc`'s `net/` shows, all from text: what
+/// [`SocketSource::read_into`] reads, for a namespace this process is not in.
+pub fn read_text_tables(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    out: &mut Vec<SocketEntry>,
+) -> pidcap_sockets::Result<()> {
+    proc.read_sockets_into(netns, out)?;
+    read_small_tables(proc, netns, out)
+}
+
+/// UDP-Lite, ping, raw and SCTP sockets: small tables, empty on most hosts, always read as
+/// text.
+fn read_small_tables(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    out: &mut Vec<SocketEntry>,
+) -> pidcap_sockets::Result<()> {
+    for table in [
+        NetTable::UdpLite,
+        NetTable::UdpLite6,
+        NetTable::Icmp,
+        NetTable::Icmp6,
+    ] {
+        let from = out.len();
+        proc.read_table_into(table, netns, out)?;
+        if matches!(table, NetTable::Icmp | NetTable::Icmp6) {
+            // A ping socket shows port 0 until its first send assigns its identifier;
+            // keyed so, it would claim the kernel's side of every echo.
+            retain_from(out, from, |s| s.local.port() != 0);
+        }
+    }
+    proc.read_raw_into(netns, out)?;
+    proc.read_sctp_into(netns, out)
 }
 
 /// Keeps, among `out[from..]`, only the entries `keep` accepts.

@@ -33,6 +33,25 @@ impl ProcRoot {
     pub fn netns_of(&self, pid: u32) -> Result<NetNsId> {
         netns_at(&self.pid_dir(pid).join("ns/net"))
     }
+
+    /// Every network namespace some process is in, each with the lowest pid in it (one
+    /// `readlink` per process; processes that exit or refuse meanwhile are skipped), sorted
+    /// by namespace. An error only when `<root>` itself cannot be listed.
+    pub fn network_namespaces(&self) -> Result<Vec<(NetNsId, u32)>> {
+        let dir = std::fs::read_dir(self.path()).map_err(|e| Error::from_io(self.path(), e))?;
+        let mut seen: std::collections::BTreeMap<NetNsId, u32> = Default::default();
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(netns) = self.netns_of(pid) {
+                let lowest = seen.entry(netns).or_insert(pid);
+                *lowest = (*lowest).min(pid);
+            }
+        }
+        Ok(seen.into_iter().collect())
+    }
 }
 
 #[cfg(test)]
