@@ -316,7 +316,7 @@ mod tests {
              process watcher    running\n\
              socket tracer      off: 41 connections claimed, 42 dropped (process gone before it was named), 43 events lost\n\
              route lookups      not traced: 44 connected sockets named from them\n\
-             learned, dropped    52 (the refresher's queue was full)\n\
+             learned, dropped   52 (the refresher's queue was full)\n\
              query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
              threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
              process facts      49 processes, 50 B, 51 evictions\n\
