@@ -48,6 +48,29 @@ pub struct PsArgs {
     /// Show at most N processes (the unknown bucket is always shown).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Sum the processes per user, systemd unit, container or network namespace.
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub by: Option<ByKey>,
+}
+
+/// What `--by` groups processes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ByKey {
+    User,
+    Unit,
+    Container,
+    Netns,
+}
+
+impl From<ByKey> for pidcap_proto::GroupBy {
+    fn from(key: ByKey) -> Self {
+        match key {
+            ByKey::User => pidcap_proto::GroupBy::User,
+            ByKey::Unit => pidcap_proto::GroupBy::Unit,
+            ByKey::Container => pidcap_proto::GroupBy::Container,
+            ByKey::Netns => pidcap_proto::GroupBy::Netns,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +96,9 @@ pub struct TopArgs {
     /// Stop after N updates instead of running until Ctrl-C.
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
+    /// Sum the processes per user, systemd unit, container or network namespace.
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub by: Option<ByKey>,
 }
 
 #[derive(Debug, Args)]

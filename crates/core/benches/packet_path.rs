@@ -68,6 +68,7 @@ fn table() -> SocketTable {
                 exe: None,
                 uid: 0,
                 cmdline: Vec::new(),
+                placement: Default::default(),
             });
         }
     }

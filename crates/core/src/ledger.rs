@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::counters::{Counters, QualityBytes, Tally, Totals};
 use crate::table::SocketTable;
-use crate::ProcessKey;
+use crate::{Placement, ProcessKey};
 
 /// The facts about a process that the log and queries show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct ProcessMeta {
     pub comm: String,
     pub exe: Option<String>,
     pub uid: u32,
+    /// Its network namespace and control group (empty when not known).
+    pub placement: Placement,
 }
 
 /// Bytes per second over the last sampling period.
@@ -331,11 +333,13 @@ fn new_entry(key: ProcessKey, table: &SocketTable) -> ProcessUsage {
             comm: info.comm.clone(),
             exe: info.exe.clone(),
             uid: info.uid,
+            placement: info.placement.clone(),
         },
         None => ProcessMeta {
             comm: format!("pid-{}", key.pid),
             exe: None,
             uid: u32::MAX,
+            placement: Placement::default(),
         },
     };
     ProcessUsage {
@@ -365,6 +369,7 @@ mod tests {
             comm: "curl".into(),
             exe: None,
             uid: 1000,
+            placement: Placement::default(),
         }
     }
 

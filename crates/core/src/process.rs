@@ -8,6 +8,8 @@ pub struct ProcessKey {
     pub start_time: u64,
 }
 
+use crate::Placement;
+
 /// What pidcap knows of a process. `cmdline` is kept for queries but never logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -16,6 +18,8 @@ pub struct ProcessInfo {
     pub exe: Option<String>,
     pub uid: u32,
     pub cmdline: Vec<String>,
+    /// Its network namespace and control group, as read with the rest.
+    pub placement: Placement,
 }
 
 impl ProcessInfo {
@@ -25,6 +29,7 @@ impl ProcessInfo {
         let args: usize = self.cmdline.iter().map(String::capacity).sum();
         self.comm.capacity()
             + self.exe.as_ref().map_or(0, String::capacity)
+            + self.placement.cgroup.as_ref().map_or(0, String::capacity)
             + args
             + self.cmdline.capacity() * std::mem::size_of::<String>()
     }

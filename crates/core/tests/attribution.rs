@@ -43,6 +43,7 @@ fn info(k: ProcessKey, comm: &str) -> ProcessInfo {
         exe: Some(format!("/usr/bin/{comm}")),
         uid: 1000,
         cmdline: vec![comm.into()],
+        placement: Default::default(),
     }
 }
 

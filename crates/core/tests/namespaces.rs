@@ -84,6 +84,7 @@ fn table_with(
                 exe: None,
                 uid: 0,
                 cmdline: Vec::new(),
+                placement: Default::default(),
             },
         );
     }

@@ -91,6 +91,7 @@ fn table() -> SocketTable {
             exe: None,
             uid: 0,
             cmdline: Vec::new(),
+            placement: Default::default(),
         });
     }
     // The receiver: one unconnected socket on 0.0.0.0:9000 (a wildcard match).
@@ -116,6 +117,7 @@ fn table() -> SocketTable {
             exe: None,
             uid: 0,
             cmdline: Vec::new(),
+            placement: Default::default(),
         },
     );
     SocketTable::build(

@@ -43,6 +43,7 @@ fn knowing(generation: u64) -> SocketTable {
             exe: None,
             uid: 0,
             cmdline: vec![],
+            placement: Default::default(),
         },
     );
     SocketTable::build(

@@ -11,6 +11,7 @@ pub mod query;
 pub mod refresh;
 pub mod state;
 pub mod threads;
+pub mod users;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,7 +152,12 @@ fn lock(log: &Mutex<UsageLog>) -> std::sync::MutexGuard<'_, UsageLog> {
 pub fn write_usage(shared: &DaemonState, log: &mut UsageLog, retention: Duration) -> bool {
     let now = Instant::now();
     let batch = shared.ledger().log_batch(now);
-    let bytes = usage_log::render(&batch, SystemTime::now(), log.daemon_start());
+    let bytes = usage_log::render(
+        &batch,
+        SystemTime::now(),
+        log.daemon_start(),
+        shared.users(),
+    );
     if log.append(&bytes).is_err() {
         let folded = shared.ledger().bound_exited(MAX_EXITED_UNLOGGED);
         if folded > 0 {

@@ -381,6 +381,7 @@ mod tests {
                     exe: None,
                     uid: 0,
                     cmdline: Vec::new(),
+                    placement: Default::default(),
                 },
             )]),
         };

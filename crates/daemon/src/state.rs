@@ -13,6 +13,7 @@ use pidcap_capture::CaptureStats;
 use pidcap_core::{Ledger, PendingLevel, SocketTable};
 
 use crate::process_side::facts::ProcessFacts;
+use crate::users::UserNames;
 
 /// What the refresher reports about itself.
 #[derive(Debug, Default, Clone)]
@@ -119,6 +120,8 @@ pub struct DaemonState {
     process_side: Mutex<ProcessSideInfo>,
     /// Who each pid is, as the watcher and tracer learned it (shared by both, sized in `stats`).
     facts: ProcessFacts,
+    /// User names of the uids with traffic (resolved by the refresher).
+    users: UserNames,
     /// Generation of the table in `table`, readable with one atomic load per packet.
     generation: AtomicU64,
     started: Instant,
@@ -140,6 +143,7 @@ impl DaemonState {
             refresh: Mutex::new(RefreshInfo::default()),
             process_side: Mutex::new(ProcessSideInfo::default()),
             facts: ProcessFacts::default(),
+            users: UserNames::default(),
             started: now,
             heartbeats: Default::default(),
             frames: AtomicU64::new(0),
@@ -154,6 +158,11 @@ impl DaemonState {
     /// Who each pid is (written by the watcher and the tracer).
     pub fn facts(&self) -> &ProcessFacts {
         &self.facts
+    }
+
+    /// User names (resolved by the refresher, read by queries and the usage log).
+    pub fn users(&self) -> &UserNames {
+        &self.users
     }
 
     /// Swaps in a new table; the capture thread picks it up before its next packet.

@@ -84,6 +84,101 @@ pub struct ProcessRow {
     /// Bytes credited since first seen, per match quality.
     #[serde(default)]
     pub matched: MatchBytes,
+    /// Where the process is placed: network namespace, cgroup, unit, container, user.
+    #[serde(flatten)]
+    pub placement: PlacementFields,
+}
+
+/// Where a process is placed (all `null` when unknown). Added in 0.2 without a version bump:
+/// readers of earlier replies get `null`s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementFields {
+    /// Network namespace: the inode of `/proc/<pid>/ns/net`.
+    #[serde(default)]
+    pub netns: Option<u64>,
+    /// Control-group path (cgroup v2, else v1 `name=systemd`).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// systemd unit, from the cgroup path (`nginx.service`, `user@1000.service`).
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Container, from the cgroup path.
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
+    /// Name of `uid` in the host's user database.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A container as its cgroup path names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// `docker`, `podman`, `containerd`, `cri-o`, `kubernetes`, `systemd-nspawn` or `lxc`.
+    pub runtime: String,
+    /// The runtime's container id (64 hex digits), or the machine name.
+    pub id: String,
+    /// The Kubernetes pod uid, when in a pod.
+    #[serde(default)]
+    pub pod: Option<String>,
+}
+
+/// What `groups` groups processes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// User name (the uid when the user database has none).
+    User,
+    /// systemd unit.
+    Unit,
+    /// Container (`runtime:id`).
+    Container,
+    /// Network namespace inode.
+    Netns,
+}
+
+impl GroupBy {
+    /// Every value, as the wire and the CLI spell them.
+    pub const ALL: [(&'static str, GroupBy); 4] = [
+        ("user", GroupBy::User),
+        ("unit", GroupBy::Unit),
+        ("container", GroupBy::Container),
+        ("netns", GroupBy::Netns),
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        GroupBy::ALL
+            .iter()
+            .find(|(_, g)| *g == self)
+            .map_or("user", |(name, _)| name)
+    }
+}
+
+/// One group in `groups`: the sum of its processes' counters and rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRow {
+    /// The group's key (user name, unit, `runtime:id`, netns inode as text); `null` for the
+    /// processes that have none (no unit, not in a container, not known).
+    pub key: Option<String>,
+    /// Processes in the group (alive or exited, with counters).
+    pub processes: u64,
+    /// Summed counters and rates.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// Body of the `groups` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupsReply {
+    /// What the rows group by.
+    pub by: GroupBy,
+    /// One row per group, by descending total bytes.
+    pub groups: Vec<GroupRow>,
+    /// The unknown bucket (in no group).
+    pub unknown: UnknownRow,
+    /// Set when only the caller's own processes were grouped (see `processes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered_to_uid: Option<u32>,
 }
 
 /// Bytes credited per match quality: how sure each credit is.

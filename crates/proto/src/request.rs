@@ -37,11 +37,18 @@ pub enum Request {
     Stats,
     /// A stream of rate frames: `{"cmd":"watch","interval_ms":1000}`.
     Watch(WatchRequest),
+    /// Counters summed per user, unit, container or network namespace:
+    /// `{"cmd":"groups","by":"unit"}`.
+    Groups {
+        /// What to group by.
+        by: crate::GroupBy,
+    },
 }
 
 impl Request {
     /// Every `"cmd"` value this version understands; anything else is `unknown_command`.
-    pub const COMMANDS: [&'static str; 5] = ["processes", "process", "lookup", "stats", "watch"];
+    pub const COMMANDS: [&'static str; 6] =
+        ["processes", "process", "lookup", "stats", "watch", "groups"];
 
     /// The `"cmd"` value of this request.
     pub fn command(&self) -> &'static str {
@@ -51,6 +58,7 @@ impl Request {
             Request::Lookup(_) => "lookup",
             Request::Stats => "stats",
             Request::Watch(_) => "watch",
+            Request::Groups { .. } => "groups",
         }
     }
 
@@ -60,7 +68,10 @@ impl Request {
         match self {
             Request::Lookup(lookup) => lookup.query().map(drop),
             Request::Watch(watch) => watch.interval_ms().map(drop),
-            Request::Processes | Request::Process { .. } | Request::Stats => Ok(()),
+            Request::Processes
+            | Request::Process { .. }
+            | Request::Stats
+            | Request::Groups { .. } => Ok(()),
         }
     }
 }

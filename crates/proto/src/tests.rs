@@ -46,8 +46,23 @@ fn row() -> ProcessRow {
             recent: 3,
             late: 4,
         },
+        placement: PlacementFields {
+            netns: Some(4026532001),
+            cgroup: Some(
+                "/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/c0ffee".into(),
+            ),
+            unit: None,
+            container: Some(ContainerRef {
+                runtime: "kubernetes".into(),
+                id: "c0ffee".into(),
+                pod: Some("0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".into()),
+            }),
+            user: Some("alice".into()),
+        },
     }
 }
+
+const PLACEMENT_JSON: &str = r#""netns":4026532001,"cgroup":"/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/c0ffee","unit":null,"container":{"runtime":"kubernetes","id":"c0ffee","pod":"0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"},"user":"alice""#;
 
 fn owner() -> Owner {
     Owner {
@@ -211,6 +226,7 @@ fn every_command_name_parses() {
         r#"{"cmd":"lookup","proto":"udp","local":"1.2.3.4:5","remote":"6.7.8.9:10"}"#,
         r#"{"cmd":"stats"}"#,
         r#"{"cmd":"watch"}"#,
+        r#"{"cmd":"groups","by":"netns"}"#,
     ];
     let parsed: Vec<&str> = lines
         .iter()
@@ -429,7 +445,7 @@ fn processes_reply_shape_is_exact() {
         filtered_to_uid: None,
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}}}}],"unknown":{{{USAGE_JSON}}}}}"#
+        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON}}}],"unknown":{{{USAGE_JSON}}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -480,7 +496,7 @@ fn process_reply_flattens_the_row() {
         },
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999}}]}}}}"#
+        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999}}]}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -654,7 +670,7 @@ fn decode_tolerates_unknown_fields_everywhere() {
     }))
     .unwrap();
     reply["server"] = json!("pidcapd 9");
-    reply["process"]["cgroup"] = json!("/system.slice");
+    reply["process"]["oom_score"] = json!(100);
     reply["process"]["connections"][0]["netns"] = json!(4026531840u64);
     let line = serde_json::to_vec(&reply).unwrap();
     let decoded: ProcessReply = decode_reply(&line).unwrap();
@@ -695,4 +711,55 @@ fn integer_rates_decode_as_floats() {
 fn lookup_not_found_decodes_without_owner() {
     let reply: LookupReply = decode_reply(b"{\"v\":1,\"ok\":true,\"found\":false}").unwrap();
     assert_eq!(reply, LookupReply::not_found());
+}
+
+#[test]
+fn groups_request_and_reply_shapes_are_exact() {
+    let request = Request::Groups {
+        by: GroupBy::Container,
+    };
+    assert_eq!(
+        serde_json::to_string(&request).unwrap(),
+        r#"{"cmd":"groups","by":"container"}"#
+    );
+    assert_eq!(
+        parse_request(br#"{"cmd":"groups","by":"unit"}"#).unwrap(),
+        Request::Groups { by: GroupBy::Unit }
+    );
+    assert!(parse_request(br#"{"cmd":"groups","by":"colour"}"#).is_err());
+    assert!(parse_request(br#"{"cmd":"groups"}"#).is_err());
+    let reply = ok(GroupsReply {
+        by: GroupBy::User,
+        groups: vec![
+            GroupRow {
+                key: Some("alice".into()),
+                processes: 2,
+                usage: usage(),
+            },
+            GroupRow {
+                key: None,
+                processes: 1,
+                usage: usage(),
+            },
+        ],
+        unknown: usage(),
+        filtered_to_uid: None,
+    });
+    let expected = format!(
+        r#"{{"v":1,"ok":true,"by":"user","groups":[{{"key":"alice","processes":2,{USAGE_JSON}}},{{"key":null,"processes":1,{USAGE_JSON}}}],"unknown":{{{USAGE_JSON}}}}}"#
+    );
+    assert_eq!(encoded(&reply), expected + "\n");
+    round_trip(&reply);
+}
+
+#[test]
+fn a_row_from_a_daemon_without_placement_fields_reads_as_unknown_placement() {
+    let line = format!(
+        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":null,"uid":1000,{USAGE_JSON},"alive":true}}],"unknown":{{{USAGE_JSON}}}}}"#
+    );
+    let reply: Envelope<ProcessesReply> = decode_reply(line.as_bytes()).unwrap();
+    assert_eq!(
+        reply.body.processes[0].placement,
+        PlacementFields::default()
+    );
 }

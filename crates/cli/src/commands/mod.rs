@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+pub mod groups;
 pub mod lookup;
 pub mod process;
 pub mod ps;

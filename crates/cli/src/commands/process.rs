@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use pidcap_proto::{ProcessDetail, ProcessReply, Request};
+use pidcap_proto::{PlacementFields, ProcessDetail, ProcessReply, Request};
 
 use crate::cli::ProcessArgs;
 use crate::client::Client;
@@ -43,9 +43,21 @@ fn direction(packets: u64, total: u64, since_log: u64, bps: f64) -> String {
     )
 }
 
+/// `runtime id` and the pod, or `-`.
+fn container(placed: &PlacementFields) -> String {
+    match &placed.container {
+        Some(c) => match &c.pod {
+            Some(pod) => format!("{} {} (pod {pod})", c.runtime, c.id),
+            None => format!("{} {}", c.runtime, c.id),
+        },
+        None => "-".into(),
+    }
+}
+
 pub fn render(process: &ProcessDetail, users: &Names) -> String {
     let row = &process.row;
     let usage = &row.usage;
+    let placed = &row.placement;
     let mut text = format::key_values(&[
         ("pid", row.pid.to_string()),
         ("comm", row.comm.clone()),
@@ -53,6 +65,16 @@ pub fn render(process: &ProcessDetail, users: &Names) -> String {
         ("user", format!("{} (uid {})", users.name(row.uid), row.uid)),
         ("start_time", row.start_time.to_string()),
         ("alive", format::yes_no(row.alive).into()),
+        (
+            "netns",
+            placed.netns.map_or_else(|| "-".into(), |n| n.to_string()),
+        ),
+        (
+            "cgroup",
+            placed.cgroup.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("unit", placed.unit.clone().unwrap_or_else(|| "-".into())),
+        ("container", container(placed)),
         ("cmdline", format::command_line(&process.cmdline)),
         (
             "rx",
@@ -110,6 +132,17 @@ mod tests {
                 },
                 alive: false,
                 matched: Default::default(),
+                placement: PlacementFields {
+                    netns: Some(4026532001),
+                    cgroup: Some("/system.slice/docker-c0ffee.scope".into()),
+                    unit: Some("docker-c0ffee.scope".into()),
+                    container: Some(pidcap_proto::ContainerRef {
+                        runtime: "docker".into(),
+                        id: "c0ffee".into(),
+                        pod: None,
+                    }),
+                    user: Some("root".into()),
+                },
             },
             cmdline: vec!["curl".into(), "-d".into(), "a b".into()],
             connections,
@@ -136,6 +169,10 @@ mod tests {
              user        root (uid 0)\n\
              start_time  99\n\
              alive       no\n\
+             netns       4026532001\n\
+             cgroup      /system.slice/docker-c0ffee.scope\n\
+             unit        docker-c0ffee.scope\n\
+             container   docker c0ffee\n\
              cmdline     curl -d 'a b'\n\
              rx          3 packets, 4.0 KiB total; 100 B since the last log line; 0 B/s\n\
              tx          0 packets, 0 B total; 0 B since the last log line; 512 B/s\n\

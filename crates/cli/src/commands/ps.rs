@@ -22,6 +22,9 @@ const COLUMNS: [(&str, Align); 8] = [
 ];
 
 pub fn run(client: &mut Client, args: &PsArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    if let Some(by) = args.by {
+        return super::groups::run_once(client, by.into(), args.json, args.limit, out);
+    }
     let reply = client.call::<ProcessesReply>(&Request::Processes)?;
     if args.json {
         super::write_raw(out, &reply.raw)?;
@@ -107,6 +110,7 @@ mod tests {
             },
             alive: pid != 3,
             matched: Default::default(),
+            placement: Default::default(),
         }
     }
 

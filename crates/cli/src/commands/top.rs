@@ -27,6 +27,17 @@ const COLUMNS: [(&str, Align); 6] = [
 ];
 
 pub fn run(client: &mut Client, args: &TopArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    if let Some(by) = args.by {
+        let interval = Duration::from_millis(args.interval);
+        return super::groups::run_repeated(
+            client,
+            by.into(),
+            interval,
+            args.count,
+            args.limit,
+            out,
+        );
+    }
     // A frame is due every interval; allow several to go missing before giving up.
     client.set_timeout(Duration::from_millis(args.interval) * 5 + Duration::from_secs(10))?;
     client.send(&Request::Watch(WatchRequest {

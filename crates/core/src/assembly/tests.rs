@@ -59,6 +59,7 @@ fn info(pid: u32) -> ProcessInfo {
         exe: None,
         uid: 1000,
         cmdline: Vec::new(),
+        placement: Default::default(),
     }
 }
 

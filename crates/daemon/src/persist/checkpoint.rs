@@ -28,7 +28,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use pidcap_core::{Counters, Ledger, ProcessKey, ProcessMeta};
+use pidcap_core::{Counters, Ledger, NetNsId, Placement, ProcessKey, ProcessMeta};
 use serde::{Deserialize, Serialize};
 
 /// The checkpoint's file name in the state directory.
@@ -99,6 +99,11 @@ pub struct ProcessTotals {
     pub comm: String,
     pub exe: Option<String>,
     pub uid: u32,
+    /// Network namespace and cgroup path (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    pub netns: Option<u64>,
+    #[serde(default)]
+    pub cgroup: Option<String>,
     #[serde(with = "CountersDef")]
     pub total: Counters,
 }
@@ -167,6 +172,8 @@ impl Checkpoint {
                 comm: meta.comm,
                 exe: meta.exe,
                 uid: meta.uid,
+                netns: meta.placement.netns.map(|n| n.0),
+                cgroup: meta.placement.cgroup,
                 total,
             })
             .collect();
@@ -227,6 +234,10 @@ impl Checkpoint {
                 comm: p.comm.clone(),
                 exe: p.exe.clone(),
                 uid: p.uid,
+                placement: Placement {
+                    netns: p.netns.map(NetNsId),
+                    cgroup: p.cgroup.clone(),
+                },
             };
             ledger.restore(p.key(), meta, p.total);
             restored.processes += 1;
@@ -245,6 +256,10 @@ struct LoggedLine {
     comm: String,
     exe: Option<String>,
     uid: Option<u32>,
+    #[serde(default)]
+    netns: Option<u64>,
+    #[serde(default)]
+    cgroup: Option<String>,
     rx_bytes_total: u64,
     tx_bytes_total: u64,
     rx_packets_total: u64,
@@ -268,6 +283,8 @@ impl LoggedLine {
             comm: self.comm.clone(),
             exe: self.exe.clone(),
             uid: self.uid.unwrap_or(u32::MAX),
+            netns: self.netns,
+            cgroup: self.cgroup.clone(),
             total: Counters::default(),
         }
     }
@@ -461,6 +478,8 @@ mod tests {
             comm: format!("p{pid}"),
             exe: None,
             uid: 0,
+            netns: None,
+            cgroup: None,
             total: Counters {
                 tx_bytes: tx,
                 tx_packets: 1,

@@ -18,6 +18,9 @@ use pidcap_core::{Counters, LogBatch, LogRecord};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::query::queries::placement;
+use crate::users::UserNames;
+
 /// Schema version of every line.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -43,16 +46,19 @@ pub struct LogLine<'a> {
     pub exited: bool,
     /// When the daemon that wrote the line started: a new value marks a restart.
     pub daemon_start: &'a str,
+    /// Network namespace, cgroup, unit, container and user name (all `null` for unknown).
+    #[serde(flatten)]
+    pub placement: pidcap_proto::PlacementFields,
 }
 
 /// Renders a batch as JSON lines, each ending in `\n`; `daemon_start` is the RFC 3339 time
 /// the daemon started.
-pub fn render(batch: &LogBatch, now: SystemTime, daemon_start: &str) -> Vec<u8> {
+pub fn render(batch: &LogBatch, now: SystemTime, daemon_start: &str, users: &UserNames) -> Vec<u8> {
     let ts = humantime::format_rfc3339_millis(now).to_string();
     let interval_s = (batch.interval.as_secs_f64() * 1000.0).round() / 1000.0;
     let mut out = Vec::with_capacity(batch.records.len() * 320);
     for record in &batch.records {
-        let line = line(record, &ts, interval_s, daemon_start);
+        let line = line(record, &ts, interval_s, daemon_start, users);
         // Serialising plain structs of numbers and strings cannot fail.
         if serde_json::to_writer(&mut out, &line).is_ok() {
             out.push(b'\n');
@@ -61,7 +67,13 @@ pub fn render(batch: &LogBatch, now: SystemTime, daemon_start: &str) -> Vec<u8> 
     out
 }
 
-fn line<'a>(r: &'a LogRecord, ts: &'a str, interval_s: f64, daemon_start: &'a str) -> LogLine<'a> {
+fn line<'a>(
+    r: &'a LogRecord,
+    ts: &'a str,
+    interval_s: f64,
+    daemon_start: &'a str,
+    users: &UserNames,
+) -> LogLine<'a> {
     let (i, t): (&Counters, &Counters) = (&r.interval, &r.total);
     LogLine {
         v: SCHEMA_VERSION,
@@ -85,6 +97,9 @@ fn line<'a>(r: &'a LogRecord, ts: &'a str, interval_s: f64, daemon_start: &'a st
         tx_packets_total: t.tx_packets,
         exited: r.exited,
         daemon_start,
+        placement: r.meta.as_ref().map_or_else(Default::default, |m| {
+            placement(&m.placement, users.name(m.uid))
+        }),
     }
 }
 
@@ -232,6 +247,10 @@ mod tests {
                         comm: "curl".into(),
                         exe: Some("/usr/bin/curl".into()),
                         uid: 1000,
+                        placement: pidcap_core::Placement {
+                            netns: Some(pidcap_core::NetNsId(4026532001)),
+                            cgroup: Some(format!("/system.slice/docker-{}.scope", "ab".repeat(32))),
+                        },
                     }),
                     interval: c,
                     total: c,
@@ -254,12 +273,13 @@ mod tests {
             &batch(),
             SystemTime::UNIX_EPOCH,
             "1970-01-01T00:00:00.000Z",
+            &UserNames::default(),
         ))
         .unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            r#"{"v":1,"ts":"1970-01-01T00:00:00.000Z","interval_s":10.0,"pid":42,"start_time":7,"comm":"curl","exe":"/usr/bin/curl","uid":1000,"rx_bytes":10,"tx_bytes":20,"rx_packets":1,"tx_packets":2,"rx_bytes_total":10,"tx_bytes_total":20,"rx_packets_total":1,"tx_packets_total":2,"exited":true,"daemon_start":"1970-01-01T00:00:00.000Z"}"#
+            r#"{"v":1,"ts":"1970-01-01T00:00:00.000Z","interval_s":10.0,"pid":42,"start_time":7,"comm":"curl","exe":"/usr/bin/curl","uid":1000,"rx_bytes":10,"tx_bytes":20,"rx_packets":1,"tx_packets":2,"rx_bytes_total":10,"tx_bytes_total":20,"rx_packets_total":1,"tx_packets_total":2,"exited":true,"daemon_start":"1970-01-01T00:00:00.000Z","netns":4026532001,"cgroup":"/system.slice/docker-abababababababababababababababababababababababababababababababab.scope","unit":"docker-abababababababababababababababababababababababababababababababab.scope","container":{"runtime":"docker","id":"abababababababababababababababababababababababababababababababab","pod":null},"user":null}"#
         );
         assert!(lines[1].contains(r#""pid":null,"start_time":null,"comm":"<unknown>","exe":null,"uid":null,"rx_bytes":0"#), "{}", lines[1]);
         assert!(text.ends_with('\n'));

@@ -6,10 +6,12 @@
 //! owners and holders, `watch` rows), and the reply says so (`filtered_to_uid`). The unknown
 //! bucket and `stats` are aggregates without per-process detail, the same for everybody.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use pidcap_core::{
-    canonical, ProcessUsage, QualityBytes, SocketEntry, SocketTable, TcpState, Usage,
+    canonical, Placement, ProcessUsage, QualityBytes, SocketEntry, SocketTable, TcpState, Usage,
 };
 use pidcap_proto as proto;
 use pidcap_proto::{ErrorCode, LookupQuery};
@@ -18,6 +20,7 @@ use pidcap_wire::IpProto;
 use crate::process_side::facts::FactsUsage;
 use crate::query::access::Viewer;
 use crate::state::{stale_after, DaemonState, Worker};
+use crate::users::UserNames;
 
 /// A reply line, or an error to send instead.
 pub type Reply = Result<Vec<u8>, (ErrorCode, String)>;
@@ -38,7 +41,7 @@ fn usage(u: &Usage) -> proto::Usage {
     }
 }
 
-fn row(p: &ProcessUsage) -> proto::ProcessRow {
+fn row(p: &ProcessUsage, users: &UserNames) -> proto::ProcessRow {
     proto::ProcessRow {
         pid: p.key.pid,
         start_time: p.key.start_time,
@@ -48,6 +51,22 @@ fn row(p: &ProcessUsage) -> proto::ProcessRow {
         usage: usage(&p.usage),
         alive: p.alive(),
         matched: matched(&p.quality),
+        placement: placement(&p.meta.placement, users.name(p.meta.uid)),
+    }
+}
+
+/// The placement fields of a row; `user` as resolved so far.
+pub fn placement(p: &Placement, user: Option<Arc<str>>) -> proto::PlacementFields {
+    proto::PlacementFields {
+        netns: p.netns.map(|n| n.0),
+        cgroup: p.cgroup.clone(),
+        unit: p.unit().map(str::to_string),
+        container: p.container().map(|c| proto::ContainerRef {
+            runtime: c.runtime.to_string(),
+            id: c.id.to_string(),
+            pod: c.pod.map(|uid| uid.to_uid()),
+        }),
+        user: user.map(|u| u.to_string()),
     }
 }
 
@@ -66,7 +85,7 @@ pub fn processes(shared: &DaemonState, viewer: Viewer) -> Reply {
         let rows: Vec<proto::ProcessRow> = ledger
             .processes()
             .filter(|p| viewer.sees(p.meta.uid))
-            .map(row)
+            .map(|p| row(p, shared.users()))
             .collect();
         (rows, usage(ledger.unknown()))
     };
@@ -79,7 +98,10 @@ pub fn processes(shared: &DaemonState, viewer: Viewer) -> Reply {
 }
 
 pub fn process(shared: &DaemonState, pid: u32, viewer: Viewer) -> Reply {
-    let row = shared.ledger().find_pid(pid).map(row);
+    let row = shared
+        .ledger()
+        .find_pid(pid)
+        .map(|p| row(p, shared.users()));
     let Some(row) = row.filter(|r| viewer.sees(r.uid)) else {
         return Err((ErrorCode::NotFound, not_found_message(pid, viewer)));
     };
@@ -100,6 +122,69 @@ pub fn process(shared: &DaemonState, pid: u32, viewer: Viewer) -> Reply {
     Ok(proto::encode_line(&proto::ok(proto::ProcessReply {
         process,
     })))
+}
+
+/// Counters summed per group (user, unit, container or network namespace) over the
+/// processes `viewer` sees, by descending total bytes; the unknown bucket apart.
+pub fn groups(shared: &DaemonState, by: proto::GroupBy, viewer: Viewer) -> Reply {
+    let (mut groups, unknown) = {
+        let ledger = shared.ledger();
+        let mut groups: HashMap<Option<String>, proto::GroupRow> = HashMap::new();
+        for p in ledger.processes().filter(|p| viewer.sees(p.meta.uid)) {
+            let key = group_key(p, by, shared.users());
+            let row = groups
+                .entry(key.clone())
+                .or_insert_with(|| proto::GroupRow {
+                    key,
+                    processes: 0,
+                    usage: proto::Usage::default(),
+                });
+            row.processes += 1;
+            add_usage(&mut row.usage, &usage(&p.usage));
+        }
+        (
+            groups.into_values().collect::<Vec<_>>(),
+            usage(ledger.unknown()),
+        )
+    };
+    let total = |r: &proto::GroupRow| r.usage.rx_bytes_total + r.usage.tx_bytes_total;
+    groups.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.key.cmp(&b.key)));
+    Ok(proto::encode_line(&proto::ok(proto::GroupsReply {
+        by,
+        groups,
+        unknown,
+        filtered_to_uid: viewer.filtered_to(),
+    })))
+}
+
+/// The group `p` is in; `None` for the processes with no such group.
+fn group_key(p: &ProcessUsage, by: proto::GroupBy, users: &UserNames) -> Option<String> {
+    let placement = &p.meta.placement;
+    match by {
+        proto::GroupBy::User => Some(
+            users
+                .name(p.meta.uid)
+                .map_or_else(|| p.meta.uid.to_string(), |n| n.to_string()),
+        ),
+        proto::GroupBy::Unit => placement.unit().map(str::to_string),
+        proto::GroupBy::Container => placement
+            .container()
+            .map(|c| format!("{}:{}", c.runtime, c.id)),
+        proto::GroupBy::Netns => placement.netns.map(|n| n.0.to_string()),
+    }
+}
+
+fn add_usage(sum: &mut proto::Usage, u: &proto::Usage) {
+    sum.rx_bytes += u.rx_bytes;
+    sum.tx_bytes += u.tx_bytes;
+    sum.rx_packets += u.rx_packets;
+    sum.tx_packets += u.tx_packets;
+    sum.rx_bytes_total += u.rx_bytes_total;
+    sum.tx_bytes_total += u.tx_bytes_total;
+    sum.rx_packets_total += u.rx_packets_total;
+    sum.tx_packets_total += u.tx_packets_total;
+    sum.rx_bps += u.rx_bps;
+    sum.tx_bps += u.tx_bps;
 }
 
 /// Says the same whether another user's process has traffic or not: a restricted viewer
@@ -375,6 +460,7 @@ mod tests {
             exe: Some(format!("/usr/bin/{comm}")),
             uid,
             cmdline: vec![comm.into(), "--secret".into()],
+            placement: Default::default(),
         }
     }
 

@@ -377,6 +377,7 @@ pub fn answer(
             Err(e) => Err((e.code(), e.to_string())),
         },
         Request::Stats => queries::stats(shared, Instant::now(), clients.snapshot()),
+        Request::Groups { by } => queries::groups(shared, *by, viewer),
         Request::Watch(_) => Err((ErrorCode::Internal, "watch is a stream".into())),
     };
     reply.unwrap_or_else(|(code, message)| proto::encode_line(&proto::error_reply(code, message)))

@@ -468,6 +468,7 @@ impl Refresher {
                     self.shared.publish(table);
                 }
                 self.mark_exits();
+                self.resolve_users();
                 let mut info = self.shared.refresh_info();
                 info.count += 1;
                 info.last_duration = started.elapsed();
@@ -484,6 +485,18 @@ impl Refresher {
                 true
             }
         }
+    }
+
+    /// Looks up the names of the uids with traffic not named yet (the user database may
+    /// block: this thread, never a query's, asks it).
+    fn resolve_users(&self) {
+        let uids: std::collections::HashSet<u32> = self
+            .shared
+            .ledger()
+            .processes()
+            .map(|p| p.meta.uid)
+            .collect();
+        self.shared.users().resolve(uids);
     }
 
     /// Marks ledger processes that no longer exist (or whose pid now names another process).

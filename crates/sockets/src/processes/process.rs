@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use pidcap_core::{ProcessInfo, ProcessKey};
+use pidcap_core::{cgroup_path, Placement, ProcessInfo, ProcessKey};
 
 use crate::error::{Error, Result};
 use crate::root::{read_file, read_file_prefix, read_link, ProcRoot};
@@ -126,9 +126,22 @@ impl ProcRoot {
             exe: exe_of(&dir),
             uid,
             cmdline,
+            placement: Placement {
+                netns: self.netns_of(pid).ok(),
+                cgroup: cgroup_of(&dir),
+            },
         })
     }
 }
+
+/// The process's cgroup path (see [`pidcap_core::cgroup_path`]); `None` when unreadable.
+fn cgroup_of(dir: &Path) -> Option<String> {
+    let text = read_file_prefix(&dir.join("cgroup"), CGROUP_LIMIT).ok()?;
+    cgroup_path(&String::from_utf8_lossy(&text))
+}
+
+/// The most of `/proc/<pid>/cgroup` read (a dozen lines of paths on a v1 host).
+pub(crate) const CGROUP_LIMIT: usize = 16 << 10;
 
 #[cfg(test)]
 mod tests {

@@ -11,13 +11,16 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use pidcap_core::{ProcessInfo, ProcessKey};
+use pidcap_core::{cgroup_path, Placement, ProcessInfo, ProcessKey};
 use rustix::buffer::spare_capacity;
 use rustix::fs::{openat, readlinkat, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::processes::process::{parse_cmdline, parse_stat, parse_status_uid, CMDLINE_LIMIT};
+use crate::processes::netns::parse_ns_link;
+use crate::processes::process::{
+    parse_cmdline, parse_stat, parse_status_uid, CGROUP_LIMIT, CMDLINE_LIMIT,
+};
 use crate::text::{dec, fields};
 
 /// `<root>/<pid>/<name>`, built only to name a file in an error.
@@ -87,7 +90,23 @@ pub(super) fn process_at(
         exe: exe_at(pid_dir, buf),
         uid,
         cmdline,
+        placement: placement_at(pid_dir, buf),
     })
+}
+
+/// The process's network namespace and cgroup path; each `None` when unreadable.
+fn placement_at(pid_dir: &OwnedFd, buf: &mut Vec<u8>) -> Placement {
+    let netns = readlinkat(pid_dir, c"ns/net", std::mem::take(buf))
+        .ok()
+        .and_then(|target| {
+            let netns = parse_ns_link(target.as_bytes());
+            *buf = target.into_bytes();
+            netns
+        });
+    let cgroup = read_at_most(pid_dir, c"cgroup", buf, CGROUP_LIMIT)
+        .ok()
+        .and_then(|()| cgroup_path(&String::from_utf8_lossy(buf)));
+    Placement { netns, cgroup }
 }
 
 /// `comm` and start time from `stat` alone: enough to tell that a process seen before is
