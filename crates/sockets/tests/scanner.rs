@@ -470,6 +470,8 @@ fn pairs(scan: &OwnerScan) -> HashSet<(u64, ProcessKey)> {
 #[test]
 fn live_scan_all_equals_scan_socket_owners_when_nothing_changed() {
     let _live = live_lock();
+    // At least one holder on any machine: this test's own socket.
+    let _held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let root = ProcRoot::default();
     let mut scanner = OwnerScanner::open(&root).unwrap();
     for _ in 0..20 {
