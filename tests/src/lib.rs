@@ -4,6 +4,7 @@
 //! it waited for; every process and namespace it creates is removed on Drop.
 
 pub mod accuracy;
+pub mod cgroup;
 pub mod check;
 pub mod daemon;
 pub mod frame;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use cgroup::Cgroup;
 pub use daemon::{
     private_paths, run_pidcapd, wait_bounded, Client, Counters, Daemon, Finished, Launch,
 };

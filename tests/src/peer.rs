@@ -51,6 +51,11 @@ impl Peer {
         Peer::spawn_command(command)
     }
 
+    /// Runs `pidcap-peer args` on the host inside `cgroup` (from its exec on).
+    pub fn spawn_in_cgroup(cgroup: &crate::Cgroup, args: &[&str]) -> Peer {
+        Peer::spawn_command(cgroup.command(&bin_path("pidcap-peer"), args))
+    }
+
     /// Runs `pidcap-peer args` on the host as `uid`:`gid`, with no supplementary groups.
     pub fn spawn_as(uid: u32, gid: u32, args: &[&str]) -> Peer {
         use std::os::unix::process::CommandExt;

@@ -8,7 +8,7 @@
 
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use pidcap_core::{ProcessInfo, ProcessKey, SocketEntry};
+use pidcap_core::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 use pidcap_wire::FlowKey;
 
 /// Asks the refresher for an early refresh; never blocks. Concurrent requests coalesce into
@@ -72,6 +72,9 @@ pub enum News {
     /// nothing any more. Until the next full fd scan it would still be listed, and as the
     /// newest holder be credited with the traffic of the process it shared a socket with.
     Exited { key: ProcessKey, uid: u32 },
+    /// A process started in a network namespace other than the daemon's: that namespace's
+    /// sockets and addresses are to be read (through `pid`) before its traffic comes.
+    Namespace { netns: NetNsId, pid: u32 },
 }
 
 impl From<Learned> for News {

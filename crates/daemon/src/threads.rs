@@ -212,6 +212,7 @@ fn start_watcher(
         facts,
         shared: shared.clone(),
         reported: HashMap::new(),
+        namespaces_told: Default::default(),
     };
     spawn("watch", move || watcher.run()).map(Some)
 }

@@ -62,6 +62,8 @@ pub struct Watcher {
     /// Processes whose sockets were sent to the refresher, to be reported at their exit (at
     /// most `MAX_REPORTED` (65,536); beyond, full fd scans alone correct those holders).
     pub reported: HashMap<u32, (ProcessKey, u32)>,
+    /// Network namespaces already told to the refresher (at most `MAX_REPORTED`).
+    pub namespaces_told: HashSet<NetNsId>,
 }
 
 /// Processes remembered for the report of their exit.
@@ -107,13 +109,14 @@ impl Watcher {
     /// Starts (or restarts, after a new exec) watching `pid`. An exec replaces the program
     /// and may follow a `setns` (`ip netns exec`): the facts and the namespace are read
     /// afresh, and a watch of the previous program ends.
-    fn watch(&self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
+    fn watch(&mut self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
         watched.remove(&pid);
         let Known::Process(info, netns) =
             self.facts.read(&self.proc, self.netns, pid, Instant::now())
         else {
             return; // already gone
         };
+        self.note_namespace(netns, pid);
         let Ok(handle) = ProcessHandle::open(pid) else {
             return; // already gone
         };
@@ -189,6 +192,19 @@ impl Watcher {
             self.send(learned.into());
         }
         true
+    }
+
+    /// Tells the refresher about a network namespace it has not been told of (the first
+    /// process seen in it), so its addresses are known before its traffic comes.
+    fn note_namespace(&mut self, netns: NetNsId, pid: u32) {
+        if netns == self.netns || self.namespaces_told.contains(&netns) {
+            return;
+        }
+        if self.namespaces_told.len() >= MAX_REPORTED {
+            self.namespaces_told.clear();
+        }
+        self.namespaces_told.insert(netns);
+        self.send(News::Namespace { netns, pid });
     }
 
     /// Tells the refresher that a process it was told holds sockets has exited: it holds

@@ -261,6 +261,12 @@ impl TableBuilder {
         self.assembly.learn(sighting, now);
         new_namespace
     }
+
+    /// A process `pid` runs in `netns`: true when that namespace was not known (the next
+    /// pass reads it).
+    pub fn note_namespace(&mut self, netns: NetNsId, pid: u32) -> bool {
+        self.guests.note(netns, pid)
+    }
 }
 
 /// What a targeted lookup of missed flows achieved.
@@ -333,6 +339,7 @@ impl Refresher {
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Refresh, Instant::now());
             crate::fault::stall_point("refresh", &self.stop);
+            self.resolve_users();
             match self.wait(&mut round) {
                 Step::Done => continue,
                 Step::Stop => return,
@@ -412,6 +419,10 @@ impl Refresher {
                     true
                 }
                 News::Exited { key, uid } => self.builder.exited(key, uid, self.netns),
+                News::Namespace { netns, pid } => {
+                    self.pass_due |= self.builder.note_namespace(netns, pid);
+                    false
+                }
             };
         }
         any
@@ -468,7 +479,6 @@ impl Refresher {
                     self.shared.publish(table);
                 }
                 self.mark_exits();
-                self.resolve_users();
                 let mut info = self.shared.refresh_info();
                 info.count += 1;
                 info.last_duration = started.elapsed();
