@@ -6,7 +6,7 @@ use std::time::Duration;
 use pidcap_e2e::{usage_log, wait_until, Daemon, Peer};
 use serde_json::Value;
 
-const FIELDS: [&str; 18] = [
+const FIELDS: [&str; 23] = [
     "v",
     "ts",
     "interval_s",
@@ -25,6 +25,11 @@ const FIELDS: [&str; 18] = [
     "tx_packets_total",
     "exited",
     "daemon_start",
+    "netns",
+    "cgroup",
+    "unit",
+    "container",
+    "user",
 ];
 const COUNTERS: [&str; 8] = [
     "rx_bytes",
@@ -89,7 +94,16 @@ fn check_line(line: &Value) {
     );
     if line["pid"].is_null() {
         assert_eq!(line["comm"], "<unknown>", "{line}");
-        for f in ["start_time", "exe", "uid"] {
+        for f in [
+            "start_time",
+            "exe",
+            "uid",
+            "netns",
+            "cgroup",
+            "unit",
+            "container",
+            "user",
+        ] {
             assert!(line[f].is_null(), "{f} of unknown line {line}");
         }
     } else {
@@ -106,6 +120,15 @@ fn check_line(line: &Value) {
             "exe of {line}"
         );
         assert!(line["uid"].is_u64(), "uid of {line}");
+        assert!(line["netns"].is_u64(), "netns of {line}");
+        assert!(line["cgroup"].is_string(), "cgroup of {line}");
+        for f in ["unit", "user"] {
+            assert!(line[f].is_string() || line[f].is_null(), "{f} of {line}");
+        }
+        assert!(
+            line["container"].is_object() || line["container"].is_null(),
+            "container of {line}"
+        );
     }
 }
 
