@@ -4,6 +4,7 @@
 //! it waited for; every process and namespace it creates is removed on Drop.
 
 pub mod accuracy;
+pub mod bridge;
 pub mod cgroup;
 pub mod check;
 pub mod daemon;
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use bridge::Bridge;
 pub use cgroup::Cgroup;
 pub use daemon::{
     private_paths, run_pidcapd, wait_bounded, Client, Counters, Daemon, Finished, Launch,

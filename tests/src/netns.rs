@@ -117,16 +117,22 @@ impl Drop for Netns {
 }
 
 fn claim_slot() -> (u8, File) {
+    claim("slot")
+}
+
+/// Claims the first free `<kind>-<n>` lock (n in 1..=250): an exclusive `flock`, released
+/// when the file is dropped or the process dies.
+pub(crate) fn claim(kind: &str) -> (u8, File) {
     std::fs::create_dir_all(LOCK_DIR).expect("create lock dir");
     for n in 1..=250_u8 {
-        let file = File::create(format!("{LOCK_DIR}/slot-{n}")).expect("create slot file");
+        let file = File::create(format!("{LOCK_DIR}/{kind}-{n}")).expect("create slot file");
         // SAFETY: flock on a file descriptor we own; no memory is passed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {
             return (n, file);
         }
     }
-    panic!("all 250 netns slots in {LOCK_DIR} are taken");
+    panic!("all 250 {kind} slots in {LOCK_DIR} are taken");
 }
 
 /// Removes what a crashed earlier owner of slot `n` may have left.
@@ -145,14 +151,14 @@ fn remove_leftovers(n: u8) {
     }
 }
 
-fn run_ip(args: &[&str]) -> std::process::Output {
+pub(crate) fn run_ip(args: &[&str]) -> std::process::Output {
     Command::new("ip")
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run ip {args:?}: {e}"))
 }
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = run_ip(args);
     assert!(
         out.status.success(),

@@ -51,6 +51,13 @@ impl Peer {
         Peer::spawn_command(command)
     }
 
+    /// Runs `pidcap-peer args` inside a bridge member's namespace (via `ip netns exec`).
+    pub fn spawn_in_member(member: &crate::bridge::Member, args: &[&str]) -> Peer {
+        let mut command = member.command(bin_path("pidcap-peer"));
+        command.args(args);
+        Peer::spawn_command(command)
+    }
+
     /// Runs `pidcap-peer args` on the host inside `cgroup` (from its exec on).
     pub fn spawn_in_cgroup(cgroup: &crate::Cgroup, args: &[&str]) -> Peer {
         Peer::spawn_command(cgroup.command(&bin_path("pidcap-peer"), args))

@@ -167,6 +167,10 @@ pub struct Totals {
     pub unknown_by_reason: ReasonBytes,
     pub foreign_packets: u64,
     pub foreign_bytes: u64,
+    /// Copies of a local packet already counted on another interface (a bridge, a route):
+    /// counted apart, like foreign packets, so each local packet is counted once.
+    pub transit_packets: u64,
+    pub transit_bytes: u64,
     pub non_ip_packets: u64,
     pub malformed_packets: u64,
 }
@@ -180,6 +184,8 @@ impl Totals {
         self.unknown_by_reason.absorb(&other.unknown_by_reason);
         self.foreign_packets += other.foreign_packets;
         self.foreign_bytes += other.foreign_bytes;
+        self.transit_packets += other.transit_packets;
+        self.transit_bytes += other.transit_bytes;
         self.non_ip_packets += other.non_ip_packets;
         self.malformed_packets += other.malformed_packets;
     }
@@ -223,6 +229,12 @@ impl Tally {
     pub fn record_foreign(&mut self, len: u32) {
         self.totals.foreign_packets += 1;
         self.totals.foreign_bytes += u64::from(len);
+    }
+
+    /// Records a copy of a packet already counted on another interface.
+    pub fn record_transit(&mut self, len: u32) {
+        self.totals.transit_packets += 1;
+        self.totals.transit_bytes += u64::from(len);
     }
 
     /// Records one decided direction of a packet. `late` marks a credit that waited in the

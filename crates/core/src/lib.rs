@@ -4,6 +4,7 @@
 mod assembly;
 mod attribute;
 mod cache;
+mod copies;
 mod counters;
 mod fragments;
 mod ledger;
@@ -18,6 +19,7 @@ mod table;
 pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
 pub use attribute::{attribute, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
+pub use copies::{CopyFilter, COPY_WINDOW_US};
 pub use counters::{
     Counters, Direction, ProcessTally, Quality, QualityBytes, ReasonBytes, Tally, Totals,
 };

@@ -406,6 +406,15 @@ impl SocketTable {
         ip.is_loopback() || self.live.local.contains(&ip) || self.live.guests.contains_key(&ip)
     }
 
+    /// True when either end of `flow` is an address of another namespace than the table's
+    /// own (a container's): such packets may be captured once per interface they cross.
+    pub fn touches_guest(&self, flow: &pidcap_wire::FlowKey) -> bool {
+        let guests = &self.live.guests;
+        !guests.is_empty()
+            && (guests.contains_key(&canonical_ip(flow.src.ip()))
+                || guests.contains_key(&canonical_ip(flow.dst.ip())))
+    }
+
     /// Finds the socket for the local end `local` of a packet exchanged with `remote`, among
     /// the sockets of the namespace `local`'s address belongs to (none when several have
     /// it; see the module doc), in the documented lookup order: exact connected socket held by a process; then a recently

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, LiveConfig, Next, Source};
-use pidcap_core::{AttributionCache, Direction, FragmentMap, Pending, SocketTable, Tally};
+use pidcap_core::{
+    AttributionCache, CopyFilter, Direction, FragmentMap, Pending, SocketTable, Tally,
+};
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
 
@@ -61,6 +63,7 @@ pub struct Pipeline {
 struct CaptureState {
     tally: Tally,
     cache: AttributionCache,
+    copies: CopyFilter,
     pending: Pending,
     fragments: FragmentMap,
     table: Arc<SocketTable>,
@@ -73,6 +76,15 @@ struct CaptureState {
 }
 
 impl CaptureState {
+    /// A copy of a packet already counted: only captures of several interfaces (`any`, whose
+    /// link types are LINUX_SLL/SLL2) see one packet twice, and only packets to or from
+    /// another namespace (a container behind a bridge or a route) are looked at.
+    fn is_copy(&mut self, link: LinkType, meta: &PacketMeta, at_us: u64) -> bool {
+        matches!(link, LinkType::LinuxSll | LinkType::LinuxSll2)
+            && self.table.touches_guest(&meta.flow)
+            && self.copies.is_copy(meta, at_us)
+    }
+
     fn due(&mut self, ts: SystemTime) -> bool {
         if self.tally.len() >= BATCH {
             return true;
@@ -108,6 +120,7 @@ impl Pipeline {
         let mut batch = CaptureState {
             tally: Tally::default(),
             cache,
+            copies: CopyFilter::new(),
             pending,
             fragments,
             table: shared.table(),
@@ -149,7 +162,8 @@ impl Capture {
                         // A refresh landed: attribute this packet with the new table.
                         merge(&self.shared, batch);
                     }
-                    handle(&self.misses, batch, link, frame.data, frame.orig_len);
+                    let at_us = micros(frame.ts);
+                    handle(&self.misses, batch, link, frame.data, frame.orig_len, at_us);
                     if batch.due(frame.ts) {
                         merge(&self.shared, batch);
                         self.maybe_publish_stats(batch);
@@ -269,23 +283,37 @@ fn merge(shared: &DaemonState, batch: &mut CaptureState) {
         flows_cached: batch.cache.len() as u64,
         flow_cache_clears: batch.cache.clears(),
         fragments_forgotten: batch.fragments.forgotten(),
+        copies_forgotten: batch.copies.forgotten(),
     });
     batch.opened_at = None;
     batch.merged_at = now;
     shared.beat(now);
 }
 
-/// One frame: parse, attribute (through the cache), count or hold.
+/// Capture time in µs since the epoch (0 for a time before it).
+fn micros(ts: SystemTime) -> u64 {
+    ts.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One frame captured at `at_us`: parse, drop a copy of a packet already counted on another
+/// interface, attribute (through the cache), count or hold.
 fn handle(
     misses: &MissSignal,
     batch: &mut CaptureState,
     link: LinkType,
     data: &[u8],
     orig_len: u32,
+    at_us: u64,
 ) {
     match parse(link, data, orig_len) {
         Ok(mut meta) => {
             batch.fragments.resolve(&mut meta);
+            if batch.is_copy(link, &meta, at_us) {
+                batch.tally.note_frame();
+                batch.tally.record_transit(meta.ip_len);
+                return;
+            }
             attribute(misses, batch, &meta)
         }
         Err(WireError::NotIp(_)) => batch.tally.record_non_ip(),
@@ -403,6 +431,7 @@ mod tests {
         CaptureState {
             tally: Tally::default(),
             cache: AttributionCache::new(1024),
+            copies: CopyFilter::new(),
             pending: Pending::new(100, Duration::from_secs(2)),
             fragments: FragmentMap::new(16),
             table: shared.table(),
@@ -413,7 +442,7 @@ mod tests {
     }
 
     fn feed(misses: &MissSignal, batch: &mut CaptureState, f: &[u8]) {
-        handle(misses, batch, LinkType::Ethernet, f, f.len() as u32);
+        handle(misses, batch, LinkType::Ethernet, f, f.len() as u32, 0);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct CaptureLevels {
     pub flow_cache_clears: u64,
     /// Fragmented datagrams forgotten at the fragment map's bound.
     pub fragments_forgotten: u64,
+    /// Packet sightings forgotten at the copy filter's bound.
+    pub copies_forgotten: u64,
 }
 
 /// Facts about the capture handle, refreshed by the capture thread.

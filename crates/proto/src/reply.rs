@@ -255,6 +255,13 @@ pub struct Stats {
     pub foreign_packets: u64,
     /// Bytes with neither end local.
     pub foreign_bytes: u64,
+    /// Copies of a local packet already counted on another interface (with `any`: a
+    /// container's packet on its veth and again on the bridge or the uplink).
+    #[serde(default)]
+    pub transit_packets: u64,
+    /// Bytes of those copies.
+    #[serde(default)]
+    pub transit_bytes: u64,
     /// Received bytes credited to a process.
     pub credited_rx_bytes: u64,
     /// Sent bytes credited to a process.
@@ -349,6 +356,10 @@ pub struct Bounds {
     /// Fragmented datagrams forgotten because 4,096 were remembered (their later fragments
     /// are counted as `unsupported`).
     pub fragments_forgotten: u64,
+    /// Packet sightings the copy filter forgot because 65,536 were remembered (a copy may
+    /// then count twice).
+    #[serde(default)]
+    pub copies_forgotten: u64,
 }
 
 /// One long-lived daemon thread's health, from its heartbeat.

@@ -38,6 +38,8 @@ pub(crate) struct NetworkRepr<'a> {
     pub(crate) proto: IpProto,
     pub(crate) ip_len: u32,
     pub(crate) fragment: Option<Fragment>,
+    /// IPv4 identification, or the IPv6 flow label: part of [`crate::PacketMeta::copy_id`].
+    pub(crate) ident: u32,
     /// The captured upper-layer bytes, clipped to the declared length; `None` for non-first
     /// fragments, which carry no transport header.
     pub(crate) transport: Option<&'a [u8]>,

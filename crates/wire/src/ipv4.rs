@@ -131,6 +131,7 @@ pub(crate) fn parse(packet: &[u8], wire_len: u32) -> Result<NetworkRepr<'_>, Wir
         proto: p.protocol(),
         ip_len,
         fragment,
+        ident: u32::from(p.ident()),
         transport: first.then(|| ip::clipped(packet, p.header_len(), ip_len)),
     })
 }

@@ -60,6 +60,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be_u16(&self.bytes()[field::LENGTH])
     }
 
+    /// The 20-bit flow label.
+    pub(crate) fn flow_label(&self) -> u32 {
+        let b = self.bytes();
+        u32::from_be_bytes([0, b[1] & 0x0f, b[2], b[3]])
+    }
+
     /// The first next-header value (an extension header or the upper layer).
     pub(crate) fn next_header(&self) -> u8 {
         self.bytes()[field::NXT_HDR]
@@ -105,6 +111,7 @@ pub(crate) fn parse(packet: &[u8], wire_len: u32) -> Result<NetworkRepr<'_>, Wir
         proto: chain.proto,
         ip_len,
         fragment: chain.fragment,
+        ident: p.flow_label(),
         transport: chain.transport,
     })
 }

@@ -56,5 +56,20 @@ pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, 
         icmp_echo: ports.icmp_echo,
         direction: l2.direction,
         ifindex: l2.ifindex,
+        copy_id: copy_id(net.ident, net.transport),
     })
+}
+
+/// See [`PacketMeta::copy_id`]: a 64-bit mix (FNV-style multiply and xor-shift) of
+/// `ident` and the first 16 transport bytes.
+fn copy_id(ident: u32, transport: Option<&[u8]>) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ u64::from(ident);
+    let bytes = transport.map_or(&[][..], |t| t.get(..16).unwrap_or(t));
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    h
 }

@@ -48,4 +48,11 @@ pub struct PacketMeta {
     pub direction: LinkDirection,
     /// The interface index LINUX_SLL2 carries; `None` for other link types.
     pub ifindex: Option<u32>,
+    /// A fingerprint of what a bridged or routed copy of this packet keeps unchanged (the
+    /// IPv4 identification or IPv6 flow label, and the first 16 captured bytes of the
+    /// transport header: ports, TCP sequence and acknowledgement numbers, UDP length and
+    /// checksum, ICMP identifier and sequence). With the flow and `ip_len` it tells the
+    /// copies of one packet seen on several interfaces from other packets; the TTL, the
+    /// link header and the IP checksum do not enter it.
+    pub copy_id: u64,
 }

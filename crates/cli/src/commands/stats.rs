@@ -34,6 +34,7 @@ pub fn render(s: &Stats) -> String {
         ("captured rx", traffic(s.rx_packets, s.rx_bytes)),
         ("captured tx", traffic(s.tx_packets, s.tx_bytes)),
         ("foreign", traffic(s.foreign_packets, s.foreign_bytes)),
+        ("transit", traffic(s.transit_packets, s.transit_bytes)),
         (
             "credited rx",
             traffic(s.credited_rx_packets, s.credited_rx_bytes),
@@ -131,8 +132,13 @@ pub fn render(s: &Stats) -> String {
 /// What happened at the packet path's bounds.
 fn bounds(b: &pidcap_proto::Bounds) -> String {
     format!(
-        "{} flows cached ({} clears), {} pending evicted, {} fragmented datagrams forgotten",
-        b.flows_cached, b.flow_cache_clears, b.pending_evicted, b.fragments_forgotten
+        "{} flows cached ({} clears), {} pending evicted, {} fragmented datagrams forgotten, \
+         {} packet copies forgotten",
+        b.flows_cached,
+        b.flow_cache_clears,
+        b.pending_evicted,
+        b.fragments_forgotten,
+        b.copies_forgotten
     )
 }
 
@@ -205,6 +211,8 @@ mod tests {
             tx_bytes: 12,
             foreign_packets: 13,
             foreign_bytes: 14,
+            transit_packets: 57,
+            transit_bytes: 58,
             credited_rx_bytes: 15,
             credited_tx_bytes: 16,
             credited_rx_packets: 17,
@@ -276,6 +284,7 @@ mod tests {
                 flow_cache_clears: 54,
                 pending_evicted: 55,
                 fragments_forgotten: 56,
+                copies_forgotten: 59,
             },
         };
         let failing = Stats {
@@ -297,6 +306,7 @@ mod tests {
              captured rx        10 packets, 2.0 KiB (2048 bytes)\n\
              captured tx        11 packets, 12 B (12 bytes)\n\
              foreign            13 packets, 14 B (14 bytes)\n\
+             transit            57 packets, 58 B (58 bytes)\n\
              credited rx        17 packets, 15 B (15 bytes)\n\
              credited tx        18 packets, 16 B (16 bytes)\n\
              unknown rx         21 packets, 19 B (19 bytes)\n\
@@ -320,7 +330,7 @@ mod tests {
              query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
              threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
              process facts      49 processes, 50 B, 51 evictions\n\
-             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten\n"
+             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten, 59 packet copies forgotten\n"
         );
         let old = Stats {
             threads: Vec::new(),

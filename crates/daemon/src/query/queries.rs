@@ -305,6 +305,8 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
         tx_bytes: totals.captured.tx_bytes,
         foreign_packets: totals.foreign_packets,
         foreign_bytes: totals.foreign_bytes,
+        transit_packets: totals.transit_packets,
+        transit_bytes: totals.transit_bytes,
         credited_rx_bytes: totals.credited.rx_bytes,
         credited_tx_bytes: totals.credited.tx_bytes,
         credited_rx_packets: totals.credited.rx_packets,
@@ -354,6 +356,7 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
             flow_cache_clears: levels.flow_cache_clears,
             pending_evicted: pending.evicted,
             fragments_forgotten: levels.fragments_forgotten,
+            copies_forgotten: levels.copies_forgotten,
         },
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
