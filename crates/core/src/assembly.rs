@@ -162,7 +162,8 @@ impl TableAssembly {
         let in_place = self.recent_is_current();
         let key = sighting.holder.key;
         let mut closed = Vec::new();
-        for s in sighting.sockets {
+        for mut s in sighting.sockets {
+            s.netns = self.namespace_of(&s);
             if s.is_wildcard_remote() {
                 // Matched by their bound address: kept in the socket list itself.
                 self.live.keep(s, now);
@@ -213,6 +214,32 @@ impl TableAssembly {
         let recent = self.recent_part();
         self.published = Some(self.versions());
         SocketTable::from_shared(generation, Some(netns), live, owners, recent)
+    }
+
+    /// The namespace a learned socket is in: the one its local address belongs to when
+    /// exactly one namespace has that address (a socket's address is its namespace's),
+    /// else the namespace of the process seen holding it. The process's may be stale: one
+    /// that moved with `setns` and exec'd again (`ip netns exec`) can be reported before
+    /// its second exec is.
+    fn namespace_of(&self, s: &SocketEntry) -> NetNsId {
+        let ip = crate::table::canonical_ip(s.local.ip());
+        if ip.is_loopback() || ip.is_unspecified() {
+            return s.netns;
+        }
+        let (home_addrs, guest_addrs) = &self.live.addrs;
+        let mut owners = guest_addrs
+            .iter()
+            .filter(|(_, a)| crate::table::canonical_ip(*a) == ip)
+            .map(|(n, _)| *n)
+            .chain(self.home.filter(|_| {
+                home_addrs
+                    .iter()
+                    .any(|a| crate::table::canonical_ip(*a) == ip)
+            }));
+        match (owners.next(), owners.next()) {
+            (Some(only), None) => only,
+            _ => s.netns,
+        }
     }
 
     /// Parts built for another home are rebuilt (the daemon's never changes).

@@ -260,3 +260,53 @@ proptest! {
         }
     }
 }
+
+/// The socket tracer names the process that used a connection; the process's namespace may
+/// be stale (`ip netns exec` moves a process and execs again, and the claim can come before
+/// the second exec is seen). A claimed connection whose local address belongs to exactly
+/// one namespace is that namespace's.
+#[test]
+fn a_claim_is_filed_under_the_namespace_of_its_local_address() {
+    use pidcap_core::{Pass, Sighting, TableAssembly};
+    #[allow(clippy::disallowed_methods)] // the start instant; the code under test takes it
+    let now = std::time::Instant::now();
+    let mut assembly = TableAssembly::new();
+    let mut sockets = Vec::new();
+    let owners = Arc::new(OwnerMap::default());
+    let pass = Pass {
+        sockets: &mut sockets,
+        addrs: vec![ip("10.0.0.1")],
+        guest_addrs: vec![(RED, ip("10.0.0.2"))],
+        owners_before: &OwnerMap::default(),
+        owners: owners.clone(),
+        owners_changed: true,
+    };
+    assembly.pass(pass, HOME, 1, now);
+    let holder = ProcessInfo {
+        key: key(9),
+        comm: "client".into(),
+        exe: None,
+        uid: 0,
+        cmdline: Vec::new(),
+        placement: Default::default(),
+    };
+    // Claimed with the home namespace (stale), used from RED's address.
+    let claim = SocketEntry {
+        inode: 0,
+        ..sock(HOME, IpProto::Tcp, "10.0.0.2:41000", "10.0.0.3:80", 0)
+    };
+    assembly.learn(
+        Sighting {
+            sockets: vec![claim],
+            holder,
+        },
+        now,
+    );
+    let t = assembly.table(owners, HOME, 2);
+    let out = attribute(
+        &t,
+        &flow(IpProto::Tcp, "10.0.0.2:41000", "10.0.0.3:80"),
+        true,
+    );
+    assert_eq!(pid(out.tx), Some(9));
+}

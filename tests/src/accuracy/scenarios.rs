@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use super::measure::{drain, DaemonView, Outcome, Ownership, PidBytes, Status};
 use super::sockets::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
-use super::spawn::{run_peers, Exited};
+use super::spawn::{run_peers, run_peers_in, Exited};
 use super::sysctl::PingGroupRange;
-use crate::{Daemon, Netns, Peer, RefCapture};
+use crate::{Bridge, Daemon, Netns, Peer, RefCapture};
 
 /// Full size for the suite, small for the CI tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,14 @@ struct Watch {
 
 impl Watch {
     fn start(interface: &str, filter: &str) -> Watch {
+        Watch::start_apart(interface, interface, filter)
+    }
+
+    /// The daemon on `interface`, the reference capture on `truth_on` (an interface every
+    /// packet of the scenario crosses exactly once).
+    fn start_apart(interface: &str, truth_on: &str, filter: &str) -> Watch {
         let daemon = Daemon::start(&["--interface", interface, "--filter", filter]);
-        let cap = RefCapture::start(interface, filter);
+        let cap = RefCapture::start(truth_on, filter);
         Watch { daemon, cap }
     }
 
@@ -566,17 +572,61 @@ pub fn veth(size: Size) -> Outcome {
     }
     let exited = run_peers(&runs, 10, BATCH_TIMEOUT);
     let mut own = Ownership::default();
+    // The sinks in the namespace are local processes too: both ends of every packet count.
     sinks
         .iter()
-        .for_each(|s| own.add_measured(s.pid(), PidBytes::default()));
+        .for_each(|s| own.add(s.pid(), TCP, s.info.local));
     let mut notes = add_flows(&mut own, &exited, TCP);
     notes.push(lifetimes_note(&exited));
     notes.extend(finish_peers(sinks.into()));
-    let (v4, v6) = (IpAddr::V4(ns.host_v4), IpAddr::V6(ns.host_v6));
-    let outcome = watch
-        .finish(name, |ip| ip == v4 || ip == v6, notes, || own)
-        .0;
+    let outcome = watch.finish(name, on_host, notes, || own).0;
     drop(ns);
+    outcome
+}
+
+/// 10. Containers behind a Linux bridge (as Docker's and Podman's default networks): clients
+///     on the host and in container A connect to sinks in containers A and B. With the daemon
+///     on `any`, a host↔A packet is captured on the bridge and on A's port, an A↔B packet on
+///     both ports: each must be credited once at each end. Truth: A's port, which every
+///     packet of the scenario crosses exactly once.
+pub fn bridge(size: Size) -> Outcome {
+    let name = "10. containers behind a bridge (daemon on any), both ends";
+    let bridge = Bridge::new(2);
+    let (a, b) = (&bridge.members[0], &bridge.members[1]);
+    let sink_in = |m: &crate::bridge::Member| {
+        let bind = format!("{}:0", m.addr);
+        Peer::spawn_in_member(m, &["tcp-sink", "--bind", &bind])
+    };
+    let sinks = [sink_in(a), sink_in(b)];
+    let n = bridge.host_addr.octets()[2];
+    let filter = format!(
+        "{} and net 10.232.{n}.0/24",
+        ports_filter("tcp", sinks.iter().map(|s| s.info.local.port()))
+    );
+    let watch = Watch::start_apart("any", &a.port, &filter);
+    let burst = |to: &Peer, bytes: &str| {
+        let to = to.info.local.to_string();
+        args(&["tcp-burst", "--connect", &to, "--bytes", bytes])
+    };
+    let count = size.pick(20, 5);
+    let from_host: Vec<Vec<String>> = (0..count).map(|_| burst(&sinks[0], "200000")).collect();
+    let from_a: Vec<Vec<String>> = (0..count).map(|_| burst(&sinks[1], "200000")).collect();
+    let mut exited = run_peers(&from_host, 5, BATCH_TIMEOUT);
+    exited.extend(run_peers_in(Some(&a.name), &from_a, 5, BATCH_TIMEOUT));
+    let mut own = Ownership::default();
+    sinks
+        .iter()
+        .for_each(|s| own.add(s.pid(), TCP, s.info.local));
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.push(lifetimes_note(&exited));
+    notes.extend(finish_peers(sinks.into()));
+    let (outcome, view) = watch.finish(name, on_host, notes, || own);
+    let mut outcome = outcome;
+    let transit = view.stats["transit_bytes"].as_u64().unwrap_or(0);
+    outcome
+        .notes
+        .push(format!("transit (copies not credited again) {transit} B"));
+    drop(bridge);
     outcome
 }
 

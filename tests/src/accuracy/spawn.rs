@@ -45,6 +45,17 @@ struct Running {
 /// Runs `pidcap-peer args` for every entry of `runs`, at most `parallel` at once, within
 /// `timeout`.
 pub fn run_peers(runs: &[Vec<String>], parallel: usize, timeout: Duration) -> Vec<Exited> {
+    run_peers_in(None, runs, parallel, timeout)
+}
+
+/// [`run_peers`] inside network namespace `netns` (by name, through `ip netns exec`, which
+/// execs: the pids are the peers' own), or on the host for `None`.
+pub fn run_peers_in(
+    netns: Option<&str>,
+    runs: &[Vec<String>],
+    parallel: usize,
+    timeout: Duration,
+) -> Vec<Exited> {
     let deadline = Instant::now() + timeout;
     let mut pending = runs.iter();
     let mut running: Vec<Running> = Vec::new();
@@ -52,7 +63,7 @@ pub fn run_peers(runs: &[Vec<String>], parallel: usize, timeout: Duration) -> Ve
     loop {
         while running.len() < parallel.max(1) {
             let Some(args) = pending.next() else { break };
-            running.push(start(args));
+            running.push(start(netns, args));
         }
         if running.is_empty() {
             return exited;
@@ -75,8 +86,16 @@ pub fn run_peers(runs: &[Vec<String>], parallel: usize, timeout: Duration) -> Ve
     }
 }
 
-fn start(args: &[String]) -> Running {
-    let mut child = Command::new(bin_path("pidcap-peer"))
+fn start(netns: Option<&str>, args: &[String]) -> Running {
+    let mut command = match netns {
+        Some(name) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", name]).arg(bin_path("pidcap-peer"));
+            c
+        }
+        None => Command::new(bin_path("pidcap-peer")),
+    };
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -31,6 +31,7 @@ fn scenarios(size: Size) -> Vec<Scenario> {
         ("sctp", Box::new(scenarios::sctp)),
         ("loopback-pair", Box::new(scenarios::loopback_pair)),
         ("veth", Box::new(move || scenarios::veth(size))),
+        ("bridge", Box::new(move || scenarios::bridge(size))),
         ("churn", Box::new(move || scenarios::churn(size))),
         (
             "parallel",
@@ -44,7 +45,7 @@ fn scenarios(size: Size) -> Vec<Scenario> {
 }
 
 const USAGE: &str = "usage: pidcap-accuracy [--quick] [--only NAME[,NAME…]]\n\
-    names: long-lived short-lived udp ping raw sctp loopback-pair veth churn parallel";
+    names: long-lived short-lived udp ping raw sctp loopback-pair veth bridge churn parallel";
 
 fn main() {
     let mut size = Size::Full;

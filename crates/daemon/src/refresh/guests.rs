@@ -6,11 +6,14 @@
 //! - The home namespace (the capture's) is never read here; the socket source reads it.
 //! - A namespace is read through the lowest pid found in it at the last discovery. A read is
 //!   kept only if that pid is still in that namespace afterwards (a process can move with
-//!   `setns`, and `/proc/<pid>/net` follows it); otherwise, or when the pid is gone, the
-//!   namespace is left out of this pass and discovery runs again at the next one.
+//!   `setns`, and `/proc/<pid>/net` follows it). When a read fails or the pid moved, the
+//!   namespace's last good read stands in for this pass (a namespace never drops out of the
+//!   table for one failed read: its traffic would silently stop counting) and discovery runs
+//!   again at the next pass.
 //! - Discovery (one `readlink` per process) runs at most every [`DISCOVER_EVERY`], or at the
-//!   next pass after a failed read. A namespace with no process left is forgotten then: its
-//!   sockets have no holder to credit.
+//!   next pass after a failed read. A namespace is forgotten when [`FORGET_AFTER`]
+//!   discoveries in a row find no process in it: its sockets have no holder to credit.
+//!   Memory: the last read of each namespace (bounded by what the kernel lists).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -24,16 +27,31 @@ use crate::refresh::source::read_text_tables;
 /// The longest time between two discoveries of network namespaces.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
-/// The other namespaces known from the last discovery, each with the process read through.
+/// Discoveries in a row that must find no process in a namespace before it is forgotten.
+pub const FORGET_AFTER: u32 = 2;
+
+/// The other namespaces known, each with the process read through.
 #[derive(Debug)]
 pub struct Guests {
     proc: ProcRoot,
     /// The namespace not read here (set by each read).
     home: Option<NetNsId>,
-    known: Vec<(NetNsId, u32)>,
+    known: Vec<Guest>,
     discovered_at: Option<Instant>,
     /// A read failed since the last discovery.
     stale: bool,
+}
+
+/// One other namespace.
+#[derive(Debug)]
+struct Guest {
+    netns: NetNsId,
+    /// The process its tables are read through.
+    pid: u32,
+    /// Its addresses and sockets as last read.
+    last: Option<(Vec<IpAddr>, Vec<SocketEntry>)>,
+    /// Discoveries in a row that found no process in it.
+    unseen: u32,
 }
 
 /// What one pass read from the other namespaces.
@@ -74,17 +92,23 @@ impl Guests {
             self.discover(home, now);
         }
         let mut pass = GuestPass::default();
-        for &(netns, pid) in &self.known {
+        for guest in &mut self.known {
             let from = out.len();
-            match self.read_one(netns, pid, out) {
+            match read_one(&self.proc, guest.netns, guest.pid, out) {
                 Some(addrs) => {
-                    pass.addrs.extend(addrs.into_iter().map(|ip| (netns, ip)));
+                    guest.last = Some((addrs, out[from..].to_vec()));
                     pass.read += 1;
                 }
                 None => {
                     out.truncate(from);
                     pass.skipped += 1;
+                    if let Some((_, sockets)) = &guest.last {
+                        out.extend_from_slice(sockets);
+                    }
                 }
+            }
+            if let Some((addrs, _)) = &guest.last {
+                pass.addrs.extend(addrs.iter().map(|&ip| (guest.netns, ip)));
             }
         }
         self.stale |= pass.skipped > 0;
@@ -94,49 +118,140 @@ impl Guests {
     /// `pid` was seen in `netns`: true when that namespace was not known (it is read from
     /// the next pass on, through `pid`, until the next discovery).
     pub fn note(&mut self, netns: NetNsId, pid: u32) -> bool {
-        if self.home.is_some_and(|h| h == netns) || self.known.iter().any(|&(n, _)| n == netns) {
+        if self.home.is_some_and(|h| h == netns) || self.known.iter().any(|g| g.netns == netns) {
             return false;
         }
-        self.known.push((netns, pid));
+        self.known.push(Guest::new(netns, pid));
         true
     }
 
-    /// The namespaces (and one pid in each) known now.
-    pub fn known(&self) -> &[(NetNsId, u32)] {
-        &self.known
+    /// The namespaces (and the pid each is read through) known now.
+    pub fn known(&self) -> Vec<(NetNsId, u32)> {
+        self.known.iter().map(|g| (g.netns, g.pid)).collect()
     }
 
     fn discover(&mut self, home: NetNsId, now: Instant) {
         match self.proc.network_namespaces() {
             Ok(all) => {
-                self.known = all.into_iter().filter(|&(n, _)| n != home).collect();
+                let found: Vec<(NetNsId, u32)> =
+                    all.into_iter().filter(|&(n, _)| n != home).collect();
+                merge(&mut self.known, &found);
                 self.discovered_at = Some(now);
                 self.stale = false;
             }
             Err(error) => debug!(error = %error, "network namespaces not listed"),
         }
     }
+}
 
-    /// The sockets (appended to `out`) and addresses of `netns`, read through `pid`; `None`
-    /// when `pid` exited or is not in `netns` any more.
-    fn read_one(
-        &self,
-        netns: NetNsId,
-        pid: u32,
-        out: &mut Vec<SocketEntry>,
-    ) -> Option<Vec<IpAddr>> {
-        let root = self.proc.of_process(pid);
-        let read = root
-            .namespace_addresses()
-            .and_then(|addrs| read_text_tables(&root, netns, out).map(|()| addrs));
-        let still_there = self.proc.netns_of(pid).ok() == Some(netns);
-        match read {
-            Ok(addrs) if still_there => Some(addrs),
-            Ok(_) => None,
-            Err(error) => {
-                debug!(pid, netns = netns.0, error = %error, "namespace not read");
-                None
-            }
+impl Guest {
+    fn new(netns: NetNsId, pid: u32) -> Guest {
+        Guest {
+            netns,
+            pid,
+            last: None,
+            unseen: 0,
         }
+    }
+}
+
+/// Takes in a discovery: namespaces found are read through the pid found; those not found
+/// are kept until [`FORGET_AFTER`] discoveries in a row miss them.
+fn merge(known: &mut Vec<Guest>, found: &[(NetNsId, u32)]) {
+    for guest in known.iter_mut() {
+        match found.iter().find(|(n, _)| *n == guest.netns) {
+            Some(&(_, pid)) => {
+                guest.pid = pid;
+                guest.unseen = 0;
+            }
+            None => guest.unseen += 1,
+        }
+    }
+    known.retain(|g| g.unseen < FORGET_AFTER);
+    for &(netns, pid) in found {
+        if !known.iter().any(|g| g.netns == netns) {
+            known.push(Guest::new(netns, pid));
+        }
+    }
+}
+
+/// The sockets (appended to `out`) and addresses of `netns`, read through `pid`; `None`
+/// when `pid` exited or is not in `netns` any more.
+fn read_one(
+    proc: &ProcRoot,
+    netns: NetNsId,
+    pid: u32,
+    out: &mut Vec<SocketEntry>,
+) -> Option<Vec<IpAddr>> {
+    let root = proc.of_process(pid);
+    let read = root
+        .namespace_addresses()
+        .and_then(|addrs| read_text_tables(&root, netns, out).map(|()| addrs));
+    let still_there = proc.netns_of(pid).ok() == Some(netns);
+    match read {
+        Ok(addrs) if still_there => Some(addrs),
+        Ok(_) => None,
+        Err(error) => {
+            debug!(pid, netns = netns.0, error = %error, "namespace not read");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NetNsId = NetNsId(4026532001);
+    const B: NetNsId = NetNsId(4026532002);
+
+    fn state(known: &[Guest]) -> Vec<(u64, u32, u32)> {
+        known.iter().map(|g| (g.netns.0, g.pid, g.unseen)).collect()
+    }
+
+    /// A namespace one discovery misses (its only process between two execs, a
+    /// transient read error) stays; one that two discoveries in a row miss goes.
+    #[test]
+    fn a_namespace_is_forgotten_only_after_discoveries_in_a_row_miss_it() {
+        let mut known = Vec::new();
+        merge(&mut known, &[(A, 10), (B, 20)]);
+        assert_eq!(state(&known), [(A.0, 10, 0), (B.0, 20, 0)]);
+        merge(&mut known, &[(B, 21)]);
+        assert_eq!(state(&known), [(A.0, 10, 1), (B.0, 21, 0)]);
+        merge(&mut known, &[(A, 11), (B, 21)]);
+        assert_eq!(state(&known), [(A.0, 11, 0), (B.0, 21, 0)]);
+        merge(&mut known, &[(B, 21)]);
+        merge(&mut known, &[(B, 21)]);
+        assert_eq!(state(&known), [(B.0, 21, 0)]);
+    }
+
+    /// A failed read keeps the namespace's last good read in the pass.
+    #[test]
+    fn a_failed_read_stands_in_with_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut guests = Guests::new(ProcRoot::new(dir.path()));
+        let socket = SocketEntry {
+            netns: A,
+            proto: pidcap_wire::IpProto::Udp,
+            local: "10.0.0.2:53".parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: pidcap_core::TcpState::Close,
+            inode: 7,
+            uid: 0,
+        };
+        let home = NetNsId(4026531840);
+        let now = Instant::now();
+        guests.home = Some(home);
+        guests.discovered_at = Some(now);
+        guests.known.push(Guest {
+            last: Some((vec!["10.0.0.2".parse().unwrap()], vec![socket])),
+            ..Guest::new(A, 4_000_000)
+        });
+        let mut out = Vec::new();
+        let pass = guests.read_into(home, now, &mut out);
+        assert_eq!(out, [socket]);
+        assert_eq!(pass.addrs, [(A, "10.0.0.2".parse().unwrap())]);
+        assert_eq!((pass.read, pass.skipped), (0, 1));
+        assert!(guests.stale, "rediscovered at the next pass");
     }
 }
