@@ -3,22 +3,19 @@
 //! Each local packet is credited once: the first sighting counts, the copies that follow
 //! within [`COPY_WINDOW`] are `transit`.
 //!
-//! A copy is recognised by its flow, IP length and [`PacketMeta::copy_id`] (IP
-//! identification or flow label, and the first transport bytes: what bridging and routing
-//! leave unchanged). Time is the packets' capture time, a parameter: no clock is read.
+//! A copy is recognised by its flow, IP length and [`CopyId`] (IP identification or flow
+//! label, and the first transport bytes: what bridging and routing leave unchanged). Time is the packets' capture time, a parameter: no clock is read.
 //!
 //! Invariants: at most [`MAX_TRACKED`] sightings are remembered; when full, those older than
 //! the window are dropped, and if none is, all are (a copy then counts twice, never a packet
 //! not at all), counted in [`CopyFilter::forgotten`]. Known limit: two different packets with
 //! the same fingerprint within the window (an IPv6 TCP retransmission within 20 ms) count as
 //! one.
-//!
-//! [`PacketMeta::copy_id`]: pidcap_wire::PacketMeta::copy_id
 
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use foldhash::HashMap as FastMap;
-use pidcap_wire::PacketMeta;
+use pidcap_wire::{CopyId, PacketMeta};
 
 /// How long after a packet's first sighting another with its fingerprint is a copy of it.
 /// Copies are seen microseconds apart (a queue on the way may add milliseconds).
@@ -41,10 +38,10 @@ impl CopyFilter {
         CopyFilter::default()
     }
 
-    /// True when `meta` is a copy of a packet first seen less than the window before
-    /// `at_us` (capture time, µs); otherwise remembers it as a first sighting.
-    pub fn is_copy(&mut self, meta: &PacketMeta, at_us: u64) -> bool {
-        let key = self.fingerprint(meta);
+    /// True when `meta` (with `id`) is a copy of a packet first seen less than the window
+    /// before `at_us` (capture time, µs); otherwise remembers it as a first sighting.
+    pub fn is_copy(&mut self, meta: &PacketMeta, id: CopyId, at_us: u64) -> bool {
+        let key = self.fingerprint(meta, id);
         if let Some(&first) = self.seen.get(&key) {
             if at_us.saturating_sub(first) < COPY_WINDOW_US {
                 return true;
@@ -62,11 +59,11 @@ impl CopyFilter {
         self.forgotten
     }
 
-    fn fingerprint(&self, meta: &PacketMeta) -> u64 {
+    fn fingerprint(&self, meta: &PacketMeta, id: CopyId) -> u64 {
         let mut h = self.hasher.build_hasher();
         meta.flow.hash(&mut h);
         meta.ip_len.hash(&mut h);
-        meta.copy_id.hash(&mut h);
+        id.hash(&mut h);
         h.finish()
     }
 
@@ -85,7 +82,14 @@ mod tests {
     use super::*;
     use pidcap_wire::{FlowKey, IpProto, LinkDirection};
 
-    fn meta(copy_id: u64) -> PacketMeta {
+    fn id(n: u64) -> CopyId {
+        CopyId {
+            ident: 7,
+            head: u128::from(n).to_le_bytes(),
+        }
+    }
+
+    fn meta() -> PacketMeta {
         PacketMeta {
             flow: FlowKey {
                 proto: IpProto::Udp,
@@ -98,25 +102,22 @@ mod tests {
             icmp_echo: false,
             direction: LinkDirection::Unknown,
             ifindex: Some(3),
-            copy_id,
         }
     }
 
     #[test]
     fn copies_within_the_window_are_copies_and_later_ones_are_new_packets() {
         let mut f = CopyFilter::new();
-        assert!(!f.is_copy(&meta(1), 1_000));
-        assert!(f.is_copy(
-            &PacketMeta {
-                ifindex: Some(4),
-                ..meta(1)
-            },
-            1_010
-        ));
-        assert!(f.is_copy(&meta(1), 1_000 + COPY_WINDOW_US - 1));
-        assert!(!f.is_copy(&meta(2), 1_020), "another packet");
+        assert!(!f.is_copy(&meta(), id(1), 1_000));
+        let on_the_bridge = PacketMeta {
+            ifindex: Some(4),
+            ..meta()
+        };
+        assert!(f.is_copy(&on_the_bridge, id(1), 1_010));
+        assert!(f.is_copy(&meta(), id(1), 1_000 + COPY_WINDOW_US - 1));
+        assert!(!f.is_copy(&meta(), id(2), 1_020), "another packet");
         assert!(
-            !f.is_copy(&meta(1), 1_000 + COPY_WINDOW_US),
+            !f.is_copy(&meta(), id(1), 1_000 + COPY_WINDOW_US),
             "the window is over"
         );
     }
@@ -125,20 +126,20 @@ mod tests {
     fn the_table_is_bounded_and_counts_what_it_forgets() {
         let mut f = CopyFilter::new();
         for i in 0..MAX_TRACKED as u64 {
-            assert!(!f.is_copy(&meta(i), 0));
+            assert!(!f.is_copy(&meta(), id(i), 0));
         }
         assert_eq!(f.forgotten(), 0);
         // Full, nothing old enough to drop: all go, counted.
-        assert!(!f.is_copy(&meta(u64::MAX), 1));
+        assert!(!f.is_copy(&meta(), id(u64::MAX), 1));
         assert_eq!(f.forgotten(), MAX_TRACKED as u64);
         assert!(f.seen.len() <= MAX_TRACKED);
         // Full again (one kept from before, the rest now), then a packet a window later:
         // the old ones are dropped, nothing counted.
         for i in 0..MAX_TRACKED as u64 - 1 {
-            f.is_copy(&meta(i), 10);
+            f.is_copy(&meta(), id(i), 10);
         }
         assert_eq!(f.seen.len(), MAX_TRACKED);
-        f.is_copy(&meta(u64::MAX - 1), 10 + COPY_WINDOW_US);
+        f.is_copy(&meta(), id(u64::MAX - 1), 10 + COPY_WINDOW_US);
         assert_eq!(f.seen.len(), 1);
         assert_eq!(f.forgotten(), MAX_TRACKED as u64);
     }

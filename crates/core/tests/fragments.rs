@@ -20,7 +20,6 @@ fn meta(src: &str, dst: &str, id: u32, offset: u16, ports_known: bool) -> Packet
         icmp_echo: false,
         direction: LinkDirection::Unknown,
         ifindex: None,
-        copy_id: 0,
     }
 }
 

@@ -79,10 +79,21 @@ impl CaptureState {
     /// A copy of a packet already counted: only captures of several interfaces (`any`, whose
     /// link types are LINUX_SLL/SLL2) see one packet twice, and only packets to or from
     /// another namespace (a container behind a bridge or a route) are looked at.
-    fn is_copy(&mut self, link: LinkType, meta: &PacketMeta, at_us: u64) -> bool {
-        matches!(link, LinkType::LinuxSll | LinkType::LinuxSll2)
-            && self.table.touches_guest(&meta.flow)
-            && self.copies.is_copy(meta, at_us)
+    fn is_copy(
+        &mut self,
+        link: LinkType,
+        meta: &PacketMeta,
+        frame: &[u8],
+        orig_len: u32,
+        at_us: u64,
+    ) -> bool {
+        if !matches!(link, LinkType::LinuxSll | LinkType::LinuxSll2)
+            || !self.table.touches_guest(&meta.flow)
+        {
+            return false;
+        }
+        let id = pidcap_wire::copy_id(link, frame, orig_len).unwrap_or_default();
+        self.copies.is_copy(meta, id, at_us)
     }
 
     fn due(&mut self, ts: SystemTime) -> bool {
@@ -309,7 +320,7 @@ fn handle(
     match parse(link, data, orig_len) {
         Ok(mut meta) => {
             batch.fragments.resolve(&mut meta);
-            if batch.is_copy(link, &meta, at_us) {
+            if batch.is_copy(link, &meta, data, orig_len, at_us) {
                 batch.tally.note_frame();
                 batch.tally.record_transit(meta.ip_len);
                 return;

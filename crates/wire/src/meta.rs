@@ -48,11 +48,27 @@ pub struct PacketMeta {
     pub direction: LinkDirection,
     /// The interface index LINUX_SLL2 carries; `None` for other link types.
     pub ifindex: Option<u32>,
-    /// A fingerprint of what a bridged or routed copy of this packet keeps unchanged (the
-    /// IPv4 identification or IPv6 flow label, and the first 16 captured bytes of the
-    /// transport header: ports, TCP sequence and acknowledgement numbers, UDP length and
-    /// checksum, ICMP identifier and sequence). With the flow and `ip_len` it tells the
-    /// copies of one packet seen on several interfaces from other packets; the TTL, the
-    /// link header and the IP checksum do not enter it.
-    pub copy_id: u64,
+}
+
+/// What a bridged or routed copy of a packet keeps unchanged ([`crate::copy_id`]): the IPv4
+/// identification or IPv6 flow label, and the first 16 captured bytes of the transport
+/// header (ports, TCP sequence and acknowledgement numbers, UDP length and checksum, ICMP
+/// identifier and sequence; zeros past what was captured). With the flow and the IP length
+/// it tells the copies of one packet seen on several interfaces from other packets; the
+/// TTL, the link header and the IP checksum do not enter it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CopyId {
+    pub ident: u32,
+    pub head: [u8; 16],
+}
+
+impl CopyId {
+    pub(crate) fn new(ident: u32, transport: Option<&[u8]>) -> CopyId {
+        let mut head = [0u8; 16];
+        if let Some(t) = transport {
+            let n = t.len().min(16);
+            head[..n].copy_from_slice(&t[..n]);
+        }
+        CopyId { ident, head }
+    }
 }

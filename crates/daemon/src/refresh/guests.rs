@@ -10,9 +10,12 @@
 //!   namespace's last good read stands in for this pass (a namespace never drops out of the
 //!   table for one failed read: its traffic would silently stop counting) and discovery runs
 //!   again at the next pass.
-//! - Discovery (one `readlink` per process) runs at most every [`DISCOVER_EVERY`], or at the
-//!   next pass after a failed read. A namespace is forgotten when [`FORGET_AFTER`]
-//!   discoveries in a row find no process in it: its sockets have no holder to credit.
+//! - Discovery (one `readlink` per process) runs at most every [`DISCOVER_EVERY`], and at
+//!   once after a failed read, which is then retried through the process found. A namespace
+//!   whose read failed and in which discovery finds no process is forgotten in that pass
+//!   (its addresses may soon be another namespace's: a container restarted with the same
+//!   IP); one whose reads work is forgotten when [`FORGET_AFTER`] discoveries in a row find
+//!   no process in it.
 //!   Memory: the last read of each namespace (bounded by what the kernel lists).
 
 use std::net::IpAddr;
@@ -52,6 +55,8 @@ struct Guest {
     last: Option<(Vec<IpAddr>, Vec<SocketEntry>)>,
     /// Discoveries in a row that found no process in it.
     unseen: u32,
+    /// The last read failed.
+    failed: bool,
 }
 
 /// What one pass read from the other namespaces.
@@ -92,8 +97,43 @@ impl Guests {
             self.discover(home, now);
         }
         let mut pass = GuestPass::default();
-        for guest in &mut self.known {
+        let failed = self.read_all(out, &mut pass);
+        if failed && !due {
+            // The process read through exited or moved: find the namespaces' processes
+            // again now and read those that failed once more, so a namespace that is still
+            // there is read afresh and one that is gone is forgotten in this same pass.
+            self.discover(home, now);
+            let retry: Vec<NetNsId> = self
+                .known
+                .iter()
+                .filter(|g| g.failed)
+                .map(|g| g.netns)
+                .collect();
+            out.retain(|s| !retry.contains(&s.netns));
+            pass.addrs.retain(|(n, _)| !retry.contains(n));
+            self.read_all_of(&retry, out, &mut pass);
+        }
+        self.stale |= self.known.iter().any(|g| g.failed);
+        pass
+    }
+
+    /// Reads every known namespace; true when some read failed.
+    fn read_all(&mut self, out: &mut Vec<SocketEntry>, pass: &mut GuestPass) -> bool {
+        let all: Vec<NetNsId> = self.known.iter().map(|g| g.netns).collect();
+        self.read_all_of(&all, out, pass)
+    }
+
+    /// Reads the namespaces `which`; a failed one contributes its last good read.
+    fn read_all_of(
+        &mut self,
+        which: &[NetNsId],
+        out: &mut Vec<SocketEntry>,
+        pass: &mut GuestPass,
+    ) -> bool {
+        let mut failed = false;
+        for guest in self.known.iter_mut().filter(|g| which.contains(&g.netns)) {
             let from = out.len();
+            guest.failed = false;
             match read_one(&self.proc, guest.netns, guest.pid, out) {
                 Some(addrs) => {
                     guest.last = Some((addrs, out[from..].to_vec()));
@@ -102,6 +142,8 @@ impl Guests {
                 None => {
                     out.truncate(from);
                     pass.skipped += 1;
+                    guest.failed = true;
+                    failed = true;
                     if let Some((_, sockets)) = &guest.last {
                         out.extend_from_slice(sockets);
                     }
@@ -111,8 +153,7 @@ impl Guests {
                 pass.addrs.extend(addrs.iter().map(|&ip| (guest.netns, ip)));
             }
         }
-        self.stale |= pass.skipped > 0;
-        pass
+        failed
     }
 
     /// `pid` was seen in `netns`: true when that namespace was not known (it is read from
@@ -151,12 +192,14 @@ impl Guest {
             pid,
             last: None,
             unseen: 0,
+            failed: false,
         }
     }
 }
 
-/// Takes in a discovery: namespaces found are read through the pid found; those not found
-/// are kept until [`FORGET_AFTER`] discoveries in a row miss them.
+/// Takes in a discovery: namespaces found are read through the pid found; one not found is
+/// forgotten at once if its last read failed (it is gone), else kept until
+/// [`FORGET_AFTER`] discoveries in a row miss it.
 fn merge(known: &mut Vec<Guest>, found: &[(NetNsId, u32)]) {
     for guest in known.iter_mut() {
         match found.iter().find(|(n, _)| *n == guest.netns) {
@@ -164,6 +207,8 @@ fn merge(known: &mut Vec<Guest>, found: &[(NetNsId, u32)]) {
                 guest.pid = pid;
                 guest.unseen = 0;
             }
+            // Its process could not be read and none is found now: it is gone.
+            None if guest.failed => guest.unseen = FORGET_AFTER,
             None => guest.unseen += 1,
         }
     }
@@ -209,8 +254,9 @@ mod tests {
         known.iter().map(|g| (g.netns.0, g.pid, g.unseen)).collect()
     }
 
-    /// A namespace one discovery misses (its only process between two execs, a
-    /// transient read error) stays; one that two discoveries in a row miss goes.
+    /// A namespace one discovery misses (its only process between two execs) stays; one
+    /// that two discoveries in a row miss goes; one whose read failed and that discovery
+    /// does not find goes at once.
     #[test]
     fn a_namespace_is_forgotten_only_after_discoveries_in_a_row_miss_it() {
         let mut known = Vec::new();
@@ -223,12 +269,20 @@ mod tests {
         merge(&mut known, &[(B, 21)]);
         merge(&mut known, &[(B, 21)]);
         assert_eq!(state(&known), [(B.0, 21, 0)]);
+        known[0].failed = true;
+        merge(&mut known, &[]);
+        assert!(known.is_empty());
     }
 
-    /// A failed read keeps the namespace's last good read in the pass.
+    /// A failed read keeps the namespace's last good read in the pass while a process is
+    /// still found in it; once none is, the namespace goes.
     #[test]
     fn a_failed_read_stands_in_with_the_last_good_one() {
         let dir = tempfile::tempdir().unwrap();
+        // A process in A whose tables cannot be read: only its ns/net link exists.
+        let pid_dir = dir.path().join("4000000/ns");
+        std::fs::create_dir_all(&pid_dir).unwrap();
+        std::os::unix::fs::symlink("net:[4026532001]", pid_dir.join("net")).unwrap();
         let mut guests = Guests::new(ProcRoot::new(dir.path()));
         let socket = SocketEntry {
             netns: A,
@@ -251,7 +305,17 @@ mod tests {
         let pass = guests.read_into(home, now, &mut out);
         assert_eq!(out, [socket]);
         assert_eq!(pass.addrs, [(A, "10.0.0.2".parse().unwrap())]);
-        assert_eq!((pass.read, pass.skipped), (0, 1));
+        assert_eq!(
+            (pass.read, pass.skipped),
+            (0, 2),
+            "read, then retried after discovery"
+        );
         assert!(guests.stale, "rediscovered at the next pass");
+        // The process is gone: the next pass forgets the namespace.
+        std::fs::remove_dir_all(dir.path().join("4000000")).unwrap();
+        let mut out = Vec::new();
+        let pass = guests.read_into(home, now, &mut out);
+        assert!(out.is_empty() && pass.addrs.is_empty(), "{out:?} {pass:?}");
+        assert!(guests.known().is_empty());
     }
 }
