@@ -156,3 +156,109 @@ fn udp_into_a_namespace_credits_both_ends() {
     assert!(sender.finish().success());
     assert!(receiver.finish().success());
 }
+
+/// One UDP exchange into `ns`: a receiver inside, a sender on the host; both credited.
+fn exchange_into(daemon: &Daemon, ns: &Netns) {
+    let mut receiver = Peer::spawn_in(
+        ns,
+        &[
+            "udp-recv",
+            "--bind",
+            "0.0.0.0:0",
+            "--count",
+            "20",
+            "--reply-size",
+            "100",
+        ],
+    );
+    let to = std::net::SocketAddr::new(ns.ns_ip(false), receiver.info.local.port());
+    let bind = format!("{}:0", ns.host_v4);
+    let mut sender = Peer::spawn(&[
+        "udp-send",
+        "--bind",
+        &bind,
+        "--to",
+        &to.to_string(),
+        "--count",
+        "20",
+        "--size",
+        "500",
+        "--await-reply",
+    ]);
+    let cap = RefCapture::start(
+        &ns.host_if,
+        &RefCapture::ports_filter(&[to.port(), sender.info.local.port()]),
+    );
+    daemon.wait_owner("udp", sender.info.local, to, sender.pid());
+    daemon.wait_owner("udp", to, sender.info.local, receiver.pid());
+    receiver.go();
+    sender.go();
+    assert_eq!(sender.wait_done().received, 20 * 100);
+    let ends = [
+        Endpoint {
+            name: "namespaced receiver",
+            pid: receiver.pid(),
+            proto: UDP,
+            local: receiver.info.local,
+        },
+        Endpoint {
+            name: "host sender",
+            pid: sender.pid(),
+            proto: UDP,
+            local: sender.info.local,
+        },
+    ];
+    assert_totals_match(daemon, &cap, &ends);
+    assert!(sender.finish().success());
+    assert!(receiver.finish().success());
+}
+
+/// Containers come and go, and a new one often gets the address of one just gone: a
+/// namespace created, used and deleted during the run, then another on the same addresses.
+/// The second one's processes are credited (not the first's, not `unknown`).
+#[test]
+fn namespaces_created_and_destroyed_during_the_run_are_followed() {
+    let mut daemon = Daemon::start(&["--interface", "any"]);
+    let first = Netns::new();
+    exchange_into(&daemon, &first);
+    let first_addr = first.ns_v4;
+    drop(first);
+    let second = Netns::new();
+    eprintln!(
+        "second namespace at {} (the first was at {first_addr})",
+        second.ns_v4
+    );
+    exchange_into(&daemon, &second);
+    assert_conservation(&daemon.stats());
+    assert_eq!(daemon.stop().code(), 0);
+}
+
+/// `lookup` with `netns` finds a socket on a container's own loopback, which a lookup by
+/// address alone does not (the host's loopback is searched then).
+#[test]
+fn lookup_in_a_named_namespace_finds_its_loopback_socket() {
+    let ns = Netns::new();
+    let mut daemon = Daemon::start(&["--interface", "any"]);
+    let inside = Peer::spawn_in(&ns, &["udp-recv", "--bind", "127.0.0.1:0", "--count", "1"]);
+    let link = std::fs::read_link(format!("/proc/{}/ns/net", inside.pid())).unwrap();
+    let netns: u64 = link.to_str().unwrap()[5..]
+        .trim_end_matches(']')
+        .parse()
+        .unwrap();
+    let local = inside.info.local.to_string();
+    let query = |netns: Option<u64>| {
+        let mut q = serde_json::json!({"cmd": "lookup", "proto": "udp", "local": local, "remote": "127.0.0.1:9"});
+        if let Some(n) = netns {
+            q["netns"] = n.into();
+        }
+        daemon.query(&q)
+    };
+    let pid = u64::from(inside.pid());
+    let found = pidcap_e2e::wait_until(std::time::Duration::from_secs(10), || {
+        query(Some(netns))["owner"]["pid"].as_u64() == Some(pid)
+    });
+    assert!(found, "{}", query(Some(netns)));
+    assert_ne!(query(None)["owner"]["pid"].as_u64(), Some(pid), "host loopback searched");
+    assert_eq!(daemon.stop().code(), 0);
+    drop(inside); // killed: it waits for a datagram that never comes
+}

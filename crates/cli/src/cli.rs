@@ -109,6 +109,10 @@ pub struct LookupArgs {
     pub local: String,
     /// Remote end, IP:PORT ([IPv6]:PORT).
     pub remote: String,
+    /// Look among the sockets of this network namespace (the inode of /proc/PID/ns/net, as
+    /// `pidcap process` shows it) instead of the local address's own.
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u64>,
     /// Print the daemon's reply as JSON.
     #[arg(long)]
     pub json: bool,

@@ -224,11 +224,14 @@ impl LiveSockets {
 
     /// True when `ip` (canonical) is an address of namespace `ns`.
     fn is_local_in(&self, ns: Ns, ip: IpAddr) -> bool {
-        if ns == HOME {
-            ip.is_loopback() || self.local.contains(&ip)
-        } else {
-            self.guests.get(&ip) == Some(&ns)
-        }
+        // Every namespace has its own loopback (a guest's is only ever asked for by a query
+        // that names the namespace: packets on it are not captured).
+        ip.is_loopback()
+            || if ns == HOME {
+                self.local.contains(&ip)
+            } else {
+                self.guests.get(&ip) == Some(&ns)
+            }
     }
 }
 
@@ -434,6 +437,30 @@ impl SocketTable {
     ) -> Option<SocketMatch> {
         let local = canonical(local);
         let ns = self.live.ns_of(local.ip())?;
+        self.lookup_at(ns, proto, local, remote)
+    }
+
+    /// [`SocketTable::lookup`] among the sockets of `netns` whatever the address (a query
+    /// that names the namespace: a container's own loopback, an address two namespaces
+    /// share).
+    pub fn lookup_in(
+        &self,
+        netns: NetNsId,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<SocketMatch> {
+        let ns = ns_key(self.live.home, netns);
+        self.lookup_at(ns, proto, canonical(local), remote)
+    }
+
+    fn lookup_at(
+        &self,
+        ns: Ns,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<SocketMatch> {
         let key = (ns, proto, local, canonical(remote));
         // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
         // last holder, or the listener that accepted it, is a better answer.

@@ -310,3 +310,23 @@ fn a_claim_is_filed_under_the_namespace_of_its_local_address() {
     );
     assert_eq!(pid(out.tx), Some(9));
 }
+
+/// A query that names the namespace finds a container's loopback socket, which a packet
+/// lookup never does (its loopback traffic is not captured from the host).
+#[test]
+fn a_lookup_in_a_named_namespace_finds_its_loopback_sockets() {
+    use IpProto::Tcp;
+    let t = table(
+        vec![
+            sock(RED, Tcp, "127.0.0.1:9000", "0.0.0.0:0", 2),
+            sock(HOME, Tcp, "127.0.0.1:9000", "0.0.0.0:0", 5),
+        ],
+        Vec::new(),
+    );
+    let (local, remote) = (addr("127.0.0.1:9000"), addr("127.0.0.1:41000"));
+    let owner = |m: Option<pidcap_core::SocketMatch>| m.and_then(|m| m.owner).map(|k| k.pid);
+    assert_eq!(owner(t.lookup_in(RED, Tcp, local, remote)), Some(2));
+    assert_eq!(owner(t.lookup_in(HOME, Tcp, local, remote)), Some(5));
+    assert_eq!(owner(t.lookup(Tcp, local, remote)), Some(5), "packets: home's");
+    assert_eq!(owner(t.lookup_in(BLUE, Tcp, local, remote)), None);
+}

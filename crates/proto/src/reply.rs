@@ -207,6 +207,10 @@ pub struct Connection {
     pub state: String,
     /// Socket inode.
     pub inode: u64,
+    /// The network namespace the socket is in (inode of its `ns/net`); absent from earlier
+    /// daemons.
+    #[serde(default)]
+    pub netns: Option<u64>,
 }
 
 /// `process`: a [`ProcessRow`] plus command line and sockets, all at the same level.

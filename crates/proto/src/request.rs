@@ -85,6 +85,10 @@ pub struct LookupRequest {
     pub local: String,
     /// The remote end, `IP:PORT` (`[IPv6]:PORT`).
     pub remote: String,
+    /// The network namespace (inode of `/proc/<pid>/ns/net`) whose sockets to look in;
+    /// absent: the namespace the local address belongs to, as for a captured packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// A checked `lookup`: what the daemon resolves.
@@ -96,6 +100,8 @@ pub struct LookupQuery {
     pub local: SocketAddr,
     /// The remote end.
     pub remote: SocketAddr,
+    /// The namespace named, if any.
+    pub netns: Option<u64>,
 }
 
 impl LookupRequest {
@@ -105,6 +111,7 @@ impl LookupRequest {
             proto: proto.as_str().to_owned(),
             local: local.to_string(),
             remote: remote.to_string(),
+            netns: None,
         }
     }
 
@@ -115,6 +122,7 @@ impl LookupRequest {
             proto: self.proto.parse()?,
             local: parse_addr("local", &self.local)?,
             remote: parse_addr("remote", &self.remote)?,
+            netns: self.netns,
         })
     }
 }

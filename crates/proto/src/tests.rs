@@ -195,8 +195,18 @@ fn request_shapes_are_exact() {
                 proto: "tcp".into(),
                 local: "127.0.0.1:5000".into(),
                 remote: "[::1]:80".into(),
+                netns: None,
             }),
             r#"{"cmd":"lookup","proto":"tcp","local":"127.0.0.1:5000","remote":"[::1]:80"}"#,
+        ),
+        (
+            Request::Lookup(LookupRequest {
+                proto: "udp".into(),
+                local: "127.0.0.1:53".into(),
+                remote: "127.0.0.1:40000".into(),
+                netns: Some(4026532001),
+            }),
+            r#"{"cmd":"lookup","proto":"udp","local":"127.0.0.1:53","remote":"127.0.0.1:40000","netns":4026532001}"#,
         ),
         (Request::Stats, r#"{"cmd":"stats"}"#),
         (
@@ -495,11 +505,12 @@ fn process_reply_flattens_the_row() {
                 remote: "[::1]:80".into(),
                 state: "ESTABLISHED".into(),
                 inode: 999,
+                netns: None,
             }],
         },
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999}}]}}}}"#
+        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999,"netns":null}}]}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -668,6 +679,7 @@ fn decode_tolerates_unknown_fields_everywhere() {
                 remote: "0.0.0.0:0".into(),
                 state: "UNCONN".into(),
                 inode: 5,
+                netns: None,
             }],
         },
     }))

@@ -21,6 +21,7 @@ pub fn run(
         proto: args.proto.clone(),
         local: args.local.clone(),
         remote: args.remote.clone(),
+        netns: args.netns,
     });
     let reply = client.call::<LookupReply>(&request)?;
     if args.json {

@@ -158,6 +158,7 @@ mod tests {
                 remote: "[::1]:80".into(),
                 state: "ESTABLISHED".into(),
                 inode: 1234,
+                netns: None,
             }]),
             &Names::parse("root:x:0:0::/:\n"),
         );

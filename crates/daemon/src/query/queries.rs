@@ -206,6 +206,7 @@ fn connection(s: &SocketEntry) -> proto::Connection {
         remote: s.remote.to_string(),
         state: state_name(s.proto, s.state).into(),
         inode: s.inode,
+        netns: Some(s.netns.0),
     }
 }
 
@@ -238,9 +239,12 @@ fn state_name(proto: IpProto, state: TcpState) -> &'static str {
 pub fn lookup(shared: &DaemonState, q: &LookupQuery, viewer: Viewer) -> Reply {
     let table = shared.table();
     let proto = IpProto::from(q.proto.ip_number());
-    let found = table
-        .lookup(proto, canonical(q.local), canonical(q.remote))
-        .and_then(|m| owner(&table, m.inode, m.owner?, m.kind.name(), viewer));
+    let (local, remote) = (canonical(q.local), canonical(q.remote));
+    let found = match q.netns {
+        Some(netns) => table.lookup_in(pidcap_core::NetNsId(netns), proto, local, remote),
+        None => table.lookup(proto, local, remote),
+    };
+    let found = found.and_then(|m| owner(&table, m.inode, m.owner?, m.kind.name(), viewer));
     let reply = match found {
         Some(owner) => proto::LookupReply::found(owner),
         None => proto::LookupReply::not_found(),
@@ -563,6 +567,7 @@ mod tests {
             proto: "tcp".into(),
             local: "127.0.0.1:80".into(),
             remote: "127.0.0.1:40000".into(),
+            netns: None,
         }
         .query()
         .unwrap();

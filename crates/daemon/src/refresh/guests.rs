@@ -16,6 +16,12 @@
 //!   (its addresses may soon be another namespace's: a container restarted with the same
 //!   IP); one whose reads work is forgotten when [`FORGET_AFTER`] discoveries in a row find
 //!   no process in it.
+//! - Reads are rationed: reading a namespace's `tcp` and `tcp6` walks the kernel's whole
+//!   TCP hash twice (milliseconds on a large host), so a namespace is read when it is new,
+//!   when a miss names one of its addresses ([`Guests::touch`]), after a failed read, and
+//!   otherwise every [`REREAD_EVERY`]; between reads its last read stands in. Its
+//!   connections between reads are known from the process watcher and the socket tracer
+//!   (their claims carry the namespace), and its listeners and bound sockets change little.
 //!   Memory: the last read of each namespace (bounded by what the kernel lists).
 
 use std::net::IpAddr;
@@ -32,6 +38,11 @@ pub const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
 /// Discoveries in a row that must find no process in a namespace before it is forgotten.
 pub const FORGET_AFTER: u32 = 2;
+
+/// The longest time a namespace's last read stands without being read again, when nothing
+/// asks for it sooner (a miss on one of its addresses, a process that starts in it). A read
+/// costs two walks of the kernel's whole TCP hash (`/proc/<pid>/net/tcp` and `tcp6`).
+pub const REREAD_EVERY: Duration = Duration::from_secs(120);
 
 /// The other namespaces known, each with the process read through.
 #[derive(Debug)]
@@ -57,6 +68,10 @@ struct Guest {
     unseen: u32,
     /// The last read failed.
     failed: bool,
+    /// When it was last read well; `None` before the first read.
+    read_at: Option<Instant>,
+    /// Asked to be read at the next pass (a miss on one of its addresses).
+    wanted: bool,
 }
 
 /// What one pass read from the other namespaces.
@@ -66,8 +81,10 @@ pub struct GuestPass {
     pub addrs: Vec<(NetNsId, IpAddr)>,
     /// Namespaces read.
     pub read: usize,
-    /// Namespaces left out because their process exited or moved.
+    /// Namespaces whose read failed (their process exited or moved).
     pub skipped: usize,
+    /// Namespaces not due, whose last read stood in.
+    pub reused: usize,
 }
 
 impl Guests {
@@ -97,7 +114,7 @@ impl Guests {
             self.discover(home, now);
         }
         let mut pass = GuestPass::default();
-        let failed = self.read_all(out, &mut pass);
+        let failed = self.read_all(now, out, &mut pass);
         if failed && !due {
             // The process read through exited or moved: find the namespaces' processes
             // again now and read those that failed once more, so a namespace that is still
@@ -111,22 +128,52 @@ impl Guests {
                 .collect();
             out.retain(|s| !retry.contains(&s.netns));
             pass.addrs.retain(|(n, _)| !retry.contains(n));
-            self.read_all_of(&retry, out, &mut pass);
+            self.read_all_of(&retry, now, out, &mut pass);
         }
         self.stale |= self.known.iter().any(|g| g.failed);
         pass
     }
 
-    /// Reads every known namespace; true when some read failed.
-    fn read_all(&mut self, out: &mut Vec<SocketEntry>, pass: &mut GuestPass) -> bool {
-        let all: Vec<NetNsId> = self.known.iter().map(|g| g.netns).collect();
-        self.read_all_of(&all, out, pass)
+    /// Reads every namespace that is due (new, asked for, failed, or read over
+    /// [`REREAD_EVERY`] ago); the others contribute their last read. True when a read failed.
+    fn read_all(&mut self, now: Instant, out: &mut Vec<SocketEntry>, pass: &mut GuestPass) -> bool {
+        let due: Vec<NetNsId> = self
+            .known
+            .iter()
+            .filter(|g| g.due(now))
+            .map(|g| g.netns)
+            .collect();
+        for guest in self.known.iter().filter(|g| !due.contains(&g.netns)) {
+            if let Some((addrs, sockets)) = &guest.last {
+                out.extend_from_slice(sockets);
+                pass.addrs.extend(addrs.iter().map(|&ip| (guest.netns, ip)));
+                pass.reused += 1;
+            }
+        }
+        self.read_all_of(&due, now, out, pass)
+    }
+
+    /// Asks for the namespace that has address `ip` to be read at the next pass; true when
+    /// one has it.
+    pub fn touch(&mut self, ip: IpAddr) -> bool {
+        let ip = pidcap_core::canonical_ip(ip);
+        let mut touched = false;
+        for guest in &mut self.known {
+            let has = guest
+                .last
+                .as_ref()
+                .is_some_and(|(addrs, _)| addrs.iter().any(|a| pidcap_core::canonical_ip(*a) == ip));
+            guest.wanted |= has;
+            touched |= has;
+        }
+        touched
     }
 
     /// Reads the namespaces `which`; a failed one contributes its last good read.
     fn read_all_of(
         &mut self,
         which: &[NetNsId],
+        now: Instant,
         out: &mut Vec<SocketEntry>,
         pass: &mut GuestPass,
     ) -> bool {
@@ -137,6 +184,8 @@ impl Guests {
             match read_one(&self.proc, guest.netns, guest.pid, out) {
                 Some(addrs) => {
                     guest.last = Some((addrs, out[from..].to_vec()));
+                    guest.read_at = Some(now);
+                    guest.wanted = false;
                     pass.read += 1;
                 }
                 None => {
@@ -186,6 +235,15 @@ impl Guests {
 }
 
 impl Guest {
+    /// Whether this pass reads it (see [`REREAD_EVERY`]).
+    fn due(&self, now: Instant) -> bool {
+        self.wanted
+            || self.failed
+            || self
+                .read_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= REREAD_EVERY)
+    }
+
     fn new(netns: NetNsId, pid: u32) -> Guest {
         Guest {
             netns,
@@ -193,6 +251,8 @@ impl Guest {
             last: None,
             unseen: 0,
             failed: false,
+            read_at: None,
+            wanted: false,
         }
     }
 }
@@ -272,6 +332,30 @@ mod tests {
         known[0].failed = true;
         merge(&mut known, &[]);
         assert!(known.is_empty());
+    }
+
+    /// A namespace read well is not read again until a miss asks for it (or a while has
+    /// passed); its last read stands in meanwhile.
+    #[test]
+    fn a_namespace_is_read_again_only_when_asked_or_after_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut guests = Guests::new(ProcRoot::new(dir.path()));
+        let home = NetNsId(4026531840);
+        let now = Instant::now();
+        guests.home = Some(home);
+        guests.discovered_at = Some(now);
+        guests.known.push(Guest {
+            last: Some((vec!["10.0.0.2".parse().unwrap()], Vec::new())),
+            read_at: Some(now),
+            ..Guest::new(A, 4_000_000)
+        });
+        let pass = guests.read_into(home, now, &mut Vec::new());
+        assert_eq!((pass.read, pass.skipped, pass.reused), (0, 0, 1));
+        assert!(!guests.touch("10.0.0.9".parse().unwrap()), "not its address");
+        assert!(guests.touch("10.0.0.2".parse().unwrap()));
+        let pass = guests.read_into(home, now, &mut Vec::new());
+        assert_eq!(pass.reused, 0, "asked for: read (here it fails: no such process)");
+        assert!(pass.skipped > 0);
     }
 
     /// A failed read keeps the namespace's last good read in the pass while a process is

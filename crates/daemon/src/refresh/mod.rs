@@ -131,6 +131,7 @@ impl TableBuilder {
             source = self.sockets.kind(),
             namespaces_read = guests.read,
             namespaces_skipped = guests.skipped,
+            namespaces_reused = guests.reused,
             full_scan = update.full,
             processes = update.stats.processes_scanned,
             vanished = update.stats.vanished,
@@ -155,6 +156,14 @@ impl TableBuilder {
         generation: u64,
     ) -> anyhow::Result<Option<SocketTable>> {
         let mut found: Vec<SocketEntry> = Vec::new();
+        // A miss on a container's address: its namespace is read at the next full pass.
+        let touched = flows
+            .iter()
+            .map(|f| self.guests.touch(f.src.ip()) | self.guests.touch(f.dst.ip()))
+            .fold(false, |a, b| a | b);
+        if touched {
+            return Ok(None);
+        }
         for flow in flows {
             if !self.find_flow(flow, netns, &mut found)? {
                 return Ok(None);
