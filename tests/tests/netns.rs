@@ -258,7 +258,11 @@ fn lookup_in_a_named_namespace_finds_its_loopback_socket() {
         query(Some(netns))["owner"]["pid"].as_u64() == Some(pid)
     });
     assert!(found, "{}", query(Some(netns)));
-    assert_ne!(query(None)["owner"]["pid"].as_u64(), Some(pid), "host loopback searched");
+    assert_ne!(
+        query(None)["owner"]["pid"].as_u64(),
+        Some(pid),
+        "host loopback searched"
+    );
     assert_eq!(daemon.stop().code(), 0);
     drop(inside); // killed: it waits for a datagram that never comes
 }

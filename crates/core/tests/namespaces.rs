@@ -327,6 +327,10 @@ fn a_lookup_in_a_named_namespace_finds_its_loopback_sockets() {
     let owner = |m: Option<pidcap_core::SocketMatch>| m.and_then(|m| m.owner).map(|k| k.pid);
     assert_eq!(owner(t.lookup_in(RED, Tcp, local, remote)), Some(2));
     assert_eq!(owner(t.lookup_in(HOME, Tcp, local, remote)), Some(5));
-    assert_eq!(owner(t.lookup(Tcp, local, remote)), Some(5), "packets: home's");
+    assert_eq!(
+        owner(t.lookup(Tcp, local, remote)),
+        Some(5),
+        "packets: home's"
+    );
     assert_eq!(owner(t.lookup_in(BLUE, Tcp, local, remote)), None);
 }

@@ -159,10 +159,9 @@ impl Guests {
         let ip = pidcap_core::canonical_ip(ip);
         let mut touched = false;
         for guest in &mut self.known {
-            let has = guest
-                .last
-                .as_ref()
-                .is_some_and(|(addrs, _)| addrs.iter().any(|a| pidcap_core::canonical_ip(*a) == ip));
+            let has = guest.last.as_ref().is_some_and(|(addrs, _)| {
+                addrs.iter().any(|a| pidcap_core::canonical_ip(*a) == ip)
+            });
             guest.wanted |= has;
             touched |= has;
         }
@@ -351,10 +350,16 @@ mod tests {
         });
         let pass = guests.read_into(home, now, &mut Vec::new());
         assert_eq!((pass.read, pass.skipped, pass.reused), (0, 0, 1));
-        assert!(!guests.touch("10.0.0.9".parse().unwrap()), "not its address");
+        assert!(
+            !guests.touch("10.0.0.9".parse().unwrap()),
+            "not its address"
+        );
         assert!(guests.touch("10.0.0.2".parse().unwrap()));
         let pass = guests.read_into(home, now, &mut Vec::new());
-        assert_eq!(pass.reused, 0, "asked for: read (here it fails: no such process)");
+        assert_eq!(
+            pass.reused, 0,
+            "asked for: read (here it fails: no such process)"
+        );
         assert!(pass.skipped > 0);
     }
 
