@@ -7,6 +7,7 @@ pub mod accuracy;
 pub mod bridge;
 pub mod cgroup;
 pub mod check;
+pub mod container;
 pub mod daemon;
 pub mod frame;
 pub mod netns;
