@@ -57,7 +57,12 @@ fn a_podman_container_s_process_is_credited_once_and_named_by_its_container() {
         },
     ];
     assert_totals_match(&daemon, &cap, &ends);
+    // The name comes from podman's own state on disk, read by the refresher.
+    let named = wait_until(Duration::from_secs(10), || {
+        daemon.process(inside).unwrap_or_default()["container"]["name"] == container.name.as_str()
+    });
     let row = daemon.process(inside).expect("a row for nc");
+    assert!(named, "container name: {row}");
     assert_eq!(row["container"]["runtime"], "podman", "{row}");
     assert_eq!(row["container"]["id"], container.id.as_str(), "{row}");
     let stats = daemon.stats();

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod containers;
 pub mod fault;
 pub mod inbox;
 pub mod persist;
@@ -156,7 +157,7 @@ pub fn write_usage(shared: &DaemonState, log: &mut UsageLog, retention: Duration
         &batch,
         SystemTime::now(),
         log.daemon_start(),
-        shared.users(),
+        crate::query::queries::Names::of(shared),
     );
     if log.append(&bytes).is_err() {
         let folded = shared.ledger().bound_exited(MAX_EXITED_UNLOGGED);

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
 use pidcap_core::{Ledger, PendingLevel, SocketTable};
 
+use crate::containers::ContainerNames;
 use crate::process_side::facts::ProcessFacts;
 use crate::users::UserNames;
 
@@ -124,6 +125,8 @@ pub struct DaemonState {
     facts: ProcessFacts,
     /// User names of the uids with traffic (resolved by the refresher).
     users: UserNames,
+    /// Names of the containers with traffic (resolved by the refresher).
+    containers: ContainerNames,
     /// Generation of the table in `table`, readable with one atomic load per packet.
     generation: AtomicU64,
     started: Instant,
@@ -146,6 +149,7 @@ impl DaemonState {
             process_side: Mutex::new(ProcessSideInfo::default()),
             facts: ProcessFacts::default(),
             users: UserNames::default(),
+            containers: ContainerNames::default(),
             started: now,
             heartbeats: Default::default(),
             frames: AtomicU64::new(0),
@@ -165,6 +169,11 @@ impl DaemonState {
     /// User names (resolved by the refresher, read by queries and the usage log).
     pub fn users(&self) -> &UserNames {
         &self.users
+    }
+
+    /// Container names (resolved by the refresher, read by queries and the usage log).
+    pub fn containers(&self) -> &ContainerNames {
+        &self.containers
     }
 
     /// Swaps in a new table; the capture thread picks it up before its next packet.

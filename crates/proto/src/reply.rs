@@ -120,6 +120,10 @@ pub struct ContainerRef {
     /// The Kubernetes pod uid, when in a pod.
     #[serde(default)]
     pub pod: Option<String>,
+    /// The runtime's name for it (Podman, Docker: from their state on disk); `null` until
+    /// read, or for runtimes that keep names behind an API.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// What `groups` groups processes by.

@@ -56,13 +56,14 @@ fn row() -> ProcessRow {
                 runtime: "kubernetes".into(),
                 id: "c0ffee".into(),
                 pod: Some("0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".into()),
+                name: None,
             }),
             user: Some("alice".into()),
         },
     }
 }
 
-const PLACEMENT_JSON: &str = r#""netns":4026532001,"cgroup":"/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/c0ffee","unit":null,"container":{"runtime":"kubernetes","id":"c0ffee","pod":"0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"},"user":"alice""#;
+const PLACEMENT_JSON: &str = r#""netns":4026532001,"cgroup":"/kubepods/besteffort/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/c0ffee","unit":null,"container":{"runtime":"kubernetes","id":"c0ffee","pod":"0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b","name":null},"user":"alice""#;
 
 fn owner() -> Owner {
     Owner {

@@ -45,13 +45,17 @@ fn direction(packets: u64, total: u64, since_log: u64, bps: f64) -> String {
 
 /// `runtime id` and the pod, or `-`.
 fn container(placed: &PlacementFields) -> String {
-    match &placed.container {
-        Some(c) => match &c.pod {
-            Some(pod) => format!("{} {} (pod {pod})", c.runtime, c.id),
-            None => format!("{} {}", c.runtime, c.id),
-        },
-        None => "-".into(),
+    let Some(c) = &placed.container else {
+        return "-".into();
+    };
+    let mut text = format!("{} {}", c.runtime, c.id);
+    if let Some(name) = &c.name {
+        text += &format!(" \"{name}\"");
     }
+    if let Some(pod) = &c.pod {
+        text += &format!(" (pod {pod})");
+    }
+    text
 }
 
 pub fn render(process: &ProcessDetail, users: &Names) -> String {
@@ -140,6 +144,7 @@ mod tests {
                         runtime: "docker".into(),
                         id: "c0ffee".into(),
                         pod: None,
+                        name: Some("web".into()),
                     }),
                     user: Some("root".into()),
                 },
@@ -173,7 +178,7 @@ mod tests {
              netns       4026532001\n\
              cgroup      /system.slice/docker-c0ffee.scope\n\
              unit        docker-c0ffee.scope\n\
-             container   docker c0ffee\n\
+             container   docker c0ffee \"web\"\n\
              cmdline     curl -d 'a b'\n\
              rx          3 packets, 4.0 KiB total; 100 B since the last log line; 0 B/s\n\
              tx          0 packets, 0 B total; 0 B since the last log line; 512 B/s\n\

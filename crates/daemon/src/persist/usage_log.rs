@@ -18,8 +18,7 @@ use pidcap_core::{Counters, LogBatch, LogRecord};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::query::queries::placement;
-use crate::users::UserNames;
+use crate::query::queries::{placement, Names};
 
 /// Schema version of every line.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -53,12 +52,12 @@ pub struct LogLine<'a> {
 
 /// Renders a batch as JSON lines, each ending in `\n`; `daemon_start` is the RFC 3339 time
 /// the daemon started.
-pub fn render(batch: &LogBatch, now: SystemTime, daemon_start: &str, users: &UserNames) -> Vec<u8> {
+pub fn render(batch: &LogBatch, now: SystemTime, daemon_start: &str, names: Names<'_>) -> Vec<u8> {
     let ts = humantime::format_rfc3339_millis(now).to_string();
     let interval_s = (batch.interval.as_secs_f64() * 1000.0).round() / 1000.0;
     let mut out = Vec::with_capacity(batch.records.len() * 320);
     for record in &batch.records {
-        let line = line(record, &ts, interval_s, daemon_start, users);
+        let line = line(record, &ts, interval_s, daemon_start, names);
         // Serialising plain structs of numbers and strings cannot fail.
         if serde_json::to_writer(&mut out, &line).is_ok() {
             out.push(b'\n');
@@ -72,7 +71,7 @@ fn line<'a>(
     ts: &'a str,
     interval_s: f64,
     daemon_start: &'a str,
-    users: &UserNames,
+    names: Names<'_>,
 ) -> LogLine<'a> {
     let (i, t): (&Counters, &Counters) = (&r.interval, &r.total);
     LogLine {
@@ -97,9 +96,10 @@ fn line<'a>(
         tx_packets_total: t.tx_packets,
         exited: r.exited,
         daemon_start,
-        placement: r.meta.as_ref().map_or_else(Default::default, |m| {
-            placement(&m.placement, users.name(m.uid))
-        }),
+        placement: r
+            .meta
+            .as_ref()
+            .map_or_else(Default::default, |m| placement(&m.placement, names, m.uid)),
     }
 }
 
@@ -273,13 +273,16 @@ mod tests {
             &batch(),
             SystemTime::UNIX_EPOCH,
             "1970-01-01T00:00:00.000Z",
-            &UserNames::default(),
+            Names {
+                users: &crate::users::UserNames::default(),
+                containers: &crate::containers::ContainerNames::default(),
+            },
         ))
         .unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            r#"{"v":1,"ts":"1970-01-01T00:00:00.000Z","interval_s":10.0,"pid":42,"start_time":7,"comm":"curl","exe":"/usr/bin/curl","uid":1000,"rx_bytes":10,"tx_bytes":20,"rx_packets":1,"tx_packets":2,"rx_bytes_total":10,"tx_bytes_total":20,"rx_packets_total":1,"tx_packets_total":2,"exited":true,"daemon_start":"1970-01-01T00:00:00.000Z","netns":4026532001,"cgroup":"/system.slice/docker-abababababababababababababababababababababababababababababababab.scope","unit":"docker-abababababababababababababababababababababababababababababababab.scope","container":{"runtime":"docker","id":"abababababababababababababababababababababababababababababababab","pod":null},"user":null}"#
+            r#"{"v":1,"ts":"1970-01-01T00:00:00.000Z","interval_s":10.0,"pid":42,"start_time":7,"comm":"curl","exe":"/usr/bin/curl","uid":1000,"rx_bytes":10,"tx_bytes":20,"rx_packets":1,"tx_packets":2,"rx_bytes_total":10,"tx_bytes_total":20,"rx_packets_total":1,"tx_packets_total":2,"exited":true,"daemon_start":"1970-01-01T00:00:00.000Z","netns":4026532001,"cgroup":"/system.slice/docker-abababababababababababababababababababababababababababababababab.scope","unit":"docker-abababababababababababababababababababababababababababababababab.scope","container":{"runtime":"docker","id":"abababababababababababababababababababababababababababababababab","pod":null,"name":null},"user":null}"#
         );
         assert!(lines[1].contains(r#""pid":null,"start_time":null,"comm":"<unknown>","exe":null,"uid":null,"rx_bytes":0"#), "{}", lines[1]);
         assert!(text.ends_with('\n'));

@@ -7,7 +7,6 @@
 //! bucket and `stats` are aggregates without per-process detail, the same for everybody.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use pidcap_core::{
@@ -17,6 +16,7 @@ use pidcap_proto as proto;
 use pidcap_proto::{ErrorCode, LookupQuery};
 use pidcap_wire::IpProto;
 
+use crate::containers::ContainerNames;
 use crate::process_side::facts::FactsUsage;
 use crate::query::access::Viewer;
 use crate::state::{stale_after, DaemonState, Worker};
@@ -41,7 +41,7 @@ fn usage(u: &Usage) -> proto::Usage {
     }
 }
 
-fn row(p: &ProcessUsage, users: &UserNames) -> proto::ProcessRow {
+fn row(p: &ProcessUsage, names: Names<'_>) -> proto::ProcessRow {
     proto::ProcessRow {
         pid: p.key.pid,
         start_time: p.key.start_time,
@@ -51,12 +51,12 @@ fn row(p: &ProcessUsage, users: &UserNames) -> proto::ProcessRow {
         usage: usage(&p.usage),
         alive: p.alive(),
         matched: matched(&p.quality),
-        placement: placement(&p.meta.placement, users.name(p.meta.uid)),
+        placement: placement(&p.meta.placement, names, p.meta.uid),
     }
 }
 
 /// The placement fields of a row; `user` as resolved so far.
-pub fn placement(p: &Placement, user: Option<Arc<str>>) -> proto::PlacementFields {
+pub fn placement(p: &Placement, names: Names<'_>, uid: u32) -> proto::PlacementFields {
     proto::PlacementFields {
         netns: p.netns.map(|n| n.0),
         cgroup: p.cgroup.clone(),
@@ -65,8 +65,25 @@ pub fn placement(p: &Placement, user: Option<Arc<str>>) -> proto::PlacementField
             runtime: c.runtime.to_string(),
             id: c.id.to_string(),
             pod: c.pod.map(|uid| uid.to_uid()),
+            name: names.containers.name(c.id).map(|n| n.to_string()),
         }),
-        user: user.map(|u| u.to_string()),
+        user: names.users.name(uid).map(|u| u.to_string()),
+    }
+}
+
+/// The names the refresher resolved: users and containers.
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    pub users: &'a UserNames,
+    pub containers: &'a ContainerNames,
+}
+
+impl<'a> Names<'a> {
+    pub fn of(shared: &'a DaemonState) -> Names<'a> {
+        Names {
+            users: shared.users(),
+            containers: shared.containers(),
+        }
     }
 }
 
@@ -85,7 +102,7 @@ pub fn processes(shared: &DaemonState, viewer: Viewer) -> Reply {
         let rows: Vec<proto::ProcessRow> = ledger
             .processes()
             .filter(|p| viewer.sees(p.meta.uid))
-            .map(|p| row(p, shared.users()))
+            .map(|p| row(p, Names::of(shared)))
             .collect();
         (rows, usage(ledger.unknown()))
     };
@@ -101,7 +118,7 @@ pub fn process(shared: &DaemonState, pid: u32, viewer: Viewer) -> Reply {
     let row = shared
         .ledger()
         .find_pid(pid)
-        .map(|p| row(p, shared.users()));
+        .map(|p| row(p, Names::of(shared)));
     let Some(row) = row.filter(|r| viewer.sees(r.uid)) else {
         return Err((ErrorCode::NotFound, not_found_message(pid, viewer)));
     };

@@ -509,13 +509,22 @@ impl Refresher {
     /// Looks up the names of the uids with traffic not named yet (the user database may
     /// block: this thread, never a query's, asks it).
     fn resolve_users(&self) {
-        let uids: std::collections::HashSet<u32> = self
-            .shared
-            .ledger()
-            .processes()
-            .map(|p| p.meta.uid)
-            .collect();
+        let (uids, containers) = {
+            let ledger = self.shared.ledger();
+            let uids: std::collections::HashSet<u32> =
+                ledger.processes().map(|p| p.meta.uid).collect();
+            let containers: std::collections::HashSet<(&'static str, String)> = ledger
+                .processes()
+                .filter_map(|p| p.meta.placement.container())
+                .map(|c| (c.runtime, c.id.to_string()))
+                .collect();
+            (uids, containers)
+        };
         self.shared.users().resolve(uids);
+        let ids = containers
+            .iter()
+            .map(|(runtime, id)| (*runtime, id.as_str()));
+        self.shared.containers().resolve(ids, Instant::now());
     }
 
     /// Marks ledger processes that no longer exist (or whose pid now names another process).
