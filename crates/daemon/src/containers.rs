@@ -38,11 +38,14 @@ impl Default for StateDirs {
     }
 }
 
+/// Container id → its name (`None`: looked for, not found) and when it was looked for.
+type NameMap = HashMap<String, (Option<Arc<str>>, Instant)>;
+
 /// See the module doc. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct ContainerNames {
     dirs: StateDirs,
-    names: Arc<Mutex<HashMap<String, (Option<Arc<str>>, Instant)>>>,
+    names: Arc<Mutex<NameMap>>,
 }
 
 impl ContainerNames {
@@ -53,7 +56,7 @@ impl ContainerNames {
         }
     }
 
-    fn inner(&self) -> MutexGuard<'_, HashMap<String, (Option<Arc<str>>, Instant)>> {
+    fn inner(&self) -> MutexGuard<'_, NameMap> {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
