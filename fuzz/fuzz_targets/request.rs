@@ -15,7 +15,10 @@ fn main() {
         match &request {
             Request::Lookup(lookup) => assert!(lookup.query().is_ok(), "{lookup:?}"),
             Request::Watch(watch) => assert!(watch.interval().is_ok(), "{watch:?}"),
-            Request::Processes | Request::Process { .. } | Request::Stats => {}
+            Request::Processes
+            | Request::Process { .. }
+            | Request::Stats
+            | Request::Groups { .. } => {}
         }
         let line = encode_line(&request);
         assert_eq!(parse_request(&line).ok(), Some(request));
