@@ -116,3 +116,16 @@ fn icmp_echo_from_ping_sockets_is_credited_to_the_pinger() {
         outcome.summary()
     );
 }
+
+/// Containers behind a bridge, daemon on `any`: 5 short-lived clients on the host and 5
+/// inside container A (started with `ip netns exec`, which moves a process and execs again)
+/// burst 200 KB to sinks in A and B. Every packet is captured twice (bridge and port, or two
+/// ports): each end must be credited once, and the container's clients by the namespace
+/// their sockets are in.
+#[test]
+fn containers_behind_a_bridge_are_credited_once_at_both_ends() {
+    require_root();
+    let outcome = scenarios::bridge(Size::Quick);
+    assert_sound(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
+}
