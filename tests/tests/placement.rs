@@ -112,8 +112,9 @@ fn rows_groups_and_log_lines_say_where_each_process_is() {
         assert_eq!(row["netns"], host_netns, "{row}");
         assert_eq!(row["unit"], json!(unit), "{row}");
         assert_eq!(row["user"], "root", "{row}");
-        let want =
-            container.map(|(runtime, id, pod)| json!({"runtime": runtime, "id": id, "pod": pod}));
+        let want = container.map(
+            |(runtime, id, pod)| json!({"runtime": runtime, "id": id, "pod": pod, "name": null}),
+        );
         assert_eq!(row["container"], want.unwrap_or(Value::Null), "{row}");
         assert!(
             row["cgroup"].as_str().unwrap().contains(unit.as_str()),
