@@ -111,3 +111,45 @@ fn without_a_daemon_pidcap_fails_and_names_pidcapd() {
         "message does not mention pidcapd: {text:?}"
     );
 }
+
+/// `pidcap ps --by user` sums the processes per user (here: root's peers), `--json` gives the
+/// daemon's `groups` reply, and `top --by` prints the same table each interval.
+#[test]
+fn ps_and_top_by_user_sum_per_user() {
+    let daemon = Daemon::start(&["--interface", "lo"]);
+    let (receiver, sender) = udp_pair(&daemon);
+    let named = wait_until(Duration::from_secs(10), || {
+        daemon
+            .process(sender.pid())
+            .is_some_and(|p| p["user"] == "root")
+    });
+    assert!(named, "user never resolved");
+    let out = pidcap(daemon.socket(), &["ps", "--by", "user"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap_or("");
+    assert!(
+        header.starts_with("GROUP") && header.contains("PROCS"),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("root ")), "{text}");
+    let json = pidcap(daemon.socket(), &["ps", "--by", "user", "--json"]);
+    let reply: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(reply["by"], "user", "{reply}");
+    let root = reply["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|r| r["key"] == "root"))
+        .expect("a root group");
+    assert!(root["processes"].as_u64() >= Some(2), "{reply}");
+    let top = pidcap(
+        daemon.socket(),
+        &["top", "--by", "unit", "--count", "2", "--interval", "100"],
+    );
+    assert!(top.status.success(), "{top:?}");
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert_eq!(top.matches("GROUP").count(), 2, "{top}");
+    let bad = pidcap(daemon.socket(), &["ps", "--by", "colour"]);
+    assert_eq!(bad.status.code(), Some(2), "usage error");
+    assert!(receiver.finish().success());
+    assert!(sender.finish().success());
+}
