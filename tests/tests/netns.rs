@@ -98,67 +98,15 @@ fn tcp_ipv6_over_veth_daemon_on_veth_matches_reference_capture() {
 fn udp_into_a_namespace_credits_both_ends() {
     let ns = Netns::new();
     let mut daemon = Daemon::start(&["--interface", "any"]);
-    let mut receiver = Peer::spawn_in(
-        &ns,
-        &[
-            "udp-recv",
-            "--bind",
-            "0.0.0.0:0",
-            "--count",
-            "100",
-            "--reply-size",
-            "200",
-        ],
-    );
-    let port = receiver.info.local.port();
-    let to = std::net::SocketAddr::new(ns.ns_ip(false), port);
-    let bind = format!("{}:0", ns.host_v4);
-    let mut sender = Peer::spawn(&[
-        "udp-send",
-        "--bind",
-        &bind,
-        "--to",
-        &to.to_string(),
-        "--count",
-        "100",
-        "--size",
-        "1000",
-        "--await-reply",
-    ]);
-    let cap = RefCapture::start(
-        &ns.host_if,
-        &RefCapture::ports_filter(&[port, sender.info.local.port()]),
-    );
-    daemon.wait_owner("udp", sender.info.local, to, sender.pid());
-    daemon.wait_owner("udp", to, sender.info.local, receiver.pid());
-    receiver.go();
-    sender.go();
-    assert_eq!(sender.wait_done().received, 100 * 200);
-    assert_eq!(receiver.wait_done().received, 100 * 1000);
-    let ends = [
-        Endpoint {
-            name: "namespaced receiver",
-            pid: receiver.pid(),
-            proto: UDP,
-            local: receiver.info.local,
-        },
-        Endpoint {
-            name: "host sender",
-            pid: sender.pid(),
-            proto: UDP,
-            local: sender.info.local,
-        },
-    ];
-    assert_totals_match(&daemon, &cap, &ends);
-    assert_named_peer(&daemon, receiver.pid());
+    let receiver = exchange_into(&daemon, &ns);
+    assert_named_peer(&daemon, receiver);
     assert_conservation(&daemon.stats());
     assert_eq!(daemon.stop().code(), 0);
-    assert!(sender.finish().success());
-    assert!(receiver.finish().success());
 }
 
-/// One UDP exchange into `ns`: a receiver inside, a sender on the host; both credited.
-fn exchange_into(daemon: &Daemon, ns: &Netns) {
+/// One UDP exchange into `ns`: a receiver inside, a sender on the host; both credited
+/// (matched against a reference capture on the veth). The receiver's pid.
+fn exchange_into(daemon: &Daemon, ns: &Netns) -> u32 {
     let mut receiver = Peer::spawn_in(
         ns,
         &[
@@ -209,8 +157,10 @@ fn exchange_into(daemon: &Daemon, ns: &Netns) {
         },
     ];
     assert_totals_match(daemon, &cap, &ends);
+    let pid = receiver.pid();
     assert!(sender.finish().success());
     assert!(receiver.finish().success());
+    pid
 }
 
 /// Containers come and go, and a new one often gets the address of one just gone: a

@@ -34,13 +34,7 @@ use transport::Ports;
 /// `frame` is the captured bytes (cut at the snaplen), `orig_len` the packet's length on the
 /// wire (pcap's `len`), which bounds the counted length (see [`PacketMeta::ip_len`]). Never panics, never allocates.
 pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, WireError> {
-    let l2 = link::decode(link, frame)?;
-    let packet = frame.get(l2.header_len..).ok_or(WireError::Truncated)?;
-    let wire_len = orig_len.saturating_sub(len_u32(l2.header_len));
-    let net = match l2.network {
-        Network::Ipv4 => ipv4::parse(packet, wire_len)?,
-        Network::Ipv6 => ipv6::parse(packet, wire_len)?,
-    };
+    let (l2, net) = layers(link, frame, orig_len)?;
     let ports = net
         .transport
         .map_or(Ports::UNKNOWN, |t| transport::ports(net.proto, t));
@@ -62,6 +56,16 @@ pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, 
 /// The [`CopyId`] of a frame that [`parse`] accepts (parsed again: only the few packets
 /// that may have been captured twice need it, so the common path never pays for it).
 pub fn copy_id(link: LinkType, frame: &[u8], orig_len: u32) -> Result<CopyId, WireError> {
+    let (_, net) = layers(link, frame, orig_len)?;
+    Ok(CopyId::new(net.ident, net.transport))
+}
+
+/// The link and network layers of a frame.
+fn layers(
+    link: LinkType,
+    frame: &[u8],
+    orig_len: u32,
+) -> Result<(link::LinkFrame, ip::NetworkRepr<'_>), WireError> {
     let l2 = link::decode(link, frame)?;
     let packet = frame.get(l2.header_len..).ok_or(WireError::Truncated)?;
     let wire_len = orig_len.saturating_sub(len_u32(l2.header_len));
@@ -69,5 +73,5 @@ pub fn copy_id(link: LinkType, frame: &[u8], orig_len: u32) -> Result<CopyId, Wi
         Network::Ipv4 => ipv4::parse(packet, wire_len)?,
         Network::Ipv6 => ipv6::parse(packet, wire_len)?,
     };
-    Ok(CopyId::new(net.ident, net.transport))
+    Ok((l2, net))
 }
