@@ -34,23 +34,30 @@ impl ProcRoot {
         netns_at(&self.pid_dir(pid).join("ns/net"))
     }
 
-    /// Every network namespace some process is in, each with the lowest pid in it (one
-    /// `readlink` per process; processes that exit or refuse meanwhile are skipped), sorted
-    /// by namespace. An error only when `<root>` itself cannot be listed.
-    pub fn network_namespaces(&self) -> Result<Vec<(NetNsId, u32)>> {
+    /// Every network namespace some process is in, with up to `per_namespace` of its
+    /// lowest pids, ascending (one `readlink` per process; processes that exit or refuse
+    /// meanwhile are skipped), sorted by namespace. An error only when `<root>` itself
+    /// cannot be listed.
+    pub fn network_namespaces(&self, per_namespace: usize) -> Result<Vec<(NetNsId, Vec<u32>)>> {
         let dir = std::fs::read_dir(self.path()).map_err(|e| Error::from_io(self.path(), e))?;
-        let mut seen: std::collections::BTreeMap<NetNsId, u32> = Default::default();
+        let mut seen: std::collections::BTreeMap<NetNsId, Vec<u32>> = Default::default();
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
             if let Ok(netns) = self.netns_of(pid) {
-                let lowest = seen.entry(netns).or_insert(pid);
-                *lowest = (*lowest).min(pid);
+                seen.entry(netns).or_default().push(pid);
             }
         }
-        Ok(seen.into_iter().collect())
+        Ok(seen
+            .into_iter()
+            .map(|(netns, mut pids)| {
+                pids.sort_unstable();
+                pids.truncate(per_namespace.max(1));
+                (netns, pids)
+            })
+            .collect())
     }
 }
 
