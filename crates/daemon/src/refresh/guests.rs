@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - The home namespace (the capture's) is never read here; the socket source reads it.
-//! - A namespace is read through one of the lowest pids found in it at the last discovery
-//!   (up to [`CANDIDATES`], tried in turn: a short-lived one may have exited). A read is kept
+//! - A namespace is read through one of its oldest processes found at the last discovery
+//!   (up to [`CANDIDATES`], tried in turn: a short-lived one may have exited; oldest by start
+//!   time, as pids wrap). A read is kept
 //!   only if that pid is still in that namespace afterwards (a process can move with
 //!   `setns`, and `/proc/<pid>/net` follows it). When no candidate can be read, the
 //!   namespace's last good read stands in for this pass (a namespace never drops out of the
@@ -40,7 +41,7 @@ pub const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 /// Discoveries in a row that must find no process in a namespace before it is forgotten.
 pub const FORGET_AFTER: u32 = 2;
 
-/// The processes of a namespace a read may go through (its lowest pids).
+/// The processes of a namespace a read may go through (its oldest).
 pub const CANDIDATES: usize = 4;
 
 /// The longest time a namespace's last read stands without being read again, when nothing
@@ -216,7 +217,7 @@ impl Guests {
     }
 
     fn discover(&mut self, home: NetNsId, now: Instant) {
-        match self.proc.network_namespaces(CANDIDATES) {
+        match self.proc.network_namespaces(CANDIDATES, Some(home)) {
             Ok(all) => {
                 let found: Vec<(NetNsId, Vec<u32>)> =
                     all.into_iter().filter(|&(n, _)| n != home).collect();

@@ -34,11 +34,16 @@ impl ProcRoot {
         netns_at(&self.pid_dir(pid).join("ns/net"))
     }
 
-    /// Every network namespace some process is in, with up to `per_namespace` of its
-    /// lowest pids, ascending (one `readlink` per process; processes that exit or refuse
-    /// meanwhile are skipped), sorted by namespace. An error only when `<root>` itself
-    /// cannot be listed.
-    pub fn network_namespaces(&self, per_namespace: usize) -> Result<Vec<(NetNsId, Vec<u32>)>> {
+    /// Every network namespace some process is in but `skip` (one `readlink` per process;
+    /// processes that exit or refuse meanwhile are skipped), sorted by namespace, each with up
+    /// to `per_namespace` of its processes, oldest first (by start time: the one likeliest to
+    /// live on; pids wrap, so the lowest pid may be the newest process). An error only when
+    /// `<root>` itself cannot be listed.
+    pub fn network_namespaces(
+        &self,
+        per_namespace: usize,
+        skip: Option<NetNsId>,
+    ) -> Result<Vec<(NetNsId, Vec<u32>)>> {
         let dir = std::fs::read_dir(self.path()).map_err(|e| Error::from_io(self.path(), e))?;
         let mut seen: std::collections::BTreeMap<NetNsId, Vec<u32>> = Default::default();
         for entry in dir.flatten() {
@@ -46,14 +51,15 @@ impl ProcRoot {
             let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Ok(netns) = self.netns_of(pid) {
-                seen.entry(netns).or_default().push(pid);
+            match self.netns_of(pid) {
+                Ok(netns) if Some(netns) != skip => seen.entry(netns).or_default().push(pid),
+                _ => {}
             }
         }
         Ok(seen
             .into_iter()
             .map(|(netns, mut pids)| {
-                pids.sort_unstable();
+                pids.sort_by_key(|&pid| (self.start_time(pid).unwrap_or(u64::MAX), pid));
                 pids.truncate(per_namespace.max(1));
                 (netns, pids)
             })
@@ -77,5 +83,39 @@ mod tests {
     fn rejects_other_namespace_kinds() {
         assert_eq!(parse_ns_link(b"mnt:[4026531841]"), None);
         assert_eq!(parse_ns_link(b"net:[]"), None);
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    /// `<root>/<pid>/ns/net` → `net:[netns]`, `<root>/<pid>/stat` with `start`.
+    fn process(root: &Path, pid: u32, netns: u64, start: u64) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::os::unix::fs::symlink(format!("net:[{netns}]"), dir.join("ns/net")).unwrap();
+        let stat = format!("{pid} (p) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0\n");
+        std::fs::write(dir.join("stat"), stat).unwrap();
+    }
+
+    /// Oldest first, whatever the pids (they wrap); the skipped namespace is left out; at
+    /// most `per_namespace` each.
+    #[test]
+    fn each_namespace_lists_its_oldest_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        process(root, 300, 7, 900); // a young process with a low pid, after a wrap
+        process(root, 32_000, 7, 100); // the container's long-lived one
+        process(root, 31_000, 7, 500);
+        process(root, 1, 1, 1); // the daemon's own namespace
+        process(root, 12, 9, 50);
+        let found = ProcRoot::new(root)
+            .network_namespaces(2, Some(NetNsId(1)))
+            .unwrap();
+        assert_eq!(
+            found,
+            [(NetNsId(7), vec![32_000, 31_000]), (NetNsId(9), vec![12]),]
+        );
     }
 }
