@@ -52,6 +52,8 @@ fn veth_scenario(v6: bool, daemon_on_any: bool) {
     server.accepted();
     let client_remote = client.info.remote.expect("connected");
     daemon.wait_owner("tcp", client.info.local, client_remote, client.pid());
+    // The namespace's own end too: a namespace is not known for its first moments.
+    daemon.wait_owner("tcp", client_remote, client.info.local, server.pid());
     server.go();
     client.go();
     assert_eq!(client.wait_done().received, 150_000);

@@ -204,6 +204,10 @@ fn a_process_in_another_network_namespace_is_grouped_apart() {
         "--size",
         "500",
     ]);
+    // A namespace that just appeared is not known for its first moments (README, "Not
+    // supported"): wait until the daemon knows the receiver.
+    let from = std::net::SocketAddr::new(ns.host_v4.into(), 9);
+    daemon.wait_owner("udp", to.parse().unwrap(), from, receiver.pid());
     receiver.go();
     sender.go();
     assert_eq!(receiver.wait_done().received, 5 * 500);
