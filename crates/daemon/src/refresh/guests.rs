@@ -218,9 +218,7 @@ impl Guests {
 
     fn discover(&mut self, home: NetNsId, now: Instant) {
         match self.proc.network_namespaces(CANDIDATES, Some(home)) {
-            Ok(all) => {
-                let found: Vec<(NetNsId, Vec<u32>)> =
-                    all.into_iter().filter(|&(n, _)| n != home).collect();
+            Ok(found) => {
                 merge(&mut self.known, &found);
                 self.discovered_at = Some(now);
                 self.stale = false;
