@@ -57,7 +57,7 @@ pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, 
 /// that may have been captured twice need it, so the common path never pays for it).
 pub fn copy_id(link: LinkType, frame: &[u8], orig_len: u32) -> Result<CopyId, WireError> {
     let (_, net) = layers(link, frame, orig_len)?;
-    Ok(CopyId::new(net.ident, net.transport))
+    Ok(CopyId::new(net.ident, net.proto, net.transport))
 }
 
 /// The link and network layers of a frame.

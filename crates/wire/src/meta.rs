@@ -1,6 +1,6 @@
 //! What [`parse`](crate::parse) returns for one packet.
 
-use crate::flow::FlowKey;
+use crate::flow::{FlowKey, IpProto};
 use crate::link::LinkDirection;
 
 /// An IPv4 or IPv6 fragment's identity and place.
@@ -50,12 +50,14 @@ pub struct PacketMeta {
     pub ifindex: Option<u32>,
 }
 
-/// What a bridged or routed copy of a packet keeps unchanged ([`crate::copy_id`]): the IPv4
-/// identification or IPv6 flow label, and the first 16 captured bytes of the transport
-/// header (ports, TCP sequence and acknowledgement numbers, UDP length and checksum, ICMP
-/// identifier and sequence; zeros past what was captured). With the flow and the IP length
-/// it tells the copies of one packet seen on several interfaces from other packets; the
-/// TTL, the link header and the IP checksum do not enter it.
+/// What a bridged, routed or NATed copy of a packet keeps unchanged ([`crate::copy_id`]):
+/// the IPv4 identification or IPv6 flow label, and the first 16 captured bytes of the
+/// transport header with what address translation rewrites zeroed — the ports, the UDP,
+/// SCTP and ICMP checksums and the ICMP echo identifier — so TCP keeps its sequence and
+/// acknowledgement numbers, flags and window, UDP its length and first payload bytes, ICMP
+/// its type, code and sequence (zeros past what was captured). With the flow and the IP
+/// length it tells the copies of one packet seen on several interfaces from other packets;
+/// the TTL, the link header, the addresses and the IP checksum do not enter it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct CopyId {
     pub ident: u32,
@@ -63,11 +65,22 @@ pub struct CopyId {
 }
 
 impl CopyId {
-    pub(crate) fn new(ident: u32, transport: Option<&[u8]>) -> CopyId {
+    pub(crate) fn new(ident: u32, proto: IpProto, transport: Option<&[u8]>) -> CopyId {
         let mut head = [0u8; 16];
         if let Some(t) = transport {
             let n = t.len().min(16);
             head[..n].copy_from_slice(&t[..n]);
+        }
+        // (start, end) of each rewritten range.
+        let rewritten: &[(usize, usize)] = match proto {
+            IpProto::Tcp => &[(0, 4)],
+            IpProto::Udp | IpProto::UdpLite => &[(0, 4), (6, 8)],
+            IpProto::Sctp => &[(0, 4), (8, 12)],
+            IpProto::Icmp | IpProto::Icmpv6 => &[(2, 6)],
+            _ => &[],
+        };
+        for &(start, end) in rewritten {
+            head[start..end].fill(0);
         }
         CopyId { ident, head }
     }
