@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use pidcap_wire::IpProto;
 
+use crate::nat::NatMap;
 use crate::table::canonical;
 use crate::{
     choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
@@ -84,7 +85,7 @@ pub struct Pass<'a> {
 type ExactKey = (NetNsId, IpProto, SocketAddr, SocketAddr);
 
 /// The change counts of the two inputs: live, recent.
-type Versions = (u64, u64);
+type Versions = (u64, u64, u64);
 
 /// The state between passes from which tables are assembled (see the module doc).
 #[derive(Debug, Default)]
@@ -95,6 +96,10 @@ pub struct TableAssembly {
     recent: RecentInputs,
     live_part: Option<BuiltPart<LiveSockets>>,
     recent_part: Option<BuiltPart<RecentSockets>>,
+    /// The known address translations, shared by every table until they change.
+    nat: Arc<NatMap>,
+    /// Counts every change of `nat`.
+    nat_version: u64,
     /// The versions the last table was assembled from; `None` before the first.
     published: Option<Versions>,
 }
@@ -214,6 +219,13 @@ impl TableAssembly {
         let recent = self.recent_part();
         self.published = Some(self.versions());
         SocketTable::from_shared(generation, Some(netns), live, owners, recent)
+            .with_nat(Arc::clone(&self.nat))
+    }
+
+    /// Replaces the known address translations; the next table has them.
+    pub fn set_nat(&mut self, nat: Arc<NatMap>) {
+        self.nat = nat;
+        self.nat_version += 1;
     }
 
     /// The namespace a learned socket is in: the one its local address belongs to when
@@ -252,7 +264,7 @@ impl TableAssembly {
     }
 
     fn versions(&self) -> Versions {
-        (self.live.version, self.recent.version)
+        (self.live.version, self.recent.version, self.nat_version)
     }
 
     /// Keeps the sockets of the previous list missing from `sockets` (or that lost their

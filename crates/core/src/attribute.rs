@@ -66,12 +66,18 @@ fn port_based(proto: IpProto) -> bool {
 /// truncated transport headers; for TCP and UDP such packets are counted but not attributed.
 /// ICMP/ICMPv6 (ping sockets by echo identifier, raw sockets by protocol) and other protocols
 /// (raw sockets by protocol number, ports 0) are looked up as they are. SCTP is matched by
-/// ports against every (local, remote) address pair of its associations.
+/// ports against every (local, remote) address pair of its associations. A packet of a
+/// connection the kernel translated (NAT) is looked up at each end in that end's own form of
+/// the connection ([`crate::NatView`]).
 pub fn attribute(table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Verdict {
     let supported = !port_based(flow.proto) || ports_known;
+    let (tx, rx) = match table.nat_view(flow) {
+        Some(view) => (view.tx, view.rx),
+        None => ((flow.src, flow.dst), (flow.dst, flow.src)),
+    };
     Verdict {
-        tx: side(table, flow.proto, flow.src, flow.dst, supported),
-        rx: side(table, flow.proto, flow.dst, flow.src, supported),
+        tx: side(table, flow.proto, tx.0, tx.1, supported),
+        rx: side(table, flow.proto, rx.0, rx.1, supported),
     }
 }
 

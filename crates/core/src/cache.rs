@@ -130,6 +130,9 @@ impl AttributionCache {
 /// connected socket (live or recently closed) has it as its local end. `None` for every
 /// other verdict: those are cached per flow.
 fn unowned_ends(table: &SocketTable, flow: &FlowKey, verdict: &Verdict) -> Option<UnownedEnds> {
+    if table.nat_view(flow).is_some() {
+        return None; // each end looked up in its own form: the whole flow matters
+    }
     let end = |credit: Option<Credit>, local: SocketAddr| -> Option<Option<SocketAddr>> {
         match credit {
             None => Some(None),

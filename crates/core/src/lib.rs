@@ -9,6 +9,7 @@ mod counters;
 mod fragments;
 mod ledger;
 mod looks;
+mod nat;
 mod pending;
 mod placement;
 mod process;
@@ -19,13 +20,14 @@ mod table;
 pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
 pub use attribute::{attribute, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
-pub use copies::{CopyFilter, COPY_WINDOW_US};
+pub use copies::{CopyCheck, CopyFilter, CopyMark, COPY_WINDOW_US};
 pub use counters::{
     Counters, Direction, ProcessTally, Quality, QualityBytes, ReasonBytes, Tally, Totals,
 };
 pub use fragments::FragmentMap;
 pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, Usage};
 pub use looks::{LookSchedule, LATER_ROUNDS, YOUNG_EVERY, YOUNG_FOR};
+pub use nat::{NatMap, NatView, Translation};
 pub use pending::{Pending, PendingLevel};
 pub use placement::{cgroup_path, container_of, Container, Placement, PodUid};
 pub use process::{ProcessInfo, ProcessKey};

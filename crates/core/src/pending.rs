@@ -6,14 +6,23 @@
 //! never grows past `capacity` entries (fixed-size ring, allocated once). Every entry is
 //! decided exactly once — credited when a table resolves it, or `unknown` when its time runs
 //! out — so conservation holds and nothing is counted twice. Time is a parameter.
+//!
+//! A packet that may be a copy of one captured on another interface in another form (an
+//! address-translated copy whose translation is not known yet: [`CopyMark`]) waits whole:
+//! each of its local directions, credited or not, waits until the table resolves every end
+//! of it. Then, if the table knows its translation and a copy of it in another form was
+//! counted meanwhile, it is `transit` (once per packet); otherwise each direction is
+//! credited. When its time runs out, a direction already credited at capture keeps that
+//! credit.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use pidcap_wire::FlowKey;
 
-use crate::attribute::{Credit, UnknownReason};
+use crate::attribute::{Credit, UnknownReason, Verdict};
 use crate::cache::AttributionCache;
+use crate::copies::{CopyFilter, CopyMark};
 use crate::counters::{Direction, Tally};
 use crate::table::SocketTable;
 
@@ -21,8 +30,12 @@ use crate::table::SocketTable;
 struct Waiting {
     flow: FlowKey,
     dir: Direction,
+    /// The credit at capture: a miss, or (for a packet waiting whole) a process.
+    credit: Credit,
     len: u32,
     since: Instant,
+    /// Set for a packet that waits whole (see the module docs).
+    mark: Option<CopyMark>,
 }
 
 /// What is waiting, for `stats`.
@@ -70,8 +83,10 @@ impl Pending {
         }
     }
 
-    /// Holds one direction of a packet whose owner is unknown (`credit` must be a miss);
-    /// anything else is recorded at once.
+    /// Holds one direction of a packet whose owner is unknown; anything else is recorded at
+    /// once — except with a `mark`: then the direction waits whatever its credit (the caller
+    /// holds every local direction of a packet that may be a translated copy and has a miss).
+    #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &mut self,
         tally: &mut Tally,
@@ -80,8 +95,9 @@ impl Pending {
         credit: Credit,
         len: u32,
         now: Instant,
+        mark: Option<CopyMark>,
     ) {
-        if !credit.is_miss() || self.capacity == 0 {
+        if (!credit.is_miss() && mark.is_none()) || self.capacity == 0 {
             tally.record_side(dir, credit, false, len);
             return;
         }
@@ -95,8 +111,10 @@ impl Pending {
         self.queue.push_back(Waiting {
             flow,
             dir,
+            credit,
             len,
             since: now,
+            mark,
         });
     }
 
@@ -107,11 +125,12 @@ impl Pending {
         tally: &mut Tally,
         table: &SocketTable,
         cache: &AttributionCache,
+        copies: &CopyFilter,
         now: Instant,
     ) {
         if !self.queue.is_empty() && self.tried != table.generation() {
             self.tried = table.generation();
-            self.retry(tally, table, cache);
+            self.retry(tally, table, cache, copies);
         }
         while let Some(front) = self.queue.front() {
             if now.saturating_duration_since(front.since) < self.max_age {
@@ -125,39 +144,96 @@ impl Pending {
 
     /// Decides everything now: resolved entries are credited, the rest go to `unknown`
     /// (used at shutdown and at the end of a replayed file).
-    pub fn drain(&mut self, tally: &mut Tally, table: &SocketTable, cache: &AttributionCache) {
-        self.retry(tally, table, cache);
+    pub fn drain(
+        &mut self,
+        tally: &mut Tally,
+        table: &SocketTable,
+        cache: &AttributionCache,
+        copies: &CopyFilter,
+    ) {
+        self.retry(tally, table, cache, copies);
         while let Some(w) = self.queue.pop_front() {
             self.expire_one(tally, w);
         }
     }
 
-    fn retry(&mut self, tally: &mut Tally, table: &SocketTable, cache: &AttributionCache) {
+    fn retry(
+        &mut self,
+        tally: &mut Tally,
+        table: &SocketTable,
+        cache: &AttributionCache,
+        copies: &CopyFilter,
+    ) {
         let bytes = &mut self.bytes;
         self.queue.retain(|w| {
             let verdict = cache.attribute(table, &w.flow, true).verdict;
-            let side = match w.dir {
-                Direction::Tx => verdict.tx,
-                Direction::Rx => verdict.rx,
+            let decided = match w.mark {
+                None => decide_one(tally, w, &verdict),
+                Some(mark) => decide_whole(tally, w, mark, &verdict, table, copies),
             };
-            match side {
-                Some(credit @ Credit::Process { .. }) => {
-                    tally.record_side(w.dir, credit, true, w.len);
-                    *bytes -= u64::from(w.len);
-                    false
-                }
-                _ => true,
+            if decided {
+                *bytes -= u64::from(w.len);
             }
+            !decided
         });
     }
 
     fn expire_one(&mut self, tally: &mut Tally, w: Waiting) {
         self.bytes -= u64::from(w.len);
-        tally.record_side(
-            w.dir,
-            Credit::Unknown(UnknownReason::PendingExpired),
-            false,
-            w.len,
-        );
+        let credit = match w.credit {
+            credited @ Credit::Process { .. } => credited,
+            _ => Credit::Unknown(UnknownReason::PendingExpired),
+        };
+        tally.record_side(w.dir, credit, false, w.len);
     }
+}
+
+fn side_of(verdict: &Verdict, dir: Direction) -> Option<Credit> {
+    match dir {
+        Direction::Tx => verdict.tx,
+        Direction::Rx => verdict.rx,
+    }
+}
+
+/// A direction waiting alone: credited (late) once the table names its process.
+fn decide_one(tally: &mut Tally, w: &Waiting, verdict: &Verdict) -> bool {
+    match side_of(verdict, w.dir) {
+        Some(credit @ Credit::Process { .. }) => {
+            tally.record_side(w.dir, credit, true, w.len);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A direction of a packet waiting whole: decided once no end of the packet is a miss — as
+/// `transit` when a copy of it in another form of its translated connection was counted
+/// (recorded by one direction only: the sender's, or the receiver's when the sender is not
+/// local), else credited.
+fn decide_whole(
+    tally: &mut Tally,
+    w: &Waiting,
+    mark: CopyMark,
+    verdict: &Verdict,
+    table: &SocketTable,
+    copies: &CopyFilter,
+) -> bool {
+    if verdict.has_miss() {
+        return false;
+    }
+    let copy = table
+        .nat_view(&w.flow)
+        .is_some_and(|view| copies.seen_in_another_form(mark, &view.forms));
+    if copy {
+        if w.dir == Direction::Tx || verdict.tx.is_none() {
+            tally.record_transit(w.len);
+        }
+        return true;
+    }
+    let credit = match side_of(verdict, w.dir) {
+        Some(found @ Credit::Process { .. }) => found,
+        _ => w.credit,
+    };
+    tally.record_side(w.dir, credit, w.credit.is_miss(), w.len);
+    true
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use pidcap_wire::IpProto;
 
+use crate::nat::{NatMap, NatView};
 use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 
 /// How a packet's local end matched a socket.
@@ -86,6 +87,9 @@ pub struct SocketTable {
     live: Arc<LiveSockets>,
     owners: Arc<OwnerMap>,
     recent: Arc<RecentSockets>,
+    /// Connections the kernel translated (NAT): each end of their packets is looked up in its
+    /// own form ([`crate::NatMap`]).
+    nat: Arc<NatMap>,
 }
 
 /// The live sockets of a refresh, indexed, and the addresses of each namespace.
@@ -355,7 +359,23 @@ impl SocketTable {
             live,
             owners,
             recent,
+            nat: Arc::default(),
         }
+    }
+
+    /// This table with the known address translations `nat`.
+    pub fn with_nat(self, nat: Arc<NatMap>) -> SocketTable {
+        SocketTable { nat, ..self }
+    }
+
+    /// The known address translations.
+    pub fn nat(&self) -> &Arc<NatMap> {
+        &self.nat
+    }
+
+    /// How a packet of `flow` is attributed when it is a form of a translated connection.
+    pub fn nat_view(&self, flow: &pidcap_wire::FlowKey) -> Option<NatView> {
+        self.nat.view(flow)
     }
 
     /// The shared parts (live sockets, owners, recent sockets): two tables share a part when
