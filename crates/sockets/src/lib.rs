@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod conntrack;
 mod error;
 mod owners;
 mod processes;
@@ -8,6 +9,7 @@ mod tables;
 mod text;
 pub mod trace;
 
+pub use conntrack::{parse_answer as parse_conntrack_answer, Answer as ConntrackAnswer, Conntrack};
 pub use error::{Error, Result};
 pub use owners::fds::{OwnerScan, ScanStats};
 pub use owners::scanner::{OwnerScanner, ResolveStats};

@@ -270,7 +270,7 @@ fn open_socket() -> Result<Socket> {
     Ok(socket)
 }
 
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+pub(crate) fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
