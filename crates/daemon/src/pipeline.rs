@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, LiveConfig, Next, Source};
 use pidcap_core::{
-    AttributionCache, CopyFilter, Direction, FragmentMap, Pending, SocketTable, Tally,
+    AttributionCache, CopyCheck, CopyFilter, Direction, FragmentMap, Pending, SocketTable, Tally,
+    Verdict,
 };
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
@@ -76,24 +77,34 @@ struct CaptureState {
 }
 
 impl CaptureState {
-    /// A copy of a packet already counted: only captures of several interfaces (`any`, whose
-    /// link types are LINUX_SLL/SLL2) see one packet twice, and only packets to or from
-    /// another namespace (a container behind a bridge or a route) are looked at.
-    fn is_copy(
+    /// Whether a packet may be a copy of one captured on another interface, and if so what
+    /// the copy filter says. Only captures of several interfaces (`any`, whose link types
+    /// are LINUX_SLL/SLL2) see one packet twice, and only packets to or from another
+    /// namespace (a container behind a bridge or a route), of a connection the kernel
+    /// translated (NAT), or with an end not known yet (maybe a translated copy whose
+    /// translation is not known yet) are looked at. A translated copy is checked under its
+    /// connection's canonical flow.
+    fn copy_check(
         &mut self,
-        link: LinkType,
+        seen: &Seen<'_>,
         meta: &PacketMeta,
-        frame: &[u8],
-        orig_len: u32,
-        at_us: u64,
-    ) -> bool {
-        if !matches!(link, LinkType::LinuxSll | LinkType::LinuxSll2)
-            || !self.table.touches_guest(&meta.flow)
-        {
-            return false;
+        verdict: &Verdict,
+    ) -> Option<CopyCheck> {
+        if !matches!(seen.link, LinkType::LinuxSll | LinkType::LinuxSll2) {
+            return None;
         }
-        let id = pidcap_wire::copy_id(link, frame, orig_len).unwrap_or_default();
-        self.copies.is_copy(meta, id, at_us)
+        let view = self.table.nat_view(&meta.flow);
+        if view.is_none() && !verdict.has_miss() && !self.table.touches_guest(&meta.flow) {
+            return None;
+        }
+        let flow = view.map_or(meta.flow, |v| v.canonical);
+        let forms = view.as_ref().map(|v| &v.forms);
+        let id = pidcap_wire::copy_id(seen.link, seen.frame, seen.orig_len).unwrap_or_default();
+        let held = verdict.has_miss();
+        Some(
+            self.copies
+                .check(&flow, forms, meta.ip_len, id, seen.at_us, held),
+        )
     }
 
     fn due(&mut self, ts: SystemTime) -> bool {
@@ -104,6 +115,15 @@ impl CaptureState {
         ts.duration_since(opened)
             .map_or(true, |age| age >= FLUSH_EVERY)
     }
+}
+
+/// One captured frame as libpcap gave it.
+struct Seen<'a> {
+    link: LinkType,
+    frame: &'a [u8],
+    orig_len: u32,
+    /// Capture time, µs since the epoch.
+    at_us: u64,
 }
 
 /// The capture loop's handles, apart from its per-batch state.
@@ -173,8 +193,13 @@ impl Capture {
                         // A refresh landed: attribute this packet with the new table.
                         merge(&self.shared, batch);
                     }
-                    let at_us = micros(frame.ts);
-                    handle(&self.misses, batch, link, frame.data, frame.orig_len, at_us);
+                    let seen = Seen {
+                        link,
+                        frame: frame.data,
+                        orig_len: frame.orig_len,
+                        at_us: micros(frame.ts),
+                    };
+                    handle(&self.misses, batch, &seen);
                     if batch.due(frame.ts) {
                         merge(&self.shared, batch);
                         self.maybe_publish_stats(batch);
@@ -238,7 +263,7 @@ impl Capture {
         merge(&self.shared, batch);
         batch
             .pending
-            .drain(&mut batch.tally, &batch.table, &batch.cache);
+            .drain(&mut batch.tally, &batch.table, &batch.cache, &batch.copies);
         merge(&self.shared, batch);
         self.publish_stats();
     }
@@ -283,9 +308,13 @@ fn merge(shared: &DaemonState, batch: &mut CaptureState) {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
     batch.table = shared.table();
-    batch
-        .pending
-        .settle(&mut batch.tally, &batch.table, &batch.cache, now);
+    batch.pending.settle(
+        &mut batch.tally,
+        &batch.table,
+        &batch.cache,
+        &batch.copies,
+        now,
+    );
     if !batch.tally.is_empty() {
         shared.ledger().merge(&mut batch.tally, &batch.table);
     }
@@ -307,32 +336,20 @@ fn micros(ts: SystemTime) -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// One frame captured at `at_us`: parse, drop a copy of a packet already counted on another
-/// interface, attribute (through the cache), count or hold.
-fn handle(
-    misses: &MissSignal,
-    batch: &mut CaptureState,
-    link: LinkType,
-    data: &[u8],
-    orig_len: u32,
-    at_us: u64,
-) {
-    match parse(link, data, orig_len) {
+/// One frame: parse, attribute (through the cache), drop a copy of a packet already
+/// counted on another interface, count or hold.
+fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) {
+    match parse(seen.link, seen.frame, seen.orig_len) {
         Ok(mut meta) => {
             batch.fragments.resolve(&mut meta);
-            if batch.is_copy(link, &meta, data, orig_len, at_us) {
-                batch.tally.note_frame();
-                batch.tally.record_transit(meta.ip_len);
-                return;
-            }
-            attribute(misses, batch, &meta)
+            attribute(misses, batch, seen, &meta)
         }
         Err(WireError::NotIp(_)) => batch.tally.record_non_ip(),
         Err(_) => batch.tally.record_malformed(),
     }
 }
 
-fn attribute(misses: &MissSignal, batch: &mut CaptureState, meta: &PacketMeta) {
+fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, meta: &PacketMeta) {
     let lookup = batch
         .cache
         .attribute(&batch.table, &meta.flow, meta.ports_known);
@@ -345,6 +362,15 @@ fn attribute(misses: &MissSignal, batch: &mut CaptureState, meta: &PacketMeta) {
         batch.tally.record_foreign(meta.ip_len);
         return;
     }
+    // A packet that may be a translated copy and has an end not known yet waits whole.
+    let mark = match batch.copy_check(seen, meta, &verdict) {
+        Some(CopyCheck::Copy) => {
+            batch.tally.record_transit(meta.ip_len);
+            return;
+        }
+        Some(CopyCheck::First(mark)) if verdict.has_miss() => Some(mark),
+        _ => None,
+    };
     for (dir, side) in [(Direction::Tx, verdict.tx), (Direction::Rx, verdict.rx)] {
         if let Some(credit) = side {
             batch.pending.hold(
@@ -354,6 +380,7 @@ fn attribute(misses: &MissSignal, batch: &mut CaptureState, meta: &PacketMeta) {
                 credit,
                 meta.ip_len,
                 batch.merged_at,
+                mark,
             );
         }
     }
@@ -453,7 +480,13 @@ mod tests {
     }
 
     fn feed(misses: &MissSignal, batch: &mut CaptureState, f: &[u8]) {
-        handle(misses, batch, LinkType::Ethernet, f, f.len() as u32, 0);
+        let seen = Seen {
+            link: LinkType::Ethernet,
+            frame: f,
+            orig_len: f.len() as u32,
+            at_us: 0,
+        };
+        handle(misses, batch, &seen);
     }
 
     #[test]

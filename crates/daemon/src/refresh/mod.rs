@@ -19,9 +19,11 @@
 //! path never waits.
 
 mod guests;
+mod nat;
 mod owners;
 mod source;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -29,13 +31,14 @@ use std::time::{Duration, Instant};
 
 use pidcap_core::{NetNsId, Pass, ProcessKey, Sighting, SocketEntry, SocketTable, TableAssembly};
 use pidcap_sockets::{local_addresses, ProcRoot, ScanStats};
-use pidcap_wire::FlowKey;
+use pidcap_wire::{FlowKey, IpProto};
 use tracing::{debug, warn};
 
 use crate::inbox::{Learned, MissRequests, News, MISSED_FLOWS};
 use crate::state::{DaemonState, Worker};
 
 pub use guests::{GuestPass, Guests, DISCOVER_EVERY};
+pub use nat::NatBook;
 pub use owners::{OwnerTracker, OwnerUpdate};
 pub use source::SocketSource;
 
@@ -78,6 +81,8 @@ pub struct TableBuilder {
     /// The other network namespaces' sockets and addresses.
     guests: Guests,
     owners: OwnerTracker,
+    /// Address translations (NAT) from the connection tracker.
+    nat: NatBook,
     /// The buffer the next pass reads the socket list into (the previous list, reused).
     scratch: Vec<SocketEntry>,
     assembly: TableAssembly,
@@ -97,6 +102,7 @@ impl TableBuilder {
             sockets: SocketSource::open(proc.clone()),
             guests: Guests::new(proc.clone()),
             owners: OwnerTracker::new(proc, full_every),
+            nat: NatBook::new(),
             scratch: Vec::new(),
             assembly: TableAssembly::new(),
         }
@@ -116,6 +122,9 @@ impl TableBuilder {
         let owners_before = self.owners.map();
         let update = self.owners.update(&self.scratch, now)?;
         let addrs = local_addresses()?;
+        if self.nat.verify(now) {
+            self.assembly.set_nat(self.nat.map());
+        }
         let listed = self.scratch.len();
         let pass = Pass {
             sockets: &mut self.scratch,
@@ -132,6 +141,7 @@ impl TableBuilder {
             namespaces_read = guests.read,
             namespaces_skipped = guests.skipped,
             namespaces_reused = guests.reused,
+            translations = self.nat.len(),
             full_scan = update.full,
             processes = update.stats.processes_scanned,
             vanished = update.stats.vanished,
@@ -154,18 +164,29 @@ impl TableBuilder {
         flows: &[FlowKey],
         netns: NetNsId,
         generation: u64,
+        now: Instant,
     ) -> anyhow::Result<Option<SocketTable>> {
         let mut found: Vec<SocketEntry> = Vec::new();
-        // A miss on a container's address: its namespace is read at the next full pass.
-        let touched = flows
+        // A translated flow's sockets are its ends' own views of it.
+        if self.nat.learn(flows, now) {
+            self.assembly.set_nat(self.nat.map());
+        }
+        let nat = self.nat.map();
+        let ends: Vec<(IpProto, [(SocketAddr, SocketAddr); 2])> = flows
             .iter()
-            .map(|f| self.guests.touch(f.src.ip()) | self.guests.touch(f.dst.ip()))
+            .map(|f| (f.proto, socket_ends(&nat, f)))
+            .collect();
+        // A miss on a container's address: its namespace is read at the next full pass.
+        let touched = ends
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .map(|(local, _)| self.guests.touch(local.ip()))
             .fold(false, |a, b| a | b);
         if touched {
             return Ok(None);
         }
-        for flow in flows {
-            if !self.find_flow(flow, netns, &mut found)? {
+        for (proto, ends) in &ends {
+            if !self.find_flow(*proto, ends, netns, &mut found)? {
                 return Ok(None);
             }
         }
@@ -178,17 +199,18 @@ impl TableBuilder {
         ))
     }
 
-    /// Adds the held sockets of either end of `flow` to `found`; false when the kernel has
-    /// no socket for either end.
+    /// Adds the held sockets of either end of a flow (each end as (local, remote)) to
+    /// `found`; false when the kernel has no socket for either end.
     fn find_flow(
         &mut self,
-        flow: &FlowKey,
+        proto: IpProto,
+        ends: &[(SocketAddr, SocketAddr); 2],
         netns: NetNsId,
         found: &mut Vec<SocketEntry>,
     ) -> anyhow::Result<bool> {
         let mut any = false;
-        for (local, remote) in [(flow.src, flow.dst), (flow.dst, flow.src)] {
-            match self.sockets.find(flow.proto, local, remote, netns)? {
+        for &(local, remote) in ends {
+            match self.sockets.find(proto, local, remote, netns)? {
                 Some(entry) if entry.inode != 0 => {
                     any = true;
                     if !found.iter().any(|e| e.inode == entry.inode) {
@@ -275,6 +297,15 @@ impl TableBuilder {
     /// pass reads it).
     pub fn note_namespace(&mut self, netns: NetNsId, pid: u32) -> bool {
         self.guests.note(netns, pid)
+    }
+}
+
+/// The two ends of `flow` as (local, remote), as a targeted lookup asks for their sockets:
+/// for a form of a translated connection, each end's own view of it.
+fn socket_ends(nat: &pidcap_core::NatMap, flow: &FlowKey) -> [(SocketAddr, SocketAddr); 2] {
+    match nat.view(flow) {
+        None => [(flow.src, flow.dst), (flow.dst, flow.src)],
+        Some(view) => [view.tx, view.rx],
     }
 }
 
@@ -451,7 +482,7 @@ impl Refresher {
         }
         match self
             .builder
-            .resolve_flows(&flows, self.netns, *generation + 1)
+            .resolve_flows(&flows, self.netns, *generation + 1, Instant::now())
         {
             Ok(Some(table)) => {
                 *generation += 1;

@@ -1,0 +1,101 @@
+//! Address translation on the host, as Docker and Podman set it up: a container behind a
+//! bridge reaches an "outside" network through MASQUERADE, and a port of the host is
+//! forwarded (DNAT) to a port in the container.
+//!
+//! The outside is a namespace behind a veth pair ([`Netns`]); the container is a member of
+//! a [`Bridge`]. Rules live in an nftables table of this test process's own
+//! (`pidcap_e2e_<pid>_<slot>`) that matches only the test's addresses; IPv4 forwarding is
+//! switched on for the test's life and set back on drop, with the table deleted.
+
+use std::process::Command;
+
+use crate::{Bridge, Netns};
+
+/// The rules, the networks they join, and the forwarding setting to put back.
+#[derive(Debug)]
+pub struct Nat {
+    pub bridge: Bridge,
+    pub outside: Netns,
+    table: String,
+    forwarding_was: String,
+}
+
+const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Nat {
+    /// A bridge with one container, an outside namespace, MASQUERADE from the bridge's
+    /// subnet to the outside, and the host's `published` port on the outside link forwarded
+    /// to `forwarded_to` in the container. The container's default route is the bridge.
+    pub fn new(published: u16, forwarded_to: u16) -> Nat {
+        let bridge = Bridge::new(1);
+        let outside = Netns::new();
+        let member = &bridge.members[0];
+        crate::netns::ip(&[
+            "-n",
+            &member.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &bridge.host_addr.to_string(),
+        ]);
+        let forwarding_was = std::fs::read_to_string(FORWARDING).expect("read ip_forward");
+        std::fs::write(FORWARDING, "1").expect("enable forwarding");
+        let table = format!(
+            "pidcap_e2e_{}_{}",
+            std::process::id(),
+            outside.host_v4.octets()[2]
+        );
+        let subnet = format!("{}/24", bridge.host_addr);
+        let rules = format!(
+            "table ip {table} {{\n\
+               chain post {{\n\
+                 type nat hook postrouting priority srcnat; policy accept;\n\
+                 ip saddr {subnet} oifname \"{out}\" masquerade\n\
+               }}\n\
+               chain pre {{\n\
+                 type nat hook prerouting priority dstnat; policy accept;\n\
+                 iifname \"{out}\" ip daddr {host} tcp dport {published} dnat to {ctr}:{forwarded_to}\n\
+               }}\n\
+             }}\n",
+            out = outside.host_if,
+            host = outside.host_v4,
+            ctr = member.addr,
+        );
+        nft(&["-f", "-"], Some(&rules));
+        Nat {
+            bridge,
+            outside,
+            table,
+            forwarding_was,
+        }
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .status();
+        let _ = std::fs::write(FORWARDING, self.forwarding_was.trim());
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (apt-get install nftables; scripts/deps --test installs it)");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write rules");
+    }
+    let status = child.wait().expect("nft");
+    assert!(status.success(), "nft {args:?} failed");
+}

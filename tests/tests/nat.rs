@@ -1,0 +1,147 @@
+//! Address translation on the host, the daemon on `any`: a container behind a bridge sends
+//! to an outside network through MASQUERADE, and an outside client reaches a server in the
+//! container through a port of the host forwarded by DNAT. Each packet is captured in two
+//! forms (before and after translation) on three interfaces. Every process — the container's
+//! and the outside namespace's — must be credited each packet once, exactly as a reference
+//! capture on one interface the packet crosses once counts it; the other copies are
+//! `transit`, and conservation is exact.
+
+use pidcap_e2e::check::{assert_conservation, assert_totals_match, Endpoint, TCP, UDP};
+use pidcap_e2e::{Daemon, Nat, Peer, RefCapture};
+
+const PUBLISHED: u16 = 18080;
+const SERVED: u16 = 8080;
+
+fn endpoint(name: &'static str, peer: &Peer, proto: u8) -> Endpoint {
+    Endpoint {
+        name,
+        pid: peer.pid(),
+        proto,
+        local: peer.info.local,
+    }
+}
+
+#[test]
+fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
+    let nat = Nat::new(PUBLISHED, SERVED);
+    let (ctr, outside) = (&nat.bridge.members[0], &nat.outside);
+    let mut daemon = Daemon::start(&["--interface", "any"]);
+
+    // MASQUERADE: a UDP sender in the container, a receiver outside.
+    let mut receiver = Peer::spawn_in(
+        outside,
+        &[
+            "udp-recv",
+            "--bind",
+            "0.0.0.0:0",
+            "--count",
+            "50",
+            "--reply-size",
+            "200",
+        ],
+    );
+    let to = format!("{}:{}", outside.ns_v4, receiver.info.local.port());
+    let mut sender = Peer::spawn_in_member(
+        ctr,
+        &[
+            "udp-send",
+            "--bind",
+            &format!("{}:0", ctr.addr),
+            "--to",
+            &to,
+            "--count",
+            "50",
+            "--size",
+            "1000",
+            "--await-reply",
+        ],
+    );
+    // DNAT: a TCP server in the container, a client outside connecting to the host's port.
+    let mut server = Peer::spawn_in_member(
+        ctr,
+        &[
+            "tcp-server",
+            "--bind",
+            &format!("0.0.0.0:{SERVED}"),
+            "--recv",
+            "100000",
+            "--send",
+            "100000",
+        ],
+    );
+    let mut client = Peer::spawn_in(
+        outside,
+        &[
+            "tcp-client",
+            "--connect",
+            &format!("{}:{PUBLISHED}", outside.host_v4),
+            "--send",
+            "100000",
+            "--recv",
+            "100000",
+        ],
+    );
+    let (_, from_client) = server.accepted();
+    assert_eq!(
+        from_client, client.info.local,
+        "DNAT only: the server sees the client's own address"
+    );
+    let ports = [
+        receiver.info.local.port(),
+        sender.info.local.port(),
+        client.info.local.port(),
+        PUBLISHED,
+        SERVED,
+    ];
+    let filter = RefCapture::ports_filter(&ports);
+    // Truth: the container's port sees its packets once, untranslated; the outside link
+    // sees the outside processes' packets once, translated.
+    let cap_ctr = RefCapture::start(&ctr.port, &filter);
+    let cap_out = RefCapture::start(&outside.host_if, &filter);
+    let sender_to = to.parse().unwrap();
+    daemon.wait_owner("udp", sender.info.local, sender_to, sender.pid());
+    daemon.wait_owner(
+        "udp",
+        sender_to,
+        "10.0.0.1:1".parse().unwrap(),
+        receiver.pid(),
+    );
+    let client_remote = client.info.remote.expect("connected");
+    daemon.wait_owner("tcp", client.info.local, client_remote, client.pid());
+    let served = std::net::SocketAddr::new(ctr.addr.into(), SERVED);
+    daemon.wait_owner("tcp", served, client.info.local, server.pid());
+
+    receiver.go();
+    sender.go();
+    assert_eq!(sender.wait_done().received, 50 * 200);
+    assert_eq!(receiver.wait_done().received, 50 * 1000);
+    server.go();
+    client.go();
+    assert_eq!(client.wait_done().received, 100_000);
+    assert_eq!(server.wait_done().received, 100_000);
+
+    assert_totals_match(
+        &daemon,
+        &cap_ctr,
+        &[
+            endpoint("sender in the container (masqueraded)", &sender, UDP),
+            endpoint("server in the container (port forwarded)", &server, TCP),
+        ],
+    );
+    assert_totals_match(
+        &daemon,
+        &cap_out,
+        &[
+            endpoint("receiver outside", &receiver, UDP),
+            endpoint("client outside", &client, TCP),
+        ],
+    );
+    let stats = daemon.stats();
+    assert_conservation(&stats);
+    let transit = stats["transit_packets"].as_u64().unwrap();
+    assert!(transit >= 100, "transit_packets {transit}: {stats}");
+    assert_eq!(daemon.stop().code(), 0);
+    for peer in [receiver, sender, server, client] {
+        assert!(peer.finish().success());
+    }
+}
