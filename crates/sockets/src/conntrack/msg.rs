@@ -131,7 +131,8 @@ fn connection(body: &[u8]) -> Result<Translation, Malformed> {
         }
     }
     match (orig, reply) {
-        (Some(orig), Some(reply)) => Ok(Translation { orig, reply }),
+        (Some(orig), Some(reply)) if orig.proto == reply.proto => Ok(Translation { orig, reply }),
+        (Some(_), Some(_)) => Err(Malformed("tuples of two protocols")),
         _ => Err(Malformed("a tuple is missing")),
     }
 }
