@@ -24,9 +24,11 @@ const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
 impl Nat {
     /// A bridge with one container, an outside namespace, MASQUERADE from the bridge's
-    /// subnet to the outside, and the host's `published` port on the outside link forwarded
-    /// to `forwarded_to` in the container. The container's default route is the bridge.
-    pub fn new(published: u16, forwarded_to: u16) -> Nat {
+    /// subnet to the outside, and each `(published, forwarded_to)` port of the host's address
+    /// on the outside link forwarded to that port in the container, for connections from the
+    /// outside (prerouting) and from the host itself (output), as Docker publishes ports.
+    /// The container's default route is the bridge.
+    pub fn new(ports: &[(u16, u16)]) -> Nat {
         let bridge = Bridge::new(1);
         let outside = Netns::new();
         let member = &bridge.members[0];
@@ -47,6 +49,13 @@ impl Nat {
             outside.host_v4.octets()[2]
         );
         let subnet = format!("{}/24", bridge.host_addr);
+        let (host, ctr) = (outside.host_v4, member.addr);
+        let forwards: String = ports
+            .iter()
+            .map(|(published, to)| {
+                format!("ip daddr {host} tcp dport {published} dnat to {ctr}:{to}\n")
+            })
+            .collect();
         let rules = format!(
             "table ip {table} {{\n\
                chain post {{\n\
@@ -55,12 +64,14 @@ impl Nat {
                }}\n\
                chain pre {{\n\
                  type nat hook prerouting priority dstnat; policy accept;\n\
-                 iifname \"{out}\" ip daddr {host} tcp dport {published} dnat to {ctr}:{forwarded_to}\n\
+                 {forwards}\
+               }}\n\
+               chain out {{\n\
+                 type nat hook output priority -100; policy accept;\n\
+                 {forwards}\
                }}\n\
              }}\n",
             out = outside.host_if,
-            host = outside.host_v4,
-            ctr = member.addr,
         );
         nft(&["-f", "-"], Some(&rules));
         Nat {

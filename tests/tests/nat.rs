@@ -1,16 +1,20 @@
 //! Address translation on the host, the daemon on `any`: a container behind a bridge sends
-//! to an outside network through MASQUERADE, and an outside client reaches a server in the
-//! container through a port of the host forwarded by DNAT. Each packet is captured in two
-//! forms (before and after translation) on three interfaces. Every process — the container's
-//! and the outside namespace's — must be credited each packet once, exactly as a reference
-//! capture on one interface the packet crosses once counts it; the other copies are
-//! `transit`, and conservation is exact.
+//! to an outside network through MASQUERADE; an outside client, and a client on the host
+//! itself, reach servers in the container through ports of the host's address forwarded by
+//! DNAT (prerouting and output, as Docker publishes ports). Each packet is captured in two
+//! forms (before and after translation), on up to three interfaces. Every process — the
+//! container's, the outside namespace's and the host's — must be credited each packet once,
+//! exactly as a reference capture on one interface the packet crosses once counts it; the
+//! other copies are `transit`, and conservation is exact.
 
 use pidcap_e2e::check::{assert_conservation, assert_totals_match, Endpoint, TCP, UDP};
 use pidcap_e2e::{Daemon, Nat, Peer, RefCapture};
 
 const PUBLISHED: u16 = 18080;
 const SERVED: u16 = 8080;
+/// The port published for the host's own client.
+const PUBLISHED_LOCAL: u16 = 18081;
+const SERVED_LOCAL: u16 = 8081;
 
 fn endpoint(name: &'static str, peer: &Peer, proto: u8) -> Endpoint {
     Endpoint {
@@ -23,7 +27,7 @@ fn endpoint(name: &'static str, peer: &Peer, proto: u8) -> Endpoint {
 
 #[test]
 fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
-    let nat = Nat::new(PUBLISHED, SERVED);
+    let nat = Nat::new(&[(PUBLISHED, SERVED), (PUBLISHED_LOCAL, SERVED_LOCAL)]);
     let (ctr, outside) = (&nat.bridge.members[0], &nat.outside);
     let mut daemon = Daemon::start(&["--interface", "any"]);
 
@@ -86,12 +90,37 @@ fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
         from_client, client.info.local,
         "DNAT only: the server sees the client's own address"
     );
+    // DNAT in output: a host process connects to a published port of a host address.
+    let mut local_server = Peer::spawn_in_member(
+        ctr,
+        &[
+            "tcp-server",
+            "--bind",
+            &format!("0.0.0.0:{SERVED_LOCAL}"),
+            "--recv",
+            "60000",
+            "--send",
+            "60000",
+        ],
+    );
+    let mut local_client = Peer::spawn(&[
+        "tcp-client",
+        "--connect",
+        &format!("{}:{PUBLISHED_LOCAL}", outside.host_v4),
+        "--send",
+        "60000",
+        "--recv",
+        "60000",
+    ]);
+    let (_, from_local) = local_server.accepted();
     let ports = [
         receiver.info.local.port(),
         sender.info.local.port(),
         client.info.local.port(),
+        local_client.info.local.port(),
         PUBLISHED,
         SERVED,
+        SERVED_LOCAL,
     ];
     let filter = RefCapture::ports_filter(&ports);
     // Truth: the container's port sees its packets once, untranslated; the outside link
@@ -110,6 +139,15 @@ fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
     daemon.wait_owner("tcp", client.info.local, client_remote, client.pid());
     let served = std::net::SocketAddr::new(ctr.addr.into(), SERVED);
     daemon.wait_owner("tcp", served, client.info.local, server.pid());
+    let served_local = std::net::SocketAddr::new(ctr.addr.into(), SERVED_LOCAL);
+    daemon.wait_owner("tcp", served_local, from_local, local_server.pid());
+    let local_remote = local_client.info.remote.expect("connected");
+    daemon.wait_owner(
+        "tcp",
+        local_client.info.local,
+        local_remote,
+        local_client.pid(),
+    );
 
     receiver.go();
     sender.go();
@@ -119,6 +157,10 @@ fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
     client.go();
     assert_eq!(client.wait_done().received, 100_000);
     assert_eq!(server.wait_done().received, 100_000);
+    local_server.go();
+    local_client.go();
+    assert_eq!(local_client.wait_done().received, 60_000);
+    assert_eq!(local_server.wait_done().received, 60_000);
 
     assert_totals_match(
         &daemon,
@@ -126,7 +168,23 @@ fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
         &[
             endpoint("sender in the container (masqueraded)", &sender, UDP),
             endpoint("server in the container (port forwarded)", &server, TCP),
+            endpoint(
+                "server in the container (published to the host)",
+                &local_server,
+                TCP,
+            ),
         ],
+    );
+    // The host client's packets cross the container's port once, translated: its own
+    // address and port are unchanged (DNAT), so the truth is read there too.
+    assert_totals_match(
+        &daemon,
+        &cap_ctr,
+        &[endpoint(
+            "client on the host (published port)",
+            &local_client,
+            TCP,
+        )],
     );
     assert_totals_match(
         &daemon,
@@ -141,7 +199,7 @@ fn masqueraded_and_port_forwarded_traffic_is_credited_to_its_processes_once() {
     let transit = stats["transit_packets"].as_u64().unwrap();
     assert!(transit >= 100, "transit_packets {transit}: {stats}");
     assert_eq!(daemon.stop().code(), 0);
-    for peer in [receiver, sender, server, client] {
+    for peer in [receiver, sender, server, client, local_server, local_client] {
         assert!(peer.finish().success());
     }
 }
