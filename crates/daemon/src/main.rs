@@ -46,6 +46,11 @@ fn start() -> Result<(), Fatal> {
     if config.pcap_file.is_none() {
         privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
     }
+    if config.socket_tracer && config.pcap_file.is_none() {
+        // Mounts tracefs where it is not (a container, a minimal host), which needs
+        // CAP_SYS_ADMIN: only before the capabilities are narrowed.
+        let _ = pidcap_sockets::trace::find_tracefs();
+    }
     let (handles, listener) = open(config)?;
     narrow_privileges();
     run(handles, listener)
