@@ -4,8 +4,10 @@
 //!
 //! The outside is a namespace behind a veth pair ([`Netns`]); the container is a member of
 //! a [`Bridge`]. Rules live in an nftables table of this test process's own
-//! (`pidcap_e2e_<pid>_<slot>`) that matches only the test's addresses; IPv4 forwarding is
-//! switched on for the test's life and set back on drop, with the table deleted.
+//! (`pidcap_e2e_<pid>_<slot>`) that matches only the test's addresses, deleted on drop.
+//! Forwarding is switched on only on the test's own two interfaces (IPv4 forwarding is
+//! decided by the interface a packet comes in on), which go with the test: the host's
+//! global setting is never touched, so tests in parallel cannot undo each other's.
 
 use std::process::Command;
 
@@ -17,10 +19,7 @@ pub struct Nat {
     pub bridge: Bridge,
     pub outside: Netns,
     table: String,
-    forwarding_was: String,
 }
-
-const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
 impl Nat {
     /// A bridge with one container, an outside namespace, MASQUERADE from the bridge's
@@ -41,8 +40,10 @@ impl Nat {
             "via",
             &bridge.host_addr.to_string(),
         ]);
-        let forwarding_was = std::fs::read_to_string(FORWARDING).expect("read ip_forward");
-        std::fs::write(FORWARDING, "1").expect("enable forwarding");
+        for interface in [&bridge.name, &outside.host_if] {
+            let knob = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+            std::fs::write(&knob, "1").unwrap_or_else(|e| panic!("{knob}: {e}"));
+        }
         let table = format!(
             "pidcap_e2e_{}_{}",
             std::process::id(),
@@ -78,7 +79,6 @@ impl Nat {
             bridge,
             outside,
             table,
-            forwarding_was,
         }
     }
 }
@@ -88,7 +88,6 @@ impl Drop for Nat {
         let _ = Command::new("nft")
             .args(["delete", "table", "ip", &self.table])
             .status();
-        let _ = std::fs::write(FORWARDING, self.forwarding_was.trim());
     }
 }
 

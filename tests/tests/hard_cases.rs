@@ -129,3 +129,14 @@ fn containers_behind_a_bridge_are_credited_once_at_both_ends() {
     assert_sound(&outcome);
     assert!(outcome.meets_targets(), "{}", outcome.summary());
 }
+
+/// Containers behind NAT, daemon on `any`: 5 short-lived clients in container A through
+/// MASQUERADE, 5 outside and 5 on the host through published (DNAT) ports. Every packet is
+/// captured before and after translation: each end must be credited once, in its own form.
+#[test]
+fn containers_behind_nat_are_credited_once_at_both_ends() {
+    require_root();
+    let outcome = scenarios::nat(Size::Quick);
+    assert_sound(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
+}

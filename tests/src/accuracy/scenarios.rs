@@ -13,7 +13,7 @@ use super::measure::{drain, DaemonView, Outcome, Ownership, PidBytes, Status};
 use super::sockets::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 use super::spawn::{run_peers, run_peers_in, Exited};
 use super::sysctl::PingGroupRange;
-use crate::{Bridge, Daemon, Netns, Peer, RefCapture};
+use crate::{Bridge, Daemon, Nat, Netns, Peer, RefCapture};
 
 /// Full size for the suite, small for the CI tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -627,6 +627,76 @@ pub fn bridge(size: Size) -> Outcome {
         .notes
         .push(format!("transit (copies not credited again) {transit} B"));
     drop(bridge);
+    outcome
+}
+
+/// 11. Containers behind NAT, as Docker publishes them: clients in container A reach a sink
+///     in an outside network through MASQUERADE; clients outside, and on the host itself,
+///     reach sinks in A through ports of a host address forwarded by DNAT. With the daemon on
+///     `any`, each packet is captured untranslated on A's port and the bridge and translated
+///     on the outside link: each must be credited once at each end. Truth: A's port, which
+///     every packet of the scenario crosses exactly once, untranslated (there, every end has
+///     the address its own socket has: MASQUERADE rewrites A's clients' addresses only
+///     beyond it, DNAT leaves the clients' addresses alone).
+pub fn nat(size: Size) -> Outcome {
+    const FORWARDS: [(u16, u16); 2] = [(18090, 8090), (18091, 8091)];
+    let name = "11. containers behind NAT (MASQUERADE out, DNAT in from outside and from the host; daemon on any), both ends";
+    let nat = Nat::new(&FORWARDS);
+    let (a, out) = (&nat.bridge.members[0], &nat.outside);
+    let sinks = [
+        Peer::spawn_in(out, &["tcp-sink", "--bind", &format!("{}:0", out.ns_v4)]),
+        Peer::spawn_in_member(
+            a,
+            &[
+                "tcp-sink",
+                "--bind",
+                &format!("{}:{}", a.addr, FORWARDS[0].1),
+            ],
+        ),
+        Peer::spawn_in_member(
+            a,
+            &[
+                "tcp-sink",
+                "--bind",
+                &format!("{}:{}", a.addr, FORWARDS[1].1),
+            ],
+        ),
+    ];
+    let n = nat.bridge.host_addr.octets()[2];
+    let filter = format!(
+        "{} and net 10.232.{n}.0/24",
+        ports_filter("tcp", sinks.iter().map(|s| s.info.local.port()))
+    );
+    let watch = Watch::start_apart("any", &a.port, &filter);
+    let burst = |to: String| args(&["tcp-burst", "--connect", &to, "--bytes", "200000"]);
+    let count = size.pick(20, 5);
+    let published = |i: usize| format!("{}:{}", out.host_v4, FORWARDS[i].0);
+    let masqueraded: Vec<_> = (0..count)
+        .map(|_| burst(sinks[0].info.local.to_string()))
+        .collect();
+    let from_outside: Vec<_> = (0..count).map(|_| burst(published(0))).collect();
+    let from_host: Vec<_> = (0..count).map(|_| burst(published(1))).collect();
+    let mut exited = run_peers_in(Some(&a.name), &masqueraded, 5, BATCH_TIMEOUT);
+    exited.extend(run_peers_in(
+        Some(&out.name),
+        &from_outside,
+        5,
+        BATCH_TIMEOUT,
+    ));
+    exited.extend(run_peers(&from_host, 5, BATCH_TIMEOUT));
+    let mut own = Ownership::default();
+    sinks
+        .iter()
+        .for_each(|s| own.add(s.pid(), TCP, s.info.local));
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.push(lifetimes_note(&exited));
+    notes.extend(finish_peers(sinks.into()));
+    let (mut outcome, view) = watch.finish(name, on_host, notes, || own);
+    let transit = view.stats["transit_bytes"].as_u64().unwrap_or(0);
+    outcome
+        .notes
+        .push(format!("transit (copies not credited again) {transit} B"));
+    drop(nat);
     outcome
 }
 

@@ -32,6 +32,7 @@ fn scenarios(size: Size) -> Vec<Scenario> {
         ("loopback-pair", Box::new(scenarios::loopback_pair)),
         ("veth", Box::new(move || scenarios::veth(size))),
         ("bridge", Box::new(move || scenarios::bridge(size))),
+        ("nat", Box::new(move || scenarios::nat(size))),
         ("churn", Box::new(move || scenarios::churn(size))),
         (
             "parallel",
