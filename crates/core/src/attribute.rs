@@ -5,7 +5,7 @@
 use pidcap_wire::{FlowKey, IpProto};
 
 use crate::table::{MatchKind, SocketTable};
-use crate::ProcessKey;
+use crate::{NetNsId, ProcessKey};
 
 /// Why a direction of a packet went to the `unknown` bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +81,42 @@ pub fn attribute(table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Verd
     }
 }
 
+/// Attributes both ends of a packet captured inside the network namespace `netns` on an
+/// interface no other capture sees (a container's own loopback): both ends are that
+/// namespace's, whatever their addresses, and are looked up only among its sockets
+/// ([`SocketTable::lookup_in`]), so a loopback port used in several namespaces is never
+/// credited across them. No NAT view: the kernel does not translate loopback traffic.
+pub fn attribute_in(
+    table: &SocketTable,
+    netns: NetNsId,
+    flow: &FlowKey,
+    ports_known: bool,
+) -> Verdict {
+    let supported = !port_based(flow.proto) || ports_known;
+    let side = |local, remote| {
+        Some(if !supported {
+            Credit::Unknown(UnknownReason::Unsupported)
+        } else {
+            credit_of(table.lookup_in(netns, flow.proto, local, remote))
+        })
+    };
+    Verdict {
+        tx: side(flow.src, flow.dst),
+        rx: side(flow.dst, flow.src),
+    }
+}
+
+/// The credit a socket match gives: its owner, or why there is none.
+fn credit_of(found: Option<crate::table::SocketMatch>) -> Credit {
+    match found {
+        Some(m) => match m.owner {
+            Some(key) => Credit::Process { key, kind: m.kind },
+            None => Credit::Unknown(UnknownReason::NoProcess),
+        },
+        None => Credit::Unknown(UnknownReason::NoSocket),
+    }
+}
+
 /// Credit for the end `local` of a packet, or `None` when that end is not on this host.
 /// The end is local when a socket matches it, falling back to the host's own addresses.
 fn side(
@@ -96,10 +132,7 @@ fn side(
             .then_some(Credit::Unknown(UnknownReason::Unsupported));
     }
     match table.lookup(proto, local, remote) {
-        Some(m) => Some(match m.owner {
-            Some(key) => Credit::Process { key, kind: m.kind },
-            None => Credit::Unknown(UnknownReason::NoProcess),
-        }),
+        Some(m) => Some(credit_of(Some(m))),
         None => table
             .is_local(local.ip())
             .then_some(Credit::Unknown(UnknownReason::NoSocket)),

@@ -18,7 +18,7 @@ mod socket;
 mod table;
 
 pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
-pub use attribute::{attribute, Credit, UnknownReason, Verdict};
+pub use attribute::{attribute, attribute_in, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
 pub use copies::{CopyCheck, CopyFilter, CopyMark, COPY_WINDOW_US};
 pub use counters::{

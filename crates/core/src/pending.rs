@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use pidcap_wire::FlowKey;
 
-use crate::attribute::{Credit, UnknownReason, Verdict};
+use crate::attribute::{attribute_in, Credit, UnknownReason, Verdict};
 use crate::cache::AttributionCache;
 use crate::copies::{CopyFilter, CopyMark};
 use crate::counters::{Direction, Tally};
 use crate::table::SocketTable;
+use crate::NetNsId;
 
 #[derive(Debug, Clone, Copy)]
 struct Waiting {
@@ -36,6 +37,9 @@ struct Waiting {
     since: Instant,
     /// Set for a packet that waits whole (see the module docs).
     mark: Option<CopyMark>,
+    /// Set for a packet captured inside this namespace (a container's own loopback): it is
+    /// retried with [`attribute_in`], among that namespace's sockets only.
+    netns: Option<NetNsId>,
 }
 
 /// What is waiting, for `stats`.
@@ -101,21 +105,61 @@ impl Pending {
             tally.record_side(dir, credit, false, len);
             return;
         }
+        self.push(
+            tally,
+            Waiting {
+                flow,
+                dir,
+                credit,
+                len,
+                since: now,
+                mark,
+                netns: None,
+            },
+        );
+    }
+
+    /// [`Pending::hold`] for one direction of a packet captured inside `netns` on an
+    /// interface only that namespace sees (see [`attribute_in`]); never a translated copy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hold_in(
+        &mut self,
+        tally: &mut Tally,
+        netns: NetNsId,
+        flow: FlowKey,
+        dir: Direction,
+        credit: Credit,
+        len: u32,
+        now: Instant,
+    ) {
+        if !credit.is_miss() || self.capacity == 0 {
+            tally.record_side(dir, credit, false, len);
+            return;
+        }
+        self.push(
+            tally,
+            Waiting {
+                flow,
+                dir,
+                credit,
+                len,
+                since: now,
+                mark: None,
+                netns: Some(netns),
+            },
+        );
+    }
+
+    /// Queues `w`, deciding the oldest entry first when the buffer is full.
+    fn push(&mut self, tally: &mut Tally, w: Waiting) {
         if self.queue.len() == self.capacity {
             if let Some(oldest) = self.queue.pop_front() {
                 self.expire_one(tally, oldest);
                 self.evicted += 1;
             }
         }
-        self.bytes += u64::from(len);
-        self.queue.push_back(Waiting {
-            flow,
-            dir,
-            credit,
-            len,
-            since: now,
-            mark,
-        });
+        self.bytes += u64::from(w.len);
+        self.queue.push_back(w);
     }
 
     /// Retries every waiting direction against `table` (once per table generation), crediting
@@ -166,7 +210,10 @@ impl Pending {
     ) {
         let bytes = &mut self.bytes;
         self.queue.retain(|w| {
-            let verdict = cache.attribute(table, &w.flow, true).verdict;
+            let verdict = match w.netns {
+                Some(netns) => attribute_in(table, netns, &w.flow, true),
+                None => cache.attribute(table, &w.flow, true).verdict,
+            };
             let decided = match w.mark {
                 None => decide_one(tally, w, &verdict),
                 Some(mark) => decide_whole(tally, w, mark, &verdict, table, copies),

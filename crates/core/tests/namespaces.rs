@@ -334,3 +334,38 @@ fn a_lookup_in_a_named_namespace_finds_its_loopback_sockets() {
     );
     assert_eq!(owner(t.lookup_in(BLUE, Tcp, local, remote)), None);
 }
+
+/// A packet captured on a container's own loopback: both ends are that container's, found
+/// among its sockets only — never home's or another container's with the same ports.
+#[test]
+fn a_packet_on_a_containers_own_loopback_is_credited_at_both_ends_in_that_container() {
+    use IpProto::Tcp;
+    let t = table(
+        vec![
+            sock(RED, Tcp, "127.0.0.1:9000", "127.0.0.1:41000", 2),
+            sock(RED, Tcp, "127.0.0.1:41000", "127.0.0.1:9000", 3),
+            sock(HOME, Tcp, "127.0.0.1:9000", "127.0.0.1:41000", 5),
+            sock(HOME, Tcp, "127.0.0.1:41000", "127.0.0.1:9000", 6),
+        ],
+        Vec::new(),
+    );
+    let packet = flow(Tcp, "127.0.0.1:41000", "127.0.0.1:9000");
+    let in_red = pidcap_core::attribute_in(&t, RED, &packet, true);
+    assert_eq!((pid(in_red.tx), pid(in_red.rx)), (Some(3), Some(2)));
+    let at_home = attribute(&t, &packet, true);
+    assert_eq!((pid(at_home.tx), pid(at_home.rx)), (Some(6), Some(5)));
+    let in_blue = pidcap_core::attribute_in(&t, BLUE, &packet, true);
+    assert_eq!(
+        (in_blue.tx, in_blue.rx),
+        (
+            Some(Credit::Unknown(UnknownReason::NoSocket)),
+            Some(Credit::Unknown(UnknownReason::NoSocket))
+        ),
+        "a namespace without those sockets: both ends local, both a miss"
+    );
+    let fragment = pidcap_core::attribute_in(&t, RED, &packet, false);
+    assert_eq!(
+        fragment.tx,
+        Some(Credit::Unknown(UnknownReason::Unsupported))
+    );
+}

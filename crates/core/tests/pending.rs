@@ -310,3 +310,49 @@ fn a_packet_waiting_whole_keeps_its_known_credit_when_it_expires() {
     assert_eq!(ledger.totals().unknown_by_reason.pending_expired, 100);
     conserved(&ledger);
 }
+
+/// A table whose own namespace is 1, where SHORT holds the client end of `flow()` in
+/// `netns`.
+fn holding_in(generation: u64, netns: NetNsId) -> SocketTable {
+    let home = holding(generation, flow(), Vec::new());
+    let mut socket = home.sockets()[0];
+    socket.netns = netns;
+    let owners = home.parts().1;
+    SocketTable::build(
+        generation,
+        TableParts {
+            netns: Some(NetNsId(1)),
+            sockets: vec![socket],
+            owners: Arc::clone(owners),
+            ..TableParts::default()
+        },
+    )
+}
+
+/// A direction captured inside a namespace waits like any other and is retried among that
+/// namespace's sockets: a home socket with the same loopback ports never resolves it.
+#[test]
+fn a_direction_held_in_a_namespace_is_resolved_only_by_that_namespaces_socket() {
+    let guest = NetNsId(7);
+    let now = Instant::now();
+    let mut pending = Pending::new(8, Duration::from_secs(2));
+    let mut tally = Tally::default();
+    let miss = Credit::Unknown(pidcap_core::UnknownReason::NoSocket);
+    pending.hold_in(&mut tally, guest, flow(), Direction::Tx, miss, 100, now);
+    assert_eq!(pending.level().packets, 1);
+    let (cache, copies) = (AttributionCache::new(16), CopyFilter::new());
+    pending.settle(&mut tally, &holding_in(2, NetNsId(1)), &cache, &copies, now);
+    assert_eq!(
+        pending.level().packets,
+        1,
+        "home's socket does not resolve it"
+    );
+    let in_guest = holding_in(3, guest);
+    pending.settle(&mut tally, &in_guest, &cache, &copies, now);
+    assert_eq!(pending.level().packets, 0);
+    let mut ledger = Ledger::new(now);
+    ledger.merge(&mut tally, &in_guest);
+    let row = ledger.find_pid(SHORT.pid).expect("credited late");
+    assert_eq!(row.usage.total.tx_bytes, 100);
+    conserved(&ledger);
+}
