@@ -12,5 +12,5 @@ pub use config::LiveConfig;
 pub use error::CaptureError;
 pub use frame::{Frame, Next};
 pub use interfaces::list_interfaces;
-pub use source::Source;
+pub use source::{wait_any, Source};
 pub use stats::CaptureStats;

@@ -56,6 +56,11 @@ impl LiveCapture {
         Ok(Some(self.frame.as_frame()))
     }
 
+    /// The next frame libpcap has buffered, without waiting.
+    pub(crate) fn next_ready(&mut self) -> Result<Option<Frame<'_>>, String> {
+        Ok(self.take_one()?.then(|| self.frame.as_frame()))
+    }
+
     /// Copies the next buffered frame, if libpcap has one without blocking.
     fn take_one(&mut self) -> Result<bool, String> {
         match self.capture.next_packet() {
@@ -72,14 +77,29 @@ impl LiveCapture {
 /// Waits until `fd` is readable (or in error, which the next read reports) for at most
 /// `timeout_ms` (-1: forever). `false` on timeout or when a signal interrupted the wait.
 fn wait_readable(fd: RawFd, timeout_ms: i32) -> Result<bool, String> {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+    wait_any(&[fd], timeout_ms)
+}
+
+/// Waits until one of `fds` is readable (or in error) for at most `timeout_ms` (-1:
+/// forever). `false` on timeout or when a signal interrupted the wait.
+pub(crate) fn wait_any(fds: &[RawFd], timeout_ms: i32) -> Result<bool, String> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pollfds` is a valid, exclusively borrowed array of `len` elements for the
+    // duration of the call; each fd is owned by a capture handle that outlives the call.
+    let ready = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout_ms,
+        )
     };
-    // SAFETY: `pollfd` is a valid, exclusively borrowed array of one element for the duration
-    // of the call; `fd` is owned by the capture handle, which outlives the call.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
     if ready >= 0 {
         return Ok(ready > 0);
     }

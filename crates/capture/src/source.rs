@@ -161,6 +161,34 @@ impl Source {
         }
     }
 
+    /// The next frame a live capture already has, without waiting: [`Next::Timeout`] when
+    /// none is buffered (wait with [`wait_any`] first). A file reads its next record.
+    pub fn next_ready(&mut self) -> Result<Next<'_>, CaptureError> {
+        if !self.is_live() {
+            return self.next();
+        }
+        let read_error = |message| CaptureError::Read {
+            origin: self.origin.clone(),
+            message,
+        };
+        match &mut self.handle {
+            Handle::Live(live) => match live.next_ready() {
+                Ok(Some(frame)) => Ok(Next::Packet(frame)),
+                Ok(None) => Ok(Next::Timeout),
+                Err(message) => Err(read_error(message)),
+            },
+            Handle::Offline(_) => unreachable!("checked above"),
+        }
+    }
+
+    /// The descriptor to wait on for a live capture's next frame; `None` for a file.
+    pub fn ready_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.handle {
+            Handle::Live(live) => Some(std::os::fd::AsRawFd::as_raw_fd(&live.capture)),
+            Handle::Offline(_) => None,
+        }
+    }
+
     /// Kernel counters since the capture was opened, as 64-bit totals that survive libpcap's
     /// 32-bit wrap-around (exact while fewer than 2^32 packets pass between two calls; call it
     /// every few seconds).
@@ -176,6 +204,16 @@ impl Source {
         })?;
         Ok(self.stats.observe(sample))
     }
+}
+
+/// Waits until one of several live captures has a frame ([`Source::ready_fd`]), for at most
+/// `timeout_ms` (-1: forever); `false` on timeout. Read each with [`Source::next_ready`].
+pub fn wait_any(sources: &[&Source], timeout_ms: i32) -> Result<bool, CaptureError> {
+    let fds: Vec<std::os::fd::RawFd> = sources.iter().filter_map(|s| s.ready_fd()).collect();
+    crate::live::wait_any(&fds, timeout_ms).map_err(|message| CaptureError::Read {
+        origin: "poll".into(),
+        message,
+    })
 }
 
 /// Creates and activates the live handle. Promiscuous mode stays off: pidcap only accounts for

@@ -13,6 +13,7 @@ pub use conntrack::{parse_answer as parse_conntrack_answer, Answer as ConntrackA
 pub use error::{Error, Result};
 pub use owners::fds::{OwnerScan, ScanStats};
 pub use owners::scanner::{OwnerScanner, ResolveStats};
+pub use processes::netns::InNamespace;
 pub use processes::pidfd::ProcessHandle;
 pub use processes::proc_events::{parse_datagram, MalformedDatagram, ProcEvent, ProcEvents};
 pub use processes::process;

@@ -67,6 +67,75 @@ impl ProcRoot {
     }
 }
 
+/// The calling thread, moved into another network namespace ([`ProcRoot::enter_netns`])
+/// until [`InNamespace::leave`] or drop moves it back. Sockets it opens meanwhile (a packet
+/// capture, a netlink socket) stay bound to that namespace for their whole life.
+///
+/// Invariant: only the calling thread moves (`setns(2)` acts on the thread), and it always
+/// comes back: if it cannot (which needs the thread's own namespace to vanish or
+/// CAP_SYS_ADMIN to be dropped meanwhile), drop panics rather than let the thread go on in
+/// the wrong namespace.
+#[derive(Debug)]
+pub struct InNamespace {
+    back: Option<std::fs::File>,
+}
+
+impl InNamespace {
+    /// Moves the thread back to the namespace it came from.
+    pub fn leave(mut self) -> Result<()> {
+        self.go_back()
+    }
+
+    fn go_back(&mut self) -> Result<()> {
+        match self.back.take() {
+            Some(home) => set_netns(&home, Path::new("setns (back)")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InNamespace {
+    fn drop(&mut self) {
+        if let Err(error) = self.go_back() {
+            panic!("cannot move this thread back to its network namespace: {error}");
+        }
+    }
+}
+
+/// `setns(2)` into the network namespace `file` refers to.
+fn set_netns(file: &std::fs::File, what: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `file` is an open descriptor, borrowed for the call; setns reads nothing else.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::from_io(what, std::io::Error::last_os_error()))
+    }
+}
+
+impl ProcRoot {
+    /// Moves the calling thread into the network namespace of process `pid`, which must be
+    /// `netns` (a pid can be reused, and a process can move with `setns`). Needs
+    /// CAP_SYS_ADMIN. [`Error::NotFound`] when `pid` exited or is in another namespace now.
+    pub fn enter_netns(&self, pid: u32, netns: NetNsId) -> Result<InNamespace> {
+        use std::os::unix::fs::MetadataExt;
+        let back_path = self.path().join("thread-self/ns/net");
+        let back = std::fs::File::open(&back_path).map_err(|e| Error::from_io(&back_path, e))?;
+        let path = self.pid_dir(pid).join("ns/net");
+        let target = std::fs::File::open(&path).map_err(|e| Error::from_io(&path, e))?;
+        let inode = target
+            .metadata()
+            .map_err(|e| Error::from_io(&path, e))?
+            .ino();
+        if inode != netns.0 {
+            return Err(Error::NotFound { path });
+        }
+        set_netns(&target, &path)?;
+        Ok(InNamespace { back: Some(back) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
