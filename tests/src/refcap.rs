@@ -86,10 +86,28 @@ impl RefCapture {
     /// Opens `interface` (e.g. `lo`, `any`, a veth) with BPF `filter` and starts counting.
     pub fn start(interface: &str, filter: &str) -> RefCapture {
         crate::require_root();
-        let mut capture = pcap::Capture::from_device(interface)
-            .and_then(|c| c.immediate_mode(true).snaplen(256).open())
-            .and_then(|c| c.setnonblock())
-            .unwrap_or_else(|e| panic!("reference capture on {interface}: {e}"));
+        RefCapture::counting(open(interface), filter)
+    }
+
+    /// [`RefCapture::start`] on `interface` inside the named namespace (`ip netns` name):
+    /// the capture is opened on a thread that entered it, and stays bound to it.
+    pub fn start_in(netns: &str, interface: &str, filter: &str) -> RefCapture {
+        crate::require_root();
+        let path = format!("/run/netns/{netns}");
+        let interface = interface.to_owned();
+        let capture = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: a valid descriptor for the call; moves only this short-lived thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            open(&interface)
+        })
+        .join()
+        .expect("opening the reference capture");
+        RefCapture::counting(capture, filter)
+    }
+
+    fn counting(mut capture: pcap::Capture<pcap::Active>, filter: &str) -> RefCapture {
         capture
             .filter(filter, true)
             .unwrap_or_else(|e| panic!("reference filter {filter:?}: {e}"));
@@ -138,6 +156,14 @@ impl Drop for RefCapture {
             let _ = thread.join();
         }
     }
+}
+
+/// A live, immediate, non-blocking capture of `interface` in this thread's namespace.
+fn open(interface: &str) -> pcap::Capture<pcap::Active> {
+    pcap::Capture::from_device(interface)
+        .and_then(|c| c.immediate_mode(true).snaplen(256).open())
+        .and_then(|c| c.setnonblock())
+        .unwrap_or_else(|e| panic!("reference capture on {interface}: {e}"))
 }
 
 fn count(mut capture: pcap::Capture<pcap::Active>, truth: &Mutex<Truth>, stop: &AtomicBool) {

@@ -238,3 +238,53 @@ fn as_root_everything_but_the_kept_capabilities_is_dropped() {
         );
     }
 }
+
+/// `--namespaces all` enters other namespaces for as long as the daemon runs: started as
+/// root it keeps CAP_SYS_ADMIN as well as the five (and says why), nothing more.
+#[test]
+fn with_all_namespaces_cap_sys_admin_is_kept_as_well() {
+    let daemon = Daemon::start(&["--interface", "lo", "--namespaces", "all"]);
+    let status = PathBuf::from(format!("/proc/{}/status", daemon.pid()));
+    let sets = cap_sets(&status).expect("daemon status");
+    let six = kept_mask() | 1 << 21;
+    assert_eq!(sets, [0, six, six, six, 0], "(Inh, Prm, Eff, Bnd, Amb)");
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("capability kept capability=\"CAP_SYS_ADMIN\""),
+        "{stderr}"
+    );
+}
+
+/// Under the unit's five capabilities, `--namespaces all` cannot enter other namespaces:
+/// the daemon says so and exits 77 before it opens anything.
+#[test]
+fn all_namespaces_without_cap_sys_admin_exits_77_with_the_fix() {
+    pidcap_e2e::require_root();
+    let caps: Vec<String> = unit_capabilities()
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let set = format!("-all,{}", caps.join(","));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("pidcap.sock");
+    let output = Command::new("setpriv")
+        .args([
+            "--inh-caps",
+            &set,
+            "--ambient-caps",
+            &set,
+            "--bounding-set",
+            &set,
+        ])
+        .args(["--"])
+        .arg(pidcap_e2e::bin_path("pidcapd"))
+        .args(["--interface", "lo", "--namespaces", "all", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("CAP_SYS_ADMIN"), "{stderr}");
+    assert!(stderr.contains("namespaces"), "{stderr}");
+    assert!(!socket.exists(), "nothing is opened before the check");
+}

@@ -132,6 +132,11 @@ pub struct Flags {
     /// The file's spelling of `--no-route-tracing`: `route_tracing = false`.
     #[arg(skip)]
     pub route_tracing: Option<bool>,
+    /// Which network namespaces are captured: `home` (the host's interfaces, where every
+    /// container's traffic to the host and the outside passes), or `all` (also each other
+    /// namespace's own loopback; needs CAP_SYS_ADMIN) [default: home]
+    #[arg(long, value_name = "home|all")]
+    pub namespaces: Option<String>,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
     #[serde(skip)]
@@ -191,7 +196,32 @@ pub struct Config {
     /// Let the socket tracer trace the route lookups of threads whose connected sockets
     /// close before they can be read.
     pub route_tracing: bool,
+    /// Also capture each other network namespace's own loopback.
+    pub namespaces: Namespaces,
     pub pcap_file: Option<PathBuf>,
+}
+
+/// Which network namespaces the daemon captures in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Namespaces {
+    /// Its own only: every interface of the host, so every packet between a container and
+    /// the host or the outside; not what stays inside a container (its own loopback).
+    #[default]
+    Home,
+    /// Its own, and the loopback interface inside every other namespace a process is in.
+    All,
+}
+
+/// Parses `home` or `all`.
+fn namespaces(value: Option<String>) -> Result<Namespaces, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("home") => Ok(Namespaces::Home),
+        Some("all") => Ok(Namespaces::All),
+        Some(other) => Err(invalid(
+            "namespaces",
+            format!("{other:?} is neither \"home\" nor \"all\""),
+        )),
+    }
 }
 
 /// A configuration problem, named precisely enough to fix.
@@ -302,6 +332,7 @@ impl Config {
                 .unwrap_or(DEFAULT_PENDING_MAX),
             socket_tracer: !flags.no_socket_tracer && file.socket_tracer.unwrap_or(true),
             route_tracing: !flags.no_route_tracing && file.route_tracing.unwrap_or(true),
+            namespaces: namespaces(flags.namespaces.or(file.namespaces))?,
             pcap_file: flags.pcap_file.or(file.pcap_file),
         };
         config.validate()?;
@@ -353,6 +384,12 @@ impl Config {
                     "is empty; leave it out to capture everything",
                 ));
             }
+        }
+        if self.namespaces == Namespaces::All && self.pcap_file.is_some() {
+            return Err(invalid(
+                "namespaces",
+                "\"all\" captures live inside each namespace; it cannot go with pcap_file",
+            ));
         }
         if let Some(p) = &self.pcap_file {
             if !p.is_file() {
@@ -588,6 +625,18 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_are_home_unless_all_is_asked_for() {
+        let c = Config::merge(Flags::default(), Flags::default()).unwrap();
+        assert_eq!(c.namespaces, Namespaces::Home);
+        let file: Flags = toml::from_str("namespaces = \"all\"").unwrap();
+        let c = Config::merge(file, Flags::default()).unwrap();
+        assert_eq!(c.namespaces, Namespaces::All);
+        let file: Flags = toml::from_str("namespaces = \"all\"").unwrap();
+        let c = Config::merge(file, flags(&["--namespaces", "home"])).unwrap();
+        assert_eq!(c.namespaces, Namespaces::Home, "the flag wins");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file: Flags = toml::from_str(
             "interface = \"eth0\"\nsnaplen = 128\nbuffer_size = \"32MiB\"\nlog_interval = \"5s\"",
@@ -620,6 +669,11 @@ mod tests {
             (&["--socket-mode", "0999"], "socket_mode"),
             (&["--socket-mode", "01777"], "socket_mode"),
             (&["--socket-mode", "rw"], "socket_mode"),
+            (&["--namespaces", "containers"], "namespaces"),
+            (
+                &["--namespaces", "all", "--pcap-file", "/dev/null"],
+                "namespaces",
+            ),
         ];
         for (args, key) in cases {
             let err = Config::merge(Flags::default(), flags(args)).unwrap_err();
@@ -712,6 +766,7 @@ mod tests {
             ("max-flows", DEFAULT_MAX_FLOWS.to_string()),
             ("pending-timeout", DEFAULT_PENDING_TIMEOUT.into()),
             ("pending-max", DEFAULT_PENDING_MAX.to_string()),
+            ("namespaces", "home".into()),
         ];
         let command = Flags::command();
         let readme =

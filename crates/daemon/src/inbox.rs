@@ -18,6 +18,7 @@ use pidcap_wire::FlowKey;
 pub struct MissSignal {
     wake: SyncSender<()>,
     flows: SyncSender<FlowKey>,
+    namespaces: SyncSender<NetNsId>,
 }
 
 impl MissSignal {
@@ -31,6 +32,13 @@ impl MissSignal {
         let _ = self.flows.try_send(flow);
         self.request();
     }
+
+    /// Reports a packet captured inside namespace `netns` (its own loopback) with an end no
+    /// socket was found for: that namespace is to be read again. Wakes the refresher.
+    pub fn missed_in(&self, netns: NetNsId) {
+        let _ = self.namespaces.try_send(netns);
+        self.request();
+    }
 }
 
 /// The refresher's end of a [`MissSignal`].
@@ -38,20 +46,30 @@ impl MissSignal {
 pub struct MissRequests {
     pub(crate) wake: Receiver<()>,
     pub(crate) flows: Receiver<FlowKey>,
+    pub(crate) namespaces: Receiver<NetNsId>,
 }
 
 /// Missed flows that may wait for the refresher at once.
 pub(crate) const MISSED_FLOWS: usize = 1024;
 
-/// A one-slot wake-up channel and a bounded queue of missed flows.
+/// Namespaces with a miss inside that may wait for the refresher at once.
+const MISSED_NAMESPACES: usize = 256;
+
+/// A one-slot wake-up channel and bounded queues of missed flows and namespaces.
 pub fn miss_channel() -> (MissSignal, MissRequests) {
     let (wake, wake_rx) = std::sync::mpsc::sync_channel(1);
     let (flows, flows_rx) = std::sync::mpsc::sync_channel(MISSED_FLOWS);
+    let (namespaces, namespaces_rx) = std::sync::mpsc::sync_channel(MISSED_NAMESPACES);
     (
-        MissSignal { wake, flows },
+        MissSignal {
+            wake,
+            flows,
+            namespaces,
+        },
         MissRequests {
             wake: wake_rx,
             flows: flows_rx,
+            namespaces: namespaces_rx,
         },
     )
 }

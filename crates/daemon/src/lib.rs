@@ -4,6 +4,7 @@ pub mod config;
 pub mod containers;
 pub mod fault;
 pub mod inbox;
+pub mod namespaces;
 pub mod persist;
 pub mod pipeline;
 pub mod privileges;

@@ -9,7 +9,7 @@ use clap::Parser;
 use pidcap_capture::{CaptureError, Source};
 use pidcap_core::NetNsId;
 use pidcap_sockets::ProcRoot;
-use pidcapd::config::{Config, Flags};
+use pidcapd::config::{Config, Flags, Namespaces};
 use pidcapd::query::access;
 use pidcapd::refresh::{TableBuilder, FULL_SCAN_EVERY};
 use pidcapd::state::DaemonState;
@@ -46,13 +46,17 @@ fn start() -> Result<(), Fatal> {
     if config.pcap_file.is_none() {
         privileges::check().map_err(|m| Fatal(EX_NOPERM, m.to_string()))?;
     }
+    let all_namespaces = config.namespaces == Namespaces::All;
+    if all_namespaces {
+        privileges::check_namespace_capture().map_err(|m| Fatal(EX_NOPERM, m))?;
+    }
     if config.socket_tracer && config.pcap_file.is_none() {
         // Mounts tracefs where it is not (a container, a minimal host), which needs
         // CAP_SYS_ADMIN: only before the capabilities are narrowed.
         let _ = pidcap_sockets::trace::find_tracefs();
     }
     let (handles, listener) = open(config)?;
-    narrow_privileges();
+    narrow_privileges(all_namespaces);
     run(handles, listener)
 }
 
@@ -154,8 +158,10 @@ fn run(handles: Handles, listener: std::os::unix::net::UnixListener) -> Result<(
 /// rest. It runs before the first thread starts, since capabilities are per thread and every
 /// thread inherits its creator's: capture is open and the socket bound by now, and the
 /// connector and tracer that `serve` opens need only kept capabilities.
-fn narrow_privileges() {
-    let narrowed = match privileges::narrow() {
+fn narrow_privileges(all_namespaces: bool) {
+    let extra = privileges::NAMESPACE_CAPTURE;
+    let extra_mask = if all_namespaces { 1 << extra.bit } else { 0 };
+    let narrowed = match privileges::narrow(extra_mask) {
         Ok(narrowed) => narrowed,
         Err(e) => {
             error!(error = %e, "could not drop unneeded capabilities; running with those it started with");
@@ -163,7 +169,7 @@ fn narrow_privileges() {
         }
     };
     let (before, after) = (narrowed.before, narrowed.after);
-    for cap in privileges::KEPT {
+    for cap in privileges::KEPT.iter().chain([&extra]) {
         if after.effective & 1 << cap.bit != 0 {
             info!(capability = cap.name, why = cap.why, "capability kept");
         }

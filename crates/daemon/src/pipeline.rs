@@ -303,21 +303,18 @@ impl Capture {
 /// buffer against it (crediting late what it resolves) and merges that too.
 fn merge(shared: &DaemonState, batch: &mut CaptureState) {
     let now = Instant::now();
-    shared.count_frames(batch.tally.len());
-    if !batch.tally.is_empty() {
-        shared.ledger().merge(&mut batch.tally, &batch.table);
-    }
-    batch.table = shared.table();
-    batch.pending.settle(
-        &mut batch.tally,
-        &batch.table,
-        &batch.cache,
-        &batch.copies,
+    let settle = Settle {
+        cache: &batch.cache,
+        copies: &batch.copies,
         now,
+    };
+    merge_and_settle(
+        shared,
+        &mut batch.tally,
+        &mut batch.table,
+        &mut batch.pending,
+        settle,
     );
-    if !batch.tally.is_empty() {
-        shared.ledger().merge(&mut batch.tally, &batch.table);
-    }
     shared.set_levels(CaptureLevels {
         pending: batch.pending.level(),
         flows_cached: batch.cache.len() as u64,
@@ -328,6 +325,33 @@ fn merge(shared: &DaemonState, batch: &mut CaptureState) {
     batch.opened_at = None;
     batch.merged_at = now;
     shared.beat(now);
+}
+
+/// What the pending buffer is retried with.
+pub(crate) struct Settle<'a> {
+    pub cache: &'a AttributionCache,
+    pub copies: &'a CopyFilter,
+    pub now: Instant,
+}
+
+/// Merges a thread's counts into the ledger, switches it to the newest table, retries its
+/// pending buffer against that table (crediting late what it resolves) and merges that too.
+pub(crate) fn merge_and_settle(
+    shared: &DaemonState,
+    tally: &mut Tally,
+    table: &mut Arc<SocketTable>,
+    pending: &mut Pending,
+    settle: Settle<'_>,
+) {
+    shared.count_frames(tally.len());
+    if !tally.is_empty() {
+        shared.ledger().merge(tally, table);
+    }
+    *table = shared.table();
+    pending.settle(tally, table, settle.cache, settle.copies, settle.now);
+    if !tally.is_empty() {
+        shared.ledger().merge(tally, table);
+    }
 }
 
 /// Capture time in µs since the epoch (0 for a time before it).

@@ -101,6 +101,29 @@ pub const KEPT: [Kept; 5] = [
     },
 ];
 
+/// Kept as well with `namespaces = all`, and needed at start then.
+pub const NAMESPACE_CAPTURE: Kept = Kept {
+    name: "CAP_SYS_ADMIN",
+    bit: 21,
+    why: "namespaces = all: a namespace's loopback capture is opened after setns(2) into it",
+};
+
+/// Checks, before anything is opened, that CAP_SYS_ADMIN is there for `namespaces = all`.
+pub fn check_namespace_capture() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let has = effective(&status).is_some_and(|eff| eff & 1 << NAMESPACE_CAPTURE.bit != 0);
+    if has {
+        return Ok(());
+    }
+    Err(
+        "missing capability CAP_SYS_ADMIN: namespaces = \"all\" opens a capture inside each \
+         network namespace (setns(2)). Run pidcapd as root, or add CAP_SYS_ADMIN to the unit's \
+         AmbientCapabilities= and CapabilityBoundingSet= (systemctl edit pidcapd), or leave \
+         namespaces at \"home\""
+            .into(),
+    )
+}
+
 /// CAP_SETPCAP: needed to drop capabilities from the bounding set.
 const CAP_SETPCAP: u32 = 8;
 
@@ -135,11 +158,13 @@ impl CapSets {
         })
     }
 
-    /// The sets after narrowing: permitted and effective cut to [`KEPT`], nothing
+    /// The sets after narrowing (see `extra` below): permitted and effective cut to [`KEPT`], nothing
     /// inheritable or ambient (the daemon starts no programs), and the bounding set cut to
     /// [`KEPT`] when CAP_SETPCAP allows it (run as root); under the unit it already is.
-    pub fn narrowed(self) -> CapSets {
-        let keep = kept_mask();
+    /// `extra`: capabilities kept beyond [`KEPT`] (the mask of [`NAMESPACE_CAPTURE`] with
+    /// `namespaces = all`).
+    pub fn narrowed(self, extra: u64) -> CapSets {
+        let keep = kept_mask() | extra;
         let may_drop_bounding = self.effective & 1 << CAP_SETPCAP != 0;
         CapSets {
             inheritable: 0,
@@ -165,9 +190,15 @@ pub fn threads(status: &str) -> Option<u32> {
 pub fn names(mask: u64) -> Vec<String> {
     (0..64)
         .filter(|bit| mask & 1 << bit != 0)
-        .map(|bit| match KEPT.iter().find(|cap| cap.bit == bit) {
-            Some(cap) => cap.name.to_owned(),
-            None => format!("cap_{bit}"),
+        .map(|bit| {
+            match KEPT
+                .iter()
+                .chain([&NAMESPACE_CAPTURE])
+                .find(|cap| cap.bit == bit)
+            {
+                Some(cap) => cap.name.to_owned(),
+                None => format!("cap_{bit}"),
+            }
         })
         .collect()
 }
@@ -198,12 +229,12 @@ pub struct Narrowed {
     pub threads: u32,
 }
 
-/// Keeps exactly [`KEPT`] (of what this thread has) and drops everything else, in the order
+/// Keeps exactly [`KEPT`] and `extra` (of what this thread has) and drops everything else, in the order
 /// the kernel requires: bounding set first (while CAP_SETPCAP is still effective), then
 /// permitted, effective and inheritable together, then the ambient set.
-pub fn narrow() -> Result<Narrowed, NarrowError> {
+pub fn narrow(extra: u64) -> Result<Narrowed, NarrowError> {
     let (before, threads) = read_status()?;
-    let asked = before.narrowed();
+    let asked = before.narrowed(extra);
     for bit in (0..64).filter(|bit| (before.bounding & !asked.bounding) & 1 << bit != 0) {
         sys::drop_bounding(bit).map_err(|source| NarrowError::Call {
             call: "prctl(PR_CAPBSET_DROP)",
@@ -384,7 +415,7 @@ mod tests {
     fn under_the_unit_only_inheritable_and_ambient_go() {
         // No CAP_SETPCAP: the bounding set stays as systemd made it (already the five).
         let before = CapSets::parse(UNDER_THE_UNIT).unwrap();
-        let after = before.narrowed();
+        let after = before.narrowed(0);
         assert_eq!(after.effective, kept_mask());
         assert_eq!(after.permitted, kept_mask());
         assert_eq!(after.bounding, before.bounding);
@@ -392,8 +423,17 @@ mod tests {
     }
 
     #[test]
+    fn with_all_namespaces_cap_sys_admin_is_kept_too() {
+        let extra = 1 << NAMESPACE_CAPTURE.bit;
+        let after = CapSets::parse(AS_ROOT).unwrap().narrowed(extra);
+        assert_eq!(after.effective, kept_mask() | extra);
+        assert_eq!(after.bounding, kept_mask() | extra);
+        assert!(names(after.effective).contains(&"CAP_SYS_ADMIN".to_string()));
+    }
+
+    #[test]
     fn as_root_everything_but_the_five_goes_bounding_set_included() {
-        let after = CapSets::parse(AS_ROOT).unwrap().narrowed();
+        let after = CapSets::parse(AS_ROOT).unwrap().narrowed(0);
         let five = kept_mask();
         assert_eq!(
             after,
@@ -414,23 +454,23 @@ mod tests {
             "CapInh:\t0\nCapPrm:\t0\nCapEff:\t0\nCapBnd:\t000001ffffffffff\nCapAmb:\t0\n",
         )
         .unwrap();
-        assert_eq!(none.narrowed(), none);
+        assert_eq!(none.narrowed(0), none);
         // Only CAP_NET_RAW of the five: only it is kept.
         let partial = CapSets {
             permitted: 1 << 13 | 1 << 21,
             effective: 1 << 13,
             ..CapSets::default()
         };
-        assert_eq!(partial.narrowed().permitted, 1 << 13);
-        assert_eq!(partial.narrowed().effective, 1 << 13);
+        assert_eq!(partial.narrowed(0).permitted, 1 << 13);
+        assert_eq!(partial.narrowed(0).effective, 1 << 13);
     }
 
     #[test]
     fn narrow_applies_to_the_calling_thread() {
         // Capabilities are per thread: narrowing in a thread of its own leaves the test
         // process (and the other tests) as they were.
-        let narrowed = std::thread::spawn(narrow).join().unwrap().unwrap();
-        assert_eq!(narrowed.after, narrowed.before.narrowed());
+        let narrowed = std::thread::spawn(|| narrow(0)).join().unwrap().unwrap();
+        assert_eq!(narrowed.after, narrowed.before.narrowed(0));
         assert!(narrowed.threads >= 2, "the test's own thread and this one");
         let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
         assert_eq!(CapSets::parse(&status).unwrap(), narrowed.before);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pidcap_capture::CaptureStats;
-use pidcap_core::{Ledger, PendingLevel, SocketTable};
+use pidcap_core::{Ledger, NetNsId, PendingLevel, SocketTable};
 
 use crate::containers::ContainerNames;
 use crate::process_side::facts::ProcessFacts;
@@ -65,6 +65,20 @@ pub struct CaptureInfo {
     pub down: bool,
 }
 
+/// The captures inside other namespaces (`namespaces = all`), published by their thread.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NamespaceCaptureInfo {
+    pub open: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub open_failures: u64,
+    pub received: u64,
+    pub dropped: u64,
+}
+
+/// Other network namespaces with processes in them, each with its oldest processes.
+pub type GuestList = Arc<Vec<(NetNsId, Vec<u32>)>>;
+
 /// Without a systemd watchdog, a running thread that has not gone round its loop for this
 /// long is reported `stale` in `stats`: every loop goes round at least every 200 ms, or once
 /// per capture batch or refresh pass, which take milliseconds.
@@ -89,14 +103,17 @@ pub enum Worker {
     Refresh,
     Watch,
     Trace,
+    /// The captures inside other namespaces (`namespaces = all`).
+    Namespaces,
 }
 
 impl Worker {
-    pub const ALL: [Worker; 4] = [
+    pub const ALL: [Worker; 5] = [
         Worker::Capture,
         Worker::Refresh,
         Worker::Watch,
         Worker::Trace,
+        Worker::Namespaces,
     ];
 
     /// The thread's name, as in logs and `stats`.
@@ -106,6 +123,7 @@ impl Worker {
             Worker::Refresh => "refresh",
             Worker::Watch => "watch",
             Worker::Trace => "trace",
+            Worker::Namespaces => "namespaces",
         }
     }
 }
@@ -121,6 +139,10 @@ pub struct DaemonState {
     levels: Mutex<CaptureLevels>,
     refresh: Mutex<RefreshInfo>,
     process_side: Mutex<ProcessSideInfo>,
+    namespace_capture: Mutex<NamespaceCaptureInfo>,
+    /// Other network namespaces with processes in them, each with its oldest processes (the
+    /// refresher's last discovery).
+    guests: Mutex<GuestList>,
     /// Who each pid is, as the watcher and tracer learned it (shared by both, sized in `stats`).
     facts: ProcessFacts,
     /// User names of the uids with traffic (resolved by the refresher).
@@ -147,6 +169,8 @@ impl DaemonState {
             levels: Mutex::new(CaptureLevels::default()),
             refresh: Mutex::new(RefreshInfo::default()),
             process_side: Mutex::new(ProcessSideInfo::default()),
+            namespace_capture: Mutex::new(NamespaceCaptureInfo::default()),
+            guests: Mutex::new(Arc::default()),
             facts: ProcessFacts::default(),
             users: UserNames::default(),
             containers: ContainerNames::default(),
@@ -216,6 +240,23 @@ impl DaemonState {
     /// Written by the watcher and the tracer.
     pub fn process_side(&self) -> MutexGuard<'_, ProcessSideInfo> {
         self.process_side.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The namespace captures' report (written by their thread).
+    pub fn namespace_capture(&self) -> MutexGuard<'_, NamespaceCaptureInfo> {
+        self.namespace_capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Other network namespaces and their oldest processes (written by the refresher after
+    /// each discovery).
+    pub fn set_guests(&self, guests: Vec<(NetNsId, Vec<u32>)>) {
+        *self.guests.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(guests);
+    }
+
+    pub fn guests(&self) -> GuestList {
+        Arc::clone(&self.guests.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn started(&self) -> Instant {
@@ -350,6 +391,7 @@ mod tests {
             "ProcessSideInfo",
             "CaptureInfo",
             "CaptureLevels",
+            "NamespaceCaptureInfo",
         ] {
             let fields = fields_of(state, name);
             assert!(fields.len() >= 3, "{name}: {fields:?}");

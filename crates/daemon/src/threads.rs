@@ -20,8 +20,9 @@ use pidcap_sockets::ProcRoot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Namespaces};
 use crate::inbox::{miss_channel, MissSignal, News};
+use crate::namespaces::NamespaceCapture;
 use crate::pipeline::{End, Pipeline};
 use crate::process_side::facts::ProcessFacts;
 use crate::process_side::{trace, watch};
@@ -40,7 +41,7 @@ const LEARNED_QUEUE: usize = 4096;
 pub struct Threads {
     capture: JoinHandle<Result<End, CaptureError>>,
     refresher: JoinHandle<()>,
-    /// The watcher and the tracer, those that run.
+    /// The watcher and the tracer, those that run, and the namespace captures'.
     process_side: Vec<JoinHandle<()>>,
 }
 
@@ -62,6 +63,25 @@ fn pipeline(
         stop,
         reopen: config.live_capture(),
     }
+}
+
+/// The captures inside other namespaces, with `namespaces = all` on a live capture.
+fn namespace_capture(
+    config: &Config,
+    proc: &ProcRoot,
+    shared: &Arc<DaemonState>,
+    misses: &MissSignal,
+    stop: &Arc<AtomicBool>,
+) -> Option<NamespaceCapture> {
+    let live = config.live_capture()?;
+    (config.namespaces == Namespaces::All).then(|| NamespaceCapture {
+        proc: proc.clone(),
+        live,
+        shared: shared.clone(),
+        misses: misses.clone(),
+        stop: stop.clone(),
+        pending: Pending::new(config.pending_max, config.pending_timeout),
+    })
 }
 
 /// What the process side sends to the refresher: learned sockets, and wake-ups for misses.
@@ -92,7 +112,11 @@ impl Threads {
             learned: learned_tx,
             wake: misses.clone(),
         };
-        let process_side = start_process_side(&config, &proc, netns, &shared, to_refresher, &stop)?;
+        let mut process_side =
+            start_process_side(&config, &proc, netns, &shared, to_refresher, &stop)?;
+        if let Some(namespaces) = namespace_capture(&config, &proc, &shared, &misses, &stop) {
+            process_side.push(spawn("namespaces", move || namespaces.run())?);
+        }
         let refresher = Refresher {
             builder,
             proc,

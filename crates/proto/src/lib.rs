@@ -10,10 +10,10 @@ pub use error::{ErrorCode, ProtoError, ReplyError};
 pub use framing::{decode_reply, encode_line, error_reply, ok, parse_request};
 pub use reply::{
     Bounds, Connection, ContainerRef, Envelope, ErrorBody, ErrorReply, GroupBy, GroupRow,
-    GroupsReply, LookupReply, MatchBytes, Owner, PlacementFields, ProcessDetail, ProcessFacts,
-    ProcessReply, ProcessRow, ProcessSide, ProcessesReply, QueryServer, RateRow, Stats, StatsReply,
-    ThreadHealth, UnknownReasons, UnknownRow, Usage, WatchFrame, MATCH_EXACT, MATCH_RECENT,
-    MATCH_WILDCARD, UNKNOWN_COMM,
+    GroupsReply, LookupReply, MatchBytes, NamespaceCapture, Owner, PlacementFields, ProcessDetail,
+    ProcessFacts, ProcessReply, ProcessRow, ProcessSide, ProcessesReply, QueryServer, RateRow,
+    Stats, StatsReply, ThreadHealth, UnknownReasons, UnknownRow, Usage, WatchFrame, MATCH_EXACT,
+    MATCH_RECENT, MATCH_WILDCARD, UNKNOWN_COMM,
 };
 pub use request::{
     LookupQuery, LookupRequest, Request, TransportProto, WatchRequest, DEFAULT_INTERVAL_MS,

@@ -336,8 +336,8 @@ pub struct Stats {
     /// The query server's clients: how many, its limits, and what happened at them.
     #[serde(default)]
     pub query_server: QueryServer,
-    /// The daemon's long-lived threads (`capture`, `refresh`, `watch`, `trace`, in that
-    /// order) and when each last went round its loop.
+    /// The daemon's long-lived threads (`capture`, `refresh`, `watch`, `trace`,
+    /// `namespaces`, in that order) and when each last went round its loop.
     #[serde(default)]
     pub threads: Vec<ThreadHealth>,
     /// What the process watcher and socket tracer remember about processes, and what
@@ -347,6 +347,30 @@ pub struct Stats {
     /// The packet path's bounded structures and what happened at their bounds.
     #[serde(default)]
     pub bounds: Bounds,
+    /// The captures inside other network namespaces (`namespaces = all`; all zero and
+    /// `enabled: false` otherwise).
+    #[serde(default)]
+    pub namespace_capture: NamespaceCapture,
+}
+
+/// The loopback captures opened inside other network namespaces (`namespaces = all`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceCapture {
+    /// `namespaces = all` is set.
+    pub enabled: bool,
+    /// Namespaces whose loopback is captured now.
+    pub open: u64,
+    /// Captures opened since start (a namespace that comes back is opened again).
+    pub opened: u64,
+    /// Captures closed since start: their namespace emptied, or their read failed.
+    pub closed: u64,
+    /// Tries to open a namespace's capture that failed (its processes exited meanwhile, or
+    /// the capture could not be opened); tried again after 5 s.
+    pub open_failures: u64,
+    /// Frames the open captures received, and dropped for want of buffer space (libpcap's
+    /// counters, summed; a capture's count ends when it closes).
+    pub received: u64,
+    pub dropped: u64,
 }
 
 /// The packet path's bounded structures (`--max-flows`, `--pending-max`, 4,096 fragmented
@@ -373,7 +397,7 @@ pub struct Bounds {
 /// One long-lived daemon thread's health, from its heartbeat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThreadHealth {
-    /// `capture`, `refresh`, `watch` or `trace`.
+    /// `capture`, `refresh`, `watch`, `trace` or `namespaces`.
     pub name: String,
     /// The thread started its loop (false: configured off, or what it reads could not be
     /// opened; `stats.process_side` and the daemon's log say which).

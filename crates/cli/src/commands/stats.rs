@@ -126,7 +126,19 @@ pub fn render(s: &Stats) -> String {
             ),
         ),
         ("bounds", bounds(&s.bounds)),
+        ("namespace capture", namespace_capture(&s.namespace_capture)),
     ])
+}
+
+/// The loopback captures inside other namespaces (`namespaces = all`).
+fn namespace_capture(n: &pidcap_proto::NamespaceCapture) -> String {
+    if !n.enabled {
+        return "off (namespaces = home)".to_string();
+    }
+    format!(
+        "{} open ({} opened, {} closed, {} failed to open), {} frames received, {} dropped",
+        n.open, n.opened, n.closed, n.open_failures, n.received, n.dropped
+    )
 }
 
 /// What happened at the packet path's bounds.
@@ -286,6 +298,15 @@ mod tests {
                 fragments_forgotten: 56,
                 copies_forgotten: 59,
             },
+            namespace_capture: pidcap_proto::NamespaceCapture {
+                enabled: true,
+                open: 60,
+                opened: 61,
+                closed: 62,
+                open_failures: 63,
+                received: 64,
+                dropped: 65,
+            },
         };
         let failing = Stats {
             refresh_failures: 3,
@@ -330,7 +351,8 @@ mod tests {
              query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
              threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
              process facts      49 processes, 50 B, 51 evictions\n\
-             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten, 59 packet copies forgotten\n"
+             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten, 59 packet copies forgotten\n\
+             namespace capture  60 open (61 opened, 62 closed, 63 failed to open), 64 frames received, 65 dropped\n"
         );
         let old = Stats {
             threads: Vec::new(),

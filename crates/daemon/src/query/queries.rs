@@ -314,6 +314,7 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
     let capture = shared.capture_info().clone();
     let refresh = shared.refresh_info().clone();
     let side = *shared.process_side();
+    let ns = *shared.namespace_capture();
     let sockets = shared.table().sockets().len();
     let levels = shared.levels();
     let pending = levels.pending;
@@ -378,6 +379,15 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
             pending_evicted: pending.evicted,
             fragments_forgotten: levels.fragments_forgotten,
             copies_forgotten: levels.copies_forgotten,
+        },
+        namespace_capture: proto::NamespaceCapture {
+            enabled: shared.since_beat(Worker::Namespaces, now).is_some(),
+            open: ns.open,
+            opened: ns.opened,
+            closed: ns.closed,
+            open_failures: ns.open_failures,
+            received: ns.received,
+            dropped: ns.dropped,
         },
     };
     Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
@@ -611,7 +621,10 @@ mod tests {
             .iter()
             .map(|t| t["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["capture", "refresh", "watch", "trace"]);
+        assert_eq!(
+            names,
+            ["capture", "refresh", "watch", "trace", "namespaces"]
+        );
         assert_eq!(threads[0]["running"], true);
         assert_eq!(threads[0]["stale"], false);
         assert_eq!(

@@ -158,6 +158,13 @@ impl Guests {
         touched
     }
 
+    /// Asks for namespace `netns` to be read at the next pass (a miss on its own loopback);
+    /// true when it is known.
+    pub fn want(&mut self, netns: NetNsId) -> bool {
+        let guest = self.known.iter_mut().find(|g| g.netns == netns);
+        guest.map(|g| g.wanted = true).is_some()
+    }
+
     /// Reads the namespaces `which`; a failed one contributes its last good read.
     fn read_all_of(
         &mut self,

@@ -293,6 +293,17 @@ impl TableBuilder {
         new_namespace
     }
 
+    /// Asks for namespace `netns` to be read at the next pass (a miss inside it); true when
+    /// it is known.
+    pub fn want_namespace(&mut self, netns: NetNsId) -> bool {
+        self.guests.want(netns)
+    }
+
+    /// The other namespaces known now, each with the processes it is read through.
+    pub fn namespaces(&self) -> Vec<(NetNsId, Vec<u32>)> {
+        self.guests.known()
+    }
+
     /// A process `pid` runs in `netns`: true when that namespace was not known (the next
     /// pass reads it).
     pub fn note_namespace(&mut self, netns: NetNsId, pid: u32) -> bool {
@@ -418,6 +429,10 @@ impl Refresher {
     /// learned, and a full pass only when those cannot settle it.
     fn woken(&mut self, round: &mut Round) -> Step {
         let learned = self.take_learned();
+        for netns in self.requests.namespaces.try_iter() {
+            // A miss inside a namespace: only a read of that namespace can settle it.
+            self.pass_due |= self.builder.want_namespace(netns);
+        }
         if self.pass_due {
             return Step::Pass;
         }
@@ -517,6 +532,10 @@ impl Refresher {
                 }
                 if let Some(table) = built.table {
                     self.shared.publish(table);
+                }
+                let namespaces = self.builder.namespaces();
+                if *self.shared.guests() != namespaces {
+                    self.shared.set_guests(namespaces);
                 }
                 self.mark_exits();
                 let mut info = self.shared.refresh_info();
