@@ -101,10 +101,6 @@ impl Pending {
         now: Instant,
         mark: Option<CopyMark>,
     ) {
-        if (!credit.is_miss() && mark.is_none()) || self.capacity == 0 {
-            tally.record_side(dir, credit, false, len);
-            return;
-        }
         self.push(
             tally,
             Waiting {
@@ -132,10 +128,6 @@ impl Pending {
         len: u32,
         now: Instant,
     ) {
-        if !credit.is_miss() || self.capacity == 0 {
-            tally.record_side(dir, credit, false, len);
-            return;
-        }
         self.push(
             tally,
             Waiting {
@@ -150,8 +142,13 @@ impl Pending {
         );
     }
 
-    /// Queues `w`, deciding the oldest entry first when the buffer is full.
+    /// Queues `w` if it must wait (a miss, or a packet waiting whole), deciding the oldest
+    /// entry first when the buffer is full; records it at once otherwise.
     fn push(&mut self, tally: &mut Tally, w: Waiting) {
+        if (!w.credit.is_miss() && w.mark.is_none()) || self.capacity == 0 {
+            tally.record_side(w.dir, w.credit, false, w.len);
+            return;
+        }
         if self.queue.len() == self.capacity {
             if let Some(oldest) = self.queue.pop_front() {
                 self.expire_one(tally, oldest);
