@@ -140,3 +140,14 @@ fn containers_behind_nat_are_credited_once_at_both_ends() {
     assert_sound(&outcome);
     assert!(outcome.meets_targets(), "{}", outcome.summary());
 }
+
+/// A container's own loopback with `--namespaces all`: 10 short-lived TCP clients and a UDP
+/// exchange on `127.0.0.1` inside a namespace, a host decoy bound to the same address and
+/// port. Both ends credited, each packet once, and never the decoy.
+#[test]
+fn a_containers_own_loopback_is_credited_at_both_ends() {
+    require_root();
+    let outcome = scenarios::container_loopback(Size::Quick);
+    assert_sound(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
+}

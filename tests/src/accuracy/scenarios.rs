@@ -802,3 +802,86 @@ pub fn parallel_flows(size: Size) -> Outcome {
     notes.extend(finish_peers(vec![server]));
     watch.finish(&name, on_host, notes, || own).0
 }
+
+/// 12. A container's own loopback, with `--namespaces all`: a sink and a UDP receiver on
+///     `127.0.0.1` inside a namespace the scenario creates, short-lived clients and a UDP
+///     sender in the same namespace. No interface of the host carries this traffic; the
+///     daemon captures it inside the namespace. A decoy sink of the host is bound to the very
+///     same address and port on the host's loopback: a lookup that strayed out of the
+///     namespace would credit it (a wrong credit). Truth: the namespace's `lo`.
+pub fn container_loopback(size: Size) -> Outcome {
+    let name = "12. a container's own loopback (--namespaces all), both ends";
+    let ns = Netns::new();
+    let in_ns = |a: &[&str]| Peer::spawn_in(&ns, a);
+    let server = in_ns(&["tcp-sink", "--bind", "127.0.0.1:0"]);
+    let decoy = sink(&server.info.local.to_string());
+    let count = size.pick(200, 50).to_string();
+    let receiver = in_ns(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        &count,
+        "--reply-size",
+        "300",
+    ]);
+    let to = receiver.info.local.to_string();
+    let sender = in_ns(&[
+        "udp-send",
+        "--bind",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--count",
+        &count,
+        "--size",
+        "1000",
+        "--await-reply",
+    ]);
+    let ports = [
+        server.info.local.port(),
+        receiver.info.local.port(),
+        sender.info.local.port(),
+    ];
+    let filter = ports_filter("(tcp or udp)", ports);
+    let daemon = Daemon::start(&[
+        "--interface",
+        "any",
+        "--filter",
+        &filter,
+        "--namespaces",
+        "all",
+    ]);
+    let opened = crate::wait_until(Duration::from_secs(15), || {
+        daemon.stats()["namespace_capture"]["open"].as_u64() >= Some(1)
+    });
+    assert!(opened, "no namespace capture opened: {}", daemon.stats());
+    let cap = RefCapture::start_in(&ns.name, "lo", &filter);
+    let watch = Watch { daemon, cap };
+    let target = server.info.local.to_string();
+    let runs: Vec<Vec<String>> = (0..size.pick(40, 10))
+        .map(|_| args(&["tcp-burst", "--connect", &target, "--bytes", "200000"]))
+        .collect();
+    let mut udp = vec![receiver, sender];
+    udp.iter_mut().for_each(Peer::go);
+    let exited = run_peers_in(Some(&ns.name), &runs, 5, BATCH_TIMEOUT);
+    udp.iter_mut().for_each(|p| {
+        p.wait_done();
+    });
+    let mut own = Ownership::default();
+    own.add(server.pid(), TCP, server.info.local);
+    udp.iter().for_each(|p| own.add(p.pid(), UDP, p.info.local));
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.push(lifetimes_note(&exited));
+    let decoy_pid = decoy.pid();
+    notes.extend(finish_peers(udp));
+    notes.extend(finish_peers(vec![server, decoy]));
+    let (mut outcome, view) = watch.finish(name, on_host, notes, || own);
+    let strayed = view.per_pid.get(&decoy_pid).map(|(b, _)| b.rx + b.tx);
+    outcome.notes.push(format!(
+        "host decoy on the same address and port credited {} B",
+        strayed.unwrap_or(0)
+    ));
+    drop(ns);
+    outcome
+}

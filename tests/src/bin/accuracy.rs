@@ -33,6 +33,10 @@ fn scenarios(size: Size) -> Vec<Scenario> {
         ("veth", Box::new(move || scenarios::veth(size))),
         ("bridge", Box::new(move || scenarios::bridge(size))),
         ("nat", Box::new(move || scenarios::nat(size))),
+        (
+            "container-loopback",
+            Box::new(move || scenarios::container_loopback(size)),
+        ),
         ("churn", Box::new(move || scenarios::churn(size))),
         (
             "parallel",
@@ -46,7 +50,8 @@ fn scenarios(size: Size) -> Vec<Scenario> {
 }
 
 const USAGE: &str = "usage: pidcap-accuracy [--quick] [--only NAME[,NAME…]]\n\
-    names: long-lived short-lived udp ping raw sctp loopback-pair veth bridge churn parallel";
+    names: long-lived short-lived udp ping raw sctp loopback-pair veth bridge nat \
+    container-loopback churn parallel udp-queries";
 
 fn main() {
     let mut size = Size::Full;
