@@ -10,6 +10,7 @@ pub mod check;
 pub mod container;
 pub mod daemon;
 pub mod frame;
+pub mod macvlan;
 pub mod nat;
 pub mod netns;
 pub mod pcapfile;
@@ -26,6 +27,7 @@ pub use cgroup::Cgroup;
 pub use daemon::{
     private_paths, run_pidcapd, wait_bounded, Client, Counters, Daemon, Finished, Launch,
 };
+pub use macvlan::Macvlan;
 pub use nat::Nat;
 pub use netns::Netns;
 pub use peer::{Done, Peer, PeerInfo};
