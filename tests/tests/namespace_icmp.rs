@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pidcap_e2e::accuracy::sysctl::PingGroupRange;
 use pidcap_e2e::check::assert_conservation;
-use pidcap_e2e::{wait_until, Daemon, Netns, Peer};
+use pidcap_e2e::{wait_until, Daemon, Nat, Netns, Peer};
 
 const COUNT: u64 = 40;
 const PAYLOAD: u64 = 500;
@@ -63,4 +63,41 @@ fn icmp_echo_between_host_and_container_credits_each_pinger_both_ways() {
     for pinger in [from_host, from_ns] {
         assert!(pinger.finish().success());
     }
+}
+
+/// A container pinging an outside address through MASQUERADE (as a container's `ping` to
+/// the internet): each echo is captured on the container's bridge port, on the bridge and,
+/// translated to the host's address (and the echo identifier possibly rewritten), on the
+/// outside link. The pinger is credited each request once as `tx` and each reply once as
+/// `rx`, exactly.
+#[test]
+fn icmp_echo_from_a_container_through_masquerade_is_credited_once_each_way() {
+    pidcap_e2e::require_root();
+    let nat = Nat::new(&[]);
+    let a = &nat.bridge.members[0];
+    let opened = a
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"])
+        .status()
+        .expect("sysctl in the container");
+    assert!(opened.success(), "ping_group_range in the container");
+    let mut daemon = Daemon::start(&["--interface", "any"]);
+    let (count, size) = (COUNT.to_string(), PAYLOAD.to_string());
+    let to = nat.outside.ns_v4.to_string();
+    let mut pinger = Peer::spawn_in_member(
+        a,
+        &["ping", "--to", &to, "--count", &count, "--size", &size],
+    );
+    pinger.go();
+    let done = pinger.wait_done();
+    assert_eq!(done.received, COUNT * (8 + PAYLOAD));
+    assert_pinger_credited(&daemon, "pinger in the container", pinger.pid());
+    let stats = daemon.stats();
+    assert_conservation(&stats);
+    assert!(
+        stats["transit_packets"].as_u64() >= Some(2 * COUNT),
+        "{stats}"
+    );
+    assert_eq!(daemon.stop().code(), 0);
+    assert!(pinger.finish().success());
 }
