@@ -151,3 +151,15 @@ fn a_containers_own_loopback_is_credited_at_both_ends() {
     assert_sound(&outcome);
     assert!(outcome.meets_targets(), "{}", outcome.summary());
 }
+
+/// A local port reused by a new process over TCP: two chains of 6 processes, each binding
+/// the port the one before used (`SO_REUSEADDR`) and connecting to the same server, the
+/// connection closed by the server or by RST. Each link's bytes go to it alone, never to
+/// the previous or the next holder of the 4-tuple.
+#[test]
+fn a_reused_port_is_never_credited_to_its_previous_or_next_holder() {
+    require_root();
+    let outcome = scenarios::port_reuse(Size::Quick);
+    assert_sound(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
+}

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 use pidcap_wire::IpProto;
 
 use crate::nat::NatMap;
-use crate::table::canonical;
+use crate::openings::Seen;
+use crate::table::{canonical, succeed, Holders};
 use crate::{
     choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
     RecentSockets, SocketEntry, SocketTable,
@@ -62,6 +63,10 @@ pub const BOUND_GRACE: Duration = Duration::from_secs(2);
 pub struct Sighting {
     pub sockets: Vec<SocketEntry>,
     pub holder: ProcessInfo,
+    /// When the process was seen with them (the traced event, the read of its fds): a time
+    /// within each connection's life, which [`crate::Openings`] weighs. `None`: not known
+    /// (such records are always current, as before openings were tracked).
+    pub seen: Option<Instant>,
 }
 
 /// One pass over the kernel's tables.
@@ -80,6 +85,9 @@ pub struct Pass<'a> {
     pub owners: Arc<OwnerMap>,
     /// Whether the owner scan changed the map.
     pub owners_changed: bool,
+    /// When the kernel's list was read (taken once it was read): every listed socket
+    /// existed then, so its connection had opened (see [`crate::Openings`]).
+    pub listed_at: Instant,
 }
 
 type ExactKey = (NetNsId, IpProto, SocketAddr, SocketAddr);
@@ -118,6 +126,11 @@ struct LiveInputs {
     addrs: (Vec<IpAddr>, Vec<(NetNsId, IpAddr)>),
     /// Unconnected sockets kept for [`BOUND_GRACE`], by inode, with when they were kept.
     kept: HashMap<u64, (SocketEntry, Instant)>,
+    /// When each socket of `sockets` (by inode) was first listed or found (see
+    /// [`crate::Openings`]), and when the list was last taken: each listed socket was seen
+    /// from the one to the other.
+    first_seen: HashMap<u64, Instant>,
+    listed_at: Option<Instant>,
     /// Counts every change to the fields above.
     version: u64,
 }
@@ -125,8 +138,9 @@ struct LiveInputs {
 /// What [`RecentSockets`] is built from.
 #[derive(Debug, Default)]
 struct RecentInputs {
-    /// Connected sockets kept for [`CLOSE_GRACE`], by canonical addresses.
-    closed: HashMap<ExactKey, (ClosedSocket, Instant)>,
+    /// Connected sockets kept for [`CLOSE_GRACE`], by canonical addresses: the latest
+    /// holders (see [`RecentSockets::insert`]), with when each was kept.
+    closed: HashMap<ExactKey, Holders<(ClosedSocket, Instant)>>,
     departed: HashMap<ProcessKey, (ProcessInfo, Instant)>,
     /// Counts every change to `closed` and every departure (not forgotten facts).
     version: u64,
@@ -153,7 +167,8 @@ impl TableAssembly {
         if listed_changed {
             self.remember_departed(pass.sockets, pass.owners_before, now);
         }
-        self.live.take_sockets(pass.sockets, listed_changed);
+        self.live
+            .take_sockets(pass.sockets, listed_changed, pass.listed_at);
         self.live.set_addrs((pass.addrs, pass.guest_addrs));
         if !pass.owners_changed && self.published == Some(self.versions()) {
             return None;
@@ -173,7 +188,7 @@ impl TableAssembly {
                 // Matched by their bound address: kept in the socket list itself.
                 self.live.keep(s, now);
             } else {
-                let c = closed_socket(&s, key);
+                let c = closed_socket(&s, key, sighting.seen.map(Seen::at));
                 self.recent.close(c, now);
                 closed.push(c);
             }
@@ -191,23 +206,24 @@ impl TableAssembly {
         }
     }
 
-    /// Adds sockets the kernel just listed (their holders already in the owner map) to the
-    /// live list; the next table has them. A live socket's known holder wins over any
+    /// Adds sockets the kernel listed at `now` (their holders already in the owner map) to
+    /// the live list; the next table has them. A live socket's known holder wins over any
     /// sighting of the same addresses.
-    pub fn add_live(&mut self, found: Vec<SocketEntry>) {
-        self.live.extend(found);
+    pub fn add_live(&mut self, found: Vec<SocketEntry>, now: Instant) {
+        self.live.extend(found, now);
     }
 
-    /// Adds the sockets a targeted lookup found (their holders already in `owners`) to the
-    /// live list, and returns a table.
+    /// Adds the sockets a targeted lookup found at `now` (their holders already in `owners`)
+    /// to the live list, and returns a table.
     pub fn resolved(
         &mut self,
         found: Vec<SocketEntry>,
         owners: Arc<OwnerMap>,
         netns: NetNsId,
         generation: u64,
+        now: Instant,
     ) -> SocketTable {
-        self.live.extend(found);
+        self.live.extend(found, now);
         self.table(owners, netns, generation)
     }
 
@@ -292,7 +308,8 @@ impl TableAssembly {
             self.recent.depart(info.clone(), now);
         }
         if !s.is_wildcard_remote() {
-            self.recent.close(closed_socket(&s, owner), now);
+            let seen = self.live.seen_of(&s);
+            self.recent.close(closed_socket(&s, owner, seen), now);
         } else if s.proto != IpProto::Tcp {
             // An unconnected socket's last datagrams or echo replies may still sit in the
             // capture buffer when its process exits.
@@ -342,10 +359,29 @@ impl TableAssembly {
 }
 
 impl LiveInputs {
-    /// Swaps in a pass's list; `changed` is whether it differs from the current one.
-    fn take_sockets(&mut self, sockets: &mut Vec<SocketEntry>, changed: bool) {
+    /// Swaps in the list a pass gave at `now`; `changed` is whether it differs from the
+    /// current one.
+    fn take_sockets(&mut self, sockets: &mut Vec<SocketEntry>, changed: bool, now: Instant) {
         std::mem::swap(sockets, &mut self.sockets);
+        self.listed_at = Some(now);
+        if changed {
+            let before = std::mem::take(&mut self.first_seen);
+            self.first_seen = self
+                .sockets
+                .iter()
+                .filter(|s| s.inode != 0)
+                .map(|s| (s.inode, before.get(&s.inode).copied().unwrap_or(now)))
+                .collect();
+        }
         self.version += u64::from(changed);
+    }
+
+    /// When a listed socket was seen (none for a socket no fd holds).
+    fn seen_of(&self, s: &SocketEntry) -> Option<Seen> {
+        let first = *self.first_seen.get(&s.inode)?;
+        // Found after the last listing: seen once, when found.
+        let last = self.listed_at.filter(|&l| l > first).unwrap_or(first);
+        Some(Seen { first, last })
     }
 
     fn set_addrs(&mut self, addrs: (Vec<IpAddr>, Vec<(NetNsId, IpAddr)>)) {
@@ -367,19 +403,27 @@ impl LiveInputs {
         self.version += u64::from(self.kept.len() != before);
     }
 
-    /// Appends the sockets of `found` whose inode is not listed yet.
-    fn extend(&mut self, found: Vec<SocketEntry>) {
+    /// Appends the sockets of `found` (found at `now`) whose inode is not listed yet.
+    fn extend(&mut self, found: Vec<SocketEntry>, now: Instant) {
         // One pass over the (possibly 20,000-entry) list, not one per found socket.
         let known: HashSet<u64> = self.sockets.iter().map(|e| e.inode).collect();
         let before = self.sockets.len();
-        let new = found.into_iter().filter(|e| !known.contains(&e.inode));
-        self.sockets.extend(new);
+        for e in found.into_iter().filter(|e| !known.contains(&e.inode)) {
+            self.first_seen.entry(e.inode).or_insert(now);
+            self.sockets.push(e);
+        }
         self.version += u64::from(self.sockets.len() != before);
     }
 
     fn build(&self, home: Option<NetNsId>) -> LiveSockets {
         let (local, guests) = &self.addrs;
-        LiveSockets::build(home, self.table_sockets(), local.clone(), guests)
+        let sockets = self.table_sockets();
+        // The kept (unconnected) sockets come first and are not connections: no time.
+        let kept = sockets.len() - self.sockets.len();
+        let seen: Vec<Option<Seen>> = std::iter::repeat_n(None, kept)
+            .chain(self.sockets.iter().map(|s| self.seen_of(s)))
+            .collect();
+        LiveSockets::build_seen(home, sockets, seen, local.clone(), guests)
     }
 
     /// The kept sockets that the list does not show, oldest first, then the listed ones
@@ -402,7 +446,20 @@ impl RecentInputs {
     /// Keeps (or replaces: the latest holder wins) a closed connected socket.
     fn close(&mut self, c: ClosedSocket, at: Instant) {
         let key = (c.netns, c.proto, canonical(c.local), canonical(c.remote));
-        self.closed.insert(key, (c, at));
+        let slots = self.closed.entry(key).or_default();
+        let merge = |(old, _): (ClosedSocket, Instant), (new, at): (ClosedSocket, Instant)| {
+            let seen = match (old.seen, new.seen) {
+                (Some(a), Some(b)) => Some(a.union(b)),
+                _ => None,
+            };
+            (ClosedSocket { seen, ..new }, at)
+        };
+        // One socket: the holder and a known inode (see `RecentSockets::insert`).
+        let socket = |(c, _): &(ClosedSocket, Instant)| {
+            let seen = if c.inode == 0 { c.seen } else { None };
+            (c.owner, c.inode, seen)
+        };
+        *slots = succeed(*slots, (c, at), socket, merge);
         self.version += 1;
     }
 
@@ -413,8 +470,17 @@ impl RecentInputs {
 
     fn expire(&mut self, now: Instant) {
         let before = self.closed.len();
-        self.closed
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
+        let fresh = |kept: &Option<(ClosedSocket, Instant)>| {
+            kept.is_some_and(|(_, at)| now.saturating_duration_since(at) < CLOSE_GRACE)
+        };
+        self.closed.retain(|_, slots| {
+            for slot in slots.iter_mut().skip(1) {
+                if !fresh(slot) {
+                    *slot = None;
+                }
+            }
+            fresh(&slots[0])
+        });
         self.departed
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
         self.version += u64::from(self.closed.len() != before);
@@ -422,8 +488,11 @@ impl RecentInputs {
 
     fn build(&self, home: Option<NetNsId>) -> RecentSockets {
         let mut recent = RecentSockets::new(home);
-        for (c, _) in self.closed.values() {
-            recent.insert(*c);
+        for slots in self.closed.values() {
+            // The one before first: the latest pushes it back, as it did when kept.
+            for (c, _) in slots.iter().rev().flatten() {
+                recent.insert(*c);
+            }
         }
         for (info, _) in self.departed.values() {
             recent.insert_departed(Arc::new(info.clone()));
@@ -432,7 +501,7 @@ impl RecentInputs {
     }
 }
 
-fn closed_socket(s: &SocketEntry, owner: ProcessKey) -> ClosedSocket {
+fn closed_socket(s: &SocketEntry, owner: ProcessKey, seen: Option<Seen>) -> ClosedSocket {
     ClosedSocket {
         netns: s.netns,
         proto: s.proto,
@@ -440,6 +509,7 @@ fn closed_socket(s: &SocketEntry, owner: ProcessKey) -> ClosedSocket {
         remote: s.remote,
         inode: s.inode,
         owner,
+        seen,
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! Pure and allocation-free: a packet's flow and a [`SocketTable`] in, a [`Verdict`] out.
 
+use std::cell::Cell;
+
 use pidcap_wire::{FlowKey, IpProto};
 
+use crate::openings::{Currency, Seen};
 use crate::table::{MatchKind, SocketTable};
 use crate::{NetNsId, ProcessKey};
 
@@ -70,14 +73,28 @@ fn port_based(proto: IpProto) -> bool {
 /// connection the kernel translated (NAT) is looked up at each end in that end's own form of
 /// the connection ([`crate::NatView`]).
 pub fn attribute(table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Verdict {
+    attribute_current(table, flow, ports_known, &|_| Currency::Current)
+}
+
+/// [`attribute`] for one packet, whose connected records are judged by `judge` from when
+/// they were seen ([`crate::Openings::judge`]): stale ones are passed over, so a 4-tuple
+/// that changed hands is credited to neither its previous nor its next holder; an
+/// undecided one leaves that end a miss for now (the packet waits).
+pub fn attribute_current(
+    table: &SocketTable,
+    flow: &FlowKey,
+    ports_known: bool,
+    judge: &dyn Fn(Seen) -> Currency,
+) -> Verdict {
     let supported = !port_based(flow.proto) || ports_known;
     let (tx, rx) = match table.nat_view(flow) {
         Some(view) => (view.tx, view.rx),
         None => ((flow.src, flow.dst), (flow.dst, flow.src)),
     };
+    let side = |(local, remote)| side(table, flow.proto, local, remote, supported, judge);
     Verdict {
-        tx: side(table, flow.proto, tx.0, tx.1, supported),
-        rx: side(table, flow.proto, rx.0, rx.1, supported),
+        tx: side(tx),
+        rx: side(rx),
     }
 }
 
@@ -125,14 +142,23 @@ fn side(
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
     supported: bool,
+    judge: &dyn Fn(Seen) -> Currency,
 ) -> Option<Credit> {
     if !supported {
         return table
             .is_local(local.ip())
             .then_some(Credit::Unknown(UnknownReason::Unsupported));
     }
-    match table.lookup(proto, local, remote) {
+    let undecided = Cell::new(false);
+    let judged = |seen| {
+        let currency = judge(seen);
+        undecided.set(undecided.get() || currency == Currency::Undecided);
+        currency
+    };
+    match table.lookup_current(proto, local, remote, &judged) {
         Some(m) => Some(credit_of(Some(m))),
+        // A record of this end exists (so it is local): the packet waits for its verdict.
+        None if undecided.get() => Some(Credit::Unknown(UnknownReason::NoSocket)),
         None => table
             .is_local(local.ip())
             .then_some(Credit::Unknown(UnknownReason::NoSocket)),

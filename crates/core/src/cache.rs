@@ -19,7 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pidcap_wire::{FlowKey, IpProto};
 
-use crate::attribute::{attribute, Credit, UnknownReason, Verdict};
+use std::cell::Cell;
+use std::time::Instant;
+
+use crate::attribute::{attribute_current, Credit, UnknownReason, Verdict};
+use crate::openings::{Currency, Openings, Seen};
 use crate::table::SocketTable;
 
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +39,9 @@ pub struct Lookup {
     /// True the first time this flow missed under the current table: the caller should ask
     /// for a refresh (once per flow and generation, never per packet).
     pub new_miss: bool,
+    /// A record could not be judged yet (see [`crate::Currency::Undecided`]): the miss is
+    /// to wait for later packets, not for a refresh.
+    pub undecided: bool,
 }
 
 /// See the module documentation.
@@ -43,9 +50,15 @@ pub struct AttributionCache {
     entries: DashMap<FlowKey, Cached, RandomState>,
     /// Local ends with no socket, and the generation they were last missed under.
     unowned: DashMap<UnownedEnds, u64, RandomState>,
+    /// Flows whose lookup met an undecided record, and the generation they last asked for
+    /// a refresh under.
+    undecided: DashMap<FlowKey, u64, RandomState>,
     capacity: usize,
     /// Times either map was emptied because it was full.
     clears: AtomicU64,
+    /// When each TCP 4-tuple last opened a connection: records seen before are passed over
+    /// for the packets after (a 4-tuple that changed hands).
+    openings: Openings,
 }
 
 /// The protocol and the local ends (source for `tx`, destination for `rx`) that matched no
@@ -58,26 +71,118 @@ impl AttributionCache {
         AttributionCache {
             entries: DashMap::with_hasher(RandomState::default()),
             unowned: DashMap::with_hasher(RandomState::default()),
+            undecided: DashMap::with_hasher(RandomState::default()),
             clears: AtomicU64::new(0),
             capacity: capacity.max(1),
+            openings: Openings::new(capacity),
         }
     }
 
-    /// The verdict for `flow` under `table`, from the cache when it is current.
+    /// The verdict for `flow` under `table`, from the cache when it is current; without
+    /// regard to openings (a query's lookup, a replay).
     pub fn attribute(&self, table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Lookup {
+        self.lookup(table, flow, ports_known, &|_| Currency::Current)
+    }
+
+    /// Records that a packet of `flow` captured at `at` opened a connection on its 4-tuple
+    /// (`PacketMeta::tcp_opening`): both directions' cached verdicts are dropped, and the
+    /// records of its 4-tuple seen before stop answering for the packets after.
+    pub fn open(&self, flow: &FlowKey, at: Instant) {
+        self.openings.note(flow, at);
+        self.entries.remove(flow);
+        self.entries.remove(&flow.reversed());
+    }
+
+    /// The verdict for a packet of `flow` captured at `at`, read in capture order (every
+    /// packet before it was read): from the cache when it is current (no opening came
+    /// between: [`AttributionCache::open`] drops the entries), else looked up with its
+    /// records judged by the openings ([`Openings::judge`]).
+    pub fn attribute_at(
+        &self,
+        table: &SocketTable,
+        flow: &FlowKey,
+        ports_known: bool,
+        at: Instant,
+    ) -> Lookup {
+        if !judged_by_openings(table, flow) {
+            return self.attribute(table, flow, ports_known);
+        }
+        self.lookup(table, flow, ports_known, &|seen| {
+            self.openings.judge(flow, seen, at, at)
+        })
+    }
+
+    /// The verdict for a packet of `flow` captured at `at`, decided late (from the pending
+    /// buffer) once every packet up to `horizon` was read: openings read since may make the
+    /// cached verdict another connection's, so a 4-tuple with openings is looked up afresh
+    /// (and not cached). Also says whether a record could not be judged yet.
+    pub fn attribute_late(
+        &self,
+        table: &SocketTable,
+        flow: &FlowKey,
+        at: Instant,
+        horizon: Instant,
+    ) -> (Verdict, bool) {
+        if !self.openings.knows(flow) || !judged_by_openings(table, flow) {
+            return (self.attribute(table, flow, true).verdict, false);
+        }
+        let undecided = Cell::new(false);
+        let verdict = attribute_current(table, flow, true, &|seen| {
+            let currency = self.openings.judge(flow, seen, at, horizon);
+            undecided.set(undecided.get() || currency == Currency::Undecided);
+            currency
+        });
+        (verdict, undecided.get())
+    }
+
+    /// 4-tuples whose openings are remembered, and how many were forgotten early.
+    pub fn openings(&self) -> (usize, u64) {
+        (self.openings.len(), self.openings.forgotten())
+    }
+
+    /// Looks `flow` up (through the cache); a verdict with an undecided record is not
+    /// cached (the next packet may decide it).
+    fn lookup(
+        &self,
+        table: &SocketTable,
+        flow: &FlowKey,
+        ports_known: bool,
+        judge: &dyn Fn(Seen) -> Currency,
+    ) -> Lookup {
         let generation = table.generation();
         if let Some(hit) = self.entries.get(flow) {
             if hit.generation == generation {
                 return Lookup {
                     verdict: hit.verdict,
                     new_miss: false,
+                    undecided: false,
                 };
             }
         }
-        let verdict = attribute(table, flow, ports_known);
+        let undecided = Cell::new(false);
+        let judged = |seen| {
+            let currency = judge(seen);
+            undecided.set(undecided.get() || currency == Currency::Undecided);
+            currency
+        };
+        let verdict = attribute_current(table, flow, ports_known, &judged);
+        if undecided.get() {
+            // Not cached (the next packet may decide it); a miss of its other end (a socket
+            // or a translation not known yet) still asks for a refresh, once per generation.
+            let new_miss = verdict.has_miss() && self.first_undecided(flow, generation);
+            return Lookup {
+                verdict,
+                new_miss,
+                undecided: true,
+            };
+        }
         if let Some(ends) = unowned_ends(table, flow, &verdict) {
             let new_miss = verdict.has_miss() && self.first_unowned(ends, generation);
-            return Lookup { verdict, new_miss };
+            return Lookup {
+                verdict,
+                new_miss,
+                undecided: false,
+            };
         }
         if self.entries.len() >= self.capacity {
             self.entries.clear();
@@ -93,7 +198,21 @@ impl AttributionCache {
         Lookup {
             verdict,
             new_miss: verdict.has_miss(),
+            undecided: false,
         }
+    }
+
+    /// Records that `flow`, undecided, missed under `generation`; true the first time.
+    fn first_undecided(&self, flow: &FlowKey, generation: u64) -> bool {
+        if self.undecided.get(flow).is_some_and(|g| *g == generation) {
+            return false;
+        }
+        if self.undecided.len() >= self.capacity {
+            self.undecided.clear();
+            self.clears.fetch_add(1, Ordering::Relaxed);
+        }
+        self.undecided.insert(*flow, generation);
+        true
     }
 
     /// Records that `ends` missed under `generation`; true the first time.
@@ -123,6 +242,19 @@ impl AttributionCache {
     pub fn clears(&self) -> u64 {
         self.clears.load(Ordering::Relaxed)
     }
+}
+
+/// Whether openings weigh the records of `flow`: only for a packet between this host's own
+/// addresses (loopback included), the traffic they are tested on. A packet of another
+/// namespace, or of an address not known yet, may be captured once per interface and form
+/// it crosses (a bridge, a translation), so its copies would open one connection several
+/// times over: a known limit, such packets are judged by the socket tables alone, as before
+/// openings existed.
+fn judged_by_openings(table: &SocketTable, flow: &FlowKey) -> bool {
+    flow.proto == pidcap_wire::IpProto::Tcp
+        && table.is_home(flow.src.ip())
+        && table.is_home(flow.dst.ip())
+        && table.nat_view(flow).is_none()
 }
 
 /// The local ends of `flow` when its verdict is one that no remote end could change: every

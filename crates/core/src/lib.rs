@@ -10,6 +10,7 @@ mod fragments;
 mod ledger;
 mod looks;
 mod nat;
+mod openings;
 mod pending;
 mod placement;
 mod process;
@@ -18,7 +19,7 @@ mod socket;
 mod table;
 
 pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
-pub use attribute::{attribute, attribute_in, Credit, UnknownReason, Verdict};
+pub use attribute::{attribute, attribute_current, attribute_in, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
 pub use copies::{CopyCheck, CopyFilter, CopyMark, COPY_WINDOW_US};
 pub use counters::{
@@ -28,7 +29,10 @@ pub use fragments::FragmentMap;
 pub use ledger::{Ledger, LogBatch, LogRecord, ProcessMeta, ProcessUsage, Rate, Usage};
 pub use looks::{LookSchedule, LATER_ROUNDS, YOUNG_EVERY, YOUNG_FOR};
 pub use nat::{NatMap, NatView, Translation};
-pub use pending::{Pending, PendingLevel};
+pub use openings::{
+    Currency, Openings, Seen, KEPT_PER_TUPLE, OPENINGS_KEPT, OPENING_SLACK, SAME_OPENING,
+};
+pub use pending::{Arrival, Pending, PendingLevel};
 pub use placement::{cgroup_path, container_of, Container, Placement, PodUid};
 pub use process::{ProcessInfo, ProcessKey};
 pub use routes::{RouteThreads, ROUTES_FOR};

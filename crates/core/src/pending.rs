@@ -35,11 +35,38 @@ struct Waiting {
     credit: Credit,
     len: u32,
     since: Instant,
+    /// When the packet was captured (on the clock `since` is on): decides which of its
+    /// 4-tuple's connections it belongs to ([`AttributionCache::attribute_late`]).
+    captured: Instant,
+    /// Its last lookup met an undecided record: it is retried as the horizon moves, not
+    /// only when the table changes.
+    undecided: bool,
     /// Set for a packet that waits whole (see the module docs).
     mark: Option<CopyMark>,
     /// Set for a packet captured inside this namespace (a container's own loopback): it is
     /// retried with [`attribute_in`], among that namespace's sockets only.
     netns: Option<NetNsId>,
+}
+
+/// How a packet direction arrives in the buffer: when it was captured and when it arrives
+/// (one clock), and whether its lookup met an undecided record
+/// ([`crate::Currency::Undecided`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub captured: Instant,
+    pub now: Instant,
+    pub undecided: bool,
+}
+
+impl Arrival {
+    /// Captured and arriving at `now`, decided.
+    pub fn at(now: Instant) -> Arrival {
+        Arrival {
+            captured: now,
+            now,
+            undecided: false,
+        }
+    }
 }
 
 /// What is waiting, for `stats`.
@@ -63,6 +90,11 @@ pub struct Pending {
     tried: u64,
     /// See [`PendingLevel::evicted`].
     evicted: u64,
+    /// Capture time of the latest packet read ([`Pending::read_up_to`]): openings up to it
+    /// are known when entries are retried.
+    horizon: Option<Instant>,
+    /// The horizon at the last retry.
+    retried_at_horizon: Option<Instant>,
 }
 
 impl Pending {
@@ -76,7 +108,15 @@ impl Pending {
             bytes: 0,
             tried: 0,
             evicted: 0,
+            horizon: None,
+            retried_at_horizon: None,
         }
+    }
+
+    /// Every packet captured up to `at` has been read (and its opening noted): entries are
+    /// retried knowing that. Without it, a retry takes its own time as the horizon.
+    pub fn read_up_to(&mut self, at: Instant) {
+        self.horizon = Some(self.horizon.map_or(at, |h| h.max(at)));
     }
 
     pub fn level(&self) -> PendingLevel {
@@ -90,6 +130,8 @@ impl Pending {
     /// Holds one direction of a packet whose owner is unknown; anything else is recorded at
     /// once — except with a `mark`: then the direction waits whatever its credit (the caller
     /// holds every local direction of a packet that may be a translated copy and has a miss).
+    /// `arrival` says when the packet was captured and arrives here, and whether its lookup
+    /// met an undecided record.
     #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &mut self,
@@ -98,7 +140,7 @@ impl Pending {
         dir: Direction,
         credit: Credit,
         len: u32,
-        now: Instant,
+        arrival: Arrival,
         mark: Option<CopyMark>,
     ) {
         self.push(
@@ -108,7 +150,9 @@ impl Pending {
                 dir,
                 credit,
                 len,
-                since: now,
+                since: arrival.now,
+                captured: arrival.captured,
+                undecided: arrival.undecided,
                 mark,
                 netns: None,
             },
@@ -136,6 +180,8 @@ impl Pending {
                 credit,
                 len,
                 since: now,
+                captured: now,
+                undecided: false,
                 mark: None,
                 netns: Some(netns),
             },
@@ -169,9 +215,12 @@ impl Pending {
         copies: &CopyFilter,
         now: Instant,
     ) {
-        if !self.queue.is_empty() && self.tried != table.generation() {
-            self.tried = table.generation();
-            self.retry(tally, table, cache, copies);
+        if !self.queue.is_empty() {
+            let all = self.tried != table.generation();
+            if all || self.horizon > self.retried_at_horizon {
+                self.tried = table.generation();
+                self.retry(tally, table, cache, copies, all);
+            }
         }
         while let Some(front) = self.queue.front() {
             if now.saturating_duration_since(front.since) < self.max_age {
@@ -192,24 +241,36 @@ impl Pending {
         cache: &AttributionCache,
         copies: &CopyFilter,
     ) {
-        self.retry(tally, table, cache, copies);
+        self.retry(tally, table, cache, copies, true);
         while let Some(w) = self.queue.pop_front() {
             self.expire_one(tally, w);
         }
     }
 
+    /// Retries every entry (`all`: the table changed) or only those waiting for the horizon.
     fn retry(
         &mut self,
         tally: &mut Tally,
         table: &SocketTable,
         cache: &AttributionCache,
         copies: &CopyFilter,
+        all: bool,
     ) {
         let bytes = &mut self.bytes;
-        self.queue.retain(|w| {
+        let horizon = self.horizon;
+        self.queue.retain_mut(|w| {
+            if !all && !w.undecided {
+                return true;
+            }
             let verdict = match w.netns {
                 Some(netns) => attribute_in(table, netns, &w.flow, true),
-                None => cache.attribute(table, &w.flow, true).verdict,
+                None => {
+                    let horizon = horizon.unwrap_or(w.captured);
+                    let (verdict, waits) =
+                        cache.attribute_late(table, &w.flow, w.captured, horizon);
+                    w.undecided = waits;
+                    verdict
+                }
             };
             let decided = match w.mark {
                 None => decide_one(tally, w, &verdict),
@@ -220,6 +281,7 @@ impl Pending {
             }
             !decided
         });
+        self.retried_at_horizon = horizon;
     }
 
     fn expire_one(&mut self, tally: &mut Tally, w: Waiting) {

@@ -23,7 +23,8 @@ use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use pidcap_wire::IpProto;
 
 use crate::nat::{NatMap, NatView};
-use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
+use crate::openings::{Currency, Seen};
+use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry, TcpState};
 
 /// How a packet's local end matched a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +98,9 @@ pub struct SocketTable {
 pub struct LiveSockets {
     home: Option<NetNsId>,
     sockets: Vec<SocketEntry>,
+    /// When each socket was seen as the connection it lists (the dumps that listed it, the
+    /// lookup that found it); `None` when not recorded (always current).
+    seen: Vec<Option<Seen>>,
     exact: FastMap<ExactKey, usize>,
     /// The local ends of `exact`'s sockets.
     connected: FastSet<BoundKey>,
@@ -118,13 +122,66 @@ pub struct LiveSockets {
 #[derive(Debug, Default, Clone)]
 pub struct RecentSockets {
     home: Option<NetNsId>,
-    closed: FastMap<ExactKey, (u64, ProcessKey)>,
+    /// By addresses: the latest holders, newest first (a 4-tuple that changed hands: the
+    /// earlier holders still answer for their own packets decided late).
+    closed: FastMap<ExactKey, Holders<RecentRecord>>,
     /// The local ports of `closed`'s sockets (ports, not addresses: an entry may have an
     /// unspecified local address, which stands for every address of the host).
     closed_ports: FastSet<(IpProto, u16)>,
     departed: HashMap<ProcessKey, Arc<ProcessInfo>>,
     /// Whether some entry has an unspecified local address (else no second lookup is made).
     any_local: bool,
+}
+
+/// Holders of one 4-tuple remembered, newest first.
+pub(crate) const HOLDERS_KEPT: usize = 8;
+pub(crate) type Holders<T> = [Option<T>; HOLDERS_KEPT];
+
+/// The holders of one 4-tuple after `new`: another sighting of the latest socket (`same`
+/// equal: one socket, so one connection) widens it in place (`merge`); anything else goes
+/// first, the oldest is dropped. Sightings of one process without an inode (claims) are
+/// never merged: the process may have held the 4-tuple for several connections, with
+/// another's in between.
+pub(crate) fn succeed<T: Copy, K: PartialEq>(
+    mut slots: Holders<T>,
+    new: T,
+    same: impl Fn(&T) -> K,
+    merge: impl Fn(T, T) -> T,
+) -> Holders<T> {
+    match slots[0] {
+        Some(latest) if same(&latest) == same(&new) => slots[0] = Some(merge(latest, new)),
+        _ => {
+            slots.rotate_right(1);
+            slots[0] = Some(new);
+        }
+    }
+    slots
+}
+
+/// One recent socket: its inode (0 for a claim), last holder, and when it was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecentRecord {
+    inode: u64,
+    owner: ProcessKey,
+    seen: Option<Seen>,
+}
+
+impl RecentRecord {
+    /// What makes two records one socket: the holder and a known inode (a claim, inode 0,
+    /// is its own: the exact record again, or nothing).
+    fn socket(&self) -> (ProcessKey, u64, Option<Seen>) {
+        let seen = if self.inode == 0 { self.seen } else { None };
+        (self.owner, self.inode, seen)
+    }
+
+    /// Two sightings of one socket: the span of both.
+    fn merge(self, new: RecentRecord) -> RecentRecord {
+        let seen = match (self.seen, new.seen) {
+            (Some(a), Some(b)) => Some(a.union(b)),
+            _ => None,
+        };
+        RecentRecord { seen, ..new }
+    }
 }
 
 impl RecentSockets {
@@ -136,13 +193,20 @@ impl RecentSockets {
         }
     }
 
-    /// Adds (or replaces: the latest holder wins) a recently closed socket.
+    /// Adds a recently closed socket: the latest holder of its addresses answers first, the
+    /// one before it second (for packets a newer opening of the 4-tuple does not concern).
     pub fn insert(&mut self, c: ClosedSocket) {
         let ns = ns_key(self.home, c.netns);
         let key = (ns, c.proto, canonical(c.local), canonical(c.remote));
         self.any_local |= key.2.ip().is_unspecified();
         self.closed_ports.insert((key.1, key.2.port()));
-        self.closed.insert(key, (c.inode, c.owner));
+        let record = RecentRecord {
+            inode: c.inode,
+            owner: c.owner,
+            seen: c.seen,
+        };
+        let slots = self.closed.entry(key).or_default();
+        *slots = succeed(*slots, record, RecentRecord::socket, RecentRecord::merge);
     }
 
     /// Adds the facts of a process that held a recent socket and may have exited.
@@ -162,13 +226,28 @@ impl RecentSockets {
 
 impl LiveSockets {
     /// Indexes `sockets` (addresses made canonical), home's addresses `local_addrs` and the
-    /// guests' `guest_addrs`, for a table whose own namespace is `home`.
+    /// guests' `guest_addrs`, for a table whose own namespace is `home`. No socket has a
+    /// time it was seen (see [`LiveSockets::build_seen`]).
     pub fn build(
         home: Option<NetNsId>,
         sockets: Vec<SocketEntry>,
         local_addrs: Vec<IpAddr>,
         guest_addrs: &[(NetNsId, IpAddr)],
     ) -> LiveSockets {
+        let seen = vec![None; sockets.len()];
+        LiveSockets::build_seen(home, sockets, seen, local_addrs, guest_addrs)
+    }
+
+    /// [`LiveSockets::build`] with the time each socket was last seen (`seen[i]` for
+    /// `sockets[i]`; missing ones have none), which [`crate::Openings`] weighs.
+    pub fn build_seen(
+        home: Option<NetNsId>,
+        sockets: Vec<SocketEntry>,
+        mut seen: Vec<Option<Seen>>,
+        local_addrs: Vec<IpAddr>,
+        guest_addrs: &[(NetNsId, IpAddr)],
+    ) -> LiveSockets {
+        seen.resize(sockets.len(), None);
         let local: FastSet<IpAddr> = local_addrs.into_iter().map(canonical_ip).collect();
         let mut guests: FastMap<IpAddr, Ns> = FastMap::default();
         for &(netns, ip) in guest_addrs {
@@ -183,6 +262,7 @@ impl LiveSockets {
             home,
             local,
             guests,
+            seen,
             ..LiveSockets::default()
         };
         live.sockets.reserve(sockets.len());
@@ -197,7 +277,11 @@ impl LiveSockets {
     fn index(&mut self, entry: SocketEntry) {
         let at = self.sockets.len();
         let ns = ns_key(self.home, entry.netns);
-        if entry.is_wildcard_remote() {
+        let wildcard = entry.is_wildcard_remote();
+        if wildcard && entry.proto == IpProto::Tcp && entry.state == TcpState::Close {
+            // Bound and not listening: no packet is its own (once it connects it is listed
+            // with its peer). Not indexed, so it never answers for its port.
+        } else if wildcard {
             index_at(
                 &mut self.bound,
                 (ns, entry.proto, entry.local),
@@ -268,6 +352,8 @@ pub struct ClosedSocket {
     pub remote: SocketAddr,
     pub inode: u64,
     pub owner: ProcessKey,
+    /// When its holder was seen with it (see [`crate::Openings`]); `None`: always current.
+    pub seen: Option<Seen>,
 }
 
 /// Socket inode → holders, and the facts about every holder. Shared (`Arc`) between
@@ -429,6 +515,12 @@ impl SocketTable {
         ip.is_loopback() || self.live.local.contains(&ip) || self.live.guests.contains_key(&ip)
     }
 
+    /// True when `ip` is one of the table's own namespace's addresses (loopback included).
+    pub fn is_home(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_loopback() || self.live.local.contains(&ip)
+    }
+
     /// True when either end of `flow` is an address of another namespace than the table's
     /// own (a container's): such packets may be captured once per interface they cross.
     pub fn touches_guest(&self, flow: &pidcap_wire::FlowKey) -> bool {
@@ -455,9 +547,23 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> Option<SocketMatch> {
+        self.lookup_current(proto, local, remote, &|_| Currency::Current)
+    }
+
+    /// [`SocketTable::lookup`] for one packet, each connected record (live or recently
+    /// closed) judged by `judge` from when it was seen ([`crate::Openings::judge`]): a
+    /// stale one is passed over (the one before it, or the bound sockets, answer); an
+    /// undecided one makes the lookup find nothing for now (the packet waits).
+    pub fn lookup_current(
+        &self,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        judge: &dyn Fn(Seen) -> Currency,
+    ) -> Option<SocketMatch> {
         let local = canonical(local);
         let ns = self.live.ns_of(local.ip())?;
-        self.lookup_at(ns, proto, local, remote)
+        self.lookup_at(ns, proto, local, remote, judge)
     }
 
     /// [`SocketTable::lookup`] among the sockets of `netns` whatever the address (a query
@@ -471,7 +577,7 @@ impl SocketTable {
         remote: SocketAddr,
     ) -> Option<SocketMatch> {
         let ns = ns_key(self.live.home, netns);
-        self.lookup_at(ns, proto, canonical(local), remote)
+        self.lookup_at(ns, proto, canonical(local), remote, &|_| Currency::Current)
     }
 
     fn lookup_at(
@@ -480,32 +586,52 @@ impl SocketTable {
         proto: IpProto,
         local: SocketAddr,
         remote: SocketAddr,
+        judge: &dyn Fn(Seen) -> Currency,
     ) -> Option<SocketMatch> {
         let key = (ns, proto, local, canonical(remote));
+        let judged = |seen: Option<Seen>| seen.map_or(Currency::Current, judge);
         // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
         // last holder, or the listener that accepted it, is a better answer.
         let mut holderless = None;
         let mut open = false;
         if let Some(&at) = self.live.exact.get(&key) {
-            let found = self.matched(at, MatchKind::Exact);
-            if found.owner.is_some() {
-                return Some(found);
+            match judged(self.live.seen[at]) {
+                Currency::Undecided => return None,
+                Currency::Stale => {}
+                Currency::Current => {
+                    let found = self.matched(at, MatchKind::Exact);
+                    if found.owner.is_some() {
+                        return Some(found);
+                    }
+                    holderless = Some(found);
+                    // An inode means some fd still holds it (TIME_WAIT and orphans have none).
+                    open = found.inode != 0;
+                }
             }
-            holderless = Some(found);
-            // An inode means some fd still holds it (TIME_WAIT and orphans have none).
-            open = found.inode != 0;
         }
-        if let Some(found) = self.recently_closed(&key) {
-            // Still held by some fd, its holder not yet found in the fd tables, but a process
-            // was seen using it: that is the connected socket, with its owner.
-            return Some(match holderless {
-                Some(live) if open => SocketMatch {
-                    inode: live.inode,
-                    kind: MatchKind::Exact,
-                    owner: found.owner,
-                },
-                _ => found,
-            });
+        let records = self.recently_closed(&key).unwrap_or_default();
+        for record in records.into_iter().flatten() {
+            let found = SocketMatch {
+                inode: record.inode,
+                kind: MatchKind::Recent,
+                owner: Some(record.owner),
+            };
+            match judged(record.seen) {
+                Currency::Undecided => return None,
+                Currency::Stale => continue,
+                // Still held by some fd, its holder not yet found in the fd tables, but a
+                // process was seen using it: that is the connected socket, with its owner.
+                Currency::Current => {
+                    return Some(match holderless {
+                        Some(live) if open => SocketMatch {
+                            inode: live.inode,
+                            kind: MatchKind::Exact,
+                            owner: found.owner,
+                        },
+                        _ => found,
+                    })
+                }
+            }
         }
         let bound = self.lookup_bound(ns, proto, local).or_else(|| {
             // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
@@ -535,8 +661,9 @@ impl SocketTable {
             && !self.recent.closed_ports.contains(&(proto, local.port()))
     }
 
-    fn recently_closed(&self, key: &ExactKey) -> Option<SocketMatch> {
-        let &(inode, owner) = self.recent.closed.get(key).or_else(|| {
+    /// The recently closed (or claimed) sockets with `key`'s addresses, latest first.
+    fn recently_closed(&self, key: &ExactKey) -> Option<Holders<RecentRecord>> {
+        let slots = self.recent.closed.get(key).or_else(|| {
             let (ns, proto, local, remote) = *key;
             let unspecified = local.ip().is_unspecified();
             if !self.recent.any_local || unspecified || !self.live.is_local_in(ns, local.ip()) {
@@ -549,11 +676,7 @@ impl SocketTable {
             let any = SocketAddr::new(any, local.port());
             self.recent.closed.get(&(ns, proto, any, remote))
         })?;
-        Some(SocketMatch {
-            inode,
-            kind: MatchKind::Recent,
-            owner: Some(owner),
-        })
+        Some(*slots)
     }
 
     fn lookup_bound(&self, ns: Ns, proto: IpProto, local: SocketAddr) -> Option<usize> {

@@ -615,6 +615,7 @@ fn closed(
         remote: addr(remote),
         inode,
         owner,
+        seen: None,
     }
 }
 

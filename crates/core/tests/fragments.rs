@@ -18,6 +18,7 @@ fn meta(src: &str, dst: &str, id: u32, offset: u16, ports_known: bool) -> Packet
             more: offset == 0,
         }),
         icmp_echo: false,
+        tcp_opening: false,
         direction: LinkDirection::Unknown,
         ifindex: None,
     }

@@ -213,6 +213,7 @@ fn a_closed_connection_keeps_its_owner_in_its_own_namespace_only() {
         remote: addr("192.0.2.9:5000"),
         inode,
         owner: key(inode as u32),
+        seen: None,
     };
     let t = table(Vec::new(), vec![closed(RED, 7)]);
     let fin = attribute(&t, &flow(Tcp, "192.0.2.9:5000", "10.0.0.2:80"), true);
@@ -280,6 +281,7 @@ fn a_claim_is_filed_under_the_namespace_of_its_local_address() {
         owners_before: &OwnerMap::default(),
         owners: owners.clone(),
         owners_changed: true,
+        listed_at: now,
     };
     assembly.pass(pass, HOME, 1, now);
     let holder = ProcessInfo {
@@ -299,6 +301,7 @@ fn a_claim_is_filed_under_the_namespace_of_its_local_address() {
         Sighting {
             sockets: vec![claim],
             holder,
+            seen: Some(now),
         },
         now,
     );

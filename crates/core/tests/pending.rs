@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    attribute, AttributionCache, CopyCheck, CopyFilter, Credit, Direction, Ledger, NatMap, NetNsId,
-    OwnerMap, Pending, ProcessInfo, ProcessKey, SocketEntry, SocketTable, TableParts, Tally,
-    TcpState, Translation,
+    attribute, Arrival, AttributionCache, CopyCheck, CopyFilter, Credit, Direction, Ledger, NatMap,
+    NetNsId, OwnerMap, Pending, ProcessInfo, ProcessKey, SocketEntry, SocketTable, TableParts,
+    Tally, TcpState, Translation,
 };
 use pidcap_wire::CopyId;
 use pidcap_wire::{FlowKey, IpProto};
@@ -78,7 +78,7 @@ fn capture(pending: &mut Pending, tally: &mut Tally, table: &SocketTable, n: u32
         let v = attribute(table, &flow(), true);
         for (dir, side) in [(Direction::Tx, v.tx), (Direction::Rx, v.rx)] {
             if let Some(credit) = side {
-                pending.hold(tally, flow(), dir, credit, 100, now, None);
+                pending.hold(tally, flow(), dir, credit, 100, Arrival::at(now), None);
             }
         }
     }
@@ -261,7 +261,7 @@ fn a_held_translated_copy_is_transit_once_its_translation_is_known() {
             Direction::Tx,
             v.tx.unwrap(),
             60,
-            t0,
+            Arrival::at(t0),
             Some(mark),
         );
         let after = holding(2, veth, addrs.clone()).with_nat(Arc::clone(&nat));
@@ -290,7 +290,15 @@ fn a_packet_waiting_whole_keeps_its_known_credit_when_it_expires() {
     };
     let v = attribute(&table, &flow(), true);
     for (dir, side) in [(Direction::Tx, v.tx), (Direction::Rx, v.rx)] {
-        pending.hold(&mut tally, flow(), dir, side.unwrap(), 100, t0, Some(mark));
+        pending.hold(
+            &mut tally,
+            flow(),
+            dir,
+            side.unwrap(),
+            100,
+            Arrival::at(t0),
+            Some(mark),
+        );
     }
     pending.settle(&mut tally, &table, &cache, &filter, t0);
     assert_eq!(

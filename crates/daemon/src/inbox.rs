@@ -7,6 +7,7 @@
 //! message; senders count it in `stats.process_side.learned_dropped`).
 
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Instant;
 
 use pidcap_core::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 use pidcap_wire::FlowKey;
@@ -79,6 +80,8 @@ pub fn miss_channel() -> (MissSignal, MissRequests) {
 pub struct Learned {
     pub sockets: Vec<SocketEntry>,
     pub info: ProcessInfo,
+    /// When the process was seen with them (the traced event, the read of its fds).
+    pub seen: Instant,
 }
 
 /// What the process watcher and the socket tracer tell the refresher.

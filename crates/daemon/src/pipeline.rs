@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, LiveConfig, Next, Source};
 use pidcap_core::{
-    AttributionCache, CopyCheck, CopyFilter, Direction, FragmentMap, Pending, SocketTable, Tally,
-    Verdict,
+    Arrival, AttributionCache, CopyCheck, CopyFilter, Direction, FragmentMap, Pending, SocketTable,
+    Tally, Verdict,
 };
 use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
@@ -74,6 +74,39 @@ struct CaptureState {
     /// Clock time of the last merge: the arrival time of pending entries (to a batch).
     merged_at: Instant,
     stats_at: Instant,
+    /// Turns capture times into instants (read at each merge).
+    clock: PacketClock,
+}
+
+/// Capture times (µs since the epoch, on the system clock) as instants of the monotonic
+/// clock that socket records are seen on: the two clocks are read together once per batch,
+/// never per packet. Exact to a few µs while the system clock is not stepped.
+#[derive(Debug, Clone, Copy)]
+struct PacketClock {
+    real_us: u64,
+    mono: Instant,
+}
+
+impl PacketClock {
+    fn now() -> PacketClock {
+        let mono = Instant::now();
+        PacketClock {
+            real_us: micros(SystemTime::now()),
+            mono,
+        }
+    }
+
+    /// The instant of capture time `at_us` (a time before the monotonic clock's start is
+    /// its start: a replayed file's).
+    fn instant(&self, at_us: u64) -> Instant {
+        match at_us.checked_sub(self.real_us) {
+            Some(ahead) => self.mono + Duration::from_micros(ahead),
+            None => self
+                .mono
+                .checked_sub(Duration::from_micros(self.real_us - at_us))
+                .unwrap_or(self.mono),
+        }
+    }
 }
 
 impl CaptureState {
@@ -158,6 +191,7 @@ impl Pipeline {
             opened_at: None,
             merged_at: now,
             stats_at: now,
+            clock: PacketClock::now(),
         };
         let mut capture = Capture {
             source,
@@ -206,6 +240,13 @@ impl Capture {
                     }
                 }
                 Next::Timeout => {
+                    // Nothing arrived for a whole timeout, which is also how long the
+                    // kernel holds a partly filled block: every packet captured before the
+                    // last two timeouts (timer slack included) has been read.
+                    let timeout = self.reopen.as_ref().map_or(0, |l| l.timeout_ms.max(0));
+                    let read_to = micros(SystemTime::now())
+                        .saturating_sub(2 * u64::from(timeout.unsigned_abs()) * 1000);
+                    batch.pending.read_up_to(batch.clock.instant(read_to));
                     merge(&self.shared, batch);
                     self.maybe_publish_stats(batch);
                 }
@@ -321,9 +362,12 @@ fn merge(shared: &DaemonState, batch: &mut CaptureState) {
         flow_cache_clears: batch.cache.clears(),
         fragments_forgotten: batch.fragments.forgotten(),
         copies_forgotten: batch.copies.forgotten(),
+        openings: batch.cache.openings().0 as u64,
+        openings_forgotten: batch.cache.openings().1,
     });
     batch.opened_at = None;
     batch.merged_at = now;
+    batch.clock = PacketClock::now();
     shared.beat(now);
 }
 
@@ -374,9 +418,15 @@ fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) {
 }
 
 fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, meta: &PacketMeta) {
+    let at = batch.clock.instant(seen.at_us);
+    batch.pending.read_up_to(at);
+    if meta.tcp_opening {
+        // A new connection on this 4-tuple: its earlier holders no longer answer for it.
+        batch.cache.open(&meta.flow, at);
+    }
     let lookup = batch
         .cache
-        .attribute(&batch.table, &meta.flow, meta.ports_known);
+        .attribute_at(&batch.table, &meta.flow, meta.ports_known, at);
     if lookup.new_miss {
         misses.missed(meta.flow);
     }
@@ -403,7 +453,11 @@ fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, met
                 dir,
                 credit,
                 meta.ip_len,
-                batch.merged_at,
+                Arrival {
+                    captured: at,
+                    now: batch.merged_at,
+                    undecided: lookup.undecided,
+                },
                 mark,
             );
         }
@@ -500,6 +554,7 @@ mod tests {
             opened_at: None,
             merged_at: now,
             stats_at: now,
+            clock: PacketClock::now(),
         }
     }
 

@@ -51,6 +51,9 @@ pub struct CaptureLevels {
     pub fragments_forgotten: u64,
     /// Packet sightings forgotten at the copy filter's bound.
     pub copies_forgotten: u64,
+    /// TCP 4-tuples with openings remembered, and those forgotten at the bound.
+    pub openings: u64,
+    pub openings_forgotten: u64,
 }
 
 /// Facts about the capture handle, refreshed by the capture thread.

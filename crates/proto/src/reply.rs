@@ -392,6 +392,14 @@ pub struct Bounds {
     /// then count twice).
     #[serde(default)]
     pub copies_forgotten: u64,
+    /// TCP 4-tuples whose connection openings (SYNs) are remembered now, to keep a reused
+    /// port from being credited to its previous holder.
+    #[serde(default)]
+    pub openings: u64,
+    /// 4-tuples forgotten early because 65,536 recent ones were remembered (a packet of a
+    /// reused port decided late may then go to its previous holder, as without openings).
+    #[serde(default)]
+    pub openings_forgotten: u64,
 }
 
 /// One long-lived daemon thread's health, from its heartbeat.

@@ -48,6 +48,7 @@ pub fn parse(link: LinkType, frame: &[u8], orig_len: u32) -> Result<PacketMeta, 
         ports_known: ports.known,
         fragment: net.fragment,
         icmp_echo: ports.icmp_echo,
+        tcp_opening: ports.tcp_opening,
         direction: l2.direction,
         ifindex: l2.ifindex,
     })

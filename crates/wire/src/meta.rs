@@ -44,6 +44,10 @@ pub struct PacketMeta {
     /// ICMP/ICMPv6 echo request or reply: the echo identifier is the source port of a request
     /// and the destination port of a reply (the pinger's end); the other port is 0.
     pub icmp_echo: bool,
+    /// A TCP segment with SYN set and ACK clear: the first packet of a new connection on its
+    /// 4-tuple (whoever held that 4-tuple before no longer does). False for every other
+    /// packet, and when the flags were not captured.
+    pub tcp_opening: bool,
     /// From the LINUX_SLL/SLL2 packet type; `Unknown` for other link types.
     pub direction: LinkDirection,
     /// The interface index LINUX_SLL2 carries; `None` for other link types.

@@ -13,6 +13,8 @@ pub(crate) struct Ports {
     pub(crate) dst: u16,
     pub(crate) known: bool,
     pub(crate) icmp_echo: bool,
+    /// A TCP segment with SYN set and ACK clear: the first packet of a connection.
+    pub(crate) tcp_opening: bool,
 }
 
 impl Ports {
@@ -22,6 +24,7 @@ impl Ports {
         dst: 0,
         known: false,
         icmp_echo: false,
+        tcp_opening: false,
     };
 
     fn pair(src: u16, dst: u16) -> Ports {
@@ -30,6 +33,7 @@ impl Ports {
             dst,
             known: true,
             icmp_echo: false,
+            tcp_opening: false,
         }
     }
 
@@ -49,7 +53,11 @@ impl Ports {
 /// Reads the ports of `proto` from the start of `bytes`.
 pub(crate) fn ports(proto: IpProto, bytes: &[u8]) -> Ports {
     match proto {
-        IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp => port_pair(bytes),
+        IpProto::Tcp => Ports {
+            tcp_opening: tcp_opening(bytes),
+            ..port_pair(bytes)
+        },
+        IpProto::Udp | IpProto::UdpLite | IpProto::Sctp => port_pair(bytes),
         IpProto::Icmp => echo(bytes, icmp::Version::V4),
         IpProto::Icmpv6 => echo(bytes, icmp::Version::V6),
         IpProto::Unknown(_) => Ports::UNKNOWN,
@@ -59,6 +67,14 @@ pub(crate) fn ports(proto: IpProto, bytes: &[u8]) -> Ports {
 fn port_pair(bytes: &[u8]) -> Ports {
     ports::Packet::new_checked(bytes)
         .map_or(Ports::UNKNOWN, |p| Ports::pair(p.src_port(), p.dst_port()))
+}
+
+/// SYN set and ACK clear in the TCP flags byte (offset 13); false when it was not captured.
+fn tcp_opening(bytes: &[u8]) -> bool {
+    const FLAGS: usize = 13;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    bytes.get(FLAGS).is_some_and(|f| f & (SYN | ACK) == SYN)
 }
 
 fn echo(bytes: &[u8], version: icmp::Version) -> Ports {
@@ -76,6 +92,27 @@ mod tests {
     fn three_port_bytes_are_not_enough() {
         assert_eq!(ports(IpProto::Sctp, &[0, 1, 0]), Ports::UNKNOWN);
         assert_eq!(ports(IpProto::Sctp, &[0, 1, 0, 2]), Ports::pair(1, 2));
+    }
+
+    #[test]
+    fn only_a_syn_without_ack_opens_a_tcp_connection() {
+        let mut header = [0u8; 20];
+        header[..4].copy_from_slice(&[0x30, 0x39, 0x00, 0x50]);
+        let with = |flags: u8| {
+            let mut h = header;
+            h[13] = flags;
+            ports(IpProto::Tcp, &h).tcp_opening
+        };
+        assert!(with(0x02), "SYN");
+        assert!(with(0x02 | 0x08), "SYN with PSH");
+        assert!(!with(0x12), "SYN-ACK");
+        assert!(!with(0x10), "ACK");
+        assert!(!with(0x04), "RST");
+        assert!(
+            !ports(IpProto::Tcp, &header[..13]).tcp_opening,
+            "flags not captured"
+        );
+        assert!(!ports(IpProto::Udp, &[0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]).tcp_opening);
     }
 
     #[test]

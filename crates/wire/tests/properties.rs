@@ -318,6 +318,7 @@ impl Case {
             ports_known: true,
             fragment: None,
             icmp_echo: false,
+            tcp_opening: false,
             direction,
             ifindex,
         };

@@ -12,6 +12,7 @@
 //! measuring never asserts: a scenario that cannot run returns an error, a target missed is
 //! a result.
 
+pub mod contention;
 pub mod measure;
 pub mod report;
 pub mod scenarios;

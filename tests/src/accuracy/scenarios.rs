@@ -701,22 +701,34 @@ pub fn nat(size: Size) -> Outcome {
 }
 
 /// 7. Connection churn: processes that open a connection, move 2 KB each way, close it and
-///    sleep 100 ms, again and again for a few seconds.
+///    sleep 100 ms, again and again for a few seconds, each from a loopback address of its
+///    own.
 pub fn churn(size: Size) -> Outcome {
-    let (procs, millis) = size.pick((50, "5000"), (10, "2000"));
+    let procs = size.pick(50, 10);
     let name = format!("7. churn: {procs} processes reconnecting every 100 ms");
+    churn_from(size, &name, |i| Some(loopback_source(78, i)))
+}
+
+/// 13. Churn as on a real host: the processes of scenario 7 all from `127.0.0.1` with
+///     ephemeral ports, so local ports pass from process to process during the run.
+pub fn churn_one_address(size: Size) -> Outcome {
+    let procs = size.pick(50, 10);
+    let name = format!("13. churn from one address: {procs} processes reconnecting every 100 ms");
+    churn_from(size, &name, |_| None)
+}
+
+fn churn_from(size: Size, name: &str, from: impl Fn(usize) -> Option<String>) -> Outcome {
+    let (procs, millis) = size.pick((50, "5000"), (10, "2000"));
     let server = sink("127.0.0.1:0");
     let watch = Watch::start("lo", &ports_filter("tcp", [server.info.local.port()]));
     let target = server.info.local.to_string();
     let runs: Vec<Vec<String>> = (0..procs)
         .map(|i| {
             let mut a = args(&["churn", "--connect", &target, "--duration-ms", millis]);
-            a.extend(args(&[
-                "--bytes",
-                "2000",
-                "--from",
-                &loopback_source(78, i),
-            ]));
+            a.extend(args(&["--bytes", "2000"]));
+            if let Some(from) = from(i) {
+                a.extend(args(&["--from", &from]));
+            }
             a
         })
         .collect();
@@ -727,7 +739,7 @@ pub fn churn(size: Size) -> Outcome {
     let connections: usize = exited.iter().map(|e| e.flows.len()).sum();
     notes.push(format!("{connections} connections"));
     notes.extend(finish_peers(vec![server]));
-    watch.finish(&name, on_host, notes, || own).0
+    watch.finish(name, on_host, notes, || own).0
 }
 
 /// 9. A resolver's pattern: long-lived processes (older than the watcher's window when they
@@ -884,4 +896,224 @@ pub fn container_loopback(size: Size) -> Outcome {
     ));
     drop(ns);
     outcome
+}
+
+/// How a link of a port-reuse chain ends its connection (or sends datagrams).
+#[derive(Debug, Clone, Copy)]
+enum Reuse {
+    TcpServerFirst,
+    TcpRst,
+    Udp,
+}
+
+/// 14. A local port reused by a new process, over TCP: two chains of short-lived processes,
+///     each link binding the same local port as the one before with `SO_REUSEADDR` and
+///     connecting to the same server, so every link has the very 4-tuple of the link before:
+///     closed by the server (its end waits in TIME_WAIT; the next link's SYN reuses the
+///     4-tuple) and closed by RST. The bytes of each link belong to it alone, never to the
+///     previous (exited) process nor to the next. Truth per link: the reference capture's
+///     count for the port between the links (read once it stopped moving).
+pub fn port_reuse(size: Size) -> Outcome {
+    let links = size.pick(20, 6);
+    let name = format!("14. port reuse over TCP: chains of {links} processes on one local port (closed by the server, closed by RST)");
+    reuse_scenario(size, &name, &[Reuse::TcpServerFirst, Reuse::TcpRst])
+}
+
+/// 15. The same over UDP: a chain of processes binding one local port in turn, each
+///     exchanging 10 datagrams with the same server.
+pub fn port_reuse_udp(size: Size) -> Outcome {
+    let links = size.pick(20, 6);
+    let name = format!("15. port reuse over UDP: a chain of {links} processes on one local port");
+    reuse_scenario(size, &name, &[Reuse::Udp])
+}
+
+fn reuse_scenario(size: Size, name: &str, kinds: &[Reuse]) -> Outcome {
+    let links = size.pick(20, 6);
+    let server = sink("127.0.0.1:0");
+    let datagrams = 10;
+    let udp_links = kinds.iter().filter(|k| matches!(k, Reuse::Udp)).count();
+    let total = (udp_links * links * datagrams).to_string();
+    let mut receiver = Peer::spawn(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        &total,
+        "--reply-size",
+        "300",
+    ]);
+    receiver.go();
+    let servers = [server.info.local.port(), receiver.info.local.port()];
+    let watch = Watch::start("lo", &ports_filter("(tcp or udp)", servers));
+    let mut own = Ownership::default();
+    own.add(server.pid(), TCP, server.info.local);
+    own.add(receiver.pid(), UDP, receiver.info.local);
+    let mut chains = Vec::new();
+    for &kind in kinds {
+        let to = match kind {
+            Reuse::Udp => receiver.info.local,
+            _ => server.info.local,
+        };
+        let chain = reuse_chain(&watch.cap, kind, to, links, datagrams);
+        for &(pid, bytes) in &chain.owned {
+            own.add_measured(pid, bytes);
+        }
+        chains.push((kind, chain));
+    }
+    let notes = finish_peers(vec![server, receiver]);
+    let (mut outcome, view) = watch.finish(name, on_host, notes, || own);
+    for (kind, chain) in chains {
+        let got = |pid: &u32| {
+            view.per_pid
+                .get(pid)
+                .map(|(got, _)| *got)
+                .unwrap_or_default()
+        };
+        let exact = chain
+            .owned
+            .iter()
+            .filter(|(pid, want)| got(pid) == *want)
+            .count();
+        let off: Vec<String> = chain
+            .owned
+            .iter()
+            .enumerate()
+            .filter(|(_, (pid, want))| got(pid) != *want)
+            .map(|(i, (pid, want))| {
+                let g = got(pid);
+                format!(
+                    "link {i} pid {pid}: want {}/{} got {}/{}",
+                    want.rx, want.tx, g.rx, g.tx
+                )
+            })
+            .collect();
+        outcome.notes.push(format!(
+            "{kind:?}: {}, {exact} credited exactly{}{}",
+            chain.note,
+            if off.is_empty() { "" } else { "; " },
+            off.join(", ")
+        ));
+    }
+    outcome
+}
+
+/// What one chain did: each link's pid and the bytes of its port while it lived.
+struct Chain {
+    owned: Vec<(u32, PidBytes)>,
+    note: String,
+}
+
+fn reuse_chain(
+    cap: &RefCapture,
+    kind: Reuse,
+    to: SocketAddr,
+    links: usize,
+    datagrams: usize,
+) -> Chain {
+    let local = free_loopback_port(kind);
+    let proto = match kind {
+        Reuse::Udp => UDP,
+        _ => TCP,
+    };
+    let mut before = settled_bytes(cap, proto, local);
+    let (mut owned, mut failed) = (Vec::new(), 0);
+    for _ in 0..links {
+        let pid = match kind {
+            Reuse::Udp => udp_link(local, to, datagrams),
+            _ => tcp_link(kind, local, to),
+        };
+        let after = settled_bytes(cap, proto, local);
+        let bytes = PidBytes {
+            rx: after.rx - before.rx,
+            tx: after.tx - before.tx,
+        };
+        failed += usize::from(bytes.total() == 0);
+        owned.push((pid, bytes));
+        before = after;
+    }
+    let note = format!("{links} processes on {local}, {failed} moved nothing");
+    Chain { owned, note }
+}
+
+/// A loopback port free now (bound once and let go).
+fn free_loopback_port(kind: Reuse) -> SocketAddr {
+    let any = "127.0.0.1:0";
+    match kind {
+        Reuse::Udp => std::net::UdpSocket::bind(any).and_then(|s| s.local_addr()),
+        _ => std::net::TcpListener::bind(any).and_then(|s| s.local_addr()),
+    }
+    .expect("a free loopback port")
+}
+
+/// One TCP link: a `tcp-reuse` process that exits when its connection is over.
+fn tcp_link(kind: Reuse, local: SocketAddr, to: SocketAddr) -> u32 {
+    let close = match kind {
+        Reuse::TcpRst => "rst",
+        _ => "server-first",
+    };
+    let run = args(&[
+        "tcp-reuse",
+        "--bind",
+        &local.to_string(),
+        "--connect",
+        &to.to_string(),
+        "--bytes",
+        "50000",
+        "--reply",
+        "20000",
+        "--close",
+        close,
+    ]);
+    let exited = run_peers(&[run], 1, BATCH_TIMEOUT);
+    let link = &exited[0];
+    assert!(
+        link.status.is_some_and(|s| s.success()),
+        "tcp-reuse link {} failed: {:?}",
+        link.pid,
+        link.status
+    );
+    link.pid
+}
+
+/// One UDP link: a sender bound to `local` that exchanges `count` datagrams and exits.
+fn udp_link(local: SocketAddr, to: SocketAddr, count: usize) -> u32 {
+    let mut sender = Peer::spawn(&[
+        "udp-send",
+        "--bind",
+        &local.to_string(),
+        "--to",
+        &to.to_string(),
+        "--count",
+        &count.to_string(),
+        "--size",
+        "1000",
+        "--await-reply",
+    ]);
+    sender.go();
+    sender.wait_done();
+    let pid = sender.pid();
+    assert!(sender.finish().success(), "udp link {pid} failed");
+    pid
+}
+
+/// The reference capture's bytes from (`tx`) and to (`rx`) `local`, read once they have not
+/// changed for 100 ms (at most 5 s).
+fn settled_bytes(cap: &RefCapture, proto: u8, local: SocketAddr) -> PidBytes {
+    let read = || {
+        let truth = cap.snapshot();
+        PidBytes {
+            rx: truth.rx_of(proto, local).bytes,
+            tx: truth.tx_of(proto, local).bytes,
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = read();
+    let mut still = 0;
+    while still < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = read();
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    last
 }

@@ -101,6 +101,59 @@ pub fn tcp_connect_from(
     Ok(TcpStream::from(fd))
 }
 
+/// [`tcp_connect_from`] with `SO_REUSEADDR` set before the bind, so `local` may be a port a
+/// closed connection (in TIME_WAIT) still holds, as a server re-binding its port does.
+pub fn tcp_connect_reusing(
+    local: SocketAddr,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let fd = send_timeout(socket_for(remote, libc::SOCK_STREAM, 0)?, timeout)?;
+    set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    bind(&fd, local)?;
+    connect(&fd, remote)?;
+    Ok(TcpStream::from(fd))
+}
+
+/// Sets `SO_LINGER` to zero seconds: closing `stream` then sends a RST and leaves no
+/// TIME_WAIT behind.
+pub fn linger_zero(stream: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: linger is a valid value of the option's type for the duration of the call.
+    check(unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+}
+
+fn set_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: value is a valid c_int for the duration of the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
 /// An ICMP (IPv4 `local`) or ICMPv6 ping socket bound to `local`; the kernel assigns the echo
 /// identifier, which `local_addr().port()` then reports. Needs `net.ipv4.ping_group_range`
 /// to include the caller's group.

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use pidcap_e2e::accuracy::contention::Hogs;
 use pidcap_e2e::accuracy::measure::Status;
 use pidcap_e2e::accuracy::{report, scenarios, Outcome, Size};
 
@@ -39,6 +40,15 @@ fn scenarios(size: Size) -> Vec<Scenario> {
         ),
         ("churn", Box::new(move || scenarios::churn(size))),
         (
+            "churn-one-address",
+            Box::new(move || scenarios::churn_one_address(size)),
+        ),
+        ("port-reuse", Box::new(move || scenarios::port_reuse(size))),
+        (
+            "port-reuse-udp",
+            Box::new(move || scenarios::port_reuse_udp(size)),
+        ),
+        (
             "parallel",
             Box::new(move || scenarios::parallel_flows(size)),
         ),
@@ -49,18 +59,24 @@ fn scenarios(size: Size) -> Vec<Scenario> {
     ]
 }
 
-const USAGE: &str = "usage: pidcap-accuracy [--quick] [--only NAME[,NAME…]]\n\
+const USAGE: &str = "usage: pidcap-accuracy [--quick] [--contention] [--only NAME[,NAME…]]\n\
     names: long-lived short-lived udp ping raw sctp loopback-pair veth bridge nat \
-    container-loopback churn parallel udp-queries";
+    container-loopback churn churn-one-address port-reuse \
+    port-reuse-udp parallel udp-queries";
 
 fn main() {
     let mut size = Size::Full;
     let mut only: Option<Vec<String>> = None;
+    let mut contention = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next()) {
-            ("--quick", None) => size = Size::Quick,
-            ("--only", Some(names)) => only = Some(names.split(',').map(str::to_owned).collect()),
+        match arg.as_str() {
+            "--quick" => size = Size::Quick,
+            "--contention" => contention = true,
+            "--only" => match args.next() {
+                Some(names) => only = Some(names.split(',').map(str::to_owned).collect()),
+                None => usage_error(),
+            },
             _ => usage_error(),
         }
     }
@@ -69,8 +85,16 @@ fn main() {
         eprintln!("pidcap-accuracy needs root (packet capture, every process's fds, namespaces)");
         std::process::exit(2);
     }
+    let hogs = contention.then(|| {
+        Hogs::one_per_core().unwrap_or_else(|e| {
+            eprintln!("pidcap-accuracy: could not start the CPU hogs: {e}");
+            std::process::exit(1);
+        })
+    });
     let outcomes = run(size, only.as_deref());
-    let text = format!("{}\n{}", header(), report::markdown(&outcomes));
+    let load = hogs.as_ref().map(|h| h.count());
+    drop(hogs);
+    let text = format!("{}\n{}", header(load), report::markdown(&outcomes));
     println!("{text}");
     write_results(&text);
     let failed = outcomes
@@ -116,14 +140,18 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .to_owned()
 }
 
-/// Date, machine and the daemon binary measured.
-fn header() -> String {
+/// Date, machine, the daemon binary measured, and the CPU hogs (with `--contention`).
+fn header(hogs: Option<usize>) -> String {
     let date = output("date", &["-u"]);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let head = output("git", &["rev-parse", "--short", "HEAD"]);
+    let load = hogs.map_or_else(
+        || "no CPU hogs".to_owned(),
+        |n| format!("contention: {n} CPU hogs (one per core, same priority)"),
+    );
     format!(
-        "# pidcap accuracy\n\nRun: {date}; {cpus} CPUs; kernel {}; git HEAD {head}\n",
+        "# pidcap accuracy\n\nRun: {date}; {cpus} CPUs; kernel {}; git HEAD {head}; {load}\n",
         kernel.trim()
     )
 }

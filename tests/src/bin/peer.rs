@@ -56,6 +56,7 @@ fn run(args: &[String]) -> Result<()> {
         "tcp-sink" => tcp_sink(&opts),
         "tcp-burst" => tcp_burst(&opts),
         "churn" => churn(&opts),
+        "tcp-reuse" => tcp_reuse(&opts),
         "udp-queries" => udp_queries(&opts),
         "udp-dual" => udp_dual(&opts),
         "ping" => ping(&opts),
@@ -74,6 +75,7 @@ const USAGE: &str = "usage: pidcap-peer tcp-server --bind ADDR [--recv N] [--sen
     tcp-sink --bind ADDR [--max-conns N] | \
     tcp-burst --connect ADDR --bytes N [--reply M] [--from IP] [--duration-ms D] | \
     churn --connect ADDR --duration-ms T [--interval-ms I] [--bytes N] [--from IP] | \
+    tcp-reuse --bind ADDR --connect ADDR --bytes N [--reply M] --close server-first|rst | \
     udp-queries --connect ADDR --count K --size S [--duration-ms DELAY] [--interval-ms I] [--from IP] | \
     udp-dual --to IPV4ADDR --count K --size S [--await-reply] | \
     ping --to IP --count K --size S [--from IP] | \
@@ -102,6 +104,7 @@ struct Opts {
     interval_ms: Option<u64>,
     max_conns: Option<usize>,
     proto: Option<u8>,
+    close: Option<String>,
 }
 
 impl Opts {
@@ -162,6 +165,7 @@ impl Opts {
             "--interval-ms" => self.interval_ms = Some(value.parse().with_context(ctx)?),
             "--max-conns" => self.max_conns = Some(value.parse().with_context(ctx)?),
             "--proto" => self.proto = Some(value.parse().with_context(ctx)?),
+            "--close" => self.close = Some(value.to_owned()),
             _ => bail!("unknown flag {flag:?}; {USAGE}"),
         }
         Ok(())
@@ -372,7 +376,9 @@ fn flow_line(
 
 /// `tcp-sink`: accepts connections until stdin reaches EOF (at most `--max-conns`). On each:
 /// reads an 8-byte big-endian reply length, reads the payload to EOF, writes the reply,
-/// closes, and prints a `flow` line for its side.
+/// closes, and prints a `flow` line for its side. When the reply length has its top bit
+/// set ([`COUNTED`]), a second 8-byte length follows and the payload is read to that length,
+/// not to EOF: the sink then closes first (the client never half-closes).
 fn tcp_sink(opts: &Opts) -> Result<()> {
     let bind = opts.bind.context("tcp-sink needs --bind")?;
     let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
@@ -400,14 +406,25 @@ fn sink_one(stream: TcpStream) -> Result<()> {
     let addrs = ends(&stream)?;
     let mut header = [0_u8; 8];
     stream.read_exact(&mut header).context("reply length")?;
-    let reply = usize::try_from(u64::from_be_bytes(header)).context("reply length")?;
-    let received = read_to_eof(&mut stream)?;
+    let reply = u64::from_be_bytes(header);
+    let received = match reply & COUNTED {
+        0 => read_to_eof(&mut stream)?,
+        _ => {
+            stream.read_exact(&mut header).context("payload length")?;
+            let payload = usize::try_from(u64::from_be_bytes(header)).context("payload length")?;
+            read_n(&mut stream, payload)?
+        }
+    };
+    let reply = usize::try_from(reply & !COUNTED).context("reply length")?;
     let sent = write_n(&mut stream, reply)?;
     flow_line("tcp", addrs, sent, received)?;
     // The peer may have gone already; the reply was written either way.
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
 }
+
+/// The reply length's top bit: a payload length follows, and the sink closes first.
+const COUNTED: u64 = 1 << 63;
 
 fn read_to_eof(stream: &mut TcpStream) -> Result<usize> {
     let mut buf = vec![0_u8; 64 * 1024];
@@ -467,6 +484,40 @@ fn tcp_burst(opts: &Opts) -> Result<()> {
     let remote = opts.connect.context("tcp-burst needs --connect")?;
     exchange(opts, remote, Duration::from_millis(opts.duration_ms))?;
     Ok(())
+}
+
+/// `tcp-reuse`: one link of a chain of processes using the same local port one after the
+/// other. Binds `--bind` with `SO_REUSEADDR`, connects to a `tcp-sink`, sends `--bytes` in
+/// counted mode, reads the reply (`--reply`, default as many), and ends the connection as
+/// `--close` says: `server-first` reads the sink's close, then closes (the TIME_WAIT is the
+/// sink's); `rst` closes at once with a RST (no TIME_WAIT anywhere). Prints the flow line.
+fn tcp_reuse(opts: &Opts) -> Result<()> {
+    let remote = opts.connect.context("tcp-reuse needs --connect")?;
+    let local = opts.bind.context("tcp-reuse needs --bind")?;
+    let rst = match opts.close.as_deref() {
+        Some("server-first") => false,
+        Some("rst") => true,
+        other => bail!("--close {other:?}: server-first or rst"),
+    };
+    let stream = sockets::tcp_connect_reusing(local, remote, IO_TIMEOUT)
+        .with_context(|| format!("connect {remote} from {local}"))?;
+    let mut stream = configure(stream)?;
+    let addrs = ends(&stream)?;
+    let reply = opts.reply.unwrap_or(opts.bytes);
+    stream.write_all(&(reply as u64 | COUNTED).to_be_bytes())?;
+    stream.write_all(&(opts.bytes as u64).to_be_bytes())?;
+    let sent = write_n(&mut stream, opts.bytes)?;
+    let received = read_n(&mut stream, reply)?;
+    match rst {
+        true => sockets::linger_zero(&stream)?,
+        false => {
+            if read_to_eof(&mut stream)? != 0 {
+                bail!("the sink sent more than the reply");
+            }
+        }
+    }
+    drop(stream);
+    flow_line("tcp", addrs, sent, received)
 }
 
 /// `churn`: exchanges with a `tcp-sink` every `--interval-ms` (default 100) for

@@ -145,12 +145,14 @@ fn namespace_capture(n: &pidcap_proto::NamespaceCapture) -> String {
 fn bounds(b: &pidcap_proto::Bounds) -> String {
     format!(
         "{} flows cached ({} clears), {} pending evicted, {} fragmented datagrams forgotten, \
-         {} packet copies forgotten",
+         {} packet copies forgotten, {} reused ports tracked ({} forgotten)",
         b.flows_cached,
         b.flow_cache_clears,
         b.pending_evicted,
         b.fragments_forgotten,
-        b.copies_forgotten
+        b.copies_forgotten,
+        b.openings,
+        b.openings_forgotten
     )
 }
 
@@ -297,6 +299,8 @@ mod tests {
                 pending_evicted: 55,
                 fragments_forgotten: 56,
                 copies_forgotten: 59,
+                openings: 66,
+                openings_forgotten: 67,
             },
             namespace_capture: pidcap_proto::NamespaceCapture {
                 enabled: true,
@@ -351,7 +355,7 @@ mod tests {
              query clients      1 of 256 (64 per user): 45 refused, 46 timed out, 47 lines too long, 48 accept errors\n\
              threads            capture 3 ms ago, refresh 120 ms ago, watch STALE (12 s without a beat), trace off\n\
              process facts      49 processes, 50 B, 51 evictions\n\
-             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten, 59 packet copies forgotten\n\
+             bounds             53 flows cached (54 clears), 55 pending evicted, 56 fragmented datagrams forgotten, 59 packet copies forgotten, 66 reused ports tracked (67 forgotten)\n\
              namespace capture  60 open (61 opened, 62 closed, 63 failed to open), 64 frames received, 65 dropped\n"
         );
         let old = Stats {

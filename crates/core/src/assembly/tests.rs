@@ -26,10 +26,10 @@ fn sock(proto: IpProto, local: &str, remote: &str, inode: u64) -> SocketEntry {
         proto,
         local: addr(local),
         remote: addr(remote),
-        state: if connected {
-            TcpState::Established
-        } else {
-            TcpState::Close
+        state: match (connected, proto) {
+            (true, _) => TcpState::Established,
+            (false, IpProto::Tcp) => TcpState::Listen,
+            (false, _) => TcpState::Close,
         },
         inode,
         uid: 1000,
@@ -122,6 +122,7 @@ impl Shell {
             owners_before: &before,
             owners: self.owners.clone(),
             owners_changed,
+            listed_at: now,
         };
         self.assembly.pass(pass, NS, self.generation, now)
     }
@@ -143,11 +144,12 @@ impl Shell {
         for s in sockets.iter().filter(|s| s.inode != 0) {
             map.holders.entry(s.inode).or_default().push(key(pid));
         }
+        let now = self.at(ms);
         let sighting = Sighting {
             sockets: sockets.to_vec(),
             holder: info(pid),
+            seen: Some(now),
         };
-        let now = self.at(ms);
         self.assembly.learn(sighting, now);
     }
 }
@@ -226,7 +228,8 @@ fn a_socket_listed_live_with_its_holder_wins_over_an_exited_sharers_sighting() {
     Arc::make_mut(&mut shell.owners)
         .holders
         .insert(70, vec![key(800)]);
-    shell.assembly.add_live(vec![shared]);
+    let now = shell.at(0);
+    shell.assembly.add_live(vec![shared], now);
     let table = shell.table();
     assert_eq!(
         found(&table, &shared),
@@ -366,7 +369,7 @@ fn a_resolved_socket_joins_the_live_list() {
     let first = shell.pass(0, &[]).expect("the first pass publishes");
     let table = shell
         .assembly
-        .resolved(vec![conn], shell.owners.clone(), NS, 2);
+        .resolved(vec![conn], shell.owners.clone(), NS, 2, shell.at(1));
     assert!(!Arc::ptr_eq(first.parts().0, table.parts().0));
     assert_eq!(found(&table, &conn), Some((30, MatchKind::Exact, Some(1))));
     assert!(

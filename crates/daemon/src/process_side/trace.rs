@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{canonical, NetNsId, ProcessInfo, RouteThreads, SocketEntry, TcpState};
-use pidcap_sockets::trace::{Connected, RouteLookup, RouteScope, SockTracer, SocketClaim};
+use pidcap_sockets::trace::{
+    instant_of, Connected, RouteLookup, RouteScope, SockTracer, SocketClaim,
+};
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
 use tracing::{debug, info, warn};
@@ -177,18 +179,20 @@ impl Tracer {
         );
     }
 
-    /// Groups claims by process and hands them to the refresher.
+    /// Groups claims by process and time (each keeps the time of its own event) and hands
+    /// them to the refresher.
     fn send(&self, claims: &[SocketClaim]) {
-        let mut by_pid: HashMap<u32, Vec<&SocketClaim>> = HashMap::new();
+        let mut by_pid: HashMap<(u32, u64), Vec<&SocketClaim>> = HashMap::new();
         for c in claims {
-            by_pid.entry(c.pid).or_default().push(c);
+            by_pid.entry((c.pid, c.time)).or_default().push(c);
         }
         let (mut delivered, mut unknown, mut dropped) = (0, 0, 0);
-        for (pid, claims) in by_pid {
+        for ((pid, time), claims) in by_pid {
             let n = claims.len() as u64;
             match self.who(pid) {
                 Known::Process(info, netns) => {
-                    match self.learned.try_send(self.claimed(info, netns, &claims)) {
+                    let news = self.claimed(info, netns, &claims, instant_of(time));
+                    match self.learned.try_send(news) {
                         Ok(()) => delivered += n,
                         Err(_) => dropped += n,
                     }
@@ -213,9 +217,15 @@ impl Tracer {
         side.learned_dropped += dropped;
     }
 
-    /// The news that `info`'s process, in `netns`, uses the connections of `claims` (no
-    /// inode: the tracepoints do not give it).
-    fn claimed(&self, info: ProcessInfo, netns: NetNsId, claims: &[&SocketClaim]) -> News {
+    /// The news that `info`'s process, in `netns`, used the connections of `claims` at `seen`
+    /// (no inode: the tracepoints do not give it).
+    fn claimed(
+        &self,
+        info: ProcessInfo,
+        netns: NetNsId,
+        claims: &[&SocketClaim],
+        seen: Instant,
+    ) -> News {
         let sockets = claims
             .iter()
             .map(|c| SocketEntry {
@@ -229,7 +239,12 @@ impl Tracer {
             })
             .collect();
         debug!(pid = info.key.pid, comm = %info.comm, sockets = claims.len(), "connections claimed by trace");
-        Learned { sockets, info }.into()
+        Learned {
+            sockets,
+            info,
+            seen,
+        }
+        .into()
     }
 
     /// Reads the socket a process just connected (a duplicate of its fd through
@@ -260,6 +275,7 @@ impl Tracer {
         let learned = Learned {
             sockets: vec![entry],
             info,
+            seen: Instant::now(),
         };
         let sent = self.learned.try_send(learned.into()).is_ok();
         if !sent {

@@ -184,6 +184,7 @@ impl Watcher {
             let learned = Learned {
                 sockets: found,
                 info: w.info.clone(),
+                seen: Instant::now(),
             };
             if self.reported.len() >= MAX_REPORTED {
                 self.reported.clear();

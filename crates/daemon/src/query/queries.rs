@@ -379,6 +379,8 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
             pending_evicted: pending.evicted,
             fragments_forgotten: levels.fragments_forgotten,
             copies_forgotten: levels.copies_forgotten,
+            openings: levels.openings,
+            openings_forgotten: levels.openings_forgotten,
         },
         namespace_capture: proto::NamespaceCapture {
             enabled: shared.since_beat(Worker::Namespaces, now).is_some(),

@@ -118,6 +118,7 @@ impl TableBuilder {
     ) -> anyhow::Result<RefreshPass> {
         self.sockets.read_into(netns, &mut self.scratch)?;
         let guests = self.guests.read_into(netns, now, &mut self.scratch);
+        let listed_at = Instant::now();
         // The holders of sockets that left, before the scan forgets them.
         let owners_before = self.owners.map();
         let update = self.owners.update(&self.scratch, now)?;
@@ -133,6 +134,7 @@ impl TableBuilder {
             owners_before: &owners_before,
             owners: self.owners.map(),
             owners_changed: update.changed,
+            listed_at,
         };
         let table = self.assembly.pass(pass, netns, generation, now);
         debug!(
@@ -194,9 +196,13 @@ impl TableBuilder {
             return Ok(None);
         }
         let owners = self.owners.map();
-        Ok(Some(
-            self.assembly.resolved(found, owners, netns, generation),
-        ))
+        Ok(Some(self.assembly.resolved(
+            found,
+            owners,
+            netns,
+            generation,
+            Instant::now(),
+        )))
     }
 
     /// Adds the held sockets of either end of a flow (each end as (local, remote)) to
@@ -240,7 +246,7 @@ impl TableBuilder {
             Ok(true) => {
                 // Listed live with their holders now, they win over the exited process's
                 // sighting of the same addresses.
-                self.assembly.add_live(open);
+                self.assembly.add_live(open, Instant::now());
                 true
             }
             Ok(false) => false,
@@ -288,6 +294,7 @@ impl TableBuilder {
         let sighting = Sighting {
             sockets: learned.sockets,
             holder: learned.info,
+            seen: Some(learned.seen),
         };
         self.assembly.learn(sighting, now);
         new_namespace

@@ -59,6 +59,7 @@ impl ProcessHandle {
             return Ok(None);
         };
         let remote = address(sock, libc::getpeername);
+        let listening = int_option(sock, libc::SO_ACCEPTCONN) == Some(1);
         drop(dup);
         if !raw && local.port() == 0 {
             // TCP/UDP not bound yet, or a ping socket before its first send assigned its
@@ -76,10 +77,12 @@ impl ProcessHandle {
         } else {
             (local, remote)
         };
-        let state = if remote.ip().is_unspecified() {
-            TcpState::Close
-        } else {
-            TcpState::Established
+        // Without a peer: a listener (SO_ACCEPTCONN), or bound and not listening, which
+        // no packet belongs to until it connects (then it has a peer).
+        let state = match (remote.ip().is_unspecified(), listening) {
+            (false, _) => TcpState::Established,
+            (true, true) => TcpState::Listen,
+            (true, false) => TcpState::Close,
         };
         Ok(Some(SocketEntry {
             netns,

@@ -18,5 +18,6 @@ pub use format::{
 };
 pub use pairing::{Connected, Connects, Pairing, SockEvent, SocketClaim};
 pub use perf::{
-    find_tracefs, parse_cpu_list, RouteScope, SockTracer, MAX_ROUTE_THREADS, ROUTE_COUNTERS,
+    find_tracefs, instant_of, parse_cpu_list, RouteScope, SockTracer, MAX_ROUTE_THREADS,
+    ROUTE_COUNTERS,
 };

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use perf_event::data::Record as Parsed;
 use perf_event::events::Tracepoint;
@@ -692,6 +692,16 @@ fn ioctl(counter: &impl AsRawFd, what: &str, f: impl FnOnce(RawFd) -> libc::c_in
         ));
     }
     Ok(())
+}
+
+/// The [`Instant`] of an event time in `CLOCK_MONOTONIC` nanoseconds (what the events
+/// carry): `Instant` is that clock on Linux, so this is exact up to the two clock reads.
+pub fn instant_of(ns: u64) -> Instant {
+    let (now_ns, now) = (monotonic_ns(), Instant::now());
+    match now_ns.checked_sub(ns) {
+        Some(ago) => now.checked_sub(Duration::from_nanos(ago)).unwrap_or(now),
+        None => now + Duration::from_nanos(ns - now_ns),
+    }
 }
 
 fn monotonic_ns() -> u64 {
