@@ -18,7 +18,7 @@ use pidcap_core::{
     Arrival, AttributionCache, CopyCheck, CopyFilter, Direction, FragmentMap, Pending, SocketTable,
     Tally, Verdict,
 };
-use pidcap_wire::{parse, LinkType, PacketMeta, WireError};
+use pidcap_wire::{parse, IpProto, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
 
 use crate::inbox::MissSignal;
@@ -418,15 +418,24 @@ fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) {
 }
 
 fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, meta: &PacketMeta) {
-    let at = batch.clock.instant(seen.at_us);
-    batch.pending.read_up_to(at);
-    if meta.tcp_opening {
-        // A new connection on this 4-tuple: its earlier holders no longer answer for it.
-        batch.cache.open(&meta.flow, at);
-    }
-    let lookup = batch
-        .cache
-        .attribute_at(&batch.table, &meta.flow, meta.ports_known, at);
+    // Openings concern TCP only: other packets pay no clock conversion.
+    let (lookup, at) = if meta.flow.proto == IpProto::Tcp {
+        let at = batch.clock.instant(seen.at_us);
+        batch.pending.read_up_to(at);
+        if meta.tcp_opening {
+            // A new connection on this 4-tuple: its earlier holders no longer answer for it.
+            batch.cache.open(&meta.flow, at);
+        }
+        let lookup = batch
+            .cache
+            .attribute_at(&batch.table, &meta.flow, meta.ports_known, at);
+        (lookup, at)
+    } else {
+        let lookup = batch
+            .cache
+            .attribute(&batch.table, &meta.flow, meta.ports_known);
+        (lookup, batch.merged_at)
+    };
     if lookup.new_miss {
         misses.missed(meta.flow);
     }
