@@ -396,7 +396,7 @@ pub struct Bounds {
     /// port from being credited to its previous holder.
     #[serde(default)]
     pub openings: u64,
-    /// 4-tuples forgotten early because 65,536 recent ones were remembered (a packet of a
+    /// 4-tuples forgotten early because `--max-flows` recent ones were remembered (a packet of a
     /// reused port decided late may then go to its previous holder, as without openings).
     #[serde(default)]
     pub openings_forgotten: u64,
