@@ -1117,3 +1117,40 @@ fn settled_bytes(cap: &RefCapture, proto: u8, local: SocketAddr) -> PidBytes {
     }
     last
 }
+
+/// 16. A socket shared after `fork`: 20 processes each connect to a sink and fork; the child
+///     does all the traffic (200 KB up, 100 KB back) on the inherited socket and exits; the
+///     parent holds its copy, idle, for 200 ms more. Every byte is the child's: one credited
+///     to the idle parent is wrong (the README's rule: the most recently started holder).
+pub fn shared_after_fork(size: Size) -> Outcome {
+    let count = size.pick(20, 6);
+    let name = format!(
+        "16. a socket shared after fork: {count} idle parents, the children do the traffic"
+    );
+    let server = sink("127.0.0.1:0");
+    let watch = Watch::start("lo", &ports_filter("tcp", [server.info.local.port()]));
+    let target = server.info.local.to_string();
+    let runs: Vec<Vec<String>> = (0..count)
+        .map(|_| {
+            args(&[
+                "fork-share",
+                "--connect",
+                &target,
+                "--bytes",
+                "200000",
+                "--reply",
+                "100000",
+                "--duration-ms",
+                "200",
+            ])
+        })
+        .collect();
+    let exited = run_peers(&runs, 5, BATCH_TIMEOUT);
+    let mut own = Ownership::default();
+    own.add(server.pid(), TCP, server.info.local);
+    // The parents are in the workload with nothing of their own; the flow lines name the
+    // children.
+    let mut notes = add_flows(&mut own, &exited, TCP);
+    notes.extend(finish_peers(vec![server]));
+    watch.finish(&name, on_host, notes, || own).0
+}

@@ -49,6 +49,10 @@ fn scenarios(size: Size) -> Vec<Scenario> {
             Box::new(move || scenarios::port_reuse_udp(size)),
         ),
         (
+            "shared-after-fork",
+            Box::new(move || scenarios::shared_after_fork(size)),
+        ),
+        (
             "parallel",
             Box::new(move || scenarios::parallel_flows(size)),
         ),
@@ -62,7 +66,7 @@ fn scenarios(size: Size) -> Vec<Scenario> {
 const USAGE: &str = "usage: pidcap-accuracy [--quick] [--contention] [--only NAME[,NAME…]]\n\
     names: long-lived short-lived udp ping raw sctp loopback-pair veth bridge nat \
     container-loopback churn churn-one-address port-reuse \
-    port-reuse-udp parallel udp-queries";
+    port-reuse-udp shared-after-fork parallel udp-queries";
 
 fn main() {
     let mut size = Size::Full;

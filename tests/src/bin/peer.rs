@@ -57,6 +57,7 @@ fn run(args: &[String]) -> Result<()> {
         "tcp-burst" => tcp_burst(&opts),
         "churn" => churn(&opts),
         "tcp-reuse" => tcp_reuse(&opts),
+        "fork-share" => fork_share(&opts),
         "udp-queries" => udp_queries(&opts),
         "udp-dual" => udp_dual(&opts),
         "ping" => ping(&opts),
@@ -76,6 +77,7 @@ const USAGE: &str = "usage: pidcap-peer tcp-server --bind ADDR [--recv N] [--sen
     tcp-burst --connect ADDR --bytes N [--reply M] [--from IP] [--duration-ms D] | \
     churn --connect ADDR --duration-ms T [--interval-ms I] [--bytes N] [--from IP] | \
     tcp-reuse --bind ADDR --connect ADDR --bytes N [--reply M] --close server-first|rst | \
+    fork-share --connect ADDR --bytes N [--reply M] [--duration-ms HOLD] | \
     udp-queries --connect ADDR --count K --size S [--duration-ms DELAY] [--interval-ms I] [--from IP] | \
     udp-dual --to IPV4ADDR --count K --size S [--await-reply] | \
     ping --to IP --count K --size S [--from IP] | \
@@ -484,6 +486,46 @@ fn tcp_burst(opts: &Opts) -> Result<()> {
     let remote = opts.connect.context("tcp-burst needs --connect")?;
     exchange(opts, remote, Duration::from_millis(opts.duration_ms))?;
     Ok(())
+}
+
+/// `fork-share`: a socket shared after `fork`, used by the child alone. The parent connects
+/// to a `tcp-sink` and forks; the child does the whole exchange on the inherited socket
+/// (`--bytes` up, the reply back), prints the flow line under its own pid and exits; the
+/// parent keeps its copy of the socket open and idle for `--duration-ms` more, then exits.
+fn fork_share(opts: &Opts) -> Result<()> {
+    let remote = opts.connect.context("fork-share needs --connect")?;
+    let mut stream = tcp_open(opts, remote)?;
+    std::io::stdout().flush()?;
+    // SAFETY: this process has one thread; the child only does socket and stdout I/O and
+    // leaves with `_exit`, never returning into the parent's state.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            let addrs = ends(&stream)?;
+            let reply = opts.reply.unwrap_or(opts.bytes);
+            let done = (|| -> Result<()> {
+                stream.write_all(&(reply as u64).to_be_bytes())?;
+                let sent = write_n(&mut stream, opts.bytes)?;
+                stream.shutdown(Shutdown::Write)?;
+                let received = read_to_eof(&mut stream)?;
+                flow_line("tcp", addrs, sent, received)
+            })();
+            let code = i32::from(done.is_err());
+            // SAFETY: ends the child at once, without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        child => {
+            std::thread::sleep(Duration::from_millis(opts.duration_ms));
+            let mut status = 0;
+            // SAFETY: waits for the child this process forked; status is a valid out-pointer.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            drop(stream);
+            match libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                true => Ok(()),
+                false => bail!("the child failed (status {status})"),
+            }
+        }
+    }
 }
 
 /// `tcp-reuse`: one link of a chain of processes using the same local port one after the
