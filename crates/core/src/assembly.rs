@@ -206,6 +206,18 @@ impl TableAssembly {
         }
     }
 
+    /// Files what was learned of `key` under namespace `from` with loopback local addresses
+    /// (which name no namespace: the one recorded for the process was used) under `to`: the
+    /// process was in `to` all along (it moved with `setns` before it was seen again).
+    /// Returns whether anything moved; the next table has it.
+    pub fn refile(&mut self, key: ProcessKey, from: NetNsId, to: NetNsId) -> bool {
+        let moved = self.recent.refile(key, from, to);
+        if moved && self.recent_is_current() {
+            self.recent_part = None; // rebuilt from the inputs at the next table
+        }
+        moved
+    }
+
     /// Adds sockets the kernel listed at `now` (their holders already in the owner map) to
     /// the live list; the next table has them. A live socket's known holder wins over any
     /// sighting of the same addresses.
@@ -443,6 +455,41 @@ impl LiveInputs {
 }
 
 impl RecentInputs {
+    /// See [`TableAssembly::refile`].
+    fn refile(&mut self, key: ProcessKey, from: NetNsId, to: NetNsId) -> bool {
+        let of_key = |c: &ClosedSocket| {
+            c.owner == key && c.netns == from && canonical(c.local).ip().is_loopback()
+        };
+        let keys: Vec<ExactKey> = self
+            .closed
+            .iter()
+            .filter(|(_, slots)| slots.iter().flatten().any(|(c, _)| of_key(c)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &keys {
+            let Some(slots) = self.closed.get_mut(k) else {
+                continue;
+            };
+            let mut taken: Vec<(ClosedSocket, Instant)> = Vec::new();
+            for slot in slots.iter_mut() {
+                if slot.is_some_and(|(c, _)| of_key(&c)) {
+                    taken.extend(slot.take());
+                }
+            }
+            if slots.iter().all(Option::is_none) {
+                self.closed.remove(k);
+            }
+            for (mut c, at) in taken.into_iter().rev() {
+                c.netns = to;
+                self.close(c, at);
+            }
+        }
+        if !keys.is_empty() {
+            self.version += 1;
+        }
+        !keys.is_empty()
+    }
+
     /// Keeps (or replaces: the latest holder wins) a closed connected socket.
     fn close(&mut self, c: ClosedSocket, at: Instant) {
         let key = (c.netns, c.proto, canonical(c.local), canonical(c.remote));

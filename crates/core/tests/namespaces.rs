@@ -372,3 +372,52 @@ fn a_packet_on_a_containers_own_loopback_is_credited_at_both_ends_in_that_contai
         Some(Credit::Unknown(UnknownReason::Unsupported))
     );
 }
+
+/// A loopback claim filed under the namespace recorded at the process's first `exec` (the
+/// host's, before `ip netns exec` moved it) is refiled under the namespace it was found in
+/// at its next `exec`: a lookup in that namespace finds it, the host's no longer does.
+#[test]
+fn a_loopback_claim_follows_a_process_that_moved() {
+    use pidcap_core::{attribute_in, Pass, Sighting, TableAssembly};
+    #[allow(clippy::disallowed_methods)] // the start instant; the code under test takes it
+    let now = std::time::Instant::now();
+    let mut assembly = TableAssembly::new();
+    let mut sockets = Vec::new();
+    let owners = Arc::new(OwnerMap::default());
+    let pass = Pass {
+        sockets: &mut sockets,
+        addrs: vec![ip("10.0.0.1")],
+        guest_addrs: vec![(RED, ip("10.0.0.2"))],
+        owners_before: &OwnerMap::default(),
+        owners: owners.clone(),
+        owners_changed: true,
+        listed_at: now,
+    };
+    assembly.pass(pass, HOME, 1, now);
+    let holder = ProcessInfo {
+        key: key(9),
+        comm: "client".into(),
+        exe: None,
+        uid: 0,
+        cmdline: Vec::new(),
+        placement: Default::default(),
+    };
+    let claim = SocketEntry {
+        inode: 0,
+        ..sock(HOME, IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80", 0)
+    };
+    let sighting = Sighting {
+        sockets: vec![claim],
+        holder,
+        seen: Some(now),
+    };
+    assembly.learn(sighting, now);
+    let f = flow(IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80");
+    let before = assembly.table(owners.clone(), HOME, 2);
+    assert_eq!(pid(attribute_in(&before, RED, &f, true).tx), None);
+    assert!(assembly.refile(key(9), HOME, RED));
+    let after = assembly.table(owners, HOME, 3);
+    assert_eq!(pid(attribute_in(&after, RED, &f, true).tx), Some(9));
+    assert_eq!(pid(attribute_in(&after, HOME, &f, true).tx), None);
+    assert!(!assembly.refile(key(9), HOME, RED), "nothing left to move");
+}

@@ -93,6 +93,14 @@ pub enum News {
     /// nothing any more. Until the next full fd scan it would still be listed, and as the
     /// newest holder be credited with the traffic of the process it shared a socket with.
     Exited { key: ProcessKey, uid: u32 },
+    /// A process was found in another network namespace at its latest `exec` than at the one
+    /// before (`ip netns exec`: exec, `setns`, exec again): what was learned of it under the
+    /// old namespace with loopback addresses (which name no namespace) belongs to the new one.
+    Moved {
+        key: ProcessKey,
+        from: NetNsId,
+        to: NetNsId,
+    },
     /// A process started in a network namespace other than the daemon's: that namespace's
     /// sockets and addresses are to be read (through `pid`) before its traffic comes.
     Namespace { netns: NetNsId, pid: u32 },

@@ -111,11 +111,22 @@ impl Watcher {
     /// afresh, and a watch of the previous program ends.
     fn watch(&mut self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
         watched.remove(&pid);
+        let before = self.facts.get(pid);
         let Known::Process(info, netns) =
             self.facts.read(&self.proc, self.netns, pid, Instant::now())
         else {
             return; // already gone
         };
+        if let Known::Process(old, from) = before {
+            if old.key == info.key && from != netns {
+                // Claims the tracer filed under the old namespace follow the process.
+                self.send(News::Moved {
+                    key: info.key,
+                    from,
+                    to: netns,
+                });
+            }
+        }
         self.note_namespace(netns, pid);
         let Ok(handle) = ProcessHandle::open(pid) else {
             return; // already gone

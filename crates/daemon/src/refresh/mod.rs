@@ -316,6 +316,12 @@ impl TableBuilder {
     pub fn note_namespace(&mut self, netns: NetNsId, pid: u32) -> bool {
         self.guests.note(netns, pid)
     }
+
+    /// `key` turned out to be in namespace `to`, not `from` (see [`News::Moved`]); true when
+    /// something learned of it moved (the next table has it).
+    pub fn moved(&mut self, key: ProcessKey, from: NetNsId, to: NetNsId) -> bool {
+        self.assembly.refile(key, from, to)
+    }
 }
 
 /// The two ends of `flow` as (local, remote), as a targeted lookup asks for their sockets:
@@ -485,6 +491,7 @@ impl Refresher {
                     self.pass_due |= self.builder.note_namespace(netns, pid);
                     false
                 }
+                News::Moved { key, from, to } => self.builder.moved(key, from, to),
             };
         }
         any
