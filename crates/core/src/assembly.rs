@@ -41,7 +41,7 @@ use pidcap_wire::IpProto;
 
 use crate::nat::NatMap;
 use crate::openings::Seen;
-use crate::table::{canonical, succeed, Holders};
+use crate::table::{canonical, seen_both, socket_identity, succeed, Holders};
 use crate::{
     choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
     RecentSockets, SocketEntry, SocketTable,
@@ -211,11 +211,8 @@ impl TableAssembly {
     /// process was in `to` all along (it moved with `setns` before it was seen again).
     /// Returns whether anything moved; the next table has it.
     pub fn refile(&mut self, key: ProcessKey, from: NetNsId, to: NetNsId) -> bool {
-        let moved = self.recent.refile(key, from, to);
-        if moved && self.recent_is_current() {
-            self.recent_part = None; // rebuilt from the inputs at the next table
-        }
-        moved
+        // A move counts as a change of the inputs: the next table rebuilds the part.
+        self.recent.refile(key, from, to)
     }
 
     /// Adds sockets the kernel listed at `now` (their holders already in the owner map) to
@@ -495,17 +492,10 @@ impl RecentInputs {
         let key = (c.netns, c.proto, canonical(c.local), canonical(c.remote));
         let slots = self.closed.entry(key).or_default();
         let merge = |(old, _): (ClosedSocket, Instant), (new, at): (ClosedSocket, Instant)| {
-            let seen = match (old.seen, new.seen) {
-                (Some(a), Some(b)) => Some(a.union(b)),
-                _ => None,
-            };
+            let seen = seen_both(old.seen, new.seen);
             (ClosedSocket { seen, ..new }, at)
         };
-        // One socket: the holder and a known inode (see `RecentSockets::insert`).
-        let socket = |(c, _): &(ClosedSocket, Instant)| {
-            let seen = if c.inode == 0 { c.seen } else { None };
-            (c.owner, c.inode, seen)
-        };
+        let socket = |(c, _): &(ClosedSocket, Instant)| socket_identity(c.owner, c.inode, c.seen);
         *slots = succeed(*slots, (c, at), socket, merge);
         self.version += 1;
     }

@@ -204,27 +204,30 @@ impl AttributionCache {
 
     /// Records that `flow`, undecided, missed under `generation`; true the first time.
     fn first_undecided(&self, flow: &FlowKey, generation: u64) -> bool {
-        if self.undecided.get(flow).is_some_and(|g| *g == generation) {
-            return false;
-        }
-        if self.undecided.len() >= self.capacity {
-            self.undecided.clear();
-            self.clears.fetch_add(1, Ordering::Relaxed);
-        }
-        self.undecided.insert(*flow, generation);
-        true
+        self.first_under(&self.undecided, *flow, generation)
     }
 
     /// Records that `ends` missed under `generation`; true the first time.
     fn first_unowned(&self, ends: UnownedEnds, generation: u64) -> bool {
-        if self.unowned.get(&ends).is_some_and(|g| *g == generation) {
+        self.first_under(&self.unowned, ends, generation)
+    }
+
+    /// Records `key` in `seen` under `generation` (emptying the map at its bound); true the
+    /// first time for that generation.
+    fn first_under<K: std::hash::Hash + Eq>(
+        &self,
+        seen: &DashMap<K, u64, RandomState>,
+        key: K,
+        generation: u64,
+    ) -> bool {
+        if seen.get(&key).is_some_and(|g| *g == generation) {
             return false;
         }
-        if self.unowned.len() >= self.capacity {
-            self.unowned.clear();
+        if seen.len() >= self.capacity {
+            seen.clear();
             self.clears.fetch_add(1, Ordering::Relaxed);
         }
-        self.unowned.insert(ends, generation);
+        seen.insert(key, generation);
         true
     }
 

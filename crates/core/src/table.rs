@@ -166,20 +166,28 @@ struct RecentRecord {
     seen: Option<Seen>,
 }
 
+/// What makes two records of one 4-tuple one socket: the holder and a known inode (a claim,
+/// inode 0, is its own: the exact record again, or nothing).
+pub(crate) fn socket_identity(
+    owner: ProcessKey,
+    inode: u64,
+    seen: Option<Seen>,
+) -> (ProcessKey, u64, Option<Seen>) {
+    (owner, inode, if inode == 0 { seen } else { None })
+}
+
+/// Two sightings of one socket: the span of both (none when either has none).
+pub(crate) fn seen_both(a: Option<Seen>, b: Option<Seen>) -> Option<Seen> {
+    Some(a?.union(b?))
+}
+
 impl RecentRecord {
-    /// What makes two records one socket: the holder and a known inode (a claim, inode 0,
-    /// is its own: the exact record again, or nothing).
     fn socket(&self) -> (ProcessKey, u64, Option<Seen>) {
-        let seen = if self.inode == 0 { self.seen } else { None };
-        (self.owner, self.inode, seen)
+        socket_identity(self.owner, self.inode, self.seen)
     }
 
-    /// Two sightings of one socket: the span of both.
     fn merge(self, new: RecentRecord) -> RecentRecord {
-        let seen = match (self.seen, new.seen) {
-            (Some(a), Some(b)) => Some(a.union(b)),
-            _ => None,
-        };
+        let seen = seen_both(self.seen, new.seen);
         RecentRecord { seen, ..new }
     }
 }

@@ -268,30 +268,8 @@ proptest! {
 /// one namespace is that namespace's.
 #[test]
 fn a_claim_is_filed_under_the_namespace_of_its_local_address() {
-    use pidcap_core::{Pass, Sighting, TableAssembly};
-    #[allow(clippy::disallowed_methods)] // the start instant; the code under test takes it
-    let now = std::time::Instant::now();
-    let mut assembly = TableAssembly::new();
-    let mut sockets = Vec::new();
-    let owners = Arc::new(OwnerMap::default());
-    let pass = Pass {
-        sockets: &mut sockets,
-        addrs: vec![ip("10.0.0.1")],
-        guest_addrs: vec![(RED, ip("10.0.0.2"))],
-        owners_before: &OwnerMap::default(),
-        owners: owners.clone(),
-        owners_changed: true,
-        listed_at: now,
-    };
-    assembly.pass(pass, HOME, 1, now);
-    let holder = ProcessInfo {
-        key: key(9),
-        comm: "client".into(),
-        exe: None,
-        uid: 0,
-        cmdline: Vec::new(),
-        placement: Default::default(),
-    };
+    use pidcap_core::Sighting;
+    let (mut assembly, owners, holder, now) = assembly_after_a_pass();
     // Claimed with the home namespace (stale), used from RED's address.
     let claim = SocketEntry {
         inode: 0,
@@ -378,7 +356,37 @@ fn a_packet_on_a_containers_own_loopback_is_credited_at_both_ends_in_that_contai
 /// at its next `exec`: a lookup in that namespace finds it, the host's no longer does.
 #[test]
 fn a_loopback_claim_follows_a_process_that_moved() {
-    use pidcap_core::{attribute_in, Pass, Sighting, TableAssembly};
+    use pidcap_core::{attribute_in, Sighting};
+    let (mut assembly, owners, holder, now) = assembly_after_a_pass();
+    let claim = SocketEntry {
+        inode: 0,
+        ..sock(HOME, IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80", 0)
+    };
+    let sighting = Sighting {
+        sockets: vec![claim],
+        holder,
+        seen: Some(now),
+    };
+    assembly.learn(sighting, now);
+    let f = flow(IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80");
+    let before = assembly.table(owners.clone(), HOME, 2);
+    assert_eq!(pid(attribute_in(&before, RED, &f, true).tx), None);
+    assert!(assembly.refile(key(9), HOME, RED));
+    let after = assembly.table(owners, HOME, 3);
+    assert_eq!(pid(attribute_in(&after, RED, &f, true).tx), Some(9));
+    assert_eq!(pid(attribute_in(&after, HOME, &f, true).tx), None);
+    assert!(!assembly.refile(key(9), HOME, RED), "nothing left to move");
+}
+
+/// An assembly after one pass (home 10.0.0.1, RED 10.0.0.2), its owner map, the facts of a
+/// client process (pid 9) and the instant of the pass.
+fn assembly_after_a_pass() -> (
+    pidcap_core::TableAssembly,
+    Arc<OwnerMap>,
+    ProcessInfo,
+    std::time::Instant,
+) {
+    use pidcap_core::{Pass, TableAssembly};
     #[allow(clippy::disallowed_methods)] // the start instant; the code under test takes it
     let now = std::time::Instant::now();
     let mut assembly = TableAssembly::new();
@@ -402,22 +410,5 @@ fn a_loopback_claim_follows_a_process_that_moved() {
         cmdline: Vec::new(),
         placement: Default::default(),
     };
-    let claim = SocketEntry {
-        inode: 0,
-        ..sock(HOME, IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80", 0)
-    };
-    let sighting = Sighting {
-        sockets: vec![claim],
-        holder,
-        seen: Some(now),
-    };
-    assembly.learn(sighting, now);
-    let f = flow(IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80");
-    let before = assembly.table(owners.clone(), HOME, 2);
-    assert_eq!(pid(attribute_in(&before, RED, &f, true).tx), None);
-    assert!(assembly.refile(key(9), HOME, RED));
-    let after = assembly.table(owners, HOME, 3);
-    assert_eq!(pid(attribute_in(&after, RED, &f, true).tx), Some(9));
-    assert_eq!(pid(attribute_in(&after, HOME, &f, true).tx), None);
-    assert!(!assembly.refile(key(9), HOME, RED), "nothing left to move");
+    (assembly, owners, holder, now)
 }

@@ -356,14 +356,15 @@ fn merge(shared: &DaemonState, batch: &mut CaptureState) {
         &mut batch.pending,
         settle,
     );
+    let (tracked, forgotten) = batch.cache.openings();
     shared.set_levels(CaptureLevels {
         pending: batch.pending.level(),
         flows_cached: batch.cache.len() as u64,
         flow_cache_clears: batch.cache.clears(),
         fragments_forgotten: batch.fragments.forgotten(),
         copies_forgotten: batch.copies.forgotten(),
-        openings: batch.cache.openings().0 as u64,
-        openings_forgotten: batch.cache.openings().1,
+        openings: tracked as u64,
+        openings_forgotten: forgotten,
     });
     batch.opened_at = None;
     batch.merged_at = now;
