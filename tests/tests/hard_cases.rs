@@ -149,16 +149,16 @@ fn containers_behind_nat_are_credited_once_at_both_ends() {
 
 /// A container's own loopback with `--namespaces all`: 10 short-lived TCP clients and a UDP
 /// exchange on `127.0.0.1` inside a namespace, a host decoy bound to the same address and
-/// port. Both ends credited, each packet once, and never the decoy. A client started with
-/// `ip netns exec` whose connection is claimed before its second `exec` is seen is filed
-/// under the host's namespace and goes to `unknown` (known limit, README "Not supported"):
-/// at least 4 in 5 clients must get all their bytes, none a byte too many.
+/// port. Both ends credited, each packet once, and never the decoy. The clients are started
+/// with `ip netns exec` (exec in the host's namespace, `setns`, exec again) and many exit
+/// before the watcher reads their second exec: their claims must still reach the
+/// namespace's loopback (unplaced, not filed under the host's).
 #[test]
 fn a_containers_own_loopback_is_credited_at_both_ends() {
     require_root();
     let outcome = scenarios::container_loopback(Size::Quick);
     assert_sound(&outcome);
-    assert_mostly_fully_credited(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
 }
 
 /// A local port reused by a new process over TCP: two chains of 6 processes, each binding

@@ -8,6 +8,14 @@ use pidcap_wire::IpProto;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetNsId(pub u64);
 
+impl NetNsId {
+    /// Not known: a socket whose process's namespace could not be read (it exited, or went
+    /// to another namespace and exec'd again, before it was read). Such a socket is looked
+    /// up in every namespace, but answers only where no socket of that namespace does (see
+    /// [`crate::SocketTable::lookup`]). No namespace has inode 0.
+    pub const UNPLACED: NetNsId = NetNsId(0);
+}
+
 /// A TCP state as numbered by the kernel (`include/net/tcp_states.h`). UDP sockets report
 /// `Established` (1) when connected and `Close` (7) otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -66,13 +66,24 @@ type Ns = u64;
 const HOME: Ns = 0;
 /// The namespace of an address that is local in more than one: no socket is looked up.
 const SHARED_ADDR: Ns = u64::MAX;
+/// The sockets of [`NetNsId::UNPLACED`]: consulted in every namespace, after its own.
+const UNPLACED: Ns = u64::MAX - 1;
 
 /// The index key of `netns` in a table whose own namespace is `home`.
 fn ns_key(home: Option<NetNsId>, netns: NetNsId) -> Ns {
     match home {
+        _ if netns == NetNsId::UNPLACED => UNPLACED,
         Some(h) if h != netns => netns.0,
         _ => HOME,
     }
+}
+
+/// What one namespace's sockets say about a packet's end.
+enum Answer {
+    /// A record was seen past the packets read so far: no answer yet (the packet waits).
+    Undecided,
+    /// The best match, which may have no holder.
+    Found(Option<SocketMatch>),
 }
 
 type ExactKey = (Ns, IpProto, SocketAddr, SocketAddr);
@@ -110,6 +121,8 @@ pub struct LiveSockets {
     /// Guests' addresses, each with its namespace, or [`SHARED_ADDR`] when more than one
     /// namespace (home included) has it.
     guests: FastMap<IpAddr, Ns>,
+    /// Whether some socket is [`NetNsId::UNPLACED`] (else no second lookup is made).
+    unplaced: bool,
 }
 
 /// Connected sockets that closed recently (or that a process was seen using), with their
@@ -131,6 +144,8 @@ pub struct RecentSockets {
     departed: HashMap<ProcessKey, Arc<ProcessInfo>>,
     /// Whether some entry has an unspecified local address (else no second lookup is made).
     any_local: bool,
+    /// Whether some entry is [`NetNsId::UNPLACED`] (else no second lookup is made).
+    unplaced: bool,
 }
 
 /// Holders of one 4-tuple remembered, newest first.
@@ -207,6 +222,7 @@ impl RecentSockets {
         let ns = ns_key(self.home, c.netns);
         let key = (ns, c.proto, canonical(c.local), canonical(c.remote));
         self.any_local |= key.2.ip().is_unspecified();
+        self.unplaced |= ns == UNPLACED;
         self.closed_ports.insert((key.1, key.2.port()));
         let record = RecentRecord {
             inode: c.inode,
@@ -285,6 +301,7 @@ impl LiveSockets {
     fn index(&mut self, entry: SocketEntry) {
         let at = self.sockets.len();
         let ns = ns_key(self.home, entry.netns);
+        self.unplaced |= ns == UNPLACED;
         let wildcard = entry.is_wildcard_remote();
         if wildcard && entry.proto == IpProto::Tcp && entry.state == TcpState::Close {
             // Bound and not listening: no packet is its own (once it connects it is listed
@@ -548,7 +565,8 @@ impl SocketTable {
     /// one bound to the wildcard address of the family (for IPv4, also `::` of a dual-stack
     /// IPv6 socket), but only when `local` is one of this host's addresses. A connected
     /// socket that no process holds (TIME_WAIT) is the answer only when none of these finds
-    /// a holder.
+    /// a holder. When the namespace's sockets name no holder, the same order among the
+    /// [`NetNsId::UNPLACED`] sockets.
     pub fn lookup(
         &self,
         proto: IpProto,
@@ -588,6 +606,9 @@ impl SocketTable {
         self.lookup_at(ns, proto, canonical(local), remote, &|_| Currency::Current)
     }
 
+    /// The answer of namespace `ns`'s sockets; when none has a holder, that of the
+    /// [`NetNsId::UNPLACED`] ones (a process whose namespace was not read: its socket is
+    /// in some namespace, and this one has no other explanation for the packet).
     fn lookup_at(
         &self,
         ns: Ns,
@@ -596,6 +617,29 @@ impl SocketTable {
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
     ) -> Option<SocketMatch> {
+        let found = match self.answer_in(ns, proto, local, remote, judge) {
+            Answer::Undecided => return None,
+            Answer::Found(found) => found,
+        };
+        let held = found.is_some_and(|f| f.owner.is_some());
+        if held || ns == UNPLACED || !(self.live.unplaced || self.recent.unplaced) {
+            return found;
+        }
+        match self.answer_in(UNPLACED, proto, local, remote, judge) {
+            Answer::Found(Some(unplaced)) if unplaced.owner.is_some() => Some(unplaced),
+            Answer::Undecided => None,
+            Answer::Found(_) => found,
+        }
+    }
+
+    fn answer_in(
+        &self,
+        ns: Ns,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        judge: &dyn Fn(Seen) -> Currency,
+    ) -> Answer {
         let key = (ns, proto, local, canonical(remote));
         let judged = |seen: Option<Seen>| seen.map_or(Currency::Current, judge);
         // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
@@ -604,12 +648,12 @@ impl SocketTable {
         let mut open = false;
         if let Some(&at) = self.live.exact.get(&key) {
             match judged(self.live.seen[at]) {
-                Currency::Undecided => return None,
+                Currency::Undecided => return Answer::Undecided,
                 Currency::Stale => {}
                 Currency::Current => {
                     let found = self.matched(at, MatchKind::Exact);
                     if found.owner.is_some() {
-                        return Some(found);
+                        return Answer::Found(Some(found));
                     }
                     holderless = Some(found);
                     // An inode means some fd still holds it (TIME_WAIT and orphans have none).
@@ -625,19 +669,19 @@ impl SocketTable {
                 owner: Some(record.owner),
             };
             match judged(record.seen) {
-                Currency::Undecided => return None,
+                Currency::Undecided => return Answer::Undecided,
                 Currency::Stale => continue,
                 // Still held by some fd, its holder not yet found in the fd tables, but a
                 // process was seen using it: that is the connected socket, with its owner.
                 Currency::Current => {
-                    return Some(match holderless {
+                    return Answer::Found(Some(match holderless {
                         Some(live) if open => SocketMatch {
                             inode: live.inode,
                             kind: MatchKind::Exact,
                             owner: found.owner,
                         },
                         _ => found,
-                    })
+                    }))
                 }
             }
         }
@@ -651,10 +695,12 @@ impl SocketTable {
                 .then(|| self.lookup_bound(ns, proto, SocketAddr::new(local.ip(), 0)))
                 .flatten()
         });
-        match bound.map(|at| self.matched(at, MatchKind::Wildcard)) {
-            Some(found) if found.owner.is_some() => Some(found),
-            other => holderless.or(other),
-        }
+        Answer::Found(
+            match bound.map(|at| self.matched(at, MatchKind::Wildcard)) {
+                Some(found) if found.owner.is_some() => Some(found),
+                other => holderless.or(other),
+            },
+        )
     }
 
     /// True when no connected socket, live or recently closed, has `local` as its local

@@ -378,6 +378,48 @@ fn a_loopback_claim_follows_a_process_that_moved() {
     assert!(!assembly.refile(key(9), HOME, RED), "nothing left to move");
 }
 
+/// A process whose namespace was never read (it went to another namespace with `setns`,
+/// exec'd again and exited before its second exec was read): its loopback claim, refiled as
+/// unplaced, answers in whichever namespace has no socket of its own for the packet — and
+/// in none where one does.
+#[test]
+fn an_unplaced_claim_answers_only_where_no_socket_of_the_namespace_does() {
+    use pidcap_core::{attribute_in, Sighting};
+    let (mut assembly, owners, holder, now) = assembly_after_a_pass();
+    let claim = SocketEntry {
+        inode: 0,
+        ..sock(HOME, IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80", 0)
+    };
+    let of = |holder: &ProcessInfo, socket: SocketEntry| Sighting {
+        sockets: vec![socket],
+        holder: holder.clone(),
+        seen: Some(now),
+    };
+    assembly.learn(of(&holder, claim), now);
+    assert!(assembly.refile(key(9), HOME, NetNsId::UNPLACED));
+    let f = flow(IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80");
+    let t = assembly.table(owners.clone(), HOME, 2);
+    assert_eq!(pid(attribute_in(&t, RED, &f, true).tx), Some(9));
+    assert_eq!(pid(attribute_in(&t, HOME, &f, true).tx), Some(9));
+    // The other end of the packet is not the claim's: nothing answers for it.
+    assert_eq!(pid(attribute_in(&t, RED, &f, true).rx), None);
+
+    // RED's own record of the same 4-tuple (another process) wins there; home still has
+    // no other explanation.
+    let other = ProcessInfo {
+        key: key(10),
+        ..holder.clone()
+    };
+    let red_claim = SocketEntry {
+        inode: 0,
+        ..sock(RED, IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80", 0)
+    };
+    assembly.learn(of(&other, red_claim), now);
+    let t = assembly.table(owners, HOME, 3);
+    assert_eq!(pid(attribute_in(&t, RED, &f, true).tx), Some(10));
+    assert_eq!(pid(attribute_in(&t, HOME, &f, true).tx), Some(9));
+}
+
 /// An assembly after one pass (home 10.0.0.1, RED 10.0.0.2), its owner map, the facts of a
 /// client process (pid 9) and the instant of the pass.
 fn assembly_after_a_pass() -> (

@@ -142,10 +142,11 @@ impl ProcessFacts {
     }
 
     /// Reads who holds `pid` now, and its network namespace, from `/proc` and records it. A
-    /// process whose namespace cannot be read but whose stat can is a zombie (exited, not
-    /// yet reaped): taken as in `home`, the daemon's namespace. `Unknown`: gone.
-    pub fn read(&self, proc: &ProcRoot, home: NetNsId, pid: u32, now: Instant) -> Known {
-        let netns = proc.netns_of(pid).unwrap_or(home);
+    /// process whose namespace cannot be read but whose stat can is exiting or a zombie:
+    /// its namespace is [`NetNsId::UNPLACED`] (its sockets answer only where no socket of
+    /// the asking namespace does). `Unknown`: gone.
+    pub fn read(&self, proc: &ProcRoot, pid: u32, now: Instant) -> Known {
+        let netns = proc.netns_of(pid).unwrap_or(NetNsId::UNPLACED);
         match proc.process(pid) {
             Ok(info) => {
                 self.record(pid, info.clone(), netns, now);
@@ -156,10 +157,25 @@ impl ProcessFacts {
     }
 
     /// What is recorded about `pid`, or else what [`ProcessFacts::read`] finds.
-    pub fn get_or_read(&self, proc: &ProcRoot, home: NetNsId, pid: u32, now: Instant) -> Known {
+    pub fn get_or_read(&self, proc: &ProcRoot, pid: u32, now: Instant) -> Known {
         match self.get(pid) {
-            Known::Unknown => self.read(proc, home, pid, now),
+            Known::Unknown => self.read(proc, pid, now),
             known => known,
+        }
+    }
+
+    /// The process holding `pid` exec'd again but was gone before its namespace was read:
+    /// it may have moved (`setns`, then exec), so its namespace is no longer known. Returns
+    /// the facts as they were.
+    pub fn unplace(&self, pid: u32) -> Known {
+        let mut inner = self.inner();
+        match inner.map.get_mut(&pid) {
+            Some(f) => {
+                let before = Known::Process(f.info.clone(), f.netns);
+                f.netns = NetNsId::UNPLACED;
+                before
+            }
+            None => Known::Unknown,
         }
     }
 
@@ -254,6 +270,22 @@ mod tests {
         facts.record(11, info(11, 1), GUEST, t0 + KEEP_EXITED);
         assert_eq!(facts.get(10), Known::Unknown);
         assert_eq!(facts.get(11), Known::Process(info(11, 1), GUEST));
+    }
+
+    /// A process gone before its second exec was read may have moved: its facts stay, its
+    /// namespace becomes unplaced; a pid nobody recorded stays unknown.
+    #[test]
+    fn unplacing_keeps_who_it_was_and_forgets_where() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        facts.record(10, info(10, 1), HOME, t0);
+        assert_eq!(facts.unplace(10), Known::Process(info(10, 1), HOME));
+        assert_eq!(
+            facts.get(10),
+            Known::Process(info(10, 1), NetNsId::UNPLACED)
+        );
+        assert_eq!(facts.unplace(11), Known::Unknown);
+        assert_eq!(facts.get(11), Known::Unknown);
     }
 
     #[test]

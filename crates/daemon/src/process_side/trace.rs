@@ -348,8 +348,7 @@ impl Tracer {
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it
     /// exited before anyone learned who it was.
     fn who(&self, pid: u32) -> Known {
-        self.facts
-            .get_or_read(&self.proc, self.netns, pid, Instant::now())
+        self.facts.get_or_read(&self.proc, pid, Instant::now())
     }
 }
 

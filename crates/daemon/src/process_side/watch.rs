@@ -14,7 +14,8 @@
 //! oldest dropped); the channel to the refresher drops what does not fit. Processes of
 //! every network namespace are watched; their sockets are labelled with the namespace the
 //! process was in at its last exec (read afresh at each exec: `ip netns exec` moves a process
-//! and execs again).
+//! and execs again). A process gone before its namespace was read is
+//! [`NetNsId::UNPLACED`](pidcap_core::NetNsId::UNPLACED).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
@@ -112,19 +113,16 @@ impl Watcher {
     fn watch(&mut self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
         watched.remove(&pid);
         let before = self.facts.get(pid);
-        let Known::Process(info, netns) =
-            self.facts.read(&self.proc, self.netns, pid, Instant::now())
-        else {
-            return; // already gone
+        let Known::Process(info, netns) = self.facts.read(&self.proc, pid, Instant::now()) else {
+            // Gone before this exec was read: if it had moved, its namespace is lost.
+            if let Known::Process(old, from) = self.facts.unplace(pid) {
+                self.moved(old.key, from, NetNsId::UNPLACED);
+            }
+            return;
         };
         if let Known::Process(old, from) = before {
-            if old.key == info.key && from != netns {
-                // Claims the tracer filed under the old namespace follow the process.
-                self.send(News::Moved {
-                    key: info.key,
-                    from,
-                    to: netns,
-                });
+            if old.key == info.key {
+                self.moved(info.key, from, netns);
             }
         }
         self.note_namespace(netns, pid);
@@ -208,8 +206,19 @@ impl Watcher {
 
     /// Tells the refresher about a network namespace it has not been told of (the first
     /// process seen in it), so its addresses are known before its traffic comes.
+    /// Claims the tracer filed under the namespace a process was in at its previous exec
+    /// follow it to the one it is in now (or to none known).
+    fn moved(&mut self, key: ProcessKey, from: NetNsId, to: NetNsId) {
+        if from != to {
+            self.send(News::Moved { key, from, to });
+        }
+    }
+
     fn note_namespace(&mut self, netns: NetNsId, pid: u32) {
-        if netns == self.netns || self.namespaces_told.contains(&netns) {
+        if netns == self.netns
+            || netns == NetNsId::UNPLACED
+            || self.namespaces_told.contains(&netns)
+        {
             return;
         }
         if self.namespaces_told.len() >= MAX_REPORTED {
