@@ -120,8 +120,8 @@ pub struct ContainerRef {
     /// The Kubernetes pod uid, when in a pod.
     #[serde(default)]
     pub pod: Option<String>,
-    /// The runtime's name for it (Podman, Docker: from their state on disk); `null` until
-    /// read, or for runtimes that keep names behind an API.
+    /// The runtime's name for it, from its state on disk (Podman, Docker, containerd's CRI
+    /// and nerdctl containers, CRI-O); `null` until read, or when the runtime keeps none there.
     #[serde(default)]
     pub name: Option<String>,
 }
