@@ -496,7 +496,7 @@ impl RecentInputs {
             (ClosedSocket { seen, ..new }, at)
         };
         let socket = |(c, _): &(ClosedSocket, Instant)| socket_identity(c.owner, c.inode, c.seen);
-        *slots = succeed(*slots, (c, at), socket, merge);
+        *slots = succeed(*slots, (c, at), socket, merge, |(c, _)| c.seen);
         self.version += 1;
     }
 
@@ -511,12 +511,11 @@ impl RecentInputs {
             kept.is_some_and(|(_, at)| now.saturating_duration_since(at) < CLOSE_GRACE)
         };
         self.closed.retain(|_, slots| {
-            for slot in slots.iter_mut().skip(1) {
-                if !fresh(slot) {
-                    *slot = None;
-                }
-            }
-            fresh(&slots[0])
+            // Holders are in the kernel's order, not the order they were kept in: each
+            // goes when its own grace is over, the rest keep their order.
+            let mut kept = slots.iter().copied().filter(fresh).flatten();
+            *slots = std::array::from_fn(|_| kept.next());
+            slots[0].is_some()
         });
         self.departed
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);

@@ -154,21 +154,32 @@ pub(crate) type Holders<T> = [Option<T>; HOLDERS_KEPT];
 
 /// The holders of one 4-tuple after `new`: another sighting of the latest socket (`same`
 /// equal: one socket, so one connection) widens it in place (`merge`); anything else goes
-/// first, the oldest is dropped. Sightings of one process without an inode (claims) are
-/// never merged: the process may have held the 4-tuple for several connections, with
-/// another's in between.
+/// before every holder seen no later than it or not known when (`seen`: when each was
+/// first seen; `None` keeps the order of arrival), so the holders stay in the kernel's
+/// order whatever
+/// order their records arrived in (a traced claim reaches the table after a look at a
+/// process's fds made later); when all are newer, it is the one dropped, else the oldest
+/// is. Sightings of one process without an inode (claims) are never merged: the process
+/// may have held the 4-tuple for several connections, with another's in between.
 pub(crate) fn succeed<T: Copy, K: PartialEq>(
     mut slots: Holders<T>,
     new: T,
     same: impl Fn(&T) -> K,
     merge: impl Fn(T, T) -> T,
+    seen: impl Fn(&T) -> Option<Seen>,
 ) -> Holders<T> {
-    match slots[0] {
-        Some(latest) if same(&latest) == same(&new) => slots[0] = Some(merge(latest, new)),
-        _ => {
-            slots.rotate_right(1);
-            slots[0] = Some(new);
-        }
+    if let Some(latest) = slots[0].filter(|latest| same(latest) == same(&new)) {
+        slots[0] = Some(merge(latest, new));
+        return slots;
+    }
+    let when = |t: &T| seen(t).map(|s| s.first);
+    let at = slots.iter().position(|slot| match (slot, when(&new)) {
+        (None, _) | (_, None) => true,
+        (Some(held), Some(new)) => when(held).is_none_or(|held| held <= new),
+    });
+    if let Some(at) = at {
+        slots[at..].rotate_right(1);
+        slots[at] = Some(new);
     }
     slots
 }
@@ -230,7 +241,14 @@ impl RecentSockets {
             seen: c.seen,
         };
         let slots = self.closed.entry(key).or_default();
-        *slots = succeed(*slots, record, RecentRecord::socket, RecentRecord::merge);
+        let seen = |r: &RecentRecord| r.seen;
+        *slots = succeed(
+            *slots,
+            record,
+            RecentRecord::socket,
+            RecentRecord::merge,
+            seen,
+        );
     }
 
     /// Adds the facts of a process that held a recent socket and may have exited.
@@ -429,6 +447,26 @@ pub fn choose_owner(holders: &[ProcessKey]) -> Option<ProcessKey> {
         .iter()
         .copied()
         .max_by(|a, b| a.start_time.cmp(&b.start_time).then(b.pid.cmp(&a.pid)))
+}
+
+/// The process that used a shared connection after `holder` did: the latest traced claim
+/// (an event in the process's own context: its `connect`, its first send or receive) among
+/// `records` that are current, when it is another process's and `holder` has an earlier
+/// claim of its own. A socket shared after `fork` is held by both processes, and its idle
+/// parent may outlive the child that did the I/O: the fds name the parent, the events the
+/// child. Without a claim of `holder` (the tracer missed it, or the 4-tuple was reused by a
+/// new process) the holder stands: a claim of an earlier connection never outranks it.
+fn used_by_another(
+    records: &Holders<RecentRecord>,
+    holder: ProcessKey,
+    judged: &dyn Fn(Option<Seen>) -> Currency,
+) -> Option<ProcessKey> {
+    let mut claims = records
+        .iter()
+        .flatten()
+        .filter(|r| r.inode == 0 && judged(r.seen) == Currency::Current);
+    let latest = claims.next()?;
+    (latest.owner != holder && claims.any(|r| r.owner == holder)).then_some(latest.owner)
 }
 
 impl SocketTable {
@@ -646,13 +684,16 @@ impl SocketTable {
         // last holder, or the listener that accepted it, is a better answer.
         let mut holderless = None;
         let mut open = false;
+        let records = self.recently_closed(&key).unwrap_or_default();
+        let used_by = |holder| used_by_another(&records, holder, &judged);
         if let Some(&at) = self.live.exact.get(&key) {
             match judged(self.live.seen[at]) {
                 Currency::Undecided => return Answer::Undecided,
                 Currency::Stale => {}
                 Currency::Current => {
-                    let found = self.matched(at, MatchKind::Exact);
-                    if found.owner.is_some() {
+                    let mut found = self.matched(at, MatchKind::Exact);
+                    if let Some(holder) = found.owner {
+                        found.owner = Some(used_by(holder).unwrap_or(holder));
                         return Answer::Found(Some(found));
                     }
                     holderless = Some(found);
@@ -661,12 +702,11 @@ impl SocketTable {
                 }
             }
         }
-        let records = self.recently_closed(&key).unwrap_or_default();
         for record in records.into_iter().flatten() {
             let found = SocketMatch {
                 inode: record.inode,
                 kind: MatchKind::Recent,
-                owner: Some(record.owner),
+                owner: Some(used_by(record.owner).unwrap_or(record.owner)),
             };
             match judged(record.seen) {
                 Currency::Undecided => return Answer::Undecided,

@@ -143,10 +143,11 @@ impl ProcessFacts {
 
     /// Reads who holds `pid` now, and its network namespace, from `/proc` and records it. A
     /// process whose namespace cannot be read but whose stat can is exiting or a zombie:
-    /// its namespace is [`NetNsId::UNPLACED`] (its sockets answer only where no socket of
-    /// the asking namespace does). `Unknown`: gone.
-    pub fn read(&self, proc: &ProcRoot, pid: u32, now: Instant) -> Known {
-        let netns = proc.netns_of(pid).unwrap_or(NetNsId::UNPLACED);
+    /// taken as in `unreadable` (the daemon's own namespace, or
+    /// [`NetNsId::UNPLACED`] for a process that exec'd again and may have moved).
+    /// `Unknown`: gone.
+    pub fn read(&self, proc: &ProcRoot, unreadable: NetNsId, pid: u32, now: Instant) -> Known {
+        let netns = proc.netns_of(pid).unwrap_or(unreadable);
         match proc.process(pid) {
             Ok(info) => {
                 self.record(pid, info.clone(), netns, now);
@@ -157,9 +158,9 @@ impl ProcessFacts {
     }
 
     /// What is recorded about `pid`, or else what [`ProcessFacts::read`] finds.
-    pub fn get_or_read(&self, proc: &ProcRoot, pid: u32, now: Instant) -> Known {
+    pub fn get_or_read(&self, proc: &ProcRoot, home: NetNsId, pid: u32, now: Instant) -> Known {
         match self.get(pid) {
-            Known::Unknown => self.read(proc, pid, now),
+            Known::Unknown => self.read(proc, home, pid, now),
             known => known,
         }
     }

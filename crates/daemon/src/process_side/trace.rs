@@ -18,7 +18,7 @@
 //! and attributes as before. The tracepoints are system-wide: each claim is labelled with the
 //! network namespace of the process that made it (containers included).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -179,15 +179,15 @@ impl Tracer {
         );
     }
 
-    /// Groups claims by process and time (each keeps the time of its own event) and hands
-    /// them to the refresher.
+    /// Groups claims by time and process (each keeps the time of its own event) and hands
+    /// them to the refresher in the kernel's order.
     fn send(&self, claims: &[SocketClaim]) {
-        let mut by_pid: HashMap<(u32, u64), Vec<&SocketClaim>> = HashMap::new();
+        let mut by_pid: BTreeMap<(u64, u32), Vec<&SocketClaim>> = BTreeMap::new();
         for c in claims {
-            by_pid.entry((c.pid, c.time)).or_default().push(c);
+            by_pid.entry((c.time, c.pid)).or_default().push(c);
         }
         let (mut delivered, mut unknown, mut dropped) = (0, 0, 0);
-        for ((pid, time), claims) in by_pid {
+        for ((time, pid), claims) in by_pid {
             let n = claims.len() as u64;
             match self.who(pid) {
                 Known::Process(info, netns) => {
@@ -348,7 +348,8 @@ impl Tracer {
     /// Who `pid` is (or was), reading `/proc` if nobody recorded it yet. `Unknown`: it
     /// exited before anyone learned who it was.
     fn who(&self, pid: u32) -> Known {
-        self.facts.get_or_read(&self.proc, pid, Instant::now())
+        self.facts
+            .get_or_read(&self.proc, self.netns, pid, Instant::now())
     }
 }
 

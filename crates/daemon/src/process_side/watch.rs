@@ -113,7 +113,15 @@ impl Watcher {
     fn watch(&mut self, due: &mut LookSchedule, watched: &mut HashMap<u32, Watched>, pid: u32) {
         watched.remove(&pid);
         let before = self.facts.get(pid);
-        let Known::Process(info, netns) = self.facts.read(&self.proc, pid, Instant::now()) else {
+        // Known since its last fork: this exec is its second (or later), perhaps after a
+        // `setns`; a namespace that can no longer be read is not assumed to be the old one.
+        let unreadable = match before {
+            Known::Process(..) => NetNsId::UNPLACED,
+            Known::Unknown => self.netns,
+        };
+        let Known::Process(info, netns) =
+            self.facts.read(&self.proc, unreadable, pid, Instant::now())
+        else {
             // Gone before this exec was read: if it had moved, its namespace is lost.
             if let Known::Process(old, from) = self.facts.unplace(pid) {
                 self.moved(old.key, from, NetNsId::UNPLACED);
