@@ -19,7 +19,9 @@
 //!   [`CLOSE_GRACE`] from then, so they outlive every closed socket that names that holder.
 //! - Sightings are kept the same way from when they were learned: connected sockets as closed
 //!   ones, unconnected ones (listeners, UDP, ping, raw) as kept ones. The latest holder of an
-//!   address wins; of two kept sockets on one address, the newer.
+//!   address wins: of two connected records of one 4-tuple, the one seen first later; of two
+//!   kept sockets on one address, the one held since later (a socket that leaves the list
+//!   is held since it was first listed, not since it left).
 //! - The shared parts are derived from the inputs, never invalidated by hand: every edit of
 //!   the inputs counts a change, and a part is rebuilt when its inputs changed since it was
 //!   built ([`LiveSockets`]: the live list, the kept sockets, the addresses;
@@ -124,8 +126,10 @@ struct BuiltPart<T> {
 struct LiveInputs {
     sockets: Vec<SocketEntry>,
     addrs: (Vec<IpAddr>, Vec<(NetNsId, IpAddr)>),
-    /// Unconnected sockets kept for [`BOUND_GRACE`], by inode, with when they were kept.
-    kept: HashMap<u64, (SocketEntry, Instant)>,
+    /// Unconnected sockets kept for [`BOUND_GRACE`], by inode, with when they were kept
+    /// (for the grace) and since when their holder is known to have held them (for their
+    /// order: of two on one address, the one held since later wins).
+    kept: HashMap<u64, (SocketEntry, Instant, Instant)>,
     /// When each socket of `sockets` (by inode) was first listed or found (see
     /// [`crate::Openings`]), and when the list was last taken: each listed socket was seen
     /// from the one to the other.
@@ -186,7 +190,7 @@ impl TableAssembly {
             s.netns = self.namespace_of(&s);
             if s.is_wildcard_remote() {
                 // Matched by their bound address: kept in the socket list itself.
-                self.live.keep(s, now);
+                self.live.keep(s, now, sighting.seen.unwrap_or(now));
             } else {
                 let c = closed_socket(&s, key, sighting.seen.map(Seen::at));
                 self.recent.close(c, now);
@@ -321,8 +325,10 @@ impl TableAssembly {
             self.recent.close(closed_socket(&s, owner, seen), now);
         } else if s.proto != IpProto::Tcp {
             // An unconnected socket's last datagrams or echo replies may still sit in the
-            // capture buffer when its process exits.
-            self.live.keep(s, now);
+            // capture buffer when its process exits. Held since it was first listed, not
+            // since it left: a port taken meanwhile by a newer process is the newer's.
+            let since = self.live.first_seen.get(&s.inode).copied().unwrap_or(now);
+            self.live.keep(s, now, since);
         }
     }
 
@@ -400,15 +406,19 @@ impl LiveInputs {
         }
     }
 
-    fn keep(&mut self, socket: SocketEntry, at: Instant) {
-        self.kept.insert(socket.inode, (socket, at));
+    fn keep(&mut self, socket: SocketEntry, at: Instant, since: Instant) {
+        let since = match self.kept.get(&socket.inode) {
+            Some(&(_, _, earlier)) => earlier.min(since),
+            None => since,
+        };
+        self.kept.insert(socket.inode, (socket, at, since));
         self.version += 1;
     }
 
     fn expire(&mut self, now: Instant) {
         let before = self.kept.len();
         self.kept
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < BOUND_GRACE);
+            .retain(|_, (_, at, _)| now.saturating_duration_since(*at) < BOUND_GRACE);
         self.version += u64::from(self.kept.len() != before);
     }
 
@@ -439,13 +449,14 @@ impl LiveInputs {
     /// (later entries win an address in [`LiveSockets`]).
     fn table_sockets(&self) -> Vec<SocketEntry> {
         let listed: HashSet<u64> = self.sockets.iter().map(|s| s.inode).collect();
-        let mut kept: Vec<&(SocketEntry, Instant)> = self
+        let mut kept: Vec<&(SocketEntry, Instant, Instant)> = self
             .kept
             .values()
-            .filter(|(s, _)| !listed.contains(&s.inode))
+            .filter(|(s, _, _)| !listed.contains(&s.inode))
             .collect();
-        kept.sort_by_key(|(s, at)| (*at, s.inode)); // of two on one address, the newer wins
-        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|(s, _)| *s).collect();
+        // Of two on one address, the one held since later wins.
+        kept.sort_by_key(|(s, _, since)| (*since, s.inode));
+        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|(s, _, _)| *s).collect();
         sockets.extend_from_slice(&self.sockets);
         sockets
     }

@@ -317,6 +317,24 @@ fn of_two_kept_sockets_on_one_address_the_newer_wins() {
     );
 }
 
+/// Issue #12, a UDP port passed from process to process: the previous holder's socket,
+/// listed by a dump and leaving the list only at the pass after the new holder's socket
+/// was learned, is kept after the new one — but it was held before it, so the new holder
+/// keeps the port.
+#[test]
+fn a_socket_that_leaves_the_list_after_its_port_was_taken_does_not_take_it_back() {
+    let old = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let new = SocketEntry { inode: 21, ..old };
+    let mut shell = Shell::new(&[(20, 1)]);
+    shell.pass(0, &[old]);
+    shell.learn(SECOND, &[new], 2);
+    let table = shell.pass(SECOND + 100, &[]).expect("the old socket left");
+    assert_eq!(
+        found(&table, &old),
+        Some((21, MatchKind::Wildcard, Some(2)))
+    );
+}
+
 #[test]
 fn a_closed_tcp_listener_is_not_kept() {
     let listener = sock(IpProto::Tcp, "127.0.0.1:8080", "0.0.0.0:0", 40);

@@ -310,7 +310,9 @@ fn set_int_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Res
 }
 
 /// Polls `fd` for input (or an error such as `ENOBUFS`) for up to `timeout`, retrying `EINTR`
-/// with the time left. False on timeout.
+/// with the time left. False on timeout. `ppoll`, not `poll`: the watcher waits 250 µs
+/// between looks at a young process, which `poll`'s milliseconds would make 1 ms (a process
+/// that binds, sends and exits within a millisecond or two would be missed).
 fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now().checked_add(timeout);
     loop {
@@ -319,11 +321,13 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
             events: libc::POLLIN,
             revents: 0,
         };
-        let millis = deadline.map_or(-1, |d| {
-            ceil_millis(d.saturating_duration_since(Instant::now()))
-        });
-        // SAFETY: `pollfd` is one valid, initialised entry for the duration of the call.
-        match unsafe { libc::poll(&mut pollfd, 1, millis) } {
+        let left = deadline.map(|d| timespec(d.saturating_duration_since(Instant::now())));
+        let left_ptr = left
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `pollfd` is one valid, initialised entry and `left_ptr` null or a valid
+        // timespec for the duration of the call; no signal mask is changed (null).
+        match unsafe { libc::ppoll(&mut pollfd, 1, left_ptr, std::ptr::null()) } {
             0 => return Ok(false),
             n if n > 0 => return Ok(true),
             _ => match io::Error::last_os_error() {
@@ -334,10 +338,12 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
-/// Rounded up, so that a timeout under a millisecond still waits, and capped to `poll`'s range.
-fn ceil_millis(duration: Duration) -> libc::c_int {
-    let millis = duration.as_nanos().div_ceil(1_000_000);
-    libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX)
+/// `duration` as a `timespec`, its seconds capped to the type's range.
+fn timespec(duration: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(duration.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: duration.subsec_nanos() as libc::c_long, // under 10⁹: fits
+    }
 }
 
 /// The kernel's answer to our subscription: `err` is a positive errno, or 0.
