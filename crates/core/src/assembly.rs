@@ -43,7 +43,7 @@ use pidcap_wire::IpProto;
 
 use crate::nat::NatMap;
 use crate::openings::Seen;
-use crate::table::{canonical, seen_both, socket_identity, succeed, Holders};
+use crate::table::{canonical, seen_both, socket_identity, succeed, Holders, Life};
 use crate::{
     choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
     RecentSockets, SocketEntry, SocketTable,
@@ -69,6 +69,9 @@ pub struct Sighting {
     /// within each connection's life, which [`crate::Openings`] weighs. `None`: not known
     /// (such records are always current, as before openings were tracked).
     pub seen: Option<Instant>,
+    /// When the holder started (at its start time's precision, never later than it did):
+    /// its unconnected sockets answer for no packet captured before. `None`: not known.
+    pub started: Option<Instant>,
 }
 
 /// One pass over the kernel's tables.
@@ -126,10 +129,12 @@ struct BuiltPart<T> {
 struct LiveInputs {
     sockets: Vec<SocketEntry>,
     addrs: (Vec<IpAddr>, Vec<(NetNsId, IpAddr)>),
-    /// Unconnected sockets kept for [`BOUND_GRACE`], by inode, with when they were kept
-    /// (for the grace) and since when their holder is known to have held them (for their
-    /// order: of two on one address, the one held since later wins).
-    kept: HashMap<u64, (SocketEntry, Instant, Instant)>,
+    /// Unconnected sockets kept for [`BOUND_GRACE`], by inode.
+    kept: HashMap<u64, Kept>,
+    /// Sockets whose holder exited, by inode, with when (see [`TableAssembly::ended`]);
+    /// forgotten with the kept socket, or after [`BOUND_GRACE`] (a listed one leaves the
+    /// list at the next pass).
+    ended: HashMap<u64, Instant>,
     /// When each socket of `sockets` (by inode) was first listed or found (see
     /// [`crate::Openings`]), and when the list was last taken: each listed socket was seen
     /// from the one to the other.
@@ -137,6 +142,19 @@ struct LiveInputs {
     listed_at: Option<Instant>,
     /// Counts every change to the fields above.
     version: u64,
+}
+
+/// An unconnected socket kept after it left the list (or learned before any list had it).
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    socket: SocketEntry,
+    /// When it was kept: it goes [`BOUND_GRACE`] after.
+    at: Instant,
+    /// Since when its holder is known to have held it: of two on one address, the one
+    /// held since later wins.
+    since: Instant,
+    /// When its holder started, if known ([`Sighting::started`]).
+    from: Option<Instant>,
 }
 
 /// What [`RecentSockets`] is built from.
@@ -190,7 +208,13 @@ impl TableAssembly {
             s.netns = self.namespace_of(&s);
             if s.is_wildcard_remote() {
                 // Matched by their bound address: kept in the socket list itself.
-                self.live.keep(s, now, sighting.seen.unwrap_or(now));
+                let kept = Kept {
+                    socket: s,
+                    at: now,
+                    since: sighting.seen.unwrap_or(now),
+                    from: sighting.started,
+                };
+                self.live.keep(kept);
             } else {
                 let c = closed_socket(&s, key, sighting.seen.map(Seen::at));
                 self.recent.close(c, now);
@@ -217,6 +241,19 @@ impl TableAssembly {
     pub fn refile(&mut self, key: ProcessKey, from: NetNsId, to: NetNsId) -> bool {
         // A move counts as a change of the inputs: the next table rebuilds the part.
         self.recent.refile(key, from, to)
+    }
+
+    /// The holder of the sockets `inodes` exited at `at` and nobody else holds them: listed
+    /// (until the next pass) or kept, they answer only for packets captured before `at` (an
+    /// unconnected socket's port may be taken by a new process at once; until that one is
+    /// known, the port is nobody's). The next table has it.
+    pub fn ended(&mut self, inodes: &[u64], at: Instant) {
+        for &inode in inodes {
+            self.live.ended.insert(inode, at);
+        }
+        if !inodes.is_empty() {
+            self.live.version += 1;
+        }
     }
 
     /// Adds sockets the kernel listed at `now` (their holders already in the owner map) to
@@ -328,7 +365,13 @@ impl TableAssembly {
             // capture buffer when its process exits. Held since it was first listed, not
             // since it left: a port taken meanwhile by a newer process is the newer's.
             let since = self.live.first_seen.get(&s.inode).copied().unwrap_or(now);
-            self.live.keep(s, now, since);
+            let kept = Kept {
+                socket: s,
+                at: now,
+                since,
+                from: None,
+            };
+            self.live.keep(kept);
         }
     }
 
@@ -406,20 +449,24 @@ impl LiveInputs {
         }
     }
 
-    fn keep(&mut self, socket: SocketEntry, at: Instant, since: Instant) {
-        let since = match self.kept.get(&socket.inode) {
-            Some(&(_, _, earlier)) => earlier.min(since),
-            None => since,
-        };
-        self.kept.insert(socket.inode, (socket, at, since));
+    fn keep(&mut self, mut kept: Kept) {
+        if let Some(earlier) = self.kept.get(&kept.socket.inode) {
+            kept.since = earlier.since.min(kept.since);
+            kept.from = kept.from.or(earlier.from);
+        }
+        self.kept.insert(kept.socket.inode, kept);
         self.version += 1;
     }
 
     fn expire(&mut self, now: Instant) {
         let before = self.kept.len();
         self.kept
-            .retain(|_, (_, at, _)| now.saturating_duration_since(*at) < BOUND_GRACE);
+            .retain(|_, k| now.saturating_duration_since(k.at) < BOUND_GRACE);
         self.version += u64::from(self.kept.len() != before);
+        let kept = &self.kept;
+        self.ended.retain(|inode, at| {
+            kept.contains_key(inode) || now.saturating_duration_since(*at) < BOUND_GRACE
+        });
     }
 
     /// Appends the sockets of `found` (found at `now`) whose inode is not listed yet.
@@ -437,26 +484,36 @@ impl LiveInputs {
     fn build(&self, home: Option<NetNsId>) -> LiveSockets {
         let (local, guests) = &self.addrs;
         let sockets = self.table_sockets();
-        // The kept (unconnected) sockets come first and are not connections: no time.
+        // The kept (unconnected) sockets come first and are not connections: no time, but
+        // maybe an end.
         let kept = sockets.len() - self.sockets.len();
         let seen: Vec<Option<Seen>> = std::iter::repeat_n(None, kept)
             .chain(self.sockets.iter().map(|s| self.seen_of(s)))
             .collect();
-        LiveSockets::build_seen(home, sockets, seen, local.clone(), guests)
+        // A listed socket may have ended too: its holder exited after the list was taken.
+        let life: Vec<Life> = sockets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Life {
+                from: (i < kept).then(|| self.kept.get(&s.inode)?.from).flatten(),
+                until: self.ended.get(&s.inode).copied(),
+            })
+            .collect();
+        LiveSockets::build_seen(home, sockets, seen, life, local.clone(), guests)
     }
 
     /// The kept sockets that the list does not show, oldest first, then the listed ones
     /// (later entries win an address in [`LiveSockets`]).
     fn table_sockets(&self) -> Vec<SocketEntry> {
         let listed: HashSet<u64> = self.sockets.iter().map(|s| s.inode).collect();
-        let mut kept: Vec<&(SocketEntry, Instant, Instant)> = self
+        let mut kept: Vec<&Kept> = self
             .kept
             .values()
-            .filter(|(s, _, _)| !listed.contains(&s.inode))
+            .filter(|k| !listed.contains(&k.socket.inode))
             .collect();
         // Of two on one address, the one held since later wins.
-        kept.sort_by_key(|(s, _, since)| (*since, s.inode));
-        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|(s, _, _)| *s).collect();
+        kept.sort_by_key(|k| (k.since, k.socket.inode));
+        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|k| k.socket).collect();
         sockets.extend_from_slice(&self.sockets);
         sockets
     }

@@ -3,6 +3,7 @@
 //! Pure and allocation-free: a packet's flow and a [`SocketTable`] in, a [`Verdict`] out.
 
 use std::cell::Cell;
+use std::time::Instant;
 
 use pidcap_wire::{FlowKey, IpProto};
 
@@ -86,16 +87,50 @@ pub fn attribute_current(
     ports_known: bool,
     judge: &dyn Fn(Seen) -> Currency,
 ) -> Verdict {
+    attribute_captured(table, flow, ports_known, judge, None).0
+}
+
+/// [`attribute_current`] for a packet captured at `captured` (`None`: any time): a kept
+/// socket answers only for packets captured while its holder lived, as far as known
+/// ([`crate::SocketMatch::life`]); otherwise that end is a miss. Also says whether such a
+/// socket was met: the verdict then depends on the capture time and is not for a cache of
+/// verdicts per flow.
+pub fn attribute_captured(
+    table: &SocketTable,
+    flow: &FlowKey,
+    ports_known: bool,
+    judge: &dyn Fn(Seen) -> Currency,
+    captured: Option<Instant>,
+) -> (Verdict, bool) {
     let supported = !port_based(flow.proto) || ports_known;
     let (tx, rx) = match table.nat_view(flow) {
         Some(view) => (view.tx, view.rx),
         None => ((flow.src, flow.dst), (flow.dst, flow.src)),
     };
-    let side = |(local, remote)| side(table, flow.proto, local, remote, supported, judge);
-    Verdict {
+    let timed = Cell::new(false);
+    let side = |(local, remote)| {
+        let end = End {
+            proto: flow.proto,
+            local,
+            remote,
+            supported,
+        };
+        side(table, end, judge, captured, &timed)
+    };
+    let verdict = Verdict {
         tx: side(tx),
         rx: side(rx),
-    }
+    };
+    (verdict, timed.get())
+}
+
+/// One end of a packet, as [`side`] looks it up.
+struct End {
+    proto: IpProto,
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+    /// False when the packet's ports are not known and the protocol needs them.
+    supported: bool,
 }
 
 /// Attributes both ends of a packet captured inside the network namespace `netns` on an
@@ -136,14 +171,21 @@ fn credit_of(found: Option<crate::table::SocketMatch>) -> Credit {
 
 /// Credit for the end `local` of a packet, or `None` when that end is not on this host.
 /// The end is local when a socket matches it, falling back to the host's own addresses.
+/// `timed` is set when a socket kept after its holder exited was met (see
+/// [`attribute_captured`]).
 fn side(
     table: &SocketTable,
-    proto: IpProto,
-    local: std::net::SocketAddr,
-    remote: std::net::SocketAddr,
-    supported: bool,
+    end: End,
     judge: &dyn Fn(Seen) -> Currency,
+    captured: Option<Instant>,
+    timed: &Cell<bool>,
 ) -> Option<Credit> {
+    let End {
+        proto,
+        local,
+        remote,
+        supported,
+    } = end;
     if !supported {
         return table
             .is_local(local.ip())
@@ -156,6 +198,11 @@ fn side(
         currency
     };
     match table.lookup_current(proto, local, remote, &judged) {
+        Some(m) if !m.life.is_unbounded() => {
+            timed.set(true);
+            let outside = captured.is_some_and(|at| m.life.excludes(at));
+            Some(credit_of((!outside).then_some(m)))
+        }
         Some(m) => Some(credit_of(Some(m))),
         // A record of this end exists (so it is local): the packet waits for its verdict.
         None if undecided.get() => Some(Credit::Unknown(UnknownReason::NoSocket)),

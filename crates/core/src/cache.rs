@@ -22,7 +22,7 @@ use pidcap_wire::{FlowKey, IpProto};
 use std::cell::Cell;
 use std::time::Instant;
 
-use crate::attribute::{attribute_current, Credit, UnknownReason, Verdict};
+use crate::attribute::{attribute_captured, Credit, UnknownReason, Verdict};
 use crate::openings::{Currency, Openings, Seen};
 use crate::table::SocketTable;
 
@@ -81,7 +81,7 @@ impl AttributionCache {
     /// The verdict for `flow` under `table`, from the cache when it is current; without
     /// regard to openings (a query's lookup, a replay).
     pub fn attribute(&self, table: &SocketTable, flow: &FlowKey, ports_known: bool) -> Lookup {
-        self.lookup(table, flow, ports_known, &|_| Currency::Current)
+        self.lookup(table, flow, ports_known, &|_| Currency::Current, None)
     }
 
     /// Records that a packet of `flow` captured at `at` opened a connection on its 4-tuple
@@ -96,7 +96,8 @@ impl AttributionCache {
     /// The verdict for a packet of `flow` captured at `at`, read in capture order (every
     /// packet before it was read): from the cache when it is current (no opening came
     /// between: [`AttributionCache::open`] drops the entries), else looked up with its
-    /// records judged by the openings ([`Openings::judge`]).
+    /// records judged by the openings ([`Openings::judge`]) and its kept sockets by when
+    /// their holders exited ([`crate::SocketMatch::until`]: such verdicts are not cached).
     pub fn attribute_at(
         &self,
         table: &SocketTable,
@@ -105,11 +106,10 @@ impl AttributionCache {
         at: Instant,
     ) -> Lookup {
         if !judged_by_openings(table, flow) {
-            return self.attribute(table, flow, ports_known);
+            return self.lookup(table, flow, ports_known, &|_| Currency::Current, Some(at));
         }
-        self.lookup(table, flow, ports_known, &|seen| {
-            self.openings.judge(flow, seen, at, at)
-        })
+        let judge = |seen| self.openings.judge(flow, seen, at, at);
+        self.lookup(table, flow, ports_known, &judge, Some(at))
     }
 
     /// The verdict for a packet of `flow` captured at `at`, decided late (from the pending
@@ -124,14 +124,16 @@ impl AttributionCache {
         horizon: Instant,
     ) -> (Verdict, bool) {
         if !self.openings.knows(flow) || !judged_by_openings(table, flow) {
-            return (self.attribute(table, flow, true).verdict, false);
+            let lookup = self.lookup(table, flow, true, &|_| Currency::Current, Some(at));
+            return (lookup.verdict, false);
         }
         let undecided = Cell::new(false);
-        let verdict = attribute_current(table, flow, true, &|seen| {
+        let judge = |seen| {
             let currency = self.openings.judge(flow, seen, at, horizon);
             undecided.set(undecided.get() || currency == Currency::Undecided);
             currency
-        });
+        };
+        let (verdict, _) = attribute_captured(table, flow, true, &judge, Some(at));
         (verdict, undecided.get())
     }
 
@@ -140,14 +142,16 @@ impl AttributionCache {
         (self.openings.len(), self.openings.forgotten())
     }
 
-    /// Looks `flow` up (through the cache); a verdict with an undecided record is not
-    /// cached (the next packet may decide it).
+    /// Looks `flow` up (through the cache) for a packet captured at `captured`; a verdict
+    /// with an undecided record, or one that met a socket kept after its holder exited, is
+    /// not cached (the next packet may be decided otherwise).
     fn lookup(
         &self,
         table: &SocketTable,
         flow: &FlowKey,
         ports_known: bool,
         judge: &dyn Fn(Seen) -> Currency,
+        captured: Option<Instant>,
     ) -> Lookup {
         let generation = table.generation();
         if let Some(hit) = self.entries.get(flow) {
@@ -165,15 +169,15 @@ impl AttributionCache {
             undecided.set(undecided.get() || currency == Currency::Undecided);
             currency
         };
-        let verdict = attribute_current(table, flow, ports_known, &judged);
-        if undecided.get() {
+        let (verdict, timed) = attribute_captured(table, flow, ports_known, &judged, captured);
+        if undecided.get() || timed {
             // Not cached (the next packet may decide it); a miss of its other end (a socket
             // or a translation not known yet) still asks for a refresh, once per generation.
             let new_miss = verdict.has_miss() && self.first_undecided(flow, generation);
             return Lookup {
                 verdict,
                 new_miss,
-                undecided: true,
+                undecided: undecided.get(),
             };
         }
         if let Some(ends) = unowned_ends(table, flow, &verdict) {

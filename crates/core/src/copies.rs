@@ -12,11 +12,18 @@
 //! the connection was counted meanwhile. Time is the packets' capture time, a parameter: no
 //! clock is read.
 //!
+//! A copy crosses each interface once, in one direction: when the capture names the
+//! interface (LINUX_SLL2), a second sighting of a fingerprint on an interface and direction
+//! it was already seen on is another packet (identical datagrams sent in a row over IPv6,
+//! whose flow label does not change per packet as IPv4's identification does), and starts
+//! a new window.
+//!
 //! Invariants: at most [`MAX_TRACKED`] sightings are remembered; when full, those older than
 //! the window are dropped, and if none is, all are (a copy then counts twice, never a packet
-//! not at all), counted in [`CopyFilter::forgotten`]. Known limit: two different packets with
-//! the same fingerprint within the window (an IPv6 TCP retransmission within 20 ms) count as
-//! one.
+//! not at all), counted in [`CopyFilter::forgotten`]. Known limit: without the interface
+//! (LINUX_SLL, the `any` capture of older libpcaps), two different packets with the same
+//! fingerprint within the window (identical IPv6 datagrams, an IPv6 TCP retransmission
+//! within 20 ms) count as one.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 
@@ -33,11 +40,56 @@ pub const MAX_TRACKED: usize = 65_536;
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct CopyFilter {
-    /// Fingerprint → capture time (µs) of its first sighting, and whether that sighting
-    /// waits whole in the pending buffer (its counting not decided yet).
-    seen: FastMap<u64, (u64, bool)>,
+    /// Fingerprint → its first sighting.
+    seen: FastMap<u64, First>,
     hasher: foldhash::fast::FixedState,
     forgotten: u64,
+}
+
+/// The first sighting of a fingerprint.
+#[derive(Debug, Clone, Copy)]
+struct First {
+    /// Capture time, µs.
+    at: u64,
+    /// Whether it waits whole in the pending buffer (its counting not decided yet).
+    held: bool,
+    /// The interfaces and directions its copies were seen on (0: none; beyond
+    /// [`VIAS_KEPT`], later copies are not told apart from new packets by interface).
+    vias: [u64; VIAS_KEPT],
+}
+
+/// Interfaces remembered per packet: a container's packet crosses its veth, the bridge and
+/// the uplink.
+const VIAS_KEPT: usize = 4;
+
+/// One packet as the filter weighs it: its IP length and [`CopyId`], and where it was
+/// captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyPacket {
+    pub ip_len: u32,
+    pub id: CopyId,
+    /// The interface index and direction it was captured on (LINUX_SLL2), as one nonzero
+    /// number ([`CopyPacket::via`]); `None` when the capture does not say.
+    pub via: Option<u64>,
+}
+
+impl CopyPacket {
+    pub fn new(ip_len: u32, id: CopyId) -> CopyPacket {
+        CopyPacket {
+            ip_len,
+            id,
+            via: None,
+        }
+    }
+
+    /// Captured on interface `ifindex`, leaving it (`outgoing`) or entering it.
+    pub fn via(self, ifindex: u32, outgoing: bool) -> CopyPacket {
+        let via = (u64::from(ifindex) << 1 | u64::from(outgoing)) + 1;
+        CopyPacket {
+            via: Some(via),
+            ..self
+        }
+    }
 }
 
 /// What the filter said about one sighting.
@@ -65,36 +117,43 @@ impl CopyFilter {
         CopyFilter::default()
     }
 
-    /// Whether a packet of `flow` (its canonical flow when it is a translated form),
-    /// `ip_len` bytes, with `id`, captured at `at_us` (µs), is a copy of a packet first
-    /// seen less than the window before; otherwise remembers it as a first sighting, which
-    /// is `held` when the caller holds it whole (see [`CopyFilter::seen_in_another_form`]).
-    /// For a translated form, `forms` are its connection's four forms: a sighting in any of
-    /// them (remembered before the translation was known) makes this one a copy too.
+    /// Whether `packet` of `flow` (its canonical flow when it is a translated form),
+    /// captured at `at_us` (µs), is a copy of a packet first seen less than the window
+    /// before (and not on the same interface and direction); otherwise remembers it as a
+    /// first sighting, which is `held` when the caller holds it whole (see
+    /// [`CopyFilter::seen_in_another_form`]). For a translated form, `forms` are its
+    /// connection's four forms: a sighting in any of them (remembered before the
+    /// translation was known) makes this one a copy too.
     pub fn check(
         &mut self,
         flow: &FlowKey,
         forms: Option<&[FlowKey; 4]>,
-        ip_len: u32,
-        id: CopyId,
+        packet: CopyPacket,
         at_us: u64,
         held: bool,
     ) -> CopyCheck {
-        let bytes = self.bytes_print(ip_len, id);
+        let bytes = self.bytes_print(packet.ip_len, packet.id);
         let key = self.flow_print(flow, bytes);
-        let other_form = || {
-            forms
-                .into_iter()
-                .flatten()
-                .any(|form| self.seen_within(self.flow_print(form, bytes), at_us))
-        };
-        if self.seen_within(key, at_us) || other_form() {
+        if self.copy_of(key, at_us, packet.via) {
             return CopyCheck::Copy;
+        }
+        let others = forms.map(|forms| forms.map(|form| self.flow_print(&form, bytes)));
+        for other in others.into_iter().flatten().filter(|&k| k != key) {
+            if self.copy_of(other, at_us, packet.via) {
+                return CopyCheck::Copy;
+            }
         }
         if self.seen.len() >= MAX_TRACKED {
             self.make_room(at_us);
         }
-        self.seen.insert(key, (at_us, held));
+        let mut vias = [0; VIAS_KEPT];
+        vias[0] = packet.via.unwrap_or(0);
+        let first = First {
+            at: at_us,
+            held,
+            vias,
+        };
+        self.seen.insert(key, first);
         CopyCheck::First(CopyMark {
             bytes,
             recorded: key,
@@ -114,17 +173,33 @@ impl CopyFilter {
             if key == mark.recorded {
                 return false;
             }
-            self.seen.get(&key).is_some_and(|&(at, held)| {
-                let first = (at, key) < (mark.at_us, mark.recorded);
-                at.abs_diff(mark.at_us) < COPY_WINDOW_US && (!held || first)
+            self.seen.get(&key).is_some_and(|f| {
+                let first = (f.at, key) < (mark.at_us, mark.recorded);
+                f.at.abs_diff(mark.at_us) < COPY_WINDOW_US && (!f.held || first)
             })
         })
     }
 
-    fn seen_within(&self, key: u64, at_us: u64) -> bool {
-        self.seen
-            .get(&key)
-            .is_some_and(|&(first, _)| at_us.abs_diff(first) < COPY_WINDOW_US)
+    /// True when `key`'s first sighting is within the window of `at_us` and was not seen
+    /// `via` this interface and direction already (then this is a copy, and `via` is
+    /// noted).
+    fn copy_of(&mut self, key: u64, at_us: u64, via: Option<u64>) -> bool {
+        let Some(first) = self.seen.get_mut(&key) else {
+            return false;
+        };
+        if at_us.abs_diff(first.at) >= COPY_WINDOW_US {
+            return false;
+        }
+        let Some(via) = via else {
+            return true;
+        };
+        if first.vias.contains(&via) {
+            return false; // crossed this interface already: another packet
+        }
+        if let Some(free) = first.vias.iter_mut().find(|v| **v == 0) {
+            *free = via;
+        }
+        true
     }
 
     /// Sightings dropped before their window ended, because the table was full.
@@ -148,7 +223,7 @@ impl CopyFilter {
 
     fn make_room(&mut self, now_us: u64) {
         self.seen
-            .retain(|_, &mut (at, _)| now_us.saturating_sub(at) < COPY_WINDOW_US);
+            .retain(|_, f| now_us.saturating_sub(f.at) < COPY_WINDOW_US);
         if self.seen.len() >= MAX_TRACKED {
             self.forgotten += self.seen.len() as u64;
             self.seen.clear();
@@ -181,7 +256,35 @@ mod tests {
     }
 
     fn is_copy(f: &mut CopyFilter, n: u64, at: u64) -> bool {
-        f.check(&udp(), None, 100, id(n), at, false) == CopyCheck::Copy
+        f.check(&udp(), None, CopyPacket::new(100, id(n)), at, false) == CopyCheck::Copy
+    }
+
+    /// Identical datagrams sent in a row over IPv6 (one flow label, one payload): each
+    /// crosses the veth once, so a second sighting on the same interface and direction is
+    /// the next datagram; its copy on the bridge is still a copy.
+    #[test]
+    fn a_repeat_on_the_same_interface_is_another_packet_and_other_interfaces_see_copies() {
+        let mut f = CopyFilter::new();
+        let veth = CopyPacket::new(100, id(1)).via(7, false);
+        let bridge = CopyPacket::new(100, id(1)).via(3, false);
+        let check =
+            |f: &mut CopyFilter, p: CopyPacket, at: u64| f.check(&udp(), None, p, at, false);
+        assert!(matches!(check(&mut f, veth, 1_000), CopyCheck::First(_)));
+        assert_eq!(check(&mut f, bridge, 1_005), CopyCheck::Copy);
+        assert!(
+            matches!(check(&mut f, veth, 1_100), CopyCheck::First(_)),
+            "the next one"
+        );
+        assert_eq!(check(&mut f, bridge, 1_105), CopyCheck::Copy);
+        let outgoing = CopyPacket::new(100, id(1)).via(7, true);
+        assert_eq!(
+            check(&mut f, outgoing, 1_110),
+            CopyCheck::Copy,
+            "the other direction"
+        );
+        // Without the interface (LINUX_SLL), a repeat within the window is a copy.
+        let unnamed = CopyPacket::new(100, id(1));
+        assert_eq!(check(&mut f, unnamed, 1_200), CopyCheck::Copy);
     }
 
     #[test]
@@ -193,7 +296,7 @@ mod tests {
         assert!(!is_copy(&mut f, 2, 1_020), "another packet");
         assert!(
             matches!(
-                f.check(&udp(), None, 101, id(1), 1_030, false),
+                f.check(&udp(), None, CopyPacket::new(101, id(1)), 1_030, false),
                 CopyCheck::First(_)
             ),
             "another length is another packet"
@@ -214,21 +317,31 @@ mod tests {
         let uplink = flow("192.0.2.1:61000", "198.51.100.7:53");
         let forms = [veth, uplink, uplink.reversed(), veth.reversed()];
         let mut f = CopyFilter::new();
-        let CopyCheck::First(first) = f.check(&veth, None, 100, id(1), 1_000, false) else {
+        let CopyCheck::First(first) =
+            f.check(&veth, None, CopyPacket::new(100, id(1)), 1_000, false)
+        else {
             panic!("first sighting")
         };
         assert!(!f.seen_in_another_form(first, &forms), "only itself so far");
-        let CopyCheck::First(held) = f.check(&uplink, None, 100, id(1), 1_005, true) else {
+        let CopyCheck::First(held) =
+            f.check(&uplink, None, CopyPacket::new(100, id(1)), 1_005, true)
+        else {
             panic!("not a copy while the translation is unknown")
         };
         assert!(f.seen_in_another_form(held, &forms), "counted on the veth");
-        let CopyCheck::First(other) = f.check(&uplink, None, 100, id(2), 1_010, true) else {
+        let CopyCheck::First(other) =
+            f.check(&uplink, None, CopyPacket::new(100, id(2)), 1_010, true)
+        else {
             panic!("another packet")
         };
         assert!(!f.seen_in_another_form(other, &forms));
-        let CopyCheck::First(late) =
-            f.check(&uplink, None, 100, id(1), 1_000 + COPY_WINDOW_US + 5, true)
-        else {
+        let CopyCheck::First(late) = f.check(
+            &uplink,
+            None,
+            CopyPacket::new(100, id(1)),
+            1_000 + COPY_WINDOW_US + 5,
+            true,
+        ) else {
             panic!("outside the window")
         };
         assert!(!f.seen_in_another_form(late, &forms));
@@ -242,10 +355,12 @@ mod tests {
         let inside = flow("10.231.1.2:40000", "10.232.1.2:8080");
         let forms = [outside, inside, inside.reversed(), outside.reversed()];
         let mut f = CopyFilter::new();
-        let CopyCheck::First(a) = f.check(&outside, None, 100, id(1), 1_000, true) else {
+        let CopyCheck::First(a) = f.check(&outside, None, CopyPacket::new(100, id(1)), 1_000, true)
+        else {
             panic!("first")
         };
-        let CopyCheck::First(b) = f.check(&inside, None, 100, id(1), 1_004, true) else {
+        let CopyCheck::First(b) = f.check(&inside, None, CopyPacket::new(100, id(1)), 1_004, true)
+        else {
             panic!("first in its form")
         };
         assert!(!f.seen_in_another_form(a, &forms), "the first counts");
@@ -253,11 +368,17 @@ mod tests {
         // Another packet seen first inside only; its next copy comes once the translation
         // is known, checked under the canonical (outside) form: a copy all the same.
         assert!(matches!(
-            f.check(&inside, None, 100, id(2), 2_000, true),
+            f.check(&inside, None, CopyPacket::new(100, id(2)), 2_000, true),
             CopyCheck::First(_)
         ));
         assert_eq!(
-            f.check(&outside, Some(&forms), 100, id(2), 2_004, false),
+            f.check(
+                &outside,
+                Some(&forms),
+                CopyPacket::new(100, id(2)),
+                2_004,
+                false
+            ),
             CopyCheck::Copy
         );
     }

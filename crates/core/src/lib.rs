@@ -21,7 +21,7 @@ mod table;
 pub use assembly::{Pass, Sighting, TableAssembly, BOUND_GRACE, CLOSE_GRACE};
 pub use attribute::{attribute, attribute_current, attribute_in, Credit, UnknownReason, Verdict};
 pub use cache::{AttributionCache, Lookup};
-pub use copies::{CopyCheck, CopyFilter, CopyMark, COPY_WINDOW_US};
+pub use copies::{CopyCheck, CopyFilter, CopyMark, CopyPacket, COPY_WINDOW_US};
 pub use counters::{
     Counters, Direction, ProcessTally, Quality, QualityBytes, ReasonBytes, Tally, Totals,
 };
@@ -38,6 +38,6 @@ pub use process::{ProcessInfo, ProcessKey};
 pub use routes::{RouteThreads, ROUTES_FOR};
 pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
-    canonical, canonical_ip, choose_owner, ClosedSocket, LiveSockets, MatchKind, OwnerMap,
+    canonical, canonical_ip, choose_owner, ClosedSocket, Life, LiveSockets, MatchKind, OwnerMap,
     RecentSockets, SocketMatch, SocketTable, TableParts,
 };

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use pidcap_wire::IpProto;
@@ -58,6 +59,29 @@ pub struct SocketMatch {
     pub kind: MatchKind,
     /// The credited holder, by [`choose_owner`]; `None` when no process holds the inode.
     pub owner: Option<ProcessKey>,
+    /// For a kept unconnected socket (matched by its bound address), the span its holder
+    /// is known to have lived: it answers only for packets captured within (before its
+    /// holder started, or after it exited, the port was another process's or nobody's).
+    pub life: Life,
+}
+
+/// When a socket's holder started and exited, as far as known ([`SocketMatch::life`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Life {
+    pub from: Option<Instant>,
+    pub until: Option<Instant>,
+}
+
+impl Life {
+    /// True when nothing is known (the socket answers whenever a packet was captured).
+    pub fn is_unbounded(&self) -> bool {
+        self.from.is_none() && self.until.is_none()
+    }
+
+    /// True when a packet captured at `at` falls outside the span.
+    pub fn excludes(&self, at: Instant) -> bool {
+        self.from.is_some_and(|from| at < from) || self.until.is_some_and(|until| at > until)
+    }
 }
 
 /// A namespace as the indexes key it: [`HOME`] for the table's own (and for every socket
@@ -112,6 +136,8 @@ pub struct LiveSockets {
     /// When each socket was seen as the connection it lists (the dumps that listed it, the
     /// lookup that found it); `None` when not recorded (always current).
     seen: Vec<Option<Seen>>,
+    /// When each kept socket's holder lived, as far as known ([`SocketMatch::life`]).
+    life: Vec<Life>,
     exact: FastMap<ExactKey, usize>,
     /// The local ends of `exact`'s sockets.
     connected: FastSet<BoundKey>,
@@ -277,19 +303,23 @@ impl LiveSockets {
         guest_addrs: &[(NetNsId, IpAddr)],
     ) -> LiveSockets {
         let seen = vec![None; sockets.len()];
-        LiveSockets::build_seen(home, sockets, seen, local_addrs, guest_addrs)
+        LiveSockets::build_seen(home, sockets, seen, Vec::new(), local_addrs, guest_addrs)
     }
 
     /// [`LiveSockets::build`] with the time each socket was last seen (`seen[i]` for
-    /// `sockets[i]`; missing ones have none), which [`crate::Openings`] weighs.
+    /// `sockets[i]`; missing ones have none), which [`crate::Openings`] weighs, and when
+    /// the holder of each kept socket lived (`life[i]`, see [`SocketMatch::life`]; missing
+    /// ones unbounded).
     pub fn build_seen(
         home: Option<NetNsId>,
         sockets: Vec<SocketEntry>,
         mut seen: Vec<Option<Seen>>,
+        mut life: Vec<Life>,
         local_addrs: Vec<IpAddr>,
         guest_addrs: &[(NetNsId, IpAddr)],
     ) -> LiveSockets {
         seen.resize(sockets.len(), None);
+        life.resize(sockets.len(), Life::default());
         let local: FastSet<IpAddr> = local_addrs.into_iter().map(canonical_ip).collect();
         let mut guests: FastMap<IpAddr, Ns> = FastMap::default();
         for &(netns, ip) in guest_addrs {
@@ -305,6 +335,7 @@ impl LiveSockets {
             local,
             guests,
             seen,
+            life,
             ..LiveSockets::default()
         };
         live.sockets.reserve(sockets.len());
@@ -704,6 +735,7 @@ impl SocketTable {
         }
         for record in records.into_iter().flatten() {
             let found = SocketMatch {
+                life: Life::default(),
                 inode: record.inode,
                 kind: MatchKind::Recent,
                 owner: Some(used_by(record.owner).unwrap_or(record.owner)),
@@ -716,6 +748,7 @@ impl SocketTable {
                 Currency::Current => {
                     return Answer::Found(Some(match holderless {
                         Some(live) if open => SocketMatch {
+                            life: Life::default(),
                             inode: live.inode,
                             kind: MatchKind::Exact,
                             owner: found.owner,
@@ -798,7 +831,12 @@ impl SocketTable {
         } else {
             choose_owner(self.holders(inode))
         };
-        SocketMatch { inode, kind, owner }
+        SocketMatch {
+            inode,
+            kind,
+            owner,
+            life: self.live.life[at],
+        }
     }
 
     /// The sockets held by `pid` (any holder, not just the credited one).

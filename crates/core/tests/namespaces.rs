@@ -280,6 +280,7 @@ fn a_claim_is_filed_under_the_namespace_of_its_local_address() {
             sockets: vec![claim],
             holder,
             seen: Some(now),
+            started: None,
         },
         now,
     );
@@ -366,6 +367,7 @@ fn a_loopback_claim_follows_a_process_that_moved() {
         sockets: vec![claim],
         holder,
         seen: Some(now),
+        started: None,
     };
     assembly.learn(sighting, now);
     let f = flow(IpProto::Tcp, "127.0.0.1:41000", "127.0.0.1:80");
@@ -394,6 +396,7 @@ fn an_unplaced_claim_answers_only_where_no_socket_of_the_namespace_does() {
         sockets: vec![socket],
         holder: holder.clone(),
         seen: Some(now),
+        started: None,
     };
     assembly.learn(of(&holder, claim), now);
     assert!(assembly.refile(key(9), HOME, NetNsId::UNPLACED));

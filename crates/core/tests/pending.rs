@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    attribute, Arrival, AttributionCache, CopyCheck, CopyFilter, Credit, Direction, Ledger, NatMap,
-    NetNsId, OwnerMap, Pending, ProcessInfo, ProcessKey, SocketEntry, SocketTable, TableParts,
-    Tally, TcpState, Translation,
+    attribute, Arrival, AttributionCache, CopyCheck, CopyFilter, CopyPacket, Credit, Direction,
+    Ledger, NatMap, NetNsId, OwnerMap, Pending, ProcessInfo, ProcessKey, SocketEntry, SocketTable,
+    TableParts, Tally, TcpState, Translation,
 };
 use pidcap_wire::CopyId;
 use pidcap_wire::{FlowKey, IpProto};
@@ -244,13 +244,15 @@ fn a_held_translated_copy_is_transit_once_its_translation_is_known() {
         let before = holding(1, veth, addrs.clone());
         if veth_seen {
             assert!(matches!(
-                filter.check(&veth, None, 60, id, 1_000, false),
+                filter.check(&veth, None, CopyPacket::new(60, id), 1_000, false),
                 CopyCheck::First(_)
             ));
             let v = attribute(&before, &veth, true);
             tally.record_side(Direction::Tx, v.tx.unwrap(), false, 60);
         }
-        let CopyCheck::First(mark) = filter.check(&uplink, None, 60, id, 1_005, true) else {
+        let CopyCheck::First(mark) =
+            filter.check(&uplink, None, CopyPacket::new(60, id), 1_005, true)
+        else {
             panic!("a first sighting in its own form")
         };
         let v = attribute(&before, &uplink, true);
@@ -284,8 +286,13 @@ fn a_packet_waiting_whole_keeps_its_known_credit_when_it_expires() {
     let mut pending = Pending::new(100, Duration::from_secs(2));
     let (mut tally, mut ledger) = (Tally::default(), Ledger::new(t0));
     let table = knowing(1);
-    let CopyCheck::First(mark) = filter.check(&flow(), None, 100, CopyId::default(), 0, true)
-    else {
+    let CopyCheck::First(mark) = filter.check(
+        &flow(),
+        None,
+        CopyPacket::new(100, CopyId::default()),
+        0,
+        true,
+    ) else {
         panic!("first")
     };
     let v = attribute(&table, &flow(), true);

@@ -92,7 +92,12 @@ pub enum News {
     /// A process that [`News::Learned`] named as a holder exited (with its uid): it holds
     /// nothing any more. Until the next full fd scan it would still be listed, and as the
     /// newest holder be credited with the traffic of the process it shared a socket with.
-    Exited { key: ProcessKey, uid: u32 },
+    /// `at`: when the exit was read (just after it happened).
+    Exited {
+        key: ProcessKey,
+        uid: u32,
+        at: Instant,
+    },
     /// A process was found in another network namespace at its latest `exec` than at the one
     /// before (`ip netns exec`: exec, `setns`, exec again): what was learned of it under the
     /// old namespace with loopback addresses (which name no namespace) belongs to the new one.

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::{CaptureError, LiveConfig, Next, Source};
 use pidcap_core::{
-    Arrival, AttributionCache, CopyCheck, CopyFilter, Direction, FragmentMap, Pending, SocketTable,
-    Tally, Verdict,
+    Arrival, AttributionCache, CopyCheck, CopyFilter, CopyPacket, Direction, FragmentMap, Pending,
+    SocketTable, Tally, Verdict,
 };
-use pidcap_wire::{parse, IpProto, LinkType, PacketMeta, WireError};
+use pidcap_wire::{parse, IpProto, LinkDirection, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
 
 use crate::inbox::MissSignal;
@@ -133,11 +133,14 @@ impl CaptureState {
         let flow = view.map_or(meta.flow, |v| v.canonical);
         let forms = view.as_ref().map(|v| &v.forms);
         let id = pidcap_wire::copy_id(seen.link, seen.frame, seen.orig_len).unwrap_or_default();
+        let packet = CopyPacket::new(meta.ip_len, id);
+        let packet = match (meta.ifindex, meta.direction) {
+            (Some(ifindex), LinkDirection::Incoming) => packet.via(ifindex, false),
+            (Some(ifindex), LinkDirection::Outgoing) => packet.via(ifindex, true),
+            _ => packet,
+        };
         let held = verdict.has_miss();
-        Some(
-            self.copies
-                .check(&flow, forms, meta.ip_len, id, seen.at_us, held),
-        )
+        Some(self.copies.check(&flow, forms, packet, seen.at_us, held))
     }
 
     fn due(&mut self, ts: SystemTime) -> bool {
@@ -419,24 +422,19 @@ fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) {
 }
 
 fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, meta: &PacketMeta) {
-    // Openings concern TCP only: other packets pay no clock conversion.
-    let (lookup, at) = if meta.flow.proto == IpProto::Tcp {
-        let at = batch.clock.instant(seen.at_us);
+    // The capture time decides which connection of a TCP 4-tuple a packet is (openings),
+    // and whether a kept socket's exited holder still answers for it.
+    let at = batch.clock.instant(seen.at_us);
+    if meta.flow.proto == IpProto::Tcp {
         batch.pending.read_up_to(at);
         if meta.tcp_opening {
             // A new connection on this 4-tuple: its earlier holders no longer answer for it.
             batch.cache.open(&meta.flow, at);
         }
-        let lookup = batch
-            .cache
-            .attribute_at(&batch.table, &meta.flow, meta.ports_known, at);
-        (lookup, at)
-    } else {
-        let lookup = batch
-            .cache
-            .attribute(&batch.table, &meta.flow, meta.ports_known);
-        (lookup, batch.merged_at)
-    };
+    }
+    let lookup = batch
+        .cache
+        .attribute_at(&batch.table, &meta.flow, meta.ports_known, at);
     if lookup.new_miss {
         misses.missed(meta.flow);
     }

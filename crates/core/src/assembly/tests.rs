@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_wire::IpProto;
+use pidcap_wire::{FlowKey, IpProto};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{MatchKind, SocketMatch, TableParts, TcpState};
+use crate::{
+    AttributionCache, Credit, MatchKind, SocketMatch, TableParts, TcpState, UnknownReason,
+};
 
 const NS: NetNsId = NetNsId(4026531840);
 /// A peer no socket uses: a lookup with it finds bound sockets only.
@@ -149,6 +151,7 @@ impl Shell {
             sockets: sockets.to_vec(),
             holder: info(pid),
             seen: Some(now),
+            started: None,
         };
         self.assembly.learn(sighting, now);
     }
@@ -333,6 +336,94 @@ fn a_socket_that_leaves_the_list_after_its_port_was_taken_does_not_take_it_back(
         found(&table, &old),
         Some((21, MatchKind::Wildcard, Some(2)))
     );
+}
+
+/// The credit of a datagram sent from unconnected socket `s` to a stranger, captured at
+/// `at`, through `cache`.
+fn sent_at(
+    cache: &AttributionCache,
+    table: &SocketTable,
+    s: &SocketEntry,
+    at: Instant,
+) -> Option<Credit> {
+    let flow = FlowKey {
+        proto: s.proto,
+        src: s.local,
+        dst: addr(STRANGER),
+    };
+    cache.attribute_at(table, &flow, true, at).verdict.tx
+}
+
+/// Issue #12: a UDP port passed on at once. Once its holder's exit is known, a kept
+/// socket answers for the datagrams captured before the exit and for none after — those
+/// are the next holder's, whose socket is not known yet: a miss, never the dead process.
+/// The verdict depends on the capture time, so the cache keeps none for the flow.
+#[test]
+fn a_kept_socket_answers_only_for_packets_captured_before_its_holder_exited() {
+    let udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let mut shell = Shell::new(&[]);
+    shell.pass(0, &[]);
+    shell.learn(10, &[udp], 1);
+    shell.assembly.ended(&[20], shell.at(50));
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    let tx = |ms: u64| sent_at(&cache, &table, &udp, shell.at(ms));
+    let credited = |c: Option<Credit>| match c {
+        Some(Credit::Process { key, .. }) => Some(key.pid),
+        _ => None,
+    };
+    assert_eq!(credited(tx(40)), Some(1), "captured before the exit");
+    assert_eq!(
+        tx(60),
+        Some(Credit::Unknown(UnknownReason::NoSocket)),
+        "captured after the exit: a miss, not the dead holder (nor a cached verdict)"
+    );
+    assert_eq!(credited(tx(49)), Some(1), "and before it again");
+    // Without a capture time (a query), the kept socket answers as before.
+    assert_eq!(
+        found(&table, &udp),
+        Some((20, MatchKind::Wildcard, Some(1)))
+    );
+}
+
+/// A socket still listed (the pass that drops it has not come) whose holder exited:
+/// the same, until the next pass.
+#[test]
+fn a_listed_socket_whose_holder_exited_answers_for_no_later_packet() {
+    let udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let mut shell = Shell::new(&[(20, 1)]);
+    shell.pass(0, &[udp]);
+    shell.assembly.ended(&[20], shell.at(50));
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    let tx = |ms: u64| sent_at(&cache, &table, &udp, shell.at(ms));
+    assert!(matches!(tx(40), Some(Credit::Process { key, .. }) if key.pid == 1));
+    assert_eq!(tx(60), Some(Credit::Unknown(UnknownReason::NoSocket)));
+}
+
+/// The other side of a UDP port passed on: the next holder's socket, learned after the
+/// previous holder's last datagrams were captured but before they were decided (they
+/// waited), is not theirs — its holder started after them.
+#[test]
+fn a_kept_socket_answers_for_no_packet_captured_before_its_holder_started() {
+    let udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 21);
+    let mut shell = Shell::new(&[]);
+    shell.pass(0, &[]);
+    let sighting = Sighting {
+        sockets: vec![udp],
+        holder: info(2),
+        seen: Some(shell.at(120)),
+        started: Some(shell.at(100)),
+    };
+    shell.assembly.learn(sighting, shell.at(120));
+    let map = Arc::make_mut(&mut shell.owners);
+    map.holders.entry(21).or_default().push(key(2));
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    let tx = |ms: u64| sent_at(&cache, &table, &udp, shell.at(ms));
+    assert_eq!(tx(50), Some(Credit::Unknown(UnknownReason::NoSocket)));
+    assert!(matches!(tx(110), Some(Credit::Process { key, .. }) if key.pid == 2));
+    assert_eq!(tx(99), Some(Credit::Unknown(UnknownReason::NoSocket)));
 }
 
 #[test]

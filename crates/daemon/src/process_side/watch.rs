@@ -97,8 +97,9 @@ impl Watcher {
                     ProcEvent::Exit { pid, .. } => {
                         watched.remove(&pid);
                         due.forget(pid);
-                        self.facts.exited(pid, Instant::now());
-                        self.report_exit(pid);
+                        let now = Instant::now();
+                        self.facts.exited(pid, now);
+                        self.report_exit(pid, now);
                     }
                     ProcEvent::Fork { child_pid, .. } => self.facts.forked(child_pid),
                 }
@@ -238,9 +239,9 @@ impl Watcher {
 
     /// Tells the refresher that a process it was told holds sockets has exited: it holds
     /// nothing now (a child that inherited a socket must not stay its newest holder).
-    fn report_exit(&mut self, pid: u32) {
+    fn report_exit(&mut self, pid: u32, at: Instant) {
         if let Some((key, uid)) = self.reported.remove(&pid) {
-            self.send(News::Exited { key, uid });
+            self.send(News::Exited { key, uid, at });
         }
     }
 

@@ -208,7 +208,10 @@ impl Guests {
     /// `pid` was seen in `netns`: true when that namespace was not known (it is read from
     /// the next pass on, through `pid`, until the next discovery).
     pub fn note(&mut self, netns: NetNsId, pid: u32) -> bool {
-        if self.home.is_some_and(|h| h == netns) || self.known.iter().any(|g| g.netns == netns) {
+        if netns == NetNsId::UNPLACED
+            || self.home.is_some_and(|h| h == netns)
+            || self.known.iter().any(|g| g.netns == netns)
+        {
             return false;
         }
         self.known.push(Guest::new(netns, vec![pid]));

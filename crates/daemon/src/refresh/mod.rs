@@ -230,19 +230,26 @@ impl TableBuilder {
         Ok(any)
     }
 
-    /// `key`, which the process side reported holding sockets, exited. Each of those sockets
-    /// the kernel still has (`sock_diag`) is held by someone else — a parent or child that
-    /// shares it after fork — whose holders are looked for again, so the exited process is
-    /// not their newest holder any more. A socket that closed keeps its exited holder: its
-    /// trailing packets are still that process's. True when an owner changed.
-    pub fn exited(&mut self, key: ProcessKey, uid: u32, netns: NetNsId) -> bool {
+    /// `key`, which the process side reported holding sockets, exited at `at`. Each of
+    /// those sockets the kernel still has (`sock_diag`) is held by someone else — a parent
+    /// or child that shares it after fork — whose holders are looked for again, so the
+    /// exited process is not their newest holder any more. A socket that closed keeps its
+    /// exited holder for its trailing packets, those captured before `at`; an unconnected
+    /// one answers for none after (its port may pass to a new process at once). True when
+    /// an owner changed or a socket ended.
+    pub fn exited(&mut self, key: ProcessKey, uid: u32, netns: NetNsId, at: Instant) -> bool {
         let learned = self.owners.take_learned(key);
-        let open: Vec<SocketEntry> = learned
-            .iter()
-            .filter_map(|s| self.still_open(s, netns))
-            .collect();
+        let (mut open, mut ended) = (Vec::new(), Vec::new());
+        for s in &learned {
+            match self.still_open(s, netns) {
+                Some(entry) => open.push(entry),
+                None if s.is_wildcard_remote() && s.inode != 0 => ended.push(s.inode),
+                None => {}
+            }
+        }
+        self.assembly.ended(&ended, at);
         let inodes: Vec<u64> = open.iter().map(|s| s.inode).collect();
-        match self.owners.recheck(&inodes, uid) {
+        let changed = match self.owners.recheck(&inodes, uid) {
             Ok(true) => {
                 // Listed live with their holders now, they win over the exited process's
                 // sighting of the same addresses.
@@ -254,7 +261,8 @@ impl TableBuilder {
                 debug!(error = %error, "cannot look again for the holders of an exited process's sockets");
                 false
             }
-        }
+        };
+        changed || !ended.is_empty()
     }
 
     /// The kernel's entry for `socket` if it still has it (asked by its addresses through
@@ -291,10 +299,12 @@ impl TableBuilder {
             }
             new_namespace |= self.guests.note(s.netns, key.pid);
         }
+        let started = pidcap_sockets::process::start_instant(key.start_time, Instant::now());
         let sighting = Sighting {
             sockets: learned.sockets,
             holder: learned.info,
             seen: Some(learned.seen),
+            started,
         };
         self.assembly.learn(sighting, now);
         new_namespace
@@ -486,7 +496,7 @@ impl Refresher {
                     self.pass_due |= self.builder.learn(learned, now);
                     true
                 }
-                News::Exited { key, uid } => self.builder.exited(key, uid, self.netns),
+                News::Exited { key, uid, at } => self.builder.exited(key, uid, self.netns, at),
                 News::Namespace { netns, pid } => {
                     self.pass_due |= self.builder.note_namespace(netns, pid);
                     false

@@ -8,6 +8,7 @@
 //! close that window (planned with the openat-based scan).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use pidcap_core::{cgroup_path, Placement, ProcessInfo, ProcessKey};
 
@@ -105,6 +106,28 @@ fn exe_of(dir: &Path) -> Option<String> {
     Some(target.to_string_lossy().into_owned())
 }
 
+/// When a process that started `start_ticks` clock ticks after boot (its
+/// [`ProcessKey::start_time`]) started, on the monotonic clock of `Instant`, at the
+/// ticks' precision (10 ms at the usual 100 Hz): `now` minus the time since its start on
+/// the boot clock. After a suspend the boot clock has run ahead of the monotonic one, so
+/// the instant found is earlier than the real one, never later. `None` when the clocks
+/// cannot be read or the start lies before the monotonic clock's origin.
+pub fn start_instant(start_ticks: u64, now: Instant) -> Option<Instant> {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let mut boot = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `boot` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) } != 0 || hz == 0 {
+        return None;
+    }
+    let boot = Duration::new(u64::try_from(boot.tv_sec).ok()?, boot.tv_nsec as u32);
+    let started = Duration::from_nanos(start_ticks.checked_mul(1_000_000_000 / hz)?);
+    now.checked_sub(boot.checked_sub(started)?)
+}
+
 impl ProcRoot {
     /// The start time of process `pid` (clock ticks after boot, as in its [`ProcessKey`]):
     /// one small read, for checking that a known process is still the one holding `pid`.
@@ -150,6 +173,36 @@ mod tests {
     /// `/proc/<pid>/stat` of a python3 process, Linux 6.18, with its comm changed (via
     /// prctl(PR_SET_NAME)) to contain spaces and parentheses.
     const STAT_LINUX_6_18: &[u8] = b"7843 (my (weird) comm) R 7841 7841 4659 0 -1 4194304 2890 6497 2 1 7 4 7 2 20 0 1 0 57139 17133568 3442 18446744073709551615 93910699917312 93910699917653 140732038216256 0 0 0 0 16781312 2 0 0 0 17 1 0 0 0 0 0 93910699929008 93910699929624 93911311872000 140732038219866 140732038220071 140732038220071 140732038221775 0\n";
+
+    /// A child started now is placed between the instants taken around its spawn, within
+    /// the ticks' precision (and never after the instant it is asked at).
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the test takes the instants around the spawn
+    fn a_start_time_in_ticks_is_placed_on_the_monotonic_clock() {
+        let before = Instant::now();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let after = Instant::now();
+        let ticks = ProcRoot::default().start_time(child.id()).unwrap();
+        let now = Instant::now();
+        let started = start_instant(ticks, now).expect("the clocks read");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let tick = Duration::from_millis(20); // a tick at 100 Hz, and rounding
+        assert!(started <= now);
+        assert!(
+            started + tick >= before,
+            "{:?} before the spawn",
+            before - started
+        );
+        assert!(
+            started <= after + tick,
+            "{:?} after the spawn",
+            started - after
+        );
+    }
 
     #[test]
     fn comm_runs_to_the_last_paren() {
