@@ -172,16 +172,3 @@ fn a_reused_port_is_never_credited_to_its_previous_or_next_holder() {
     assert_sound(&outcome);
     assert!(outcome.meets_targets(), "{}", outcome.summary());
 }
-
-/// A socket shared after `fork`: 6 parents connect and fork, each child does the whole
-/// exchange and exits, the parent keeps its copy idle for 200 ms more. The fds name the
-/// parent (alone, once the child exited): the watcher reports the child as holding its
-/// parent's sockets from the fork, and the tracer's claims name it as the process that used
-/// the connection after the parent — its bytes are the child's.
-#[test]
-fn a_socket_shared_after_fork_is_credited_to_the_child_that_used_it() {
-    require_root();
-    let outcome = scenarios::shared_after_fork(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
-}

@@ -24,7 +24,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey, SocketEntry};
+use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use tracing::{debug, warn};
 
@@ -46,12 +46,7 @@ struct Watched {
     netns: NetNsId,
     /// Socket inodes already read (IP sockets sent, others ignored).
     done: HashSet<u64>,
-    /// The IP sockets sent (at most [`MAX_INHERITED`]): a child it forks holds them too.
-    held: Vec<SocketEntry>,
 }
-
-/// Sockets a forked child is reported holding (its parent's, as the watcher read them).
-const MAX_INHERITED: usize = 64;
 
 #[derive(Debug)]
 pub struct Watcher {
@@ -106,13 +101,7 @@ impl Watcher {
                         self.facts.exited(pid, now);
                         self.report_exit(pid, now);
                     }
-                    ProcEvent::Fork {
-                        parent_pid,
-                        child_pid,
-                    } => {
-                        self.facts.forked(child_pid);
-                        self.inherited(&watched, parent_pid, child_pid);
-                    }
+                    ProcEvent::Fork { child_pid, .. } => self.facts.forked(child_pid),
                 }
             }
             self.look_at_due(&mut due, &mut watched, &mut fds);
@@ -157,7 +146,6 @@ impl Watcher {
             info,
             netns,
             done: HashSet::new(),
-            held: Vec::new(),
         };
         watched.insert(pid, w);
     }
@@ -211,8 +199,6 @@ impl Watcher {
         }
         if !found.is_empty() {
             debug!(pid, sockets = found.len(), comm = %w.info.comm, "learned sockets of a new process");
-            let room = MAX_INHERITED.saturating_sub(w.held.len());
-            w.held.extend(found.iter().take(room).copied());
             let learned = Learned {
                 sockets: found,
                 info: w.info.clone(),
@@ -225,38 +211,6 @@ impl Watcher {
             self.send(learned.into());
         }
         true
-    }
-
-    /// A watched process with sockets forked `child`: the child holds them too, from now
-    /// (it is the newer holder, as the next fd scan would find; a child that forks off to
-    /// do the I/O on a connection its parent opened is credited at once, not after its
-    /// first packets were given to the parent). Its exit is reported like a watched
-    /// process's, which hands the sockets back to the parent.
-    fn inherited(&mut self, watched: &HashMap<u32, Watched>, parent: u32, child: u32) {
-        let Some(w) = watched.get(&parent).filter(|w| !w.held.is_empty()) else {
-            return;
-        };
-        let now = Instant::now();
-        let Known::Process(info, _) = self.facts.read(&self.proc, w.netns, child, now) else {
-            return; // already gone
-        };
-        debug!(
-            parent,
-            child,
-            sockets = w.held.len(),
-            "a watched process forked with its sockets"
-        );
-        let learned = Learned {
-            sockets: w.held.clone(),
-            info,
-            seen: now,
-        };
-        if self.reported.len() >= MAX_REPORTED {
-            self.reported.clear();
-        }
-        self.reported
-            .insert(child, (learned.info.key, learned.info.uid));
-        self.send(learned.into());
     }
 
     /// Tells the refresher about a network namespace it has not been told of (the first
