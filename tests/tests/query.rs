@@ -192,3 +192,55 @@ fn watch_streams_lines_with_the_documented_shape() {
         assert!(line["unknown"].is_object(), "{line}");
     }
 }
+
+/// A socket shared after `fork`: `process` lists it for each holder, with every holder's
+/// pid, so a user sees who shares it (README rule 4 says which one is credited).
+#[test]
+fn process_lists_every_holder_of_a_shared_socket() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sink");
+    let port = sink.local_addr().expect("sink addr").port();
+    let daemon = Daemon::start(&["--interface", "lo", "--filter", &format!("udp port {port}")]);
+    // bash opens the socket, a background sleep inherits it (fd 3 stays open), then bash
+    // sends one datagram (a miss: its socket's holders are looked for) and waits.
+    let script = format!("exec 3<>/dev/udp/127.0.0.1/{port}; sleep 30 & echo $!; echo x >&3; wait");
+    let mut bash = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bash");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bash.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the sleep's pid");
+    let sleep: u64 = line.trim().parse().expect("a pid");
+    let parent = u64::from(bash.id());
+    let holders = |pid: u64| -> Vec<u64> {
+        let reply = daemon.query(&json!({"cmd": "process", "pid": pid}));
+        reply["process"]["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["remote"] == format!("127.0.0.1:{port}"))
+            .flat_map(|c| c["holders"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p.as_u64())
+            .collect()
+    };
+    let mut expected = vec![parent, sleep];
+    expected.sort_unstable();
+    // `process` answers for a process with traffic: whichever holder was credited (the
+    // newest, the sleep, by rule 4) lists the socket with both.
+    let listed = wait_until(Duration::from_secs(15), || {
+        holders(parent) == expected || holders(sleep) == expected
+    });
+    let seen = (holders(parent), holders(sleep));
+    let _ = std::process::Command::new("kill")
+        .arg(sleep.to_string())
+        .status();
+    let _ = bash.wait();
+    assert!(
+        listed,
+        "holders listed for bash, sleep: {seen:?}, want {expected:?}"
+    );
+}

@@ -392,7 +392,7 @@ fn process_prints_details_and_connections() {
     detail["cmdline"] = json!(["chatty", "--port", "80"]);
     detail["connections"] = json!([{
         "proto": "tcp", "local": "127.0.0.1:80", "remote": "127.0.0.1:40000",
-        "state": "ESTABLISHED", "inode": 31337
+        "state": "ESTABLISHED", "inode": 31337, "holders": [202, 203]
     }]);
     let daemon = FakeDaemon::serve(vec![
         json!({"v": 1, "ok": true, "process": detail}).to_string()
@@ -412,7 +412,8 @@ fn process_prints_details_and_connections() {
             "127.0.0.1:80",
             "127.0.0.1:40000",
             "ESTABLISHED",
-            "31337"
+            "31337",
+            "203"
         ]
     );
 }

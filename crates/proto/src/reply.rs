@@ -215,6 +215,11 @@ pub struct Connection {
     /// daemons.
     #[serde(default)]
     pub netns: Option<u64>,
+    /// Every pid holding the socket, this process included: more than one when it is shared
+    /// (inherited across `fork`, passed over a unix socket). Which of them is credited is
+    /// README rule 4. Empty from earlier daemons.
+    #[serde(default)]
+    pub holders: Vec<u32>,
 }
 
 /// `process`: a [`ProcessRow`] plus command line and sockets, all at the same level.

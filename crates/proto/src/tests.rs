@@ -518,11 +518,12 @@ fn process_reply_flattens_the_row() {
                 state: "ESTABLISHED".into(),
                 inode: 999,
                 netns: None,
+                holders: vec![42, 43],
             }],
         },
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999,"netns":null}}]}}}}"#
+        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999,"netns":null,"holders":[42,43]}}]}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -692,6 +693,7 @@ fn decode_tolerates_unknown_fields_everywhere() {
                 state: "UNCONN".into(),
                 inode: 5,
                 netns: None,
+                holders: Vec::new(),
             }],
         },
     }))

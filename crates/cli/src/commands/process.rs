@@ -10,12 +10,13 @@ use crate::client::Client;
 use crate::format::{self, Align, Table};
 use crate::names::{self, Names};
 
-const CONNECTION_COLUMNS: [(&str, Align); 5] = [
+const CONNECTION_COLUMNS: [(&str, Align); 6] = [
     ("PROTO", Align::Left),
     ("LOCAL", Align::Left),
     ("REMOTE", Align::Left),
     ("STATE", Align::Left),
     ("INODE", Align::Right),
+    ("SHARED WITH", Align::Left),
 ];
 
 pub fn run(
@@ -56,6 +57,19 @@ fn container(placed: &PlacementFields) -> String {
         text += &format!(" (pod {pod})");
     }
     text
+}
+
+/// The other pids holding a socket, or `-`.
+fn shared_with(pid: u32, holders: &[u32]) -> String {
+    let others: Vec<String> = holders
+        .iter()
+        .filter(|&&p| p != pid)
+        .map(u32::to_string)
+        .collect();
+    match others.is_empty() {
+        true => "-".into(),
+        false => others.join(","),
+    }
 }
 
 pub fn render(process: &ProcessDetail, users: &Names) -> String {
@@ -109,6 +123,7 @@ pub fn render(process: &ProcessDetail, users: &Names) -> String {
         let cells = [&c.proto, &c.local, &c.remote, &c.state];
         let mut cells: Vec<String> = cells.into_iter().cloned().collect();
         cells.push(c.inode.to_string());
+        cells.push(shared_with(row.pid, &c.holders));
         table.push(cells);
     }
     text + &table.render()
@@ -164,6 +179,7 @@ mod tests {
                 state: "ESTABLISHED".into(),
                 inode: 1234,
                 netns: None,
+                holders: vec![42, 7],
             }]),
             &Names::parse("root:x:0:0::/:\n"),
         );
@@ -183,8 +199,8 @@ mod tests {
              rx          3 packets, 4.0 KiB total; 100 B since the last log line; 0 B/s\n\
              tx          0 packets, 0 B total; 0 B since the last log line; 512 B/s\n\
              \n\
-             PROTO  LOCAL        REMOTE    STATE        INODE\n\
-             tcp    [::1]:40000  [::1]:80  ESTABLISHED   1234\n"
+             PROTO  LOCAL        REMOTE    STATE        INODE  SHARED WITH\n\
+             tcp    [::1]:40000  [::1]:80  ESTABLISHED   1234  7\n"
         );
     }
 

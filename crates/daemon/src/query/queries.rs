@@ -130,7 +130,10 @@ pub fn process(shared: &DaemonState, pid: u32, viewer: Viewer) -> Reply {
         })
         .map(|p| p.cmdline.clone())
         .unwrap_or_default();
-    let connections = table.connections_of(pid).map(connection).collect();
+    let connections = table
+        .connections_of(pid)
+        .map(|s| connection(s, table.holders(s.inode)))
+        .collect();
     let process = proto::ProcessDetail {
         row,
         cmdline,
@@ -216,8 +219,12 @@ fn not_found_message(pid: u32, viewer: Viewer) -> String {
     }
 }
 
-fn connection(s: &SocketEntry) -> proto::Connection {
+fn connection(s: &SocketEntry, holders: &[pidcap_core::ProcessKey]) -> proto::Connection {
+    let mut pids: Vec<u32> = holders.iter().map(|k| k.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
     proto::Connection {
+        holders: pids,
         proto: s.proto.name().into_owned(),
         local: s.local.to_string(),
         remote: s.remote.to_string(),
