@@ -73,3 +73,58 @@ fn a_child_that_inherited_a_socket_and_exited_is_not_credited_with_its_parents_t
         daemon.stats()
     );
 }
+
+/// The TCP case, where the children keep the inherited connection open while they live:
+/// bash writes a line every 10 ms on a connection it opened, and each `sleep 0.01` it
+/// forks meanwhile holds the socket (fd 3 stays open) and never touches it. The fds name
+/// the idle child as the newest holder; the socket tracer saw bash connect, and bash holds
+/// this very socket: bash is credited with every byte (README rule 4).
+#[test]
+fn idle_children_holding_a_tcp_connection_are_not_credited_with_its_bytes() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind listener");
+    let port = listener.local_addr().expect("listener addr").port();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut sink = Vec::new();
+        stream.read_to_end(&mut sink).map(|_| sink.len())
+    });
+    let filter = format!("tcp port {port}");
+    let daemon = Daemon::start(&["--interface", "lo", "--filter", &filter]);
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; for i in $(seq {DATAGRAMS}); do echo x >&3; sleep 0.01; done"
+    );
+    let sender = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn the sender");
+    let pid = u64::from(sender.id());
+    wait_bounded(sender, Duration::from_secs(60), "the sender");
+    let received = reader.join().expect("reader").expect("read");
+    assert_eq!(received as u64, 2 * DATAGRAMS, "the lines arrived");
+    let drained = wait_until(Duration::from_secs(20), || {
+        daemon.stats()["pending_packets"] == 0
+    });
+    assert!(drained, "not all segments decided: {}", daemon.stats());
+    let credited = senders(&daemon);
+    let wrong: Vec<_> = credited
+        .iter()
+        .filter(|(p, comm, _)| *p != pid && comm != "pidcap-e2e" && !comm.starts_with("inherited"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "segments bash {pid} sent were credited to other processes: {wrong:?}"
+    );
+    let right = credited
+        .iter()
+        .find(|(p, _, _)| *p == pid)
+        .map_or(0, |(_, _, tx)| *tx);
+    // A line per segment, but TCP coalesces some while an ACK is delayed: every segment
+    // is bash's (the listener's are the test's own), none unknown.
+    let stats = daemon.stats();
+    assert!(
+        right > DATAGRAMS / 2 && stats["unknown_tx_packets"] == 0,
+        "bash {pid} credited with {right} segments: {credited:?} {stats}"
+    );
+}

@@ -564,7 +564,8 @@ impl RecentInputs {
             (ClosedSocket { seen, ..new }, at)
         };
         let socket = |(c, _): &(ClosedSocket, Instant)| socket_identity(c.owner, c.inode, c.seen);
-        *slots = succeed(*slots, (c, at), socket, merge, |(c, _)| c.seen);
+        let claim = |(c, _): &(ClosedSocket, Instant)| c.inode == 0;
+        *slots = succeed(*slots, (c, at), socket, merge, |(c, _)| c.seen, claim);
         self.version += 1;
     }
 
@@ -574,20 +575,23 @@ impl RecentInputs {
     }
 
     fn expire(&mut self, now: Instant) {
-        let before = self.closed.len();
         let fresh = |kept: &Option<(ClosedSocket, Instant)>| {
             kept.is_some_and(|(_, at)| now.saturating_duration_since(at) < CLOSE_GRACE)
         };
+        let mut dropped = false;
         self.closed.retain(|_, slots| {
             // Holders are in the kernel's order, not the order they were kept in: each
-            // goes when its own grace is over, the rest keep their order.
+            // goes when its own grace is over, the rest keep their order. Any holder gone
+            // is a change (every claim of a 4-tuple weighs, not only the first).
+            let before = slots.iter().flatten().count();
             let mut kept = slots.iter().copied().filter(fresh).flatten();
             *slots = std::array::from_fn(|_| kept.next());
+            dropped |= slots.iter().flatten().count() != before;
             slots[0].is_some()
         });
         self.departed
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < CLOSE_GRACE);
-        self.version += u64::from(self.closed.len() != before);
+        self.version += u64::from(dropped);
     }
 
     fn build(&self, home: Option<NetNsId>) -> RecentSockets {

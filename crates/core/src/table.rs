@@ -178,36 +178,52 @@ pub struct RecentSockets {
 pub(crate) const HOLDERS_KEPT: usize = 8;
 pub(crate) type Holders<T> = [Option<T>; HOLDERS_KEPT];
 
-/// The holders of one 4-tuple after `new`: another sighting of the latest socket (`same`
-/// equal: one socket, so one connection) widens it in place (`merge`); anything else goes
-/// before every holder seen no later than it or not known when (`seen`: when each was
-/// first seen; `None` keeps the order of arrival), so the holders stay in the kernel's
-/// order whatever
-/// order their records arrived in (a traced claim reaches the table after a look at a
-/// process's fds made later); when all are newer, it is the one dropped, else the oldest
-/// is. Sightings of one process without an inode (claims) are never merged: the process
-/// may have held the 4-tuple for several connections, with another's in between.
+/// The holders of one 4-tuple after `new`: another sighting of a socket already kept
+/// (`same` equal: one socket and holder, so one connection) widens it in place (`merge`);
+/// anything else goes before every holder seen no later than it or not known when
+/// (`seen`: when each was first seen; `None` keeps the order of arrival), so the holders
+/// stay in the kernel's order whatever order their records arrived in (a traced claim
+/// reaches the table after a look at a process's fds made later). When all are newer, it
+/// is the one dropped; when full, the oldest that is not a `claim` goes (a process's own
+/// events weigh more than fd tables: children holding an inherited socket must not push
+/// out the claim of the process that uses it), else the oldest. Claims are never merged
+/// but with themselves: the process may have held the 4-tuple for several connections,
+/// with another's in between.
 pub(crate) fn succeed<T: Copy, K: PartialEq>(
-    mut slots: Holders<T>,
+    slots: Holders<T>,
     new: T,
     same: impl Fn(&T) -> K,
     merge: impl Fn(T, T) -> T,
     seen: impl Fn(&T) -> Option<Seen>,
+    claim: impl Fn(&T) -> bool,
 ) -> Holders<T> {
-    if let Some(latest) = slots[0].filter(|latest| same(latest) == same(&new)) {
-        slots[0] = Some(merge(latest, new));
+    let mut slots = slots;
+    if let Some(slot) = slots
+        .iter_mut()
+        .flatten()
+        .find(|kept| same(kept) == same(&new))
+    {
+        *slot = merge(*slot, new);
         return slots;
     }
     let when = |t: &T| seen(t).map(|s| s.first);
-    let at = slots.iter().position(|slot| match (slot, when(&new)) {
+    let Some(at) = slots.iter().position(|slot| match (slot, when(&new)) {
         (None, _) | (_, None) => true,
         (Some(held), Some(new)) => when(held).is_none_or(|held| held <= new),
-    });
-    if let Some(at) = at {
-        slots[at..].rotate_right(1);
-        slots[at] = Some(new);
+    }) else {
+        return slots;
+    };
+    let mut held: Vec<T> = slots.iter().flatten().copied().collect();
+    held.insert(at.min(held.len()), new);
+    if held.len() > HOLDERS_KEPT {
+        let victim = held
+            .iter()
+            .rposition(|h| !claim(h))
+            .unwrap_or(held.len() - 1);
+        held.remove(victim);
     }
-    slots
+    let mut held = held.into_iter();
+    std::array::from_fn(|_| held.next())
 }
 
 /// One recent socket: its inode (0 for a claim), last holder, and when it was seen.
@@ -268,12 +284,14 @@ impl RecentSockets {
         };
         let slots = self.closed.entry(key).or_default();
         let seen = |r: &RecentRecord| r.seen;
+        let claim = |r: &RecentRecord| r.inode == 0;
         *slots = succeed(
             *slots,
             record,
             RecentRecord::socket,
             RecentRecord::merge,
             seen,
+            claim,
         );
     }
 
@@ -480,16 +498,19 @@ pub fn choose_owner(holders: &[ProcessKey]) -> Option<ProcessKey> {
         .max_by(|a, b| a.start_time.cmp(&b.start_time).then(b.pid.cmp(&a.pid)))
 }
 
-/// The process that used a shared connection after `holder` did: the latest traced claim
-/// (an event in the process's own context: its `connect`, its first send or receive) among
-/// `records` that are current, when it is another process's and `holder` has an earlier
-/// claim of its own. A socket shared after `fork` is held by both processes, and its idle
-/// parent may outlive the child that did the I/O: the fds name the parent, the events the
-/// child. Without a claim of `holder` (the tracer missed it, or the 4-tuple was reused by a
-/// new process) the holder stands: a claim of an earlier connection never outranks it.
+/// The process that used a shared connection rather than `holder` (the one the fds or a
+/// record name): the latest traced claim (an event in the process's own context: its
+/// `connect`, its first send or receive) among `records` that are current, when it is
+/// another process's and either `holder` has an earlier claim of its own (a child that
+/// forked off with the connection and did the I/O while its idle parent outlives it), or
+/// the claimant is itself among `holders`, the processes holding this very socket (a
+/// parent that goes on using the connection while a child that inherited it idles: the
+/// newest holder would otherwise be credited). Without either, the holder stands: a
+/// claim of an earlier connection on the 4-tuple never outranks it.
 fn used_by_another(
     records: &Holders<RecentRecord>,
     holder: ProcessKey,
+    holders: &[ProcessKey],
     judged: &dyn Fn(Option<Seen>) -> Currency,
 ) -> Option<ProcessKey> {
     let mut claims = records
@@ -497,7 +518,9 @@ fn used_by_another(
         .flatten()
         .filter(|r| r.inode == 0 && judged(r.seen) == Currency::Current);
     let latest = claims.next()?;
-    (latest.owner != holder && claims.any(|r| r.owner == holder)).then_some(latest.owner)
+    let other = latest.owner != holder;
+    (other && (holders.contains(&latest.owner) || claims.any(|r| r.owner == holder)))
+        .then_some(latest.owner)
 }
 
 impl SocketTable {
@@ -716,7 +739,9 @@ impl SocketTable {
         let mut holderless = None;
         let mut open = false;
         let records = self.recently_closed(&key).unwrap_or_default();
-        let used_by = |holder| used_by_another(&records, holder, &judged);
+        let used_by = |holder, holders: &[ProcessKey]| {
+            used_by_another(&records, holder, holders, &judged).unwrap_or(holder)
+        };
         if let Some(&at) = self.live.exact.get(&key) {
             match judged(self.live.seen[at]) {
                 Currency::Undecided => return Answer::Undecided,
@@ -724,7 +749,7 @@ impl SocketTable {
                 Currency::Current => {
                     let mut found = self.matched(at, MatchKind::Exact);
                     if let Some(holder) = found.owner {
-                        found.owner = Some(used_by(holder).unwrap_or(holder));
+                        found.owner = Some(used_by(holder, self.holders(found.inode)));
                         return Answer::Found(Some(found));
                     }
                     holderless = Some(found);
@@ -738,7 +763,7 @@ impl SocketTable {
                 life: Life::default(),
                 inode: record.inode,
                 kind: MatchKind::Recent,
-                owner: Some(used_by(record.owner).unwrap_or(record.owner)),
+                owner: Some(used_by(record.owner, self.holders(record.inode))),
             };
             match judged(record.seen) {
                 Currency::Undecided => return Answer::Undecided,

@@ -131,3 +131,45 @@ fn without_a_claim_of_the_holder_an_earlier_claim_never_takes_the_connection() {
     let t = table(&[PARENT], vec![claim, earlier, held]);
     assert_eq!(credited(&t), Some(PARENT));
 }
+
+/// The other way round: the parent goes on using the connection, a child that inherited it
+/// idles. The fds name both (the child is the newest holder); only the parent claimed the
+/// connection — and it holds this very socket: the parent is credited.
+#[test]
+fn a_holder_that_used_the_connection_wins_over_a_newer_idle_one() {
+    let t0 = Instant::now();
+    let connect = record(PARENT, 0, t0);
+    let t = table(&[PARENT, CHILD], vec![connect]);
+    assert_eq!(credited(&t), Some(PARENT));
+    // Without a claim of anyone, the documented rule: the newest holder.
+    assert_eq!(credited(&table(&[PARENT, CHILD], vec![])), Some(CHILD));
+    // A claimant that does not hold the socket (an earlier connection's) changes nothing.
+    let earlier = record(EARLIER, 0, t0);
+    assert_eq!(
+        credited(&table(&[PARENT, CHILD], vec![earlier])),
+        Some(CHILD)
+    );
+}
+
+/// A parent that forks a child every few milliseconds while it writes on a connection
+/// (each child holds the inherited socket while it lives, `sleep` in a shell loop): the
+/// children's fd sightings, far more than the records kept per 4-tuple, never push out
+/// the parent's claim, and the parent's own repeated sightings are one record.
+#[test]
+fn many_idle_children_do_not_push_out_the_claim_of_the_user() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis(1);
+    let mut records = vec![record(PARENT, 0, t0)];
+    let mut last_child = CHILD;
+    for i in 1..=20u32 {
+        let child = ProcessKey {
+            pid: 1000 + i,
+            start_time: 10 + u64::from(i),
+        };
+        records.push(record(child, INODE, t0 + 10 * ms * i));
+        records.push(record(PARENT, INODE, t0 + 10 * ms * i));
+        last_child = child;
+    }
+    let t = table(&[PARENT, last_child], records);
+    assert_eq!(credited(&t), Some(PARENT));
+}

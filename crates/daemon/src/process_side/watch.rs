@@ -24,8 +24,9 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey};
+use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey, SocketEntry};
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
+use pidcap_wire::IpProto;
 use tracing::{debug, warn};
 
 use crate::inbox::{Learned, MissSignal, News};
@@ -46,6 +47,9 @@ struct Watched {
     netns: NetNsId,
     /// Socket inodes already read (IP sockets sent, others ignored).
     done: HashSet<u64>,
+    /// Whether its fds were read since its exec: what the first read finds was there at
+    /// the exec, most likely inherited from its parent.
+    looked: bool,
 }
 
 #[derive(Debug)]
@@ -146,6 +150,7 @@ impl Watcher {
             info,
             netns,
             done: HashSet::new(),
+            looked: false,
         };
         watched.insert(pid, w);
     }
@@ -197,6 +202,10 @@ impl Watcher {
                 Err(error) => debug!(pid, fd, error = %error, "cannot read a new process's socket"),
             }
         }
+        let first_look = !std::mem::replace(&mut w.looked, true);
+        if first_look && !found.is_empty() {
+            self.shared_with_parent(pid, &found);
+        }
         if !found.is_empty() {
             debug!(pid, sockets = found.len(), comm = %w.info.comm, "learned sockets of a new process");
             let learned = Learned {
@@ -211,6 +220,54 @@ impl Watcher {
             self.send(learned.into());
         }
         true
+    }
+
+    /// The connected TCP sockets `pid` had at its exec (`found` at its first look) that its
+    /// parent holds too: inherited, not opened. The parent is reported holding them, so the
+    /// connection's claims can tell which of the two uses it (README rule 4: a parent that
+    /// goes on writing while a child that inherited the socket idles is the one credited).
+    fn shared_with_parent(&mut self, pid: u32, found: &[SocketEntry]) {
+        let connected = |s: &&SocketEntry| s.proto == IpProto::Tcp && !s.is_wildcard_remote();
+        if !found.iter().any(|s| connected(&s)) {
+            return;
+        }
+        let Ok(parent) = self.proc.parent_pid(pid) else {
+            return;
+        };
+        let mut fds = Vec::new();
+        if parent <= 1 || self.proc.socket_fds_of(parent, &mut fds).is_err() {
+            return;
+        }
+        let shared: Vec<SocketEntry> = found
+            .iter()
+            .filter(connected)
+            .filter(|s| fds.iter().any(|&(_, inode)| inode == s.inode))
+            .copied()
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let Known::Process(info, _) = self.facts.get_or_read(&self.proc, self.netns, parent, now)
+        else {
+            return;
+        };
+        debug!(
+            pid,
+            parent,
+            sockets = shared.len(),
+            "a new process shares its parent's sockets"
+        );
+        if self.reported.len() >= MAX_REPORTED {
+            self.reported.clear();
+        }
+        self.reported.insert(parent, (info.key, info.uid));
+        let learned = Learned {
+            sockets: shared,
+            info,
+            seen: now,
+        };
+        self.send(learned.into());
     }
 
     /// Tells the refresher about a network namespace it has not been told of (the first

@@ -249,7 +249,7 @@ impl TableBuilder {
         }
         self.assembly.ended(&ended, at);
         let inodes: Vec<u64> = open.iter().map(|s| s.inode).collect();
-        let changed = match self.owners.recheck(&inodes, uid) {
+        let changed = match self.owners.recheck(&inodes, uid, key) {
             Ok(true) => {
                 // Listed live with their holders now, they win over the exited process's
                 // sighting of the same addresses.

@@ -80,14 +80,38 @@ impl OwnerTracker {
         self.learned.remove(&key).unwrap_or_default()
     }
 
-    /// Looks again for the holders of `inodes`, sockets still open after a holder exited
-    /// (inherited across fork): those found replace the listed holders, so the exited one
-    /// no longer answers for them. True when some were found.
-    pub fn recheck(&mut self, inodes: &[u64], uid: u32) -> anyhow::Result<bool> {
+    /// Looks again for the holders of `inodes`, sockets still open after their holder
+    /// `exited` (inherited across fork): the exited one no longer answers for them; those
+    /// found join the other holders listed before (the search stops at the first holder it
+    /// finds, which may be a sibling rather than the parent still using the socket; the
+    /// next full scan drops any that closed it meanwhile). True when some were found.
+    pub fn recheck(
+        &mut self,
+        inodes: &[u64],
+        uid: u32,
+        exited: ProcessKey,
+    ) -> anyhow::Result<bool> {
         if inodes.is_empty() {
             return Ok(false);
         }
-        Ok(self.resolve(inodes, &[uid])?.changed)
+        let before: Vec<(u64, Vec<ProcessKey>)> = inodes
+            .iter()
+            .filter_map(|&i| Some((i, self.map.holders.get(&i)?.clone())))
+            .collect();
+        let changed = self.resolve(inodes, &[uid])?.changed;
+        if changed {
+            let map = Arc::make_mut(&mut self.map);
+            for (inode, old) in before {
+                if let Some(now) = map.holders.get_mut(&inode) {
+                    for key in old.into_iter().filter(|&k| k != exited) {
+                        if !now.contains(&key) {
+                            now.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// Makes sure every socket in `sockets` (inode ≠ 0) has a known holder, searching for

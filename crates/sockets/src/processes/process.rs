@@ -41,6 +41,18 @@ pub(crate) fn parse_stat(stat: &[u8]) -> std::result::Result<(String, u64), Stri
     Ok((comm, start_time))
 }
 
+/// The parent's pid from `/proc/<pid>/stat` (field 4, after `comm` and the state).
+pub(crate) fn parse_stat_ppid(stat: &[u8]) -> std::result::Result<u32, String> {
+    let close = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or("no ')' after comm")?;
+    let [_, ppid] = fields::<2>(&stat[close + 1..]).ok_or("fewer than 4 fields")?;
+    dec(ppid)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| "bad ppid (field 4)".into())
+}
+
 /// The real uid: first number of the `Uid:` line of `/proc/<pid>/status`.
 pub(crate) fn parse_status_uid(status: &[u8]) -> std::result::Result<u32, (usize, String)> {
     let mut lines = status.split(|&b| b == b'\n').enumerate();
@@ -136,6 +148,15 @@ impl ProcRoot {
         stat_of(&self.pid_dir(pid)).map(|(_, start)| start)
     }
 
+    /// The pid of `pid`'s parent (0 for the first process). [`Error::NotFound`] if it
+    /// exited.
+    pub fn parent_pid(&self, pid: u32) -> Result<u32> {
+        let path = self.pid_dir(pid).join("stat");
+        let stat = read_file(&path)?;
+        parse_stat_ppid(&stat)
+            .map_err(|message| Error::parse(path.display().to_string(), 1, message))
+    }
+
     /// What is known of process `pid`: its key (pid + start time), `comm`, real uid,
     /// executable and command line. [`Error::NotFound`] if it exited.
     pub fn process(&self, pid: u32) -> Result<ProcessInfo> {
@@ -202,6 +223,13 @@ mod tests {
             "{:?} after the spawn",
             started - after
         );
+    }
+
+    #[test]
+    fn the_parent_comes_after_comm_and_state() {
+        assert_eq!(parse_stat_ppid(STAT_LINUX_6_18), Ok(7841));
+        assert!(parse_stat_ppid(b"7 (a) S").is_err());
+        assert!(parse_stat_ppid(b"7 (a) S x 1").is_err());
     }
 
     #[test]
