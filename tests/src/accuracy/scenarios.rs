@@ -407,6 +407,32 @@ pub fn raw_ip() -> Outcome {
     watch.finish(name, on_host, notes, || own).0
 }
 
+/// 17. Frames injected through an AF_PACKET socket (issue #12): 200 UDP datagrams, from
+/// `127.0.0.5:4000` to `127.0.0.6:4001`, written as whole Ethernet frames on `lo` by one
+/// process; no IP socket has those addresses. Their owner is the packet socket's holder.
+pub fn af_packet() -> Outcome {
+    let name = "17. frames sent through an AF_PACKET socket (no IP socket)";
+    let from: SocketAddr = "127.0.0.5:4000".parse().expect("address");
+    let mut sender = Peer::spawn(&[
+        "packet-send",
+        "--bind",
+        &from.to_string(),
+        "--to",
+        "127.0.0.6:4001",
+        "--count",
+        "200",
+        "--size",
+        "300",
+    ]);
+    let watch = Watch::start("lo", "udp and src host 127.0.0.5 and src port 4000");
+    sender.go();
+    sender.wait_done();
+    let mut own = Ownership::default();
+    own.add(sender.pid(), UDP, from);
+    let notes = finish_peers(vec![sender]);
+    watch.finish(name, on_host, notes, || own).0
+}
+
 /// 4c. SCTP over loopback, if the kernel offers it: one association, 1 MB client to server.
 pub fn sctp() -> Outcome {
     let name = "4c. SCTP";

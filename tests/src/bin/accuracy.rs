@@ -52,6 +52,7 @@ fn scenarios(size: Size) -> Vec<Scenario> {
             "shared-after-fork",
             Box::new(move || scenarios::shared_after_fork(size)),
         ),
+        ("af-packet", Box::new(scenarios::af_packet)),
         (
             "parallel",
             Box::new(move || scenarios::parallel_flows(size)),
@@ -66,7 +67,7 @@ fn scenarios(size: Size) -> Vec<Scenario> {
 const USAGE: &str = "usage: pidcap-accuracy [--quick] [--contention] [--only NAME[,NAME…]]\n\
     names: long-lived short-lived udp ping raw sctp loopback-pair veth bridge nat \
     container-loopback churn churn-one-address port-reuse \
-    port-reuse-udp shared-after-fork parallel udp-queries";
+    port-reuse-udp shared-after-fork af-packet parallel udp-queries";
 
 fn main() {
     let mut size = Size::Full;

@@ -21,6 +21,7 @@
 
 use std::io::{BufRead, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -62,6 +63,7 @@ fn run(args: &[String]) -> Result<()> {
         "udp-dual" => udp_dual(&opts),
         "ping" => ping(&opts),
         "raw-send" => raw_send(&opts),
+        "packet-send" => packet_send(&opts),
         "raw-recv" => raw_recv(&opts),
         "sctp-server" => sctp_server(&opts),
         "sctp-client" => sctp_client(&opts),
@@ -82,6 +84,7 @@ const USAGE: &str = "usage: pidcap-peer tcp-server --bind ADDR [--recv N] [--sen
     udp-dual --to IPV4ADDR --count K --size S [--await-reply] | \
     ping --to IP --count K --size S [--from IP] | \
     raw-send --from IP --to IP --proto P --count K --size S | \
+    packet-send --bind IPV4ADDR --to IPV4ADDR --count K --size S | \
     raw-recv --from IP [--to IP] --proto P --count K | \
     sctp-server --bind ADDR --recv N | sctp-client --connect ADDR --send N";
 
@@ -683,6 +686,93 @@ fn raw_send(opts: &Opts) -> Result<()> {
     }
     done(sent, 0)?;
     wait_for_eof()
+}
+
+/// `packet-send`: injects `--count` UDP datagrams of `--size` payload bytes from `--bind`
+/// to `--to` as whole Ethernet frames through an AF_PACKET socket on `lo` (no IP socket
+/// anywhere has those addresses: only the packet socket's holder sent them). Paced.
+fn packet_send(opts: &Opts) -> Result<()> {
+    let (Some(SocketAddr::V4(from)), Some(SocketAddr::V4(to))) = (opts.bind, opts.to) else {
+        bail!("packet-send needs --bind and --to, IPv4");
+    };
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )
+    };
+    if fd < 0 {
+        bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let ifindex = nix_ifindex("lo")?;
+    describe("udp", SocketAddr::V4(from), Some(SocketAddr::V4(to)))?;
+    wait_for_go()?;
+    let frame = udp_frame(from, to, opts.size);
+    let mut sent = 0;
+    for _ in 0..opts.count {
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields set below are plain data.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex;
+        addr.sll_halen = 6;
+        // SAFETY: `frame` and `addr` are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            bail!("sendto(AF_PACKET): {}", std::io::Error::last_os_error());
+        }
+        sent += frame.len() - 14; // IP bytes, as captures count them
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    done(sent, 0)?;
+    wait_for_eof()
+}
+
+fn nix_ifindex(name: &str) -> Result<i32> {
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    match index {
+        0 => bail!("no interface {name:?}"),
+        i => Ok(i32::try_from(i)?),
+    }
+}
+
+/// An Ethernet frame (zero MACs, IPv4) carrying one UDP datagram of `size` bytes.
+fn udp_frame(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, size: usize) -> Vec<u8> {
+    let ip_len = 20 + 8 + size;
+    let mut f = vec![0_u8; 14];
+    f[12..14].copy_from_slice(&0x0800_u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    ip.extend_from_slice(&from.ip().octets());
+    ip.extend_from_slice(&to.ip().octets());
+    let sum = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&from.port().to_be_bytes());
+    f.extend_from_slice(&to.port().to_be_bytes());
+    f.extend_from_slice(&((8 + size) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    f.extend(std::iter::repeat_n(0x5a_u8, size));
+    f
 }
 
 fn raw_describe(proto: u8, local: SocketAddr, remote: Option<SocketAddr>) -> Result<()> {
