@@ -407,9 +407,10 @@ pub fn raw_ip() -> Outcome {
     watch.finish(name, on_host, notes, || own).0
 }
 
-/// 17. Frames injected through an AF_PACKET socket (issue #12): 200 UDP datagrams, from
-/// `127.0.0.5:4000` to `127.0.0.6:4001`, written as whole Ethernet frames on `lo` by one
-/// process; no IP socket has those addresses. Their owner is the packet socket's holder.
+/// Scenario 17, frames injected through an AF_PACKET socket (issue #12): 200 UDP
+/// datagrams, from `127.0.0.5:4000` to `127.0.0.6:4001`, written as whole Ethernet frames on
+/// `lo` by one process; no IP socket has those addresses. Their owner is the packet
+/// socket's holder.
 pub fn af_packet() -> Outcome {
     let name = "17. frames sent through an AF_PACKET socket (no IP socket)";
     let from: SocketAddr = "127.0.0.5:4000".parse().expect("address");
