@@ -73,6 +73,11 @@ pub fn require_root() {
     );
 }
 
+/// How long a test lets the daemon find a network namespace that had no process before the
+/// test's (its discovery runs every 2 s, `pidcap_daemon`'s `DISCOVER_EVERY`), when the
+/// test is not about those first moments (README: "the first moments of a new namespace").
+pub const NAMESPACE_SETTLE: Duration = Duration::from_millis(2500);
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
