@@ -213,11 +213,7 @@ impl Watcher {
                 info: w.info.clone(),
                 seen: Instant::now(),
             };
-            if self.reported.len() >= MAX_REPORTED {
-                self.reported.clear();
-            }
-            self.reported.insert(pid, (w.info.key, w.info.uid));
-            self.send(learned.into());
+            self.report(pid, learned);
         }
         true
     }
@@ -258,15 +254,21 @@ impl Watcher {
             sockets = shared.len(),
             "a new process shares its parent's sockets"
         );
-        if self.reported.len() >= MAX_REPORTED {
-            self.reported.clear();
-        }
-        self.reported.insert(parent, (info.key, info.uid));
         let learned = Learned {
             sockets: shared,
             info,
             seen: now,
         };
+        self.report(parent, learned);
+    }
+
+    /// Sends what `pid` was seen holding, and remembers it to report its exit.
+    fn report(&mut self, pid: u32, learned: Learned) {
+        if self.reported.len() >= MAX_REPORTED {
+            self.reported.clear();
+        }
+        self.reported
+            .insert(pid, (learned.info.key, learned.info.uid));
         self.send(learned.into());
     }
 
