@@ -2,6 +2,7 @@
 
 mod config;
 mod error;
+mod filter;
 mod frame;
 mod interfaces;
 mod live;
@@ -10,6 +11,7 @@ mod stats;
 
 pub use config::LiveConfig;
 pub use error::CaptureError;
+pub use filter::FrameFilter;
 pub use frame::{Frame, Next};
 pub use interfaces::list_interfaces;
 pub use source::{wait_any, Source};

@@ -35,6 +35,12 @@ pub enum Command {
     Stats(StatsArgs),
     /// Show one process with its command line and sockets.
     Process(ProcessArgs),
+    /// Write the packets the daemon sees, each with its process, to a pcapng file
+    /// (Wireshark shows the process in each packet's comment).
+    Capture(CaptureArgs),
+    /// Sum usage-log files (rotated and gzipped ones too) per process, user, unit or
+    /// container. Reads the files only: the daemon need not run.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +79,21 @@ impl From<ByKey> for pidcap_proto::GroupBy {
     }
 }
 
+/// What `top --sort` orders rows by: current rates (descending), or name or pid (ascending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopSort {
+    /// Receive rate.
+    Rx,
+    /// Send rate.
+    Tx,
+    /// Both rates (the default).
+    Total,
+    /// Command name (group name with --by).
+    Name,
+    /// Process id.
+    Pid,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SortKey {
     Rx,
@@ -99,6 +120,49 @@ pub struct TopArgs {
     /// Sum the processes per user, systemd unit, container or network namespace.
     #[arg(long, value_enum, value_name = "KEY")]
     pub by: Option<ByKey>,
+    /// Order rows by current rate (rx, tx, total: busiest first), or by name or pid.
+    #[arg(long, value_enum, default_value_t = TopSort::Total)]
+    pub sort: TopSort,
+    /// Show only processes whose command name, executable, unit or container contains TEXT
+    /// (ignoring case); with --by, only groups whose name contains it.
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+    /// Show only this process.
+    #[arg(long, value_name = "PID", conflicts_with = "by")]
+    pub pid: Option<u32>,
+}
+
+/// What `report --by` sums lines per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportBy {
+    Process,
+    User,
+    Unit,
+    Container,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Only lines written at or after WHEN: a time (2026-11-29, "2026-11-29 17:00",
+    /// 2026-11-29T17:00:00Z; UTC unless an offset is given) or a duration before now (1h).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only lines written before WHEN (a time, or a duration before now).
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// One row per process (pid and start time), or per user, systemd unit or container.
+    #[arg(long, value_enum, default_value_t = ReportBy::Process)]
+    pub by: ReportBy,
+    /// Print one JSON object (rows, totals and what reading found).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV: a header line, then one line per row (the unknown row included).
+    #[arg(long)]
+    pub csv: bool,
+    /// Usage-log files, plain or gzip, in any order. Default: /var/log/pidcap/usage.jsonl
+    /// and its rotated siblings (usage.jsonl.N, usage.jsonl-DATE, each possibly .gz).
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +217,26 @@ mod tests {
     }
 
     #[test]
+    fn report_takes_files_and_refuses_two_formats() {
+        let cli = Cli::try_parse_from(["pidcap", "report", "--by", "unit", "a", "b.gz"]).unwrap();
+        let Command::Report(args) = cli.command else {
+            panic!("not report")
+        };
+        assert_eq!(args.by, ReportBy::Unit);
+        assert_eq!(args.files, [PathBuf::from("a"), PathBuf::from("b.gz")]);
+        let err = Cli::try_parse_from(["pidcap", "report", "--json", "--csv"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn top_pid_and_by_exclude_each_other() {
+        let err = Cli::try_parse_from(["pidcap", "top", "--pid", "1", "--by", "unit"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from(["pidcap", "top", "--sort", "name", "--filter", "ssh"]);
+        assert!(cli.is_ok());
+    }
+
+    #[test]
     fn top_interval_outside_the_protocol_range_is_a_usage_error() {
         for bad in ["99", "60001", "0"] {
             let err = Cli::try_parse_from(["pidcap", "top", "--interval", bad]).unwrap_err();
@@ -164,4 +248,33 @@ mod tests {
             Command::Top(TopArgs { interval: 100, .. })
         ));
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The pcapng file to write; `-` for standard output (e.g. `| wireshark -k -i -`).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: PathBuf,
+    /// Only packets to or from this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only packets to or from processes with this name (`comm`, exact).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Only packets to or from processes of this systemd unit.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// Only packets to or from processes of this container (name, or at least 4 characters
+    /// of its id).
+    #[arg(long, value_name = "CONTAINER")]
+    pub container: Option<String>,
+    /// Stop after N packets.
+    #[arg(short = 'c', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this long (`10s`, `5m`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// A BPF filter in tcpdump syntax, e.g. `tcp port 443` (applied by the daemon).
+    #[arg(value_name = "BPF", trailing_var_arg = true)]
+    pub filter: Vec<String>,
 }

@@ -80,6 +80,12 @@ impl Client {
             .map(anyhow::Error::from)
     }
 
+    /// Whether bytes the daemon sent are already read and waiting here (the next line may
+    /// be returned without blocking).
+    pub fn has_buffered(&self) -> bool {
+        !self.stream.buffer().is_empty()
+    }
+
     /// Reads the next reply line without its newline; `None` when the daemon closed the
     /// connection between lines.
     pub fn next_line(&mut self) -> anyhow::Result<Option<Vec<u8>>> {

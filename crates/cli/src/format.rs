@@ -125,6 +125,58 @@ impl Table {
         text
     }
 
+    /// Like [`Table::render`], but no line is wider than `fit.width` characters.
+    pub fn render_fit(&self, fit: Fit<'_>) -> String {
+        let natural = self.widths();
+        let mut keep = vec![true; self.columns.len()];
+        let mut drops = fit.drop_order.iter();
+        let widths = loop {
+            let widths = self.narrowed(&natural, &keep, fit);
+            if used(&widths, &keep) <= fit.width {
+                break widths;
+            }
+            match drops.next() {
+                Some(&column) if column < keep.len() => keep[column] = false,
+                Some(_) => {}
+                None => break widths,
+            }
+        };
+        let header: Vec<String> = self.columns.iter().map(|(h, _)| h.to_string()).collect();
+        std::iter::once(&header)
+            .chain(&self.rows)
+            .map(|cells| self.fitted_line(cells, &widths, &keep, fit.width))
+            .collect()
+    }
+
+    /// `natural` with the flexible column narrowed as far as needed and allowed.
+    fn narrowed(&self, natural: &[usize], keep: &[bool], fit: Fit<'_>) -> Vec<usize> {
+        let mut widths = natural.to_vec();
+        let excess = used(&widths, keep).saturating_sub(fit.width);
+        if let Some(width) = widths.get_mut(fit.flexible) {
+            let least = self.columns[fit.flexible].0.len().min(*width);
+            *width = width.saturating_sub(excess).max(least);
+        }
+        widths
+    }
+
+    fn fitted_line(&self, cells: &[String], widths: &[usize], keep: &[bool], max: usize) -> String {
+        let kept: Vec<(String, usize)> = (0..self.columns.len())
+            .filter(|&i| keep[i])
+            .map(|i| {
+                let cell = cells.get(i).map_or("", String::as_str);
+                (truncate(cell, widths[i]), i)
+            })
+            .collect();
+        let (cells, columns): (Vec<String>, Vec<usize>) = kept.into_iter().unzip();
+        let table = Table {
+            columns: columns.iter().map(|&i| self.columns[i]).collect(),
+            rows: Vec::new(),
+        };
+        let widths: Vec<usize> = columns.iter().map(|&i| widths[i]).collect();
+        let line = table.line(&cells, &widths);
+        truncate(line.trim_end_matches('\n'), max) + "\n"
+    }
+
     fn widths(&self) -> Vec<usize> {
         let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
         for row in &self.rows {
@@ -153,6 +205,52 @@ impl Table {
         line.push('\n');
         line
     }
+}
+
+/// Characters a line of the kept columns takes (two spaces between columns).
+fn used(widths: &[usize], keep: &[bool]) -> usize {
+    let kept: Vec<usize> = widths
+        .iter()
+        .zip(keep)
+        .filter(|(_, &k)| k)
+        .map(|(w, _)| *w)
+        .collect();
+    kept.iter().sum::<usize>() + 2 * kept.len().saturating_sub(1)
+}
+
+/// A container key `runtime:id` as people read it: a 64-digit id cut to 12 digits, as
+/// `docker ps` shows it; other keys unchanged.
+pub fn short_container(key: &str) -> String {
+    match key.split_once(':') {
+        Some((runtime, id)) if id.len() == 64 && id.is_ascii() => {
+            format!("{runtime}:{}", &id[..12])
+        }
+        _ => key.to_owned(),
+    }
+}
+
+/// Cuts `text` to at most `width` characters, marking a cut with a final `~` (ASCII, so a
+/// dumb terminal shows it too).
+pub fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    if width == 0 {
+        kept
+    } else {
+        kept + "~"
+    }
+}
+
+/// How a [`Table`] gives way to a narrow terminal: first the `flexible` column narrows (to
+/// no less than its header), then the columns of `drop_order` go, in that order; a line
+/// still too wide is cut.
+#[derive(Debug, Clone, Copy)]
+pub struct Fit<'a> {
+    pub width: usize,
+    pub flexible: usize,
+    pub drop_order: &'a [usize],
 }
 
 /// `key  value` lines with the values aligned; values are cleaned.
@@ -229,6 +327,82 @@ mod tests {
             table.render(),
             "  PID  COMM\n    7  sshd\n12345  x?\n    1\n"
         );
+    }
+
+    fn wide_table() -> Table {
+        let mut table = Table::new(&[
+            ("PID", Align::Right),
+            ("COMM", Align::Left),
+            ("RX/s", Align::Right),
+            ("TOTAL", Align::Right),
+        ]);
+        table.push(vec![
+            "1234".into(),
+            "a-rather-long-command-name".into(),
+            "12.5 KiB".into(),
+            "1.0 GiB".into(),
+        ]);
+        table
+    }
+
+    #[test]
+    fn fit_keeps_a_table_that_fits_as_it_is() {
+        let table = wide_table();
+        let fit = Fit {
+            width: 80,
+            flexible: 1,
+            drop_order: &[3],
+        };
+        assert_eq!(table.render_fit(fit), table.render());
+    }
+
+    #[test]
+    fn fit_narrows_the_flexible_column_then_drops_columns_then_cuts() {
+        let table = wide_table();
+        let narrowed = table.render_fit(Fit {
+            width: 40,
+            flexible: 1,
+            drop_order: &[3],
+        });
+        assert_eq!(
+            narrowed,
+            " PID  COMM                 RX/s    TOTAL\n1234  a-rather-long-~  12.5 KiB  1.0 GiB\n"
+        );
+        let dropped = table.render_fit(Fit {
+            width: 24,
+            flexible: 1,
+            drop_order: &[3],
+        });
+        assert_eq!(
+            dropped,
+            " PID  COMM          RX/s\n1234  a-rathe~  12.5 KiB\n"
+        );
+        let cut = table.render_fit(Fit {
+            width: 10,
+            flexible: 1,
+            drop_order: &[3],
+        });
+        for line in cut.lines() {
+            assert!(line.chars().count() <= 10, "{cut}");
+        }
+    }
+
+    #[test]
+    fn truncate_marks_the_cut() {
+        assert_eq!(truncate("abcdef", 6), "abcdef");
+        assert_eq!(truncate("abcdef", 4), "abc~");
+        assert_eq!(truncate("ünïcödé", 3), "ün~");
+        assert_eq!(truncate("abc", 0), "");
+    }
+
+    #[test]
+    fn short_container_cuts_long_ids_only() {
+        let id = "ab".repeat(32);
+        assert_eq!(
+            short_container(&format!("docker:{id}")),
+            "docker:abababababab"
+        );
+        assert_eq!(short_container("systemd-nspawn:web"), "systemd-nspawn:web");
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod client;
 mod commands;
 mod format;
 mod names;
+mod report;
+mod terminal;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -32,6 +34,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    // `report` reads files only: it works, and must not fail, while no daemon runs.
+    if let Command::Report(args) = &cli.command {
+        return commands::report::run(args, out);
+    }
     let mut client = Client::connect(&cli.socket)?;
     match &cli.command {
         Command::Ps(args) => commands::ps::run(&mut client, args, out),
@@ -39,6 +45,8 @@ fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Lookup(args) => commands::lookup::run(&mut client, args, out),
         Command::Stats(args) => commands::stats::run(&mut client, args, out),
         Command::Process(args) => commands::process::run(&mut client, args, out),
+        Command::Capture(args) => commands::capture::run(&mut client, args),
+        Command::Report(args) => commands::report::run(args, out),
     }
 }
 

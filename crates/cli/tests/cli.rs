@@ -159,21 +159,6 @@ fn stats_reply() -> String {
     .to_string()
 }
 
-fn frame(n: u64) -> String {
-    json!({
-        "v": 1, "ok": true, "ts": format!("2024-05-01T12:00:0{n}Z"), "interval_ms": 500,
-        "processes": [
-            {"pid": 101, "comm": "quiet", "rx_bps": 0.0, "tx_bps": 0.0,
-             "rx_bytes_total": 10, "tx_bytes_total": 0},
-            {"pid": 202, "comm": "chatty", "rx_bps": 4096.0, "tx_bps": 10.0,
-             "rx_bytes_total": 9000, "tx_bytes_total": 100},
-        ],
-        "unknown": {"pid": null, "comm": "<unknown>", "rx_bps": 0.0, "tx_bps": 0.0,
-                    "rx_bytes_total": 0, "tx_bytes_total": 0}
-    })
-    .to_string()
-}
-
 fn error_line(code: &str, message: &str) -> String {
     json!({"v": 1, "ok": false, "error": {"code": code, "message": message}}).to_string()
 }
@@ -234,14 +219,39 @@ fn ps_json_prints_the_reply() {
 
 // ---- top ----
 
+/// Runs `pidcap top` with `env` set (and `TERM`, `COLUMNS` unset unless given).
+fn top_with_env(daemon: &FakeDaemon, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(PIDCAP);
+    command
+        .arg("--socket")
+        .arg(&daemon.path)
+        .arg("top")
+        .args(args)
+        .env_remove("PIDCAP_SOCKET")
+        .env_remove("TERM")
+        .env_remove("COLUMNS");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run pidcap top")
+}
+
 #[test]
-fn top_prints_plain_frames_when_stdout_is_not_a_terminal() {
-    let daemon = FakeDaemon::serve(vec![frame(1), frame(2), frame(3)]);
-    let output = daemon.run(&["top", "--interval", "500", "-n", "2"]);
+fn top_asks_processes_each_screen_and_prints_plain_screens_through_a_pipe() {
+    let daemon = FakeDaemon::serve(vec![
+        processes_reply(),
+        processes_reply(),
+        processes_reply(),
+    ]);
+    let output = top_with_env(
+        &daemon,
+        &["--interval", "100", "-n", "2"],
+        &[("TERM", "xterm-256color")],
+    );
     assert_exit(&output, 0);
     assert_eq!(
         daemon.requests(),
-        [json!({"cmd": "watch", "interval_ms": 500})]
+        [json!({"cmd": "processes"}), json!({"cmd": "processes"})]
     );
     let text = stdout(&output);
     assert!(
@@ -253,35 +263,67 @@ fn top_prints_plain_frames_when_stdout_is_not_a_terminal() {
         .filter(|l| l.starts_with("pidcap top"))
         .collect();
     assert_eq!(headers.len(), 2, "{text}");
-    assert!(headers[0].contains("2024-05-01T12:00:01Z"));
-    assert!(headers[1].contains("2024-05-01T12:00:02Z"));
+    assert!(headers[0].contains("every 100 ms  2 processes"), "{text}");
     let first_rows: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("chatty") || l.contains("quiet"))
         .collect();
     assert!(first_rows[0].contains("chatty"), "busiest first: {text}");
-    assert!(first_rows[0].contains("4.0 KiB"), "{text}");
+    assert!(first_rows[0].contains("1.5 KiB"), "{text}");
 }
 
 #[test]
-fn top_default_interval_is_1000() {
-    let daemon = FakeDaemon::serve(vec![frame(1)]);
-    let output = daemon.run(&["top", "-n", "1"]);
+fn top_cuts_lines_to_columns_and_sends_no_escapes_to_a_dumb_terminal() {
+    for width in [40, 80] {
+        let daemon = FakeDaemon::serve(vec![processes_reply()]);
+        let columns = width.to_string();
+        let output = top_with_env(
+            &daemon,
+            &["-n", "1", "--sort", "name"],
+            &[("TERM", "dumb"), ("COLUMNS", &columns)],
+        );
+        assert_exit(&output, 0);
+        let text = stdout(&output);
+        assert!(!text.contains('\x1b'), "{text:?}");
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= width,
+                "{width}: {line:?} in\n{text}"
+            );
+        }
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| ["chatty", "quiet"].contains(w))
+            })
+            .collect();
+        assert_eq!(names, ["chatty", "quiet"], "{text}");
+    }
+}
+
+#[test]
+fn top_filter_and_pid_select_rows() {
+    let daemon = FakeDaemon::serve(vec![processes_reply()]);
+    let output = top_with_env(&daemon, &["-n", "1", "--filter", "QUI"], &[]);
     assert_exit(&output, 0);
-    assert_eq!(
-        daemon.requests(),
-        [json!({"cmd": "watch", "interval_ms": 1000})]
-    );
+    let text = stdout(&output);
+    assert!(text.contains("quiet") && !text.contains("chatty"), "{text}");
+    assert!(!text.contains("<unknown>"), "{text}");
+    let daemon = FakeDaemon::serve(vec![processes_reply()]);
+    let output = top_with_env(&daemon, &["-n", "1", "--pid", "202"], &[]);
+    let text = stdout(&output);
+    assert!(text.contains("chatty") && !text.contains("quiet"), "{text}");
 }
 
 #[test]
 fn top_reports_the_end_of_the_stream() {
-    let daemon = FakeDaemon::serve(vec![frame(1)]);
-    let output = daemon.run(&["top"]);
+    let daemon = FakeDaemon::serve(vec![processes_reply()]);
+    let output = daemon.run(&["top", "--interval", "100"]);
     assert_exit(&output, 1);
     assert_eq!(
         stderr(&output),
-        "pidcap: the daemon closed the watch stream\n"
+        "pidcap: the daemon closed the connection without replying\n"
     );
     assert_eq!(stdout(&output).matches("pidcap top").count(), 1);
 }

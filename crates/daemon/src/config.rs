@@ -36,6 +36,11 @@ pub const DEFAULT_RETENTION: &str = "10m";
 pub const DEFAULT_MAX_FLOWS: usize = 65_536;
 pub const DEFAULT_PENDING_TIMEOUT: &str = "2s";
 pub const DEFAULT_PENDING_MAX: usize = 100_000;
+/// Processes (and units, containers, users) exported with a series of their own; the rest
+/// are summed into one `other` series per family.
+pub const DEFAULT_METRICS_TOP: usize = 100;
+/// The port the README and the example config suggest for `metrics_listen`.
+pub const METRICS_PORT: u16 = 9469;
 
 // The help text and README's option table quote these defaults; `tests::defaults_are_quoted`
 // fails when one of them says otherwise.
@@ -137,6 +142,14 @@ pub struct Flags {
     /// namespace's own loopback; needs CAP_SYS_ADMIN) [default: home]
     #[arg(long, value_name = "home|all")]
     pub namespaces: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9469 (a
+    /// non-loopback address is served, with a warning) [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Processes, units, containers and users with a metrics series of their own (by total
+    /// bytes); the rest are summed into one `other` series per family [default: 100]
+    #[arg(long, value_name = "N")]
+    pub metrics_top: Option<usize>,
     /// Configuration file (TOML) [default: /etc/pidcap/pidcap.toml if it exists]
     #[arg(long, short = 'c', value_name = "FILE")]
     #[serde(skip)]
@@ -199,6 +212,10 @@ pub struct Config {
     /// Also capture each other network namespace's own loopback.
     pub namespaces: Namespaces,
     pub pcap_file: Option<PathBuf>,
+    /// Where Prometheus metrics are served; `None`: not at all.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Series per metrics family besides `other`.
+    pub metrics_top: usize,
 }
 
 /// Which network namespaces the daemon captures in.
@@ -334,6 +351,11 @@ impl Config {
             route_tracing: !flags.no_route_tracing && file.route_tracing.unwrap_or(true),
             namespaces: namespaces(flags.namespaces.or(file.namespaces))?,
             pcap_file: flags.pcap_file.or(file.pcap_file),
+            metrics_listen: metrics_listen(flags.metrics_listen.or(file.metrics_listen))?,
+            metrics_top: flags
+                .metrics_top
+                .or(file.metrics_top)
+                .unwrap_or(DEFAULT_METRICS_TOP),
         };
         config.validate()?;
         Ok(config)
@@ -368,6 +390,7 @@ impl Config {
         )?;
         within("pending_max", self.pending_max, 0..=10_000_000)?;
         within("max_clients", self.max_clients, 1..=65_536)?;
+        within("metrics_top", self.metrics_top, 0..=10_000)?;
         span_within(
             "client_idle_timeout",
             self.client_idle_timeout,
@@ -401,6 +424,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses `IP:PORT` (`127.0.0.1:9469`, `[::1]:9469`); no host names, so nothing is looked up
+/// before the daemon starts. Unset or empty: metrics are off.
+fn metrics_listen(value: Option<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(text) = value.filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    text.trim().parse().map(Some).map_err(|_| {
+        invalid(
+            "metrics_listen",
+            format!(
+                "{text:?} is not an IP address and port; use e.g. \"127.0.0.1:{METRICS_PORT}\" \
+                 or \"[::1]:{METRICS_PORT}\""
+            ),
+        )
+    })
 }
 
 /// The configured group, the default when unset, `None` when set empty.
@@ -637,6 +677,29 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        let c = Config::merge(Flags::default(), Flags::default()).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.metrics_top, DEFAULT_METRICS_TOP);
+        let file: Flags =
+            toml::from_str("metrics_listen = \"127.0.0.1:9469\"\nmetrics_top = 5").unwrap();
+        let c = Config::merge(file, flags(&["--metrics-listen", "[::1]:0"])).unwrap();
+        assert_eq!(
+            c.metrics_listen,
+            Some("[::1]:0".parse().unwrap()),
+            "the flag wins"
+        );
+        assert_eq!(c.metrics_top, 5);
+        let empty: Flags = toml::from_str("metrics_listen = \"\"").unwrap();
+        assert_eq!(
+            Config::merge(empty, Flags::default())
+                .unwrap()
+                .metrics_listen,
+            None
+        );
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file: Flags = toml::from_str(
             "interface = \"eth0\"\nsnaplen = 128\nbuffer_size = \"32MiB\"\nlog_interval = \"5s\"",
@@ -670,6 +733,10 @@ mod tests {
             (&["--socket-mode", "01777"], "socket_mode"),
             (&["--socket-mode", "rw"], "socket_mode"),
             (&["--namespaces", "containers"], "namespaces"),
+            (&["--metrics-listen", "localhost:9469"], "metrics_listen"),
+            (&["--metrics-listen", "127.0.0.1"], "metrics_listen"),
+            (&["--metrics-listen", "127.0.0.1:99999"], "metrics_listen"),
+            (&["--metrics-top", "10001"], "metrics_top"),
             (
                 &["--namespaces", "all", "--pcap-file", "/dev/null"],
                 "namespaces",
@@ -767,6 +834,8 @@ mod tests {
             ("pending-timeout", DEFAULT_PENDING_TIMEOUT.into()),
             ("pending-max", DEFAULT_PENDING_MAX.to_string()),
             ("namespaces", "home".into()),
+            ("metrics-listen", "off".into()),
+            ("metrics-top", DEFAULT_METRICS_TOP.to_string()),
         ];
         let command = Flags::command();
         let readme =

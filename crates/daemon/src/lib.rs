@@ -4,6 +4,7 @@ pub mod config;
 pub mod containers;
 pub mod fault;
 pub mod inbox;
+pub mod metrics;
 pub mod namespaces;
 pub mod persist;
 pub mod pipeline;
@@ -12,6 +13,7 @@ pub mod process_side;
 pub mod query;
 pub mod refresh;
 pub mod state;
+pub mod tap;
 pub mod threads;
 pub mod users;
 
@@ -70,6 +72,11 @@ pub async fn serve(
         ..
     } = &handles;
     let (config, shared, socket_group) = (config.clone(), shared.clone(), socket_group.clone());
+    // Before any thread starts: an address in use ends the daemon here, exit 1.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let threads = Threads::start(handles, stop.clone(), shutdown.clone())?;
     let log = Arc::new(Mutex::new(open_usage_log(&config, &shared)));
     // After capture, refresher, watcher and tracer have opened their fds: the client limit
@@ -80,6 +87,15 @@ pub async fn serve(
         server::Timeouts::new(config.client_idle_timeout),
     );
     let tasks = spawn_tasks(&config, &shared, &log, listener, access, &shutdown);
+    if let Some(listener) = metrics_listener {
+        let exporter = Arc::new(metrics::Exporter::new(shared.clone(), config.metrics_top));
+        tasks.spawn(metrics::http::run(
+            listener,
+            exporter,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+    }
     notify_ready();
     info!(interface = %config.interface, socket = %config.socket.display(), usage_log = %config.usage_log.display(), "pidcapd ready");
 

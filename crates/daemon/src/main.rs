@@ -95,6 +95,14 @@ fn open(config: Config) -> Result<(Handles, std::os::unix::net::UnixListener), F
         )
     })?;
     let (builder, shared) = first_table(&proc, netns, &source)?;
+    {
+        let mut info = shared.capture_info();
+        info.snaplen = match config.pcap_file {
+            Some(_) => pidcap_proto::MAX_SNAPLEN,
+            None => config.snaplen.unsigned_abs(),
+        };
+        info.pending_timeout = config.pending_timeout;
+    }
     let gid = socket_group.as_ref().map(|g| g.gid);
     let listener = bind_socket(&config.socket, config.socket_mode, gid).map_err(|e| {
         Fatal(
@@ -132,6 +140,7 @@ fn first_table(
         let mut info = shared.capture_info();
         info.origin = source.origin().to_string();
         info.link_name = source.link_name();
+        info.dlt = source.datalink();
     }
     Ok((builder, shared))
 }

@@ -18,11 +18,12 @@ use pidcap_core::{
     Arrival, AttributionCache, CopyCheck, CopyFilter, CopyPacket, Direction, FragmentMap, Pending,
     SocketTable, Tally, Verdict,
 };
-use pidcap_wire::{parse, IpProto, LinkDirection, LinkType, PacketMeta, WireError};
+use pidcap_wire::{parse, FlowKey, IpProto, LinkDirection, LinkType, PacketMeta, WireError};
 use tracing::{debug, info, warn};
 
 use crate::inbox::MissSignal;
 use crate::state::{CaptureLevels, DaemonState};
+use crate::tap::{TapMark, Tapped};
 
 /// Packets handled between two merges into the ledger.
 pub const BATCH: u64 = 4096;
@@ -236,7 +237,11 @@ impl Capture {
                         orig_len: frame.orig_len,
                         at_us: micros(frame.ts),
                     };
-                    handle(&self.misses, batch, &seen);
+                    let handled = handle(&self.misses, batch, &seen);
+                    let tap = self.shared.tap();
+                    if tap.active() {
+                        tap.send(tapped(&seen, handled, batch.table.generation()));
+                    }
                     if batch.due(frame.ts) {
                         merge(&self.shared, batch);
                         self.maybe_publish_stats(batch);
@@ -408,20 +413,60 @@ fn micros(ts: SystemTime) -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// One frame: parse, attribute (through the cache), drop a copy of a packet already
-/// counted on another interface, count or hold.
-fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) {
-    match parse(seen.link, seen.frame, seen.orig_len) {
-        Ok(mut meta) => {
-            batch.fragments.resolve(&mut meta);
-            attribute(misses, batch, seen, &meta)
-        }
-        Err(WireError::NotIp(_)) => batch.tally.record_non_ip(),
-        Err(_) => batch.tally.record_malformed(),
+/// What [`handle`] decided about a frame, for the tap.
+#[derive(Debug, Clone, Copy)]
+struct Handled {
+    mark: TapMark,
+    /// The flow and whether its ports were known, when the frame parsed.
+    flow: Option<(FlowKey, bool)>,
+}
+
+/// A copy of a handled frame for `capture` stream clients.
+fn tapped(seen: &Seen<'_>, handled: Handled, generation: u64) -> Tapped {
+    Tapped {
+        at_us: seen.at_us,
+        orig_len: seen.orig_len,
+        frame: seen.frame.into(),
+        flow: handled.flow,
+        mark: handled.mark,
+        generation,
     }
 }
 
-fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, meta: &PacketMeta) {
+/// One frame: parse, attribute (through the cache), drop a copy of a packet already
+/// counted on another interface, count or hold.
+fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) -> Handled {
+    match parse(seen.link, seen.frame, seen.orig_len) {
+        Ok(mut meta) => {
+            batch.fragments.resolve(&mut meta);
+            Handled {
+                mark: attribute(misses, batch, seen, &meta),
+                flow: Some((meta.flow, meta.ports_known)),
+            }
+        }
+        Err(WireError::NotIp(_)) => {
+            batch.tally.record_non_ip();
+            Handled {
+                mark: TapMark::NotIp,
+                flow: None,
+            }
+        }
+        Err(_) => {
+            batch.tally.record_malformed();
+            Handled {
+                mark: TapMark::Malformed,
+                flow: None,
+            }
+        }
+    }
+}
+
+fn attribute(
+    misses: &MissSignal,
+    batch: &mut CaptureState,
+    seen: &Seen<'_>,
+    meta: &PacketMeta,
+) -> TapMark {
     // The capture time decides which connection of a TCP 4-tuple a packet is (openings),
     // and whether a kept socket's exited holder still answers for it.
     let at = batch.clock.instant(seen.at_us);
@@ -442,13 +487,13 @@ fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, met
     batch.tally.note_frame();
     if verdict.tx.is_none() && verdict.rx.is_none() {
         batch.tally.record_foreign(meta.ip_len);
-        return;
+        return TapMark::Foreign;
     }
     // A packet that may be a translated copy and has an end not known yet waits whole.
     let mark = match batch.copy_check(seen, meta, &verdict) {
         Some(CopyCheck::Copy) => {
             batch.tally.record_transit(meta.ip_len);
-            return;
+            return TapMark::Copy;
         }
         Some(CopyCheck::First(mark)) if verdict.has_miss() => Some(mark),
         _ => None,
@@ -470,6 +515,7 @@ fn attribute(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>, met
             );
         }
     }
+    TapMark::Verdict(verdict)
 }
 
 #[cfg(test)]

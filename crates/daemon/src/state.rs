@@ -14,6 +14,7 @@ use pidcap_core::{Ledger, NetNsId, PendingLevel, SocketTable};
 
 use crate::containers::ContainerNames;
 use crate::process_side::facts::ProcessFacts;
+use crate::tap::Tap;
 use crate::users::UserNames;
 
 /// What the refresher reports about itself.
@@ -61,6 +62,13 @@ pub struct CaptureLevels {
 pub struct CaptureInfo {
     pub origin: String,
     pub link_name: String,
+    /// The capture's link type (DLT number), for the `capture` stream's header.
+    pub dlt: i32,
+    /// Most bytes kept of a frame.
+    pub snaplen: u32,
+    /// How long a packet waits for its owner (`--pending-timeout`); the `capture` stream
+    /// holds such frames as long.
+    pub pending_timeout: Duration,
     pub stats: CaptureStats,
     /// Times the live capture was reopened after its interface went away.
     pub reopens: u64,
@@ -148,6 +156,8 @@ pub struct DaemonState {
     guests: Mutex<GuestList>,
     /// Who each pid is, as the watcher and tracer learned it (shared by both, sized in `stats`).
     facts: ProcessFacts,
+    /// Frames for `capture` stream clients.
+    tap: Arc<Tap>,
     /// User names of the uids with traffic (resolved by the refresher).
     users: UserNames,
     /// Names of the containers with traffic (resolved by the refresher).
@@ -175,6 +185,7 @@ impl DaemonState {
             namespace_capture: Mutex::new(NamespaceCaptureInfo::default()),
             guests: Mutex::new(Arc::default()),
             facts: ProcessFacts::default(),
+            tap: Arc::default(),
             users: UserNames::default(),
             containers: ContainerNames::default(),
             started: now,
@@ -191,6 +202,11 @@ impl DaemonState {
     /// Who each pid is (written by the watcher and the tracer).
     pub fn facts(&self) -> &ProcessFacts {
         &self.facts
+    }
+
+    /// Frames for `capture` stream clients (sent by the capture thread).
+    pub fn tap(&self) -> &Arc<Tap> {
+        &self.tap
     }
 
     /// User names (resolved by the refresher, read by queries and the usage log).

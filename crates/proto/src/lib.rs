@@ -1,11 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod capture;
 mod error;
 mod framing;
 mod reply;
 mod request;
 
+pub use capture::{
+    CaptureHeader, CaptureLine, CaptureLost, CaptureRequest, CaptureStart, CapturedPacket,
+    CapturedProcess, PacketOwner, MAX_CAPTURE_FILTER, MAX_SNAPLEN,
+};
 pub use error::{ErrorCode, ProtoError, ReplyError};
 pub use framing::{decode_reply, encode_line, error_reply, ok, parse_request};
 pub use reply::{

@@ -43,12 +43,22 @@ pub enum Request {
         /// What to group by.
         by: crate::GroupBy,
     },
+    /// A stream of the captured packets with their owners:
+    /// `{"cmd":"capture","pid":N,"filter":"tcp port 80"}` (every argument optional).
+    Capture(crate::CaptureRequest),
 }
 
 impl Request {
     /// Every `"cmd"` value this version understands; anything else is `unknown_command`.
-    pub const COMMANDS: [&'static str; 6] =
-        ["processes", "process", "lookup", "stats", "watch", "groups"];
+    pub const COMMANDS: [&'static str; 7] = [
+        "processes",
+        "process",
+        "lookup",
+        "stats",
+        "watch",
+        "groups",
+        "capture",
+    ];
 
     /// The `"cmd"` value of this request.
     pub fn command(&self) -> &'static str {
@@ -59,6 +69,7 @@ impl Request {
             Request::Stats => "stats",
             Request::Watch(_) => "watch",
             Request::Groups { .. } => "groups",
+            Request::Capture(_) => "capture",
         }
     }
 
@@ -68,6 +79,7 @@ impl Request {
         match self {
             Request::Lookup(lookup) => lookup.query().map(drop),
             Request::Watch(watch) => watch.interval_ms().map(drop),
+            Request::Capture(capture) => capture.validate(),
             Request::Processes
             | Request::Process { .. }
             | Request::Stats

@@ -252,6 +252,7 @@ fn every_command_name_parses() {
         r#"{"cmd":"stats"}"#,
         r#"{"cmd":"watch"}"#,
         r#"{"cmd":"groups","by":"netns"}"#,
+        r#"{"cmd":"capture"}"#,
     ];
     let parsed: Vec<&str> = lines
         .iter()
@@ -791,4 +792,59 @@ fn a_row_from_a_daemon_without_placement_fields_reads_as_unknown_placement() {
         reply.body.processes[0].placement,
         PlacementFields::default()
     );
+}
+
+#[test]
+fn a_capture_request_carries_its_filters_and_refuses_bad_ones() {
+    let line = r#"{"cmd":"capture","pid":7,"comm":"curl","filter":"tcp port 80"}"#;
+    let Request::Capture(c) = parse_request(line.as_bytes()).unwrap() else {
+        panic!("not a capture")
+    };
+    assert_eq!(c.pid, Some(7));
+    assert_eq!(c.comm.as_deref(), Some("curl"));
+    assert_eq!(c.filter.as_deref(), Some("tcp port 80"));
+    let long = format!(
+        r#"{{"cmd":"capture","filter":"{}"}}"#,
+        "x".repeat(crate::MAX_CAPTURE_FILTER + 1)
+    );
+    for bad in [
+        r#"{"cmd":"capture","comm":""}"#,
+        r#"{"cmd":"capture","container":"ab"}"#,
+        long.as_str(),
+    ] {
+        let error = parse_request(bad.as_bytes()).unwrap_err();
+        assert_eq!(error.code(), crate::ErrorCode::BadArgument, "{bad}");
+    }
+    let wrong_type = parse_request(br#"{"cmd":"capture","pid":"7"}"#).unwrap_err();
+    assert_eq!(wrong_type.code(), crate::ErrorCode::BadRequest);
+}
+
+#[test]
+fn capture_lines_round_trip_with_one_field_each() {
+    let packet = crate::CapturedPacket {
+        ts_us: 1,
+        orig_len: 3,
+        data: crate::CapturedPacket::encode_data(&[0, 255, 7]),
+        tx: Some(crate::PacketOwner {
+            pid: Some(9),
+            start_time: Some(2),
+            matched: Some("late".into()),
+            unknown: None,
+        }),
+        rx: None,
+        note: None,
+    };
+    let line = crate::encode_line(&crate::ok(crate::CaptureLine::packet(packet.clone())));
+    let text = String::from_utf8(line.clone()).unwrap();
+    assert!(text.starts_with(r#"{"v":1,"ok":true,"packet":{"#), "{text}");
+    let back: crate::CaptureLine = crate::decode_reply(&line[..line.len() - 1]).unwrap();
+    assert_eq!(back, crate::CaptureLine::packet(packet.clone()));
+    assert_eq!(back.packet.unwrap().bytes().unwrap(), vec![0, 255, 7]);
+    let lost = crate::encode_line(&crate::ok(crate::CaptureLine::lost(5)));
+    assert_eq!(lost, b"{\"v\":1,\"ok\":true,\"lost\":{\"packets\":5}}\n");
+    let garbled = crate::CapturedPacket {
+        data: "not base64!".into(),
+        ..packet
+    };
+    assert!(garbled.bytes().is_err());
 }

@@ -3,10 +3,12 @@
 
 use std::io::Write;
 
+pub mod capture;
 pub mod groups;
 pub mod lookup;
 pub mod process;
 pub mod ps;
+pub mod report;
 pub mod stats;
 pub mod top;
 

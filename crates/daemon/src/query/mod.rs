@@ -7,6 +7,7 @@
 //! to its own processes before anything is serialised.
 
 pub mod access;
+pub mod capture;
 pub mod clients;
 pub mod queries;
 pub mod server;

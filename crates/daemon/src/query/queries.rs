@@ -96,16 +96,24 @@ fn matched(q: &QualityBytes) -> proto::MatchBytes {
     }
 }
 
+/// Every process `viewer` sees, as `processes` rows (unsorted), and the unknown bucket:
+/// copied out under the ledger lock. `processes`, `groups` and the metrics exposition all
+/// start from this.
+pub fn process_rows(
+    shared: &DaemonState,
+    viewer: Viewer,
+) -> (Vec<proto::ProcessRow>, proto::Usage) {
+    let ledger = shared.ledger();
+    let rows: Vec<proto::ProcessRow> = ledger
+        .processes()
+        .filter(|p| viewer.sees(p.meta.uid))
+        .map(|p| row(p, Names::of(shared)))
+        .collect();
+    (rows, usage(ledger.unknown()))
+}
+
 pub fn processes(shared: &DaemonState, viewer: Viewer) -> Reply {
-    let (mut processes, unknown) = {
-        let ledger = shared.ledger();
-        let rows: Vec<proto::ProcessRow> = ledger
-            .processes()
-            .filter(|p| viewer.sees(p.meta.uid))
-            .map(|p| row(p, Names::of(shared)))
-            .collect();
-        (rows, usage(ledger.unknown()))
-    };
+    let (mut processes, unknown) = process_rows(shared, viewer);
     processes.sort_by_key(|r| (r.pid, r.start_time));
     Ok(proto::encode_line(&proto::ok(proto::ProcessesReply {
         processes,
@@ -147,50 +155,48 @@ pub fn process(shared: &DaemonState, pid: u32, viewer: Viewer) -> Reply {
 /// Counters summed per group (user, unit, container or network namespace) over the
 /// processes `viewer` sees, by descending total bytes; the unknown bucket apart.
 pub fn groups(shared: &DaemonState, by: proto::GroupBy, viewer: Viewer) -> Reply {
-    let (mut groups, unknown) = {
-        let ledger = shared.ledger();
-        let mut groups: HashMap<Option<String>, proto::GroupRow> = HashMap::new();
-        for p in ledger.processes().filter(|p| viewer.sees(p.meta.uid)) {
-            let key = group_key(p, by, shared.users());
-            let row = groups
-                .entry(key.clone())
-                .or_insert_with(|| proto::GroupRow {
-                    key,
-                    processes: 0,
-                    usage: proto::Usage::default(),
-                });
-            row.processes += 1;
-            add_usage(&mut row.usage, &usage(&p.usage));
-        }
-        (
-            groups.into_values().collect::<Vec<_>>(),
-            usage(ledger.unknown()),
-        )
-    };
-    let total = |r: &proto::GroupRow| r.usage.rx_bytes_total + r.usage.tx_bytes_total;
-    groups.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.key.cmp(&b.key)));
+    let (rows, unknown) = process_rows(shared, viewer);
     Ok(proto::encode_line(&proto::ok(proto::GroupsReply {
         by,
-        groups,
+        groups: group_rows(&rows, by),
         unknown,
         filtered_to_uid: viewer.filtered_to(),
     })))
 }
 
-/// The group `p` is in; `None` for the processes with no such group.
-fn group_key(p: &ProcessUsage, by: proto::GroupBy, users: &UserNames) -> Option<String> {
-    let placement = &p.meta.placement;
+/// `rows` summed per group, by descending total bytes (then key).
+pub fn group_rows(rows: &[proto::ProcessRow], by: proto::GroupBy) -> Vec<proto::GroupRow> {
+    let mut groups: HashMap<Option<String>, proto::GroupRow> = HashMap::new();
+    for r in rows {
+        let key = group_key(r, by);
+        let group = groups
+            .entry(key.clone())
+            .or_insert_with(|| proto::GroupRow {
+                key,
+                processes: 0,
+                usage: proto::Usage::default(),
+            });
+        group.processes += 1;
+        add_usage(&mut group.usage, &r.usage);
+    }
+    let mut groups: Vec<proto::GroupRow> = groups.into_values().collect();
+    let total = |r: &proto::GroupRow| r.usage.rx_bytes_total + r.usage.tx_bytes_total;
+    groups.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.key.cmp(&b.key)));
+    groups
+}
+
+/// The group `r` is in; `None` for the processes with no such group. The user is its name,
+/// else its uid.
+pub fn group_key(r: &proto::ProcessRow, by: proto::GroupBy) -> Option<String> {
+    let placement = &r.placement;
     match by {
-        proto::GroupBy::User => Some(
-            users
-                .name(p.meta.uid)
-                .map_or_else(|| p.meta.uid.to_string(), |n| n.to_string()),
-        ),
-        proto::GroupBy::Unit => placement.unit().map(str::to_string),
+        proto::GroupBy::User => Some(placement.user.clone().unwrap_or_else(|| r.uid.to_string())),
+        proto::GroupBy::Unit => placement.unit.clone(),
         proto::GroupBy::Container => placement
-            .container()
+            .container
+            .as_ref()
             .map(|c| format!("{}:{}", c.runtime, c.id)),
-        proto::GroupBy::Netns => placement.netns.map(|n| n.0.to_string()),
+        proto::GroupBy::Netns => placement.netns.map(|n| n.to_string()),
     }
 }
 
@@ -310,6 +316,16 @@ fn owner(
 }
 
 pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServer) -> Reply {
+    let stats = stats_of(shared, now, query_server);
+    Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
+}
+
+/// The daemon-wide counters `stats` answers with (and the metrics exposition exports).
+pub fn stats_of(
+    shared: &DaemonState,
+    now: Instant,
+    query_server: proto::QueryServer,
+) -> proto::Stats {
     let (totals, uptime, processes) = {
         let ledger = shared.ledger();
         (
@@ -326,7 +342,7 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
     let levels = shared.levels();
     let pending = levels.pending;
     let reasons = totals.unknown_by_reason;
-    let stats = proto::Stats {
+    proto::Stats {
         uptime_s: uptime.as_secs_f64(),
         rx_packets: totals.captured.rx_packets,
         rx_bytes: totals.captured.rx_bytes,
@@ -398,8 +414,7 @@ pub fn stats(shared: &DaemonState, now: Instant, query_server: proto::QueryServe
             received: ns.received,
             dropped: ns.dropped,
         },
-    };
-    Ok(proto::encode_line(&proto::ok(proto::StatsReply { stats })))
+    }
 }
 
 /// Every long-lived thread's heartbeat, as `stats.threads`.

@@ -29,7 +29,7 @@ use crate::query::access::{peer_credentials, SocketGroup, Viewer};
 use crate::query::clients::{
     fd_budget, fd_usage, AcceptErrors, Clients, LogLimit, Slot, FD_RESERVE, LINE_TIMEOUT,
 };
-use crate::query::queries;
+use crate::query::{capture, queries};
 use crate::state::DaemonState;
 
 /// How long a reply may wait for the client to read it before the client is dropped.
@@ -252,6 +252,13 @@ impl Connection {
                     let interval = w.interval().unwrap_or(Duration::from_secs(1));
                     return self.watch(interval).await;
                 }
+                Ok(Request::Capture(c)) => match self.start_capture(&c) {
+                    Ok((stream, header)) => {
+                        self.send(&header).await?;
+                        return self.capture(stream).await;
+                    }
+                    Err(reply) => self.send(&reply).await?,
+                },
                 Ok(request) => {
                     let reply = answer(&self.shared, &request, self.viewer, &self.clients);
                     self.send(&reply).await?;
@@ -322,6 +329,87 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The client's stream state and the stream's first line, or the error reply (a filter
+    /// that does not compile).
+    fn start_capture(
+        &self,
+        request: &proto::CaptureRequest,
+    ) -> Result<(capture::Stream, Vec<u8>), Vec<u8>> {
+        let (dlt, snaplen, interface, hold_for) = {
+            let info = self.shared.capture_info();
+            (
+                info.dlt,
+                info.snaplen,
+                info.origin.clone(),
+                info.pending_timeout,
+            )
+        };
+        let stream = capture::Stream::new(request, self.viewer, dlt, hold_for).map_err(|e| {
+            proto::encode_line(&proto::error_reply(
+                ErrorCode::BadArgument,
+                format!("filter: {e}"),
+            ))
+        })?;
+        let header = proto::CaptureHeader {
+            link_type: dlt,
+            snaplen,
+            interface,
+            filtered_to_uid: match self.viewer {
+                Viewer::Own { uid } => Some(uid),
+                Viewer::Full => None,
+            },
+        };
+        let first = proto::encode_line(&proto::ok(proto::CaptureStart { capture: header }));
+        Ok((stream, first))
+    }
+
+    /// Streams tapped frames until the client leaves (EOF, an error, or it stops reading).
+    /// Frames that arrive together go out in one write; frames waiting for their owners
+    /// are looked at again every [`CAPTURE_TICK`].
+    async fn capture(&mut self, mut stream: capture::Stream) -> Result<(), Closed> {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut listener = self.shared.tap().listen();
+        let mut ticker = tokio::time::interval(CAPTURE_TICK);
+        let mut scratch = [0u8; 512];
+        let mut out = Vec::new();
+        loop {
+            tokio::select! {
+                received = listener.receiver.recv() => match received {
+                    Ok(tapped) => {
+                        let now = Instant::now();
+                        stream.push(&self.shared, tapped, now, &mut out);
+                        while out.len() < CAPTURE_WRITE {
+                            match listener.receiver.try_recv() {
+                                Ok(tapped) => stream.push(&self.shared, tapped, now, &mut out),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged(lost)) => capture::lost_line(lost, &mut out),
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                _ = ticker.tick(), if stream.held() > 0 => {
+                    stream.release(&self.shared, Instant::now(), &mut out);
+                }
+                read = self.reader.read(&mut scratch) => match read {
+                    Ok(0) | Err(_) => return Err(Closed::Gone),
+                    Ok(_) => {} // anything sent during a capture is ignored
+                },
+            }
+            if !out.is_empty() {
+                self.send(&out).await?;
+                out.clear();
+            }
+        }
+    }
+}
+
+/// How often a `capture` stream looks again at frames waiting for their owners.
+const CAPTURE_TICK: Duration = Duration::from_millis(100);
+/// Bytes of `capture` lines gathered before one write.
+const CAPTURE_WRITE: usize = 64 * 1024;
+
 /// Waits up to `timeouts.idle` for the first byte of a request, then up to `timeouts.line`
 /// for the rest of its line. Returns the line's length, 0 at EOF.
 async fn read_request<R: AsyncBufRead + Unpin>(
@@ -379,6 +467,7 @@ pub fn answer(
         Request::Stats => queries::stats(shared, Instant::now(), clients.snapshot()),
         Request::Groups { by } => queries::groups(shared, *by, viewer),
         Request::Watch(_) => Err((ErrorCode::Internal, "watch is a stream".into())),
+        Request::Capture(_) => Err((ErrorCode::Internal, "capture is a stream".into())),
     };
     reply.unwrap_or_else(|(code, message)| proto::encode_line(&proto::error_reply(code, message)))
 }
