@@ -38,6 +38,9 @@ struct Args {
     /// UDP payload bytes (18 makes a 64-byte Ethernet frame).
     #[arg(long, default_value_t = 18)]
     payload: usize,
+    /// Send at most this many datagrams per second (paced per batch); 0: as fast as it can.
+    #[arg(long, default_value_t = 0)]
+    pps: u64,
 }
 
 fn allowed(dst: Ipv4Addr) -> bool {
@@ -102,7 +105,8 @@ impl Sender {
 
 /// Sends until the count or the time runs out; returns the count sent.
 fn flood(args: &Args, senders: &mut [Sender]) -> anyhow::Result<u64> {
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds);
     let mut payload = vec![0x5a; args.payload];
     let mut sent = 0u64;
     let mut turn = 0usize;
@@ -115,6 +119,14 @@ fn flood(args: &Args, senders: &mut [Sender]) -> anyhow::Result<u64> {
             Err(e) => return Err(e.into()),
         }
         turn = (turn + 1) % senders.len();
+        if args.pps > 0 {
+            // Ahead of the pace: wait until this many datagrams are due.
+            let due = Duration::from_secs_f64(sent as f64 / args.pps as f64);
+            let ahead = due.saturating_sub(started.elapsed());
+            if !ahead.is_zero() {
+                std::thread::sleep(ahead.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
     }
     Ok(sent)
 }

@@ -194,7 +194,7 @@ impl CapturedPacket {
 
 /// One end's owner: a process (`pid`, `start_time`, `matched` as in counting rule 3) or
 /// `unknown` with its reason (as in `stats.unknown_reasons`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PacketOwner {
     /// The process, when one was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]

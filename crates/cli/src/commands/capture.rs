@@ -111,7 +111,7 @@ fn stream(
             writer.describe(process);
         }
         if let Some(packet) = line.packet {
-            writer.packet(&packet)?;
+            writer.packet(packet)?;
             summary.written += 1;
         }
         if let Some(lost) = line.lost {
@@ -120,10 +120,18 @@ fn stream(
     }
 }
 
+/// The owners and note of a packet: what its comment says.
+type Annotation = (Option<PacketOwner>, Option<PacketOwner>, Option<String>);
+
+/// Most distinct comments kept (the cache is emptied when full).
+const COMMENTS_KEPT: usize = 4096;
+
 /// A pcapng writer that knows the processes the stream described.
 struct AnnotatedWriter<W: Write> {
     pcapng: PcapNgWriter<W>,
     processes: HashMap<u32, CapturedProcess>,
+    /// Each annotation's comment, made once (emptied when a process is described anew).
+    comments: HashMap<Annotation, String>,
 }
 
 impl<W: Write> AnnotatedWriter<W> {
@@ -150,24 +158,25 @@ impl<W: Write> AnnotatedWriter<W> {
         Ok(AnnotatedWriter {
             pcapng,
             processes: HashMap::new(),
+            comments: HashMap::new(),
         })
     }
 
     fn describe(&mut self, process: CapturedProcess) {
         self.processes.insert(process.pid, process);
+        self.comments.clear();
     }
 
-    fn packet(&mut self, packet: &CapturedPacket) -> anyhow::Result<()> {
+    fn packet(&mut self, packet: CapturedPacket) -> anyhow::Result<()> {
         let data = packet.bytes()?;
+        let (ts_us, original_len) = (packet.ts_us, packet.orig_len);
+        let text = cached_comment(&mut self.comments, &self.processes, packet);
         let block = EnhancedPacketBlock {
             interface_id: 0,
-            timestamp: Duration::from_micros(packet.ts_us),
-            original_len: packet.orig_len,
+            timestamp: Duration::from_micros(ts_us),
+            original_len,
             data: Cow::Owned(data),
-            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment(
-                packet,
-                &self.processes,
-            )))],
+            options: vec![EnhancedPacketOption::Comment(Cow::Borrowed(text))],
         };
         self.pcapng.write_pcapng_block(block)?;
         Ok(())
@@ -182,10 +191,34 @@ impl<W: Write> AnnotatedWriter<W> {
     }
 }
 
+/// The packet's comment, made once per distinct annotation.
+fn cached_comment<'a>(
+    comments: &'a mut HashMap<Annotation, String>,
+    processes: &HashMap<u32, CapturedProcess>,
+    packet: CapturedPacket,
+) -> &'a str {
+    if comments.len() >= COMMENTS_KEPT {
+        comments.clear();
+    }
+    comments
+        .entry((packet.tx, packet.rx, packet.note))
+        .or_insert_with_key(|(tx, rx, note)| annotation_text(tx, rx, note, processes))
+}
+
 /// A packet's comment: `tx: curl[4242] exe=/usr/bin/curl unit=… container=… (exact); rx:
 /// unknown (no_socket)`, or its note (`foreign`, `copy`, `not_ip`, `malformed`).
-pub fn comment(packet: &CapturedPacket, processes: &HashMap<u32, CapturedProcess>) -> String {
-    let sides: Vec<String> = [("tx", &packet.tx), ("rx", &packet.rx)]
+#[cfg(test)]
+fn comment(packet: &CapturedPacket, processes: &HashMap<u32, CapturedProcess>) -> String {
+    annotation_text(&packet.tx, &packet.rx, &packet.note, processes)
+}
+
+fn annotation_text(
+    tx: &Option<PacketOwner>,
+    rx: &Option<PacketOwner>,
+    note: &Option<String>,
+    processes: &HashMap<u32, CapturedProcess>,
+) -> String {
+    let sides: Vec<String> = [("tx", tx), ("rx", rx)]
         .into_iter()
         .filter_map(|(side, owner)| {
             owner
@@ -193,7 +226,7 @@ pub fn comment(packet: &CapturedPacket, processes: &HashMap<u32, CapturedProcess
                 .map(|o| format!("{side}: {}", owner_text(o, processes)))
         })
         .collect();
-    match (&packet.note, sides.is_empty()) {
+    match (note, sides.is_empty()) {
         (Some(note), _) => format!("pidcap: {note}"),
         (None, true) => "pidcap: no local end".to_owned(),
         (None, false) => format!("pidcap {}", sides.join("; ")),
@@ -286,37 +319,69 @@ mod tests {
     }
 
     #[test]
+    fn a_comment_made_once_is_made_anew_when_its_process_is_described_again() {
+        let mut out = Vec::new();
+        {
+            let mut w = AnnotatedWriter::new(&mut out, &header()).unwrap();
+            let mut process = curl().remove(&42).unwrap();
+            w.describe(process.clone());
+            w.packet(packet(Some(found(42, "exact")), None)).unwrap();
+            process.comm = "wget".into(); // an exec: same pid, same start time
+            w.describe(process);
+            w.packet(packet(Some(found(42, "exact")), None)).unwrap();
+            w.finish().unwrap();
+        }
+        let comments: Vec<String> = read_back(&out)
+            .iter()
+            .map(|epb| match &epb.options[..] {
+                [EnhancedPacketOption::Comment(c)] => c.to_string(),
+                other => panic!("options {other:?}"),
+            })
+            .collect();
+        assert!(comments[0].contains("curl[42]"), "{comments:?}");
+        assert!(comments[1].contains("wget[42]"), "{comments:?}");
+    }
+
+    #[test]
     fn a_packet_without_owners_says_why() {
         let mut p = packet(None, None);
         p.note = Some("foreign".into());
         assert_eq!(comment(&p, &HashMap::new()), "pidcap: foreign");
     }
 
-    #[test]
-    fn the_file_reads_back_with_its_comments_times_and_link_type() {
-        let header = CaptureHeader {
+    fn header() -> CaptureHeader {
+        CaptureHeader {
             link_type: 1,
             snaplen: 256,
             interface: "lo".into(),
             filtered_to_uid: None,
-        };
-        let mut out = Vec::new();
-        {
-            let mut w = AnnotatedWriter::new(&mut out, &header).unwrap();
-            for (pid, process) in curl() {
-                assert_eq!(pid, process.pid);
-                w.describe(process);
-            }
-            w.packet(&packet(Some(found(42, "exact")), None)).unwrap();
-            w.finish().unwrap();
         }
-        let mut reader = pcap_file::pcapng::PcapNgReader::new(&out[..]).unwrap();
+    }
+
+    fn read_back(file: &[u8]) -> Vec<EnhancedPacketBlock<'static>> {
+        let mut reader = pcap_file::pcapng::PcapNgReader::new(file).unwrap();
         let mut packets = Vec::new();
         while let Some(block) = reader.next_block() {
             if let pcap_file::pcapng::Block::EnhancedPacket(epb) = block.unwrap() {
                 packets.push(epb.into_owned());
             }
         }
+        packets
+    }
+
+    #[test]
+    fn the_file_reads_back_with_its_comments_times_and_link_type() {
+        let mut out = Vec::new();
+        {
+            let mut w = AnnotatedWriter::new(&mut out, &header()).unwrap();
+            for (pid, process) in curl() {
+                assert_eq!(pid, process.pid);
+                w.describe(process);
+            }
+            w.packet(packet(Some(found(42, "exact")), None)).unwrap();
+            w.finish().unwrap();
+        }
+        let packets = read_back(&out);
         assert_eq!(packets.len(), 1);
         let epb = &packets[0];
         assert_eq!(&epb.data[..], &[1, 2, 3, 4]);

@@ -44,7 +44,30 @@ impl Wanted {
 /// One owner as the filter and the `process` line need it.
 struct Who {
     key: ProcessKey,
-    line: CapturedProcess,
+    line: Arc<CapturedProcess>,
+}
+
+/// The owners described for the current socket table, so a packet costs a lookup, not a
+/// description (emptied when the table changes: names and placements are read anew).
+#[derive(Debug, Default)]
+struct Known {
+    generation: u64,
+    by_key: HashMap<ProcessKey, Arc<CapturedProcess>>,
+}
+
+impl Known {
+    fn get(&mut self, shared: &DaemonState, table: &SocketTable, key: ProcessKey) -> Who {
+        if self.generation != table.generation() {
+            self.generation = table.generation();
+            self.by_key.clear();
+        }
+        let line = self
+            .by_key
+            .entry(key)
+            .or_insert_with(|| Arc::new(describe(shared, table, key)))
+            .clone();
+        Who { key, line }
+    }
 }
 
 /// A `capture` client's state.
@@ -55,6 +78,7 @@ pub struct Stream {
     bpf: Option<FrameFilter>,
     /// The start time each pid was last described with in this stream.
     described: HashMap<u32, u64>,
+    known: Known,
     held: VecDeque<(Arc<Tapped>, Instant)>,
     hold_for: Duration,
 }
@@ -84,6 +108,7 @@ impl Stream {
             viewer,
             bpf,
             described: HashMap::new(),
+            known: Known::default(),
             held: VecDeque::new(),
             hold_for,
         })
@@ -136,10 +161,12 @@ impl Stream {
         verdict: Option<(Verdict, Verdict)>,
         out: &mut Vec<u8>,
     ) {
+        let known = &mut self.known;
+        let mut who = |key| known.get(shared, table, key);
         let (tx, rx) = match verdict {
             Some((then, now)) => (
-                owner(then.tx, now.tx, shared, table),
-                owner(then.rx, now.rx, shared, table),
+                owner(then.tx, now.tx, &mut who),
+                owner(then.rx, now.rx, &mut who),
             ),
             None => ((None, None), (None, None)),
         };
@@ -149,7 +176,7 @@ impl Stream {
         let (tx, rx) = (self.narrow(tx), self.narrow(rx));
         for who in [&tx.1, &rx.1].into_iter().flatten() {
             if self.described.insert(who.key.pid, who.key.start_time) != Some(who.key.start_time) {
-                line(out, CaptureLine::process(who.line.clone()));
+                line(out, CaptureLine::process(CapturedProcess::clone(&who.line)));
             }
         }
         let packet = CapturedPacket {
@@ -255,8 +282,7 @@ fn expire(v: Verdict) -> Verdict {
 fn owner(
     then: Option<Credit>,
     now: Option<Credit>,
-    shared: &DaemonState,
-    table: &SocketTable,
+    who: &mut impl FnMut(ProcessKey) -> Who,
 ) -> (Option<PacketOwner>, Option<Who>) {
     let Some(then) = then else {
         return (None, None);
@@ -272,7 +298,7 @@ fn owner(
                 matched: Some(matched.to_owned()),
                 unknown: None,
             };
-            (Some(annotation), Some(describe(shared, table, key)))
+            (Some(annotation), Some(who(key)))
         }
         Credit::Unknown(reason) => (Some(unknown_owner(reason_name(reason))), None),
     }
@@ -288,7 +314,7 @@ fn unknown_owner(reason: &str) -> PacketOwner {
 }
 
 /// Who `key` is: from the table, else from the ledger (an owner that left the table).
-fn describe(shared: &DaemonState, table: &SocketTable, key: ProcessKey) -> Who {
+fn describe(shared: &DaemonState, table: &SocketTable, key: ProcessKey) -> CapturedProcess {
     let names = Names::of(shared);
     let line = match table.process(&key) {
         Some(info) => process_line(key, &info.comm, &info.exe, info.uid, |uid| {
@@ -306,7 +332,7 @@ fn describe(shared: &DaemonState, table: &SocketTable, key: ProcessKey) -> Who {
             }
         }
     };
-    Who { key, line }
+    line
 }
 
 fn process_line(
