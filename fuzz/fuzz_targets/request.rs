@@ -15,6 +15,7 @@ fn main() {
         match &request {
             Request::Lookup(lookup) => assert!(lookup.query().is_ok(), "{lookup:?}"),
             Request::Watch(watch) => assert!(watch.interval().is_ok(), "{watch:?}"),
+            Request::Capture(capture) => assert!(capture.validate().is_ok(), "{capture:?}"),
             Request::Processes
             | Request::Process { .. }
             | Request::Stats
