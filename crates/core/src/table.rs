@@ -490,12 +490,14 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 
 /// The deterministic rule for a socket held by several processes: the most recently started
 /// holder is credited (after `fork` + `exec` the child is the one doing the I/O; a parent that
-/// keeps a listener open hands connections to its newest worker), ties broken by lowest pid.
+/// keeps a listener open hands connections to its newest worker). Start times are clock
+/// ticks (10 ms): a child forked within its parent's tick ties with it, and the higher pid
+/// — the later fork, pids being handed out in increasing order — is the newer one.
 pub fn choose_owner(holders: &[ProcessKey]) -> Option<ProcessKey> {
     holders
         .iter()
         .copied()
-        .max_by(|a, b| a.start_time.cmp(&b.start_time).then(b.pid.cmp(&a.pid)))
+        .max_by(|a, b| a.start_time.cmp(&b.start_time).then(a.pid.cmp(&b.pid)))
 }
 
 /// The process that used a shared connection rather than `holder` (the one the fds or a

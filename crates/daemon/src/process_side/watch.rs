@@ -37,6 +37,13 @@ const MAX_WATCHED: usize = 4096;
 /// The longest wait for process events (how quickly `stop` is noticed).
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a process must have lived before the connected non-TCP sockets it inherited
+/// (that its parent holds too) are reported as held by it: a child that lives less (a
+/// shell's `$(…)`, a helper that execs with leaked fds) never becomes their newest holder,
+/// so its parent's datagrams are not credited to it in the moments before its exit reaches
+/// the table (README rule 4). The young looks go on this long.
+pub const INHERITED_SETTLE: Duration = pidcap_core::YOUNG_FOR;
+
 /// Whether the missing-privilege warning was given (once per daemon).
 static DENIED_WARNED: AtomicBool = AtomicBool::new(false);
 
@@ -50,6 +57,35 @@ struct Watched {
     /// Whether its fds were read since its exec: what the first read finds was there at
     /// the exec, most likely inherited from its parent.
     looked: bool,
+    /// When it was first watched (its exec, as read).
+    since: Instant,
+    /// Connected non-TCP sockets it had at its exec that its parent holds too: reported
+    /// only once it has lived [`INHERITED_SETTLE`] (see [`Watcher::inherited`]).
+    deferred: Vec<SocketEntry>,
+}
+
+/// A new process's parent and the socket inodes it holds (none when not read).
+#[derive(Debug, Default)]
+struct Parents {
+    pid: Option<u32>,
+    inodes: HashSet<u64>,
+}
+
+impl Parents {
+    /// Whether `socket` is connected and the parent holds it too: inherited at fork.
+    fn holds(&self, socket: &SocketEntry) -> bool {
+        !socket.is_wildcard_remote() && self.inodes.contains(&socket.inode)
+    }
+}
+
+/// Takes out of `found` the connected non-TCP sockets the parent holds too (TCP ones stay:
+/// their claims decide, README rule 4).
+fn take_inherited(found: &mut Vec<SocketEntry>, parents: &Parents) -> Vec<SocketEntry> {
+    let (inherited, own): (Vec<_>, Vec<_>) = found
+        .drain(..)
+        .partition(|s| s.proto != IpProto::Tcp && parents.holds(s));
+    *found = own;
+    inherited
 }
 
 #[derive(Debug)]
@@ -151,6 +187,8 @@ impl Watcher {
             netns,
             done: HashSet::new(),
             looked: false,
+            since: Instant::now(),
+            deferred: Vec::new(),
         };
         watched.insert(pid, w);
     }
@@ -204,7 +242,17 @@ impl Watcher {
         }
         let first_look = !std::mem::replace(&mut w.looked, true);
         if first_look && !found.is_empty() {
-            self.shared_with_parent(pid, &found);
+            let parents = self.parent_sockets(pid, &found);
+            self.shared_with_parent(pid, &found, &parents);
+            w.deferred = take_inherited(&mut found, &parents);
+        }
+        if !w.deferred.is_empty() && w.since.elapsed() >= INHERITED_SETTLE {
+            debug!(
+                pid,
+                sockets = w.deferred.len(),
+                "a process that lived on holds what it inherited"
+            );
+            found.append(&mut w.deferred);
         }
         if !found.is_empty() {
             debug!(pid, sockets = found.len(), comm = %w.info.comm, "learned sockets of a new process");
@@ -222,22 +270,13 @@ impl Watcher {
     /// parent holds too: inherited, not opened. The parent is reported holding them, so the
     /// connection's claims can tell which of the two uses it (README rule 4: a parent that
     /// goes on writing while a child that inherited the socket idles is the one credited).
-    fn shared_with_parent(&mut self, pid: u32, found: &[SocketEntry]) {
-        let connected = |s: &&SocketEntry| s.proto == IpProto::Tcp && !s.is_wildcard_remote();
-        if !found.iter().any(|s| connected(&s)) {
-            return;
-        }
-        let Ok(parent) = self.proc.parent_pid(pid) else {
+    fn shared_with_parent(&mut self, pid: u32, found: &[SocketEntry], parents: &Parents) {
+        let Some(parent) = parents.pid else {
             return;
         };
-        let mut fds = Vec::new();
-        if parent <= 1 || self.proc.socket_fds_of(parent, &mut fds).is_err() {
-            return;
-        }
         let shared: Vec<SocketEntry> = found
             .iter()
-            .filter(connected)
-            .filter(|s| fds.iter().any(|&(_, inode)| inode == s.inode))
+            .filter(|s| s.proto == IpProto::Tcp && parents.holds(s))
             .copied()
             .collect();
         if shared.is_empty() {
@@ -260,6 +299,25 @@ impl Watcher {
             seen: now,
         };
         self.report(parent, learned);
+    }
+
+    /// The parent of `pid` and the socket inodes it holds, read only when `found` (what
+    /// `pid` had at its exec) has a connected socket: those may be inherited.
+    fn parent_sockets(&self, pid: u32, found: &[SocketEntry]) -> Parents {
+        let mut parents = Parents::default();
+        if !found.iter().any(|s| !s.is_wildcard_remote()) {
+            return parents;
+        }
+        let Ok(parent) = self.proc.parent_pid(pid) else {
+            return parents;
+        };
+        let mut fds = Vec::new();
+        if parent <= 1 || self.proc.socket_fds_of(parent, &mut fds).is_err() {
+            return parents;
+        }
+        parents.pid = Some(parent);
+        parents.inodes = fds.into_iter().map(|(_, inode)| inode).collect();
+        parents
     }
 
     /// Sends what `pid` was seen holding, and remembers it to report its exit.
@@ -310,5 +368,48 @@ impl Watcher {
             self.shared.process_side().learned_dropped += 1;
         }
         self.wake.request();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pidcap_core::TcpState;
+
+    use super::*;
+
+    fn socket(proto: IpProto, remote: &str, inode: u64) -> SocketEntry {
+        SocketEntry {
+            netns: NetNsId(1),
+            proto,
+            local: "127.0.0.1:4000".parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state: TcpState::Established,
+            inode,
+            uid: 0,
+        }
+    }
+
+    #[test]
+    fn only_connected_non_tcp_sockets_the_parent_holds_are_deferred() {
+        let parents = Parents {
+            pid: Some(1),
+            inodes: HashSet::from([1, 2, 3]),
+        };
+        let mut found = vec![
+            socket(IpProto::Udp, "127.0.0.1:53", 1), // inherited: deferred
+            socket(IpProto::Tcp, "127.0.0.1:80", 2), // TCP: its claims decide
+            socket(IpProto::Udp, "0.0.0.0:0", 3),    // not connected: a listener
+            socket(IpProto::Udp, "127.0.0.1:53", 4), // its own: the parent does not hold it
+        ];
+        let deferred = take_inherited(&mut found, &parents);
+        let inodes = |v: &[SocketEntry]| v.iter().map(|s| s.inode).collect::<Vec<_>>();
+        assert_eq!(inodes(&deferred), [1]);
+        assert_eq!(inodes(&found), [2, 3, 4]);
+        let unread = Parents::default();
+        let mut found = vec![socket(IpProto::Udp, "127.0.0.1:53", 1)];
+        assert!(
+            take_inherited(&mut found, &unread).is_empty(),
+            "no parent read: none"
+        );
     }
 }
