@@ -27,6 +27,9 @@ pub struct Parsed {
     /// IP-layer length: IPv4 total length, IPv6 40 + payload length (the header's claim;
     /// the reference captures only honest traffic, where it equals the wire length).
     pub ip_len: u32,
+    /// For a TCP SYN without ACK (a connection's opening): its initial sequence number, which
+    /// tells a retransmitted SYN from the next connection on the same 4-tuple.
+    pub syn_seq: Option<u32>,
 }
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -76,15 +79,17 @@ fn ipv4(ip: &[u8]) -> Option<Parsed> {
     let proto = *ip.get(9)?;
     let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
     let dst: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
-    let (sport, dport) = match fragment_offset {
-        0 => ports(proto, ip.get(header_len..)?),
-        _ => (0, 0),
+    let l4 = match fragment_offset {
+        0 => ip.get(header_len..)?,
+        _ => &[],
     };
+    let (sport, dport) = ports(proto, l4);
     Some(Parsed {
         proto,
         src: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(src)), sport),
         dst: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(dst)), dport),
         ip_len: u32::from(total_len),
+        syn_seq: syn_seq(proto, l4),
     })
 }
 
@@ -93,13 +98,25 @@ fn ipv6(ip: &[u8]) -> Option<Parsed> {
     let proto = *ip.get(6)?;
     let src: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
     let dst: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
-    let (sport, dport) = ports(proto, ip.get(40..)?);
+    let l4 = ip.get(40..)?;
+    let (sport, dport) = ports(proto, l4);
     Some(Parsed {
         proto,
         src: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(src)), sport),
         dst: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(dst)), dport),
         ip_len: 40 + u32::from(payload_len),
+        syn_seq: syn_seq(proto, l4),
     })
+}
+
+/// The sequence number of a TCP segment with SYN set and ACK clear.
+fn syn_seq(proto: u8, l4: &[u8]) -> Option<u32> {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let flags = *l4.get(13)?;
+    (proto == 6 && flags & (SYN | ACK) == SYN)
+        .then(|| Some(u32::from_be_bytes(l4.get(4..8)?.try_into().ok()?)))
+        .flatten()
 }
 
 fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
@@ -125,6 +142,20 @@ mod tests {
         assert_eq!(p.src, "10.0.0.1:1000".parse().unwrap());
         assert_eq!(p.dst, "10.0.0.2:2000".parse().unwrap());
         assert_eq!(p.ip_len, 20 + 8 + 10);
+        assert_eq!(p.syn_seq, None);
+    }
+
+    #[test]
+    fn a_tcp_opening_carries_its_sequence_number_and_nothing_else_does() {
+        let mut tcp = vec![0u8; 20];
+        tcp[4..8].copy_from_slice(&7u32.to_be_bytes());
+        tcp[13] = 0x02; // SYN
+        assert_eq!(syn_seq(6, &tcp), Some(7));
+        tcp[13] = 0x12; // SYN+ACK: the answer, not an opening
+        assert_eq!(syn_seq(6, &tcp), None);
+        tcp[13] = 0x02;
+        assert_eq!(syn_seq(17, &tcp), None, "not TCP");
+        assert_eq!(syn_seq(6, &tcp[..10]), None, "truncated");
     }
 
     #[test]

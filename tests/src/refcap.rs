@@ -7,7 +7,7 @@
 //! that are seen); after `stop` the thread drains what the kernel holds, then ends at the
 //! first empty read; between reads it polls the capture fd for at most 50 ms.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,17 +35,44 @@ impl Tally {
 #[derive(Debug, Default, Clone)]
 pub struct Truth {
     pub flows: HashMap<(u8, SocketAddr, SocketAddr), Tally>,
+    /// TCP flows split by connection: the n-th opening (SYN) seen on the 4-tuple starts
+    /// connection n (0: packets before any opening was seen). A 4-tuple that passes from
+    /// process to process (ports reused on one address) is told apart this way.
+    pub connections: HashMap<(u8, SocketAddr, SocketAddr), BTreeMap<u32, Tally>>,
+    /// Per 4-tuple (either direction): openings seen, and the last one's sequence number (a
+    /// retransmitted SYN is not a new connection).
+    pub(crate) openings: HashMap<(SocketAddr, SocketAddr), (u32, u32)>,
     /// Frames the filter passed that this parser could not read.
     pub unparsed: u64,
 }
 
 impl Truth {
     fn record(&mut self, p: Parsed) {
-        let tally = self.flows.entry((p.proto, p.src, p.dst)).or_default();
-        tally.add(Tally {
+        let tally = Tally {
             packets: 1,
             bytes: u64::from(p.ip_len),
-        });
+        };
+        self.flows
+            .entry((p.proto, p.src, p.dst))
+            .or_default()
+            .add(tally);
+        if p.proto == 6 {
+            let connection = self.connection_of(&p);
+            let by = self.connections.entry((p.proto, p.src, p.dst)).or_default();
+            by.entry(connection).or_default().add(tally);
+        }
+    }
+
+    /// Which connection of its 4-tuple a TCP packet belongs to (see `connections`).
+    fn connection_of(&mut self, p: &Parsed) -> u32 {
+        let tuple = (p.src.min(p.dst), p.src.max(p.dst));
+        let seen = self.openings.entry(tuple).or_insert((0, 0));
+        if let Some(seq) = p.syn_seq {
+            if seen.0 == 0 || seen.1 != seq {
+                *seen = (seen.0 + 1, seq);
+            }
+        }
+        seen.0
     }
 
     fn sum(&self, mut pick: impl FnMut(u8, SocketAddr, SocketAddr) -> bool) -> Tally {

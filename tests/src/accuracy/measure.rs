@@ -61,8 +61,13 @@ pub struct Ownership {
     exact: HashMap<(u8, SocketAddr), u32>,
     wildcard: Vec<(u8, SocketAddr, u32)>,
     measured: BTreeMap<u32, PidBytes>,
-    /// Endpoints two pids both reported (their bytes go to the first; noted in the report).
-    pub collisions: Vec<String>,
+    /// Endpoints two pids both reported (their bytes go to the first; noted in the report),
+    /// unless [`Ownership::add_connection`] told their TCP connections apart.
+    collisions: Vec<(u8, SocketAddr, String)>,
+    /// TCP connections per (local, remote) in the order they were reported: a 4-tuple that
+    /// passed from process to process (ports reused on one address) is split by connection
+    /// (the reference capture counts its openings), the n-th to the n-th reporter.
+    connections: HashMap<(u8, SocketAddr, SocketAddr), Vec<(u64, u32)>>,
 }
 
 impl Ownership {
@@ -76,8 +81,8 @@ impl Ownership {
         }
         if let Some(&other) = self.exact.get(&(proto, local)) {
             if other != pid {
-                self.collisions
-                    .push(format!("{local} reported by pids {other} and {pid}"));
+                let note = format!("{local} reported by pids {other} and {pid}");
+                self.collisions.push((proto, local, note));
             }
             return;
         }
@@ -88,6 +93,72 @@ impl Ownership {
     /// (ICMP echo by identifier), or nothing at all (a peer in another namespace).
     pub fn add_measured(&mut self, pid: u32, bytes: PidBytes) {
         self.measured.entry(pid).or_default().add(bytes);
+    }
+
+    /// `pid` had the TCP connection `local` → `remote` that ended (was reported) at `at_us`.
+    pub fn add_connection(&mut self, pid: u32, local: SocketAddr, remote: SocketAddr, at_us: u64) {
+        self.add(pid, 6, local);
+        let reporters = self.connections.entry((6, local, remote)).or_default();
+        reporters.push((at_us, pid));
+        reporters.sort_unstable();
+    }
+
+    /// The notes for endpoints two pids reported whose bytes could not be told apart (those
+    /// of TCP connections with several reporters are, by connection order: counted in one
+    /// line).
+    pub fn collision_notes(&self) -> Vec<String> {
+        let split = |c: &&(u8, SocketAddr, String)| {
+            self.connections
+                .iter()
+                .any(|(&(p, l, _), r)| p == c.0 && l == c.1 && r.len() > 1)
+        };
+        let (resolved, open): (Vec<_>, Vec<_>) = self.collisions.iter().partition(split);
+        let mut notes: Vec<String> = open.into_iter().map(|(_, _, n)| n.clone()).collect();
+        if !resolved.is_empty() {
+            notes.push(format!(
+                "{} endpoints reused by another process, told apart by connection",
+                resolved.len()
+            ));
+        }
+        notes
+    }
+
+    /// The reporters of the connections `local` → `remote`, in order, when more than one
+    /// process had one.
+    fn reporters(&self, proto: u8, local: SocketAddr, remote: SocketAddr) -> Option<&[(u64, u32)]> {
+        self.connections
+            .get(&(proto, local, remote))
+            .filter(|r| r.iter().any(|&(_, pid)| pid != r[0].1))
+            .map(Vec::as_slice)
+    }
+
+    /// Credits one direction of a flow: by connection when its 4-tuple changed hands,
+    /// else to the endpoint's owner. `local`/`remote` are the flow's ends from `pid`'s side.
+    fn credit(
+        &self,
+        truth: &Truth,
+        flow: (u8, SocketAddr, SocketAddr),
+        ends: (SocketAddr, SocketAddr),
+        tally: u64,
+        mut add: impl FnMut(u32, u64),
+    ) {
+        let (proto, local, remote) = (flow.0, ends.0, ends.1);
+        let by_connection = self
+            .reporters(proto, local, remote)
+            .zip(truth.connections.get(&flow));
+        match by_connection {
+            Some((reporters, connections)) => {
+                for (&n, t) in connections {
+                    let index = (n.max(1) as usize - 1).min(reporters.len() - 1);
+                    add(reporters[index].1, t.bytes);
+                }
+            }
+            None => {
+                if let Some(pid) = self.owner(proto, local) {
+                    add(pid, tally);
+                }
+            }
+        }
     }
 
     fn owner(&self, proto: u8, addr: SocketAddr) -> Option<u32> {
@@ -112,12 +183,13 @@ impl Ownership {
             if is_local(dst.ip()) {
                 local.rx += tally.bytes;
             }
-            if let Some(pid) = self.owner(proto, src) {
-                per_pid.entry(pid).or_default().tx += tally.bytes;
-            }
-            if let Some(pid) = self.owner(proto, dst) {
-                per_pid.entry(pid).or_default().rx += tally.bytes;
-            }
+            let flow = (proto, src, dst);
+            self.credit(truth, flow, (src, dst), tally.bytes, |pid, bytes| {
+                per_pid.entry(pid).or_default().tx += bytes;
+            });
+            self.credit(truth, flow, (dst, src), tally.bytes, |pid, bytes| {
+                per_pid.entry(pid).or_default().rx += bytes;
+            });
         }
         let owned = per_pid.values().fold(PidBytes::default(), |mut sum, b| {
             sum.add(*b);
@@ -545,6 +617,36 @@ mod tests {
         let mut own = Ownership::default();
         own.add(1, 6, a("127.0.0.1:80"));
         own.add(2, 6, a("127.0.0.1:80"));
-        assert_eq!(own.collisions.len(), 1);
+        assert_eq!(own.collision_notes().len(), 1);
+    }
+
+    #[test]
+    fn a_four_tuple_that_changed_hands_is_split_by_connection_in_report_order() {
+        let (client, server) = (a("127.0.0.1:40000"), a("127.0.0.1:80"));
+        let mut own = Ownership::default();
+        own.add(9, 6, server);
+        // Reported out of order: pid 2's connection ended after pid 1's.
+        own.add_connection(2, client, server, 2_000);
+        own.add_connection(1, client, server, 1_000);
+        let tally = |bytes| crate::refcap::Tally { packets: 1, bytes };
+        let mut truth = Truth::default();
+        truth.flows.insert((6, client, server), tally(300));
+        truth.flows.insert((6, server, client), tally(30));
+        truth.connections.insert(
+            (6, client, server),
+            BTreeMap::from([(1, tally(100)), (2, tally(200))]),
+        );
+        truth.connections.insert(
+            (6, server, client),
+            BTreeMap::from([(1, tally(10)), (2, tally(20))]),
+        );
+        let split = own.split(&truth, |_| true);
+        assert_eq!(split.per_pid[&1], PidBytes { tx: 100, rx: 10 });
+        assert_eq!(split.per_pid[&2], PidBytes { tx: 200, rx: 20 });
+        assert_eq!(split.per_pid[&9], PidBytes { tx: 30, rx: 300 });
+        assert_eq!(
+            own.collision_notes(),
+            ["1 endpoints reused by another process, told apart by connection"]
+        );
     }
 }

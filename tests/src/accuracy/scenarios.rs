@@ -82,7 +82,7 @@ impl Watch {
                 truth.unparsed
             ));
         }
-        notes.extend(own.collisions.iter().cloned());
+        notes.extend(own.collision_notes());
         let mut outcome = Outcome::compare(name, &own.split(&truth, is_local), &view);
         outcome.notes.extend(notes);
         let finished = daemon.stop();
@@ -125,7 +125,10 @@ fn add_flows(own: &mut Ownership, exited: &[Exited], proto: u8) -> Vec<String> {
     for e in exited {
         own.add_measured(e.pid, PidBytes::default());
         for flow in &e.flows {
-            own.add(flow.pid, proto, flow.local);
+            match proto {
+                TCP => own.add_connection(flow.pid, flow.local, flow.remote, flow.at_us),
+                _ => own.add(flow.pid, proto, flow.local),
+            }
         }
         if !e.status.is_some_and(|s| s.success()) {
             failed.push(format!("pid {} ({:?})", e.pid, e.status));

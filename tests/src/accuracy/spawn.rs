@@ -23,6 +23,9 @@ pub struct Flow {
     pub remote: SocketAddr,
     pub sent: u64,
     pub received: u64,
+    /// When the peer reported it (µs since the epoch), after the connection ended: orders
+    /// the connections of one 4-tuple that passed from process to process (0: not said).
+    pub at_us: u64,
 }
 
 /// A peer that ran to its end.
@@ -139,6 +142,7 @@ pub fn parse_flow(line: &str) -> Option<Flow> {
         remote: v["remote"].as_str()?.parse().ok()?,
         sent: v["sent"].as_u64()?,
         received: v["received"].as_u64()?,
+        at_us: v["at_us"].as_u64().unwrap_or(0),
     })
 }
 
