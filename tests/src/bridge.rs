@@ -4,7 +4,13 @@
 //!
 //! Layout for slot `n` (1..=250): bridge `pcb<n>` with 10.232.n.1/24; namespace `i`
 //! (0-based) is `pidcap-e2e-br-<pid>-<n>-<i>` with `pcb<n>p<i>` (host end, a bridge port) and
-//! 10.232.n.(i+2)/24 on its side, lo up.
+//! 10.232.n.(i+2)/24 on its side, lo up. A dual-stack bridge ([`Bridge::dual_stack`]) also
+//! has fd00:232:n::1/64, and member `i` fd00:232:n::(i+2)/64, both added with `nodad` so
+//! they are usable at once; the bridge's link-local address skips duplicate address detection
+//! too (`accept_dad` 0): the host solicits the neighbour of a packet it forwards into the
+//! bridge from that address, and sends no solicitation while it is tentative; with detection,
+//! what it forwarded there in the bridge's first second or so was dropped (a connection's
+//! first SYN, which cost it a one-second retransmission).
 //!
 //! Invariants: a slot is owned through an exclusive `flock` on `/run/pidcap-e2e/bridge-<n>`;
 //! its leftovers are removed before reuse. Drop deletes the namespaces (their veths go with
@@ -12,7 +18,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use crate::netns::{claim, ip, run_ip};
@@ -24,6 +30,8 @@ pub struct Member {
     /// The veth end on the host: a port of the bridge.
     pub port: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack bridge only.
+    pub addr_v6: Option<Ipv6Addr>,
 }
 
 impl Member {
@@ -41,26 +49,41 @@ pub struct Bridge {
     pub name: String,
     /// The host's address on the bridge.
     pub host_addr: Ipv4Addr,
+    /// The host's IPv6 address on the bridge, on a dual-stack bridge only.
+    pub host_v6: Option<Ipv6Addr>,
     pub members: Vec<Member>,
     _slot: File,
 }
 
 impl Bridge {
-    /// A bridge with `count` namespaces attached, every link up.
+    /// A bridge with `count` namespaces attached, every link up, IPv4 only.
     pub fn new(count: usize) -> Bridge {
+        Bridge::build(count, false)
+    }
+
+    /// [`Bridge::new`] with IPv6 addresses too, on the bridge and on every member.
+    pub fn dual_stack(count: usize) -> Bridge {
+        Bridge::build(count, true)
+    }
+
+    fn build(count: usize, v6: bool) -> Bridge {
         crate::require_root();
         assert!(count <= 200, "at most 200 members");
         let (n, slot) = claim("bridge");
         remove_leftovers(n);
         let name = format!("pcb{n}");
+        let v6_addr =
+            |host: usize| v6.then(|| format!("fd00:232:{n}::{host:x}").parse().expect("v6"));
         ip(&["link", "add", &name, "type", "bridge"]);
         let bridge = Bridge {
             host_addr: Ipv4Addr::new(10, 232, n, 1),
+            host_v6: v6_addr(1),
             members: (0..count)
                 .map(|i| Member {
                     name: format!("pidcap-e2e-br-{}-{n}-{i}", std::process::id()),
                     port: format!("pcb{n}p{i}"),
                     addr: Ipv4Addr::new(10, 232, n, i as u8 + 2),
+                    addr_v6: v6_addr(i + 2),
                 })
                 .collect(),
             name,
@@ -73,6 +96,12 @@ impl Bridge {
             "dev",
             &bridge.name,
         ]);
+        if let Some(host_v6) = bridge.host_v6 {
+            let knob = format!("/proc/sys/net/ipv6/conf/{}/accept_dad", bridge.name);
+            std::fs::write(&knob, "0").unwrap_or_else(|e| panic!("{knob}: {e}"));
+            let addr = format!("{host_v6}/64");
+            ip(&["-6", "addr", "add", &addr, "dev", &bridge.name, "nodad"]);
+        }
         ip(&["link", "set", &bridge.name, "up"]);
         for m in &bridge.members {
             ip(&["netns", "add", &m.name]);
@@ -90,6 +119,12 @@ impl Bridge {
                 "dev",
                 "eth0",
             ]);
+            if let Some(addr_v6) = m.addr_v6 {
+                let addr = format!("{addr_v6}/64");
+                ip(&[
+                    "-n", &m.name, "-6", "addr", "add", &addr, "dev", "eth0", "nodad",
+                ]);
+            }
             ip(&["-n", &m.name, "link", "set", "eth0", "up"]);
             ip(&["-n", &m.name, "link", "set", "lo", "up"]);
         }

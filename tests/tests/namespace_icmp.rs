@@ -50,6 +50,8 @@ fn icmp_echo_between_host_and_container_credits_each_pinger_both_ways() {
     let to_host = args(ns.host_v4.to_string());
     let mut from_host = Peer::spawn(&to_ns.each_ref().map(String::as_str));
     let mut from_ns = Peer::spawn_in(&ns, &to_host.each_ref().map(String::as_str));
+    // As below: the pings start once the daemon could have read the new namespace.
+    std::thread::sleep(pidcap_e2e::NAMESPACE_SETTLE);
     for pinger in [&mut from_host, &mut from_ns] {
         pinger.go();
         let done = pinger.wait_done();
