@@ -25,6 +25,9 @@ fn sender(spawn: impl FnOnce(&[&str]) -> Peer, to: &str, count: &str) -> Peer {
         count,
         "--size",
         "1000",
+        // One datagram in flight at a time: 100 unread datagrams of 1000 B can overflow the
+        // receiver's default buffer on a loaded machine, and a lost one fails the test.
+        "--await-reply",
     ])
 }
 
@@ -44,7 +47,15 @@ fn rows_groups_and_log_lines_say_where_each_process_is() {
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod}.slice/cri-containerd-{ID_CRI}.scope"
     ));
     let unit = Cgroup::new("system.slice/pidcap-e2e-web.service");
-    let mut receiver = Peer::spawn(&["udp-recv", "--bind", "127.0.0.1:0", "--count", "100"]);
+    let mut receiver = Peer::spawn(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "100",
+        "--reply-size",
+        "8",
+    ]);
     let to = format!("127.0.0.1:{}", receiver.info.local.port());
     // 10, 20, 30 and 40 datagrams, so each group's sum is told apart.
     let mut senders = vec![
