@@ -124,6 +124,21 @@ impl Guests {
         pass
     }
 
+    /// Between passes (an idle refresher's): lists the namespaces when a discovery is due;
+    /// true when one is found that no table has read yet (a pass should read it now).
+    pub fn discover_between_passes(&mut self, now: Instant) -> bool {
+        let Some(home) = self.home else {
+            return false;
+        };
+        let due = self
+            .discovered_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= DISCOVER_EVERY);
+        if due {
+            self.discover(home, now);
+        }
+        self.known.iter().any(|g| g.read_at.is_none())
+    }
+
     /// Reads every namespace that is due (new, asked for, failed, or read over
     /// [`REREAD_EVERY`] ago); the others contribute their last read. True when a read failed.
     fn read_all(&mut self, now: Instant, out: &mut Vec<SocketEntry>, pass: &mut GuestPass) -> bool {
@@ -362,6 +377,34 @@ mod tests {
             "asked for: read (here it fails: no such process)"
         );
         assert!(pass.skipped > 0);
+    }
+
+    /// Between idle passes a discovery finds a new namespace (a pass should read it), not
+    /// one already read, and not before a pass has named the home namespace.
+    #[test]
+    fn a_discovery_between_passes_asks_for_a_pass_only_for_a_new_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_dir = dir.path().join("4000000/ns");
+        std::fs::create_dir_all(&pid_dir).unwrap();
+        std::os::unix::fs::symlink("net:[4026532001]", pid_dir.join("net")).unwrap();
+        let mut guests = Guests::new(ProcRoot::new(dir.path()));
+        let now = Instant::now();
+        assert!(
+            !guests.discover_between_passes(now),
+            "no pass yet: home unknown"
+        );
+        guests.home = Some(NetNsId(4026531840));
+        assert!(
+            guests.discover_between_passes(now),
+            "a new namespace waits to be read"
+        );
+        guests.known[0].read_at = Some(now);
+        let later = now + DISCOVER_EVERY;
+        assert!(
+            !guests.discover_between_passes(later),
+            "read already: no pass"
+        );
+        assert_eq!(guests.known().len(), 1);
     }
 
     /// A failed read keeps the namespace's last good read in the pass while a process is

@@ -46,7 +46,11 @@ pub use source::SocketSource;
 pub const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// The full-pass period while no packet is captured.
-pub const IDLE_INTERVAL: Duration = Duration::from_secs(10);
+pub const IDLE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// While idle, how often the network namespaces are listed between full passes (a new one
+/// triggers a pass that reads it: a container's own loopback capture opens within this).
+pub const IDLE_DISCOVERY: Duration = Duration::from_secs(10);
 
 /// The shortest time between two tables published by targeted lookups.
 const TARGETED_GAP: Duration = Duration::from_millis(20);
@@ -316,6 +320,12 @@ impl TableBuilder {
         self.guests.want(netns)
     }
 
+    /// Lists the network namespaces if a discovery is due; true when a new one waits to be
+    /// read by a pass.
+    pub fn discover_namespaces(&mut self, now: Instant) -> bool {
+        self.guests.discover_between_passes(now)
+    }
+
     /// The other namespaces known now, each with the processes it is read through.
     pub fn namespaces(&self) -> Vec<(NetNsId, Vec<u32>)> {
         self.guests.known()
@@ -382,6 +392,8 @@ struct Round {
     learned_at: Instant,
     /// Frames captured as of the last pass (none since: refresh seldom).
     seen_frames: u64,
+    /// When namespaces were last listed between passes (idle only).
+    discovered: Instant,
 }
 
 /// What the refresher does after a wait.
@@ -409,7 +421,11 @@ impl Refresher {
             targeted_at: now,
             learned_at: now,
             seen_frames: self.shared.frames(),
+            discovered: now,
         };
+        // The first table (read before capture started) already found the other
+        // namespaces: their captures need not wait for the first pass.
+        self.publish_guests();
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Refresh, Instant::now());
             crate::fault::stall_point("refresh", &self.stop);
@@ -424,6 +440,7 @@ impl Refresher {
             round.seen_frames = self.shared.frames();
             round.generation += 1;
             round.last = Instant::now();
+            round.discovered = round.last;
             round.failing =
                 self.refresh_once(round.generation, round.failing, &mut round.denied_warned);
         }
@@ -434,7 +451,8 @@ impl Refresher {
     fn wait(&mut self, round: &mut Round) -> Step {
         // With nothing captured since the last pass, a table only serves queries: refresh
         // seldom (a miss still wakes the refresher at once when traffic resumes).
-        let period = if self.shared.frames() == round.seen_frames {
+        let idle = self.shared.frames() == round.seen_frames;
+        let period = if idle {
             self.interval.max(IDLE_INTERVAL)
         } else {
             self.interval
@@ -442,9 +460,24 @@ impl Refresher {
         let wait = period.saturating_sub(round.last.elapsed()).min(MAX_WAIT);
         match self.requests.wake.recv_timeout(wait) {
             Ok(()) => self.woken(round),
-            Err(RecvTimeoutError::Timeout) if round.last.elapsed() < period => Step::Done,
+            Err(RecvTimeoutError::Timeout) if round.last.elapsed() < period => {
+                match idle && round.discovered.elapsed() >= IDLE_DISCOVERY.min(period) {
+                    true => self.discover_while_idle(round),
+                    false => Step::Done,
+                }
+            }
             Err(RecvTimeoutError::Timeout) => Step::Pass,
             Err(RecvTimeoutError::Disconnected) => Step::Stop,
+        }
+    }
+
+    /// Lists the namespaces between idle passes; a pass when a new one waits to be read.
+    fn discover_while_idle(&mut self, round: &mut Round) -> Step {
+        let now = Instant::now();
+        round.discovered = now;
+        match self.builder.discover_namespaces(now) {
+            true => Step::Pass,
+            false => Step::Done,
         }
     }
 
@@ -536,6 +569,14 @@ impl Refresher {
         }
     }
 
+    /// Tells the namespace-capture thread which other namespaces are known (when changed).
+    fn publish_guests(&self) {
+        let namespaces = self.builder.namespaces();
+        if *self.shared.guests() != namespaces {
+            self.shared.set_guests(namespaces);
+        }
+    }
+
     /// One refresh; returns whether it failed (so a persistent failure is warned once).
     fn refresh_once(
         &mut self,
@@ -557,10 +598,7 @@ impl Refresher {
                 if let Some(table) = built.table {
                     self.shared.publish(table);
                 }
-                let namespaces = self.builder.namespaces();
-                if *self.shared.guests() != namespaces {
-                    self.shared.set_guests(namespaces);
-                }
+                self.publish_guests();
                 self.mark_exits();
                 let mut info = self.shared.refresh_info();
                 info.count += 1;
