@@ -50,12 +50,12 @@ struct Who {
 /// The owners described for the current socket table, so a packet costs a lookup, not a
 /// description (emptied when the table changes: names and placements are read anew).
 #[derive(Debug, Default)]
-struct Known {
+struct Described {
     generation: u64,
     by_key: HashMap<ProcessKey, Arc<CapturedProcess>>,
 }
 
-impl Known {
+impl Described {
     fn get(&mut self, shared: &DaemonState, table: &SocketTable, key: ProcessKey) -> Who {
         if self.generation != table.generation() {
             self.generation = table.generation();
@@ -78,7 +78,7 @@ pub struct Stream {
     bpf: Option<FrameFilter>,
     /// The start time each pid was last described with in this stream.
     described: HashMap<u32, u64>,
-    known: Known,
+    known: Described,
     held: VecDeque<(Arc<Tapped>, Instant)>,
     hold_for: Duration,
 }
@@ -108,7 +108,7 @@ impl Stream {
             viewer,
             bpf,
             described: HashMap::new(),
-            known: Known::default(),
+            known: Described::default(),
             held: VecDeque::new(),
             hold_for,
         })
@@ -143,8 +143,10 @@ impl Stream {
         while let Some((front, since)) = self.held.front() {
             let waited_out = now.saturating_duration_since(*since) >= self.hold_for
                 || self.held.len() > HOLD_MAX;
-            let Some(verdict) = settled(front, &table, waited_out) else {
-                break;
+            let verdict = match settled(front, &table, waited_out) {
+                Settled::Waits => break,
+                Settled::NoOwners => None,
+                Settled::Owners { then, now } => Some((then, now)),
             };
             let front = Arc::clone(front);
             self.held.pop_front();
@@ -235,22 +237,26 @@ fn container_matches(shared: &DaemonState, p: &CapturedProcess, wanted: &str) ->
         || shared.containers().name(&container.id).as_deref() == Some(wanted)
 }
 
-/// The frame's verdict at capture and as it stands now, once it no longer waits: `None`
-/// while a miss may still be resolved; `Some(None)` for frames without owners.
-#[allow(clippy::option_option)]
-fn settled(
-    tapped: &Tapped,
-    table: &SocketTable,
-    waited_out: bool,
-) -> Option<Option<(Verdict, Verdict)>> {
+/// Where a held frame stands.
+enum Settled {
+    /// A miss a newer table may still resolve: the frame (and those behind it) wait.
+    Waits,
+    /// Foreign, a copy, not IP or malformed: it goes out with its note.
+    NoOwners,
+    /// It goes out with its verdict at capture and as it stands now.
+    Owners { then: Verdict, now: Verdict },
+}
+
+fn settled(tapped: &Tapped, table: &SocketTable, waited_out: bool) -> Settled {
     let TapMark::Verdict(then) = tapped.mark else {
-        return Some(None);
+        return Settled::NoOwners;
     };
+    let same = Settled::Owners { then, now: then };
     if !then.has_miss() {
-        return Some(Some((then, then)));
+        return same;
     }
     let Some((flow, ports_known)) = tapped.flow else {
-        return Some(Some((then, then)));
+        return same;
     };
     let now = if table.generation() > tapped.generation {
         attribute(table, &flow, ports_known)
@@ -258,9 +264,12 @@ fn settled(
         then
     };
     if !now.has_miss() || waited_out {
-        Some(Some((then, expire(now))))
+        Settled::Owners {
+            then,
+            now: expire(now),
+        }
     } else {
-        None
+        Settled::Waits
     }
 }
 
