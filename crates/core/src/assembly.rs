@@ -43,6 +43,7 @@ use pidcap_wire::IpProto;
 
 use crate::nat::NatMap;
 use crate::openings::Seen;
+use crate::packet_sends::{PacketSend, PacketSends};
 use crate::table::{canonical, seen_both, socket_identity, succeed, Holders, Life};
 use crate::{
     choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
@@ -97,8 +98,8 @@ pub struct Pass<'a> {
 
 type ExactKey = (NetNsId, IpProto, SocketAddr, SocketAddr);
 
-/// The change counts of the two inputs: live, recent.
-type Versions = (u64, u64, u64);
+/// The change counts of the inputs: live, recent, translations, packet sends.
+type Versions = (u64, u64, u64, u64);
 
 /// The state between passes from which tables are assembled (see the module doc).
 #[derive(Debug, Default)]
@@ -113,6 +114,10 @@ pub struct TableAssembly {
     nat: Arc<NatMap>,
     /// Counts every change of `nat`.
     nat_version: u64,
+    /// Recent sends through packet sockets, shared by every table until more come.
+    packet_sends: Arc<PacketSends>,
+    /// Counts every change of `packet_sends`.
+    sends_version: u64,
     /// The versions the last table was assembled from; `None` before the first.
     published: Option<Versions>,
 }
@@ -286,6 +291,29 @@ impl TableAssembly {
         self.published = Some(self.versions());
         SocketTable::from_shared(generation, Some(netns), live, owners, recent)
             .with_nat(Arc::clone(&self.nat))
+            .with_packet_sends(Arc::clone(&self.packet_sends))
+    }
+
+    /// Takes in frames `holder` sent through packet sockets (see [`crate::PacketSends`]);
+    /// its facts are kept like a departed holder's, so its credits name it after it exited.
+    /// The next table has them.
+    pub fn packet_sent(&mut self, holder: ProcessInfo, sends: &[PacketSend], now: Instant) {
+        if sends.is_empty() {
+            return;
+        }
+        let all = Arc::make_mut(&mut self.packet_sends);
+        for send in sends {
+            all.push(*send);
+        }
+        self.sends_version += 1;
+        let info = Arc::new(holder.clone());
+        let in_place = self.recent_is_current();
+        self.recent.depart(holder, now);
+        if in_place {
+            if let Some(recent) = self.recent_part_mut() {
+                recent.insert_departed(info);
+            }
+        }
     }
 
     /// Replaces the known address translations; the next table has them.
@@ -330,7 +358,12 @@ impl TableAssembly {
     }
 
     fn versions(&self) -> Versions {
-        (self.live.version, self.recent.version, self.nat_version)
+        (
+            self.live.version,
+            self.recent.version,
+            self.nat_version,
+            self.sends_version,
+        )
     }
 
     /// Keeps the sockets of the previous list missing from `sockets` (or that lost their

@@ -90,6 +90,9 @@ pub enum Quality {
     Recent,
     /// Held in the pending buffer and credited once a refresh found the owner.
     Late,
+    /// No socket's: the process that sent the frame through a packet socket
+    /// ([`MatchKind::PacketSender`]).
+    PacketSender,
 }
 
 /// Bytes per match quality (both directions together).
@@ -99,6 +102,7 @@ pub struct QualityBytes {
     pub wildcard: u64,
     pub recent: u64,
     pub late: u64,
+    pub packet_sender: u64,
 }
 
 impl QualityBytes {
@@ -108,6 +112,7 @@ impl QualityBytes {
             Quality::Wildcard => self.wildcard += bytes,
             Quality::Recent => self.recent += bytes,
             Quality::Late => self.late += bytes,
+            Quality::PacketSender => self.packet_sender += bytes,
         }
     }
 
@@ -116,6 +121,7 @@ impl QualityBytes {
         self.wildcard += other.wildcard;
         self.recent += other.recent;
         self.late += other.late;
+        self.packet_sender += other.packet_sender;
     }
 }
 
@@ -125,6 +131,7 @@ impl From<MatchKind> for Quality {
             MatchKind::Exact => Quality::Exact,
             MatchKind::Wildcard => Quality::Wildcard,
             MatchKind::Recent => Quality::Recent,
+            MatchKind::PacketSender => Quality::PacketSender,
         }
     }
 }
@@ -244,7 +251,12 @@ impl Tally {
         self.totals.captured.add(dir, len);
         match credit {
             Credit::Process { key, kind } => {
-                let quality = if late { Quality::Late } else { kind.into() };
+                // A packet sender is only ever found late; its own quality says how.
+                let quality = match kind {
+                    MatchKind::PacketSender => Quality::PacketSender,
+                    _ if late => Quality::Late,
+                    _ => kind.into(),
+                };
                 self.totals.credited.add(dir, len);
                 self.totals.credited_by_quality.add(quality, len);
                 let entry = self.processes.entry(key).or_default();

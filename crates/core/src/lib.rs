@@ -11,6 +11,7 @@ mod ledger;
 mod looks;
 mod nat;
 mod openings;
+mod packet_sends;
 mod pending;
 mod placement;
 mod process;
@@ -32,6 +33,7 @@ pub use nat::{NatMap, NatView, Translation};
 pub use openings::{
     Currency, Openings, Seen, KEPT_PER_TUPLE, OPENINGS_KEPT, OPENING_SLACK, SAME_OPENING,
 };
+pub use packet_sends::{PacketSend, PacketSends, SENDS_FOR, SENDS_KEPT, SEND_WINDOW};
 pub use pending::{Arrival, Pending, PendingLevel};
 pub use placement::{cgroup_path, container_of, Container, Placement, PodUid};
 pub use process::{ProcessInfo, ProcessKey};

@@ -24,7 +24,7 @@ use crate::attribute::{attribute_in, Credit, UnknownReason, Verdict};
 use crate::cache::AttributionCache;
 use crate::copies::{CopyFilter, CopyMark};
 use crate::counters::{Direction, Tally};
-use crate::table::SocketTable;
+use crate::table::{MatchKind, SocketTable};
 use crate::NetNsId;
 
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +273,7 @@ impl Pending {
                 }
             };
             let decided = match w.mark {
-                None => decide_one(tally, w, &verdict),
+                None => decide_one(tally, w, &verdict, table),
                 Some(mark) => decide_whole(tally, w, mark, &verdict, table, copies),
             };
             if decided {
@@ -301,11 +301,21 @@ fn side_of(verdict: &Verdict, dir: Direction) -> Option<Credit> {
     }
 }
 
-/// A direction waiting alone: credited (late) once the table names its process.
-fn decide_one(tally: &mut Tally, w: &Waiting, verdict: &Verdict) -> bool {
+/// A direction waiting alone: credited (late) once the table names its process. A sent
+/// packet that no socket owns goes to the process that sent it through a packet socket,
+/// when the table knows exactly one ([`SocketTable::packet_sender`]).
+fn decide_one(tally: &mut Tally, w: &Waiting, verdict: &Verdict, table: &SocketTable) -> bool {
     match side_of(verdict, w.dir) {
         Some(credit @ Credit::Process { .. }) => {
             tally.record_side(w.dir, credit, true, w.len);
+            true
+        }
+        Some(Credit::Unknown(UnknownReason::NoSocket)) if w.dir == Direction::Tx => {
+            let Some(key) = table.packet_sender(w.len, w.captured, w.netns) else {
+                return false;
+            };
+            let kind = MatchKind::PacketSender;
+            tally.record_side(w.dir, Credit::Process { key, kind }, true, w.len);
             true
         }
         _ => false,

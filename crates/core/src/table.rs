@@ -25,6 +25,7 @@ use pidcap_wire::IpProto;
 
 use crate::nat::{NatMap, NatView};
 use crate::openings::{Currency, Seen};
+use crate::packet_sends::PacketSends;
 use crate::{NetNsId, ProcessInfo, ProcessKey, SocketEntry, TcpState};
 
 /// How a packet's local end matched a socket.
@@ -39,6 +40,10 @@ pub enum MatchKind {
     /// A connected socket with the same addresses that closed (or lost its holder, as in
     /// TIME_WAIT) within the grace period: trailing FIN/ACK/RST and retransmits.
     Recent,
+    /// No socket has the packet's addresses; the one process that sent a frame of its
+    /// length through a packet socket (`AF_PACKET`) at its capture time
+    /// ([`crate::PacketSends`]).
+    PacketSender,
 }
 
 impl MatchKind {
@@ -48,6 +53,7 @@ impl MatchKind {
             MatchKind::Exact => "exact",
             MatchKind::Wildcard => "wildcard",
             MatchKind::Recent => "recent",
+            MatchKind::PacketSender => "packet_sender",
         }
     }
 }
@@ -126,6 +132,8 @@ pub struct SocketTable {
     /// Connections the kernel translated (NAT): each end of their packets is looked up in its
     /// own form ([`crate::NatMap`]).
     nat: Arc<NatMap>,
+    /// Recent sends through packet sockets: who sent a frame no socket owns.
+    packet_sends: Arc<PacketSends>,
 }
 
 /// The live sockets of a refresh, indexed, and the addresses of each namespace.
@@ -565,7 +573,31 @@ impl SocketTable {
             owners,
             recent,
             nat: Arc::default(),
+            packet_sends: Arc::default(),
         }
+    }
+
+    /// This table with the recent packet-socket sends `sends`.
+    pub fn with_packet_sends(self, packet_sends: Arc<PacketSends>) -> SocketTable {
+        SocketTable {
+            packet_sends,
+            ..self
+        }
+    }
+
+    /// The process that sent, through a packet socket, the IP packet of `ip_len` bytes
+    /// captured at `captured` (see [`PacketSends::sender_of`]; `netns`: a capture inside
+    /// that namespace).
+    pub fn packet_sender(
+        &self,
+        ip_len: u32,
+        captured: Instant,
+        netns: Option<NetNsId>,
+    ) -> Option<ProcessKey> {
+        if self.packet_sends.is_empty() {
+            return None;
+        }
+        self.packet_sends.sender_of(ip_len, captured, netns)
     }
 
     /// This table with the known address translations `nat`.

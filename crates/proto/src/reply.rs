@@ -196,6 +196,11 @@ pub struct MatchBytes {
     pub recent: u64,
     /// Waited in the pending buffer; credited once a refresh found the owner.
     pub late: u64,
+    /// No socket had the packet's addresses: the one process that sent a frame of its
+    /// length through a packet socket (`AF_PACKET`) when it was captured. Absent in
+    /// replies of daemons before it (read as 0).
+    #[serde(default)]
+    pub packet_sender: u64,
 }
 
 /// One socket of a process.

@@ -45,6 +45,7 @@ fn row() -> ProcessRow {
             wildcard: 2,
             recent: 3,
             late: 4,
+            packet_sender: 5,
         },
         placement: PlacementFields {
             netns: Some(4026532001),
@@ -114,6 +115,7 @@ fn stats() -> Stats {
             wildcard: 24,
             recent: 25,
             late: 26,
+            packet_sender: 63,
         },
         unknown_reasons: UnknownReasons {
             no_socket: 27,
@@ -471,7 +473,7 @@ fn processes_reply_shape_is_exact() {
         filtered_to_uid: None,
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON}}}],"unknown":{{{USAGE_JSON}}}}}"#
+        r#"{{"v":1,"ok":true,"processes":[{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4,"packet_sender":5}},{PLACEMENT_JSON}}}],"unknown":{{{USAGE_JSON}}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -524,7 +526,7 @@ fn process_reply_flattens_the_row() {
         },
     });
     let expected = format!(
-        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999,"netns":null,"holders":[42,43]}}]}}}}"#
+        r#"{{"v":1,"ok":true,"process":{{"pid":42,"start_time":12345,"comm":"curl","exe":"/usr/bin/curl","uid":1000,{USAGE_JSON},"alive":true,"matched":{{"exact":1,"wildcard":2,"recent":3,"late":4,"packet_sender":5}},{PLACEMENT_JSON},"cmdline":["curl","http://[::1]/"],"connections":[{{"proto":"tcp","local":"[::1]:40000","remote":"[::1]:80","state":"ESTABLISHED","inode":999,"netns":null,"holders":[42,43]}}]}}}}"#
     );
     assert_eq!(encoded(&reply), expected + "\n");
     round_trip(&reply);
@@ -548,7 +550,7 @@ fn lookup_reply_shapes_are_exact() {
 #[test]
 fn stats_reply_shape_is_exact() {
     let reply = ok(StatsReply { stats: stats() });
-    let expected = r#"{"v":1,"ok":true,"stats":{"uptime_s":12.5,"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"foreign_packets":5,"foreign_bytes":6,"transit_packets":52,"transit_bytes":53,"credited_rx_bytes":7,"credited_tx_bytes":8,"credited_rx_packets":9,"credited_tx_packets":10,"unknown_rx_bytes":11,"unknown_tx_bytes":12,"unknown_rx_packets":13,"unknown_tx_packets":14,"non_ip_packets":15,"malformed_packets":16,"pcap_received":17,"pcap_dropped":18,"pcap_if_dropped":19,"sockets_known":20,"processes_known":21,"refreshes":22,"refresh_failures":41,"last_refresh_ms":0.25,"interface":"eth0","link_type":"EN10MB","capture_down":false,"capture_reopens":42,"credited_matched":{"exact":23,"wildcard":24,"recent":25,"late":26},"unknown_reasons":{"no_socket":27,"no_process":28,"pending_expired":29,"unsupported":30},"pending_packets":31,"pending_bytes":32,"process_side":{"watcher":true,"tracer":true,"traced_claims":33,"traced_unknown_process":34,"trace_events_lost":35,"route_threads":2,"traced_routes":36,"learned_dropped":47},"query_server":{"clients":3,"client_limit":256,"client_limit_per_user":64,"clients_refused":37,"clients_timed_out":38,"lines_too_long":39,"accept_errors":40},"threads":[{"name":"capture","running":true,"last_beat_ms":43,"stale":false},{"name":"trace","running":false,"last_beat_ms":null,"stale":false}],"process_facts":{"entries":44,"bytes":45,"evictions":46},"bounds":{"flows_cached":48,"flow_cache_clears":49,"pending_evicted":50,"fragments_forgotten":51,"copies_forgotten":54,"openings":61,"openings_forgotten":62},"namespace_capture":{"enabled":true,"open":55,"opened":56,"closed":57,"open_failures":58,"received":59,"dropped":60}}}"#;
+    let expected = r#"{"v":1,"ok":true,"stats":{"uptime_s":12.5,"rx_packets":1,"rx_bytes":2,"tx_packets":3,"tx_bytes":4,"foreign_packets":5,"foreign_bytes":6,"transit_packets":52,"transit_bytes":53,"credited_rx_bytes":7,"credited_tx_bytes":8,"credited_rx_packets":9,"credited_tx_packets":10,"unknown_rx_bytes":11,"unknown_tx_bytes":12,"unknown_rx_packets":13,"unknown_tx_packets":14,"non_ip_packets":15,"malformed_packets":16,"pcap_received":17,"pcap_dropped":18,"pcap_if_dropped":19,"sockets_known":20,"processes_known":21,"refreshes":22,"refresh_failures":41,"last_refresh_ms":0.25,"interface":"eth0","link_type":"EN10MB","capture_down":false,"capture_reopens":42,"credited_matched":{"exact":23,"wildcard":24,"recent":25,"late":26,"packet_sender":63},"unknown_reasons":{"no_socket":27,"no_process":28,"pending_expired":29,"unsupported":30},"pending_packets":31,"pending_bytes":32,"process_side":{"watcher":true,"tracer":true,"traced_claims":33,"traced_unknown_process":34,"trace_events_lost":35,"route_threads":2,"traced_routes":36,"learned_dropped":47},"query_server":{"clients":3,"client_limit":256,"client_limit_per_user":64,"clients_refused":37,"clients_timed_out":38,"lines_too_long":39,"accept_errors":40},"threads":[{"name":"capture","running":true,"last_beat_ms":43,"stale":false},{"name":"trace","running":false,"last_beat_ms":null,"stale":false}],"process_facts":{"entries":44,"bytes":45,"evictions":46},"bounds":{"flows_cached":48,"flow_cache_clears":49,"pending_evicted":50,"fragments_forgotten":51,"copies_forgotten":54,"openings":61,"openings_forgotten":62},"namespace_capture":{"enabled":true,"open":55,"opened":56,"closed":57,"open_failures":58,"received":59,"dropped":60}}}"#;
     assert_eq!(encoded(&reply), expected.to_owned() + "\n");
     round_trip(&reply);
 }
@@ -847,4 +849,12 @@ fn capture_lines_round_trip_with_one_field_each() {
         ..packet
     };
     assert!(garbled.bytes().is_err());
+}
+
+#[test]
+fn match_bytes_of_a_daemon_before_packet_senders_read_as_zero_packet_sender() {
+    let old: MatchBytes =
+        serde_json::from_str(r#"{"exact":1,"wildcard":2,"recent":3,"late":4}"#).unwrap();
+    assert_eq!(old.packet_sender, 0);
+    assert_eq!(old.late, 4);
 }

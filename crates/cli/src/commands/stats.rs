@@ -55,11 +55,12 @@ pub fn render(s: &Stats) -> String {
         (
             "credited by match",
             format!(
-                "exact {} B, wildcard {} B, recent {} B, late {} B",
+                "exact {} B, wildcard {} B, recent {} B, late {} B, packet sender {} B",
                 s.credited_matched.exact,
                 s.credited_matched.wildcard,
                 s.credited_matched.recent,
-                s.credited_matched.late
+                s.credited_matched.late,
+                s.credited_matched.packet_sender
             ),
         ),
         (
@@ -254,6 +255,7 @@ mod tests {
                 wildcard: 32,
                 recent: 33,
                 late: 34,
+                packet_sender: 38,
             },
             unknown_reasons: pidcap_proto::UnknownReasons {
                 no_socket: 35,
@@ -337,7 +339,7 @@ mod tests {
              unknown rx         21 packets, 19 B (19 bytes)\n\
              unknown tx         22 packets, 20 B (20 bytes)\n\
              pending            39 packets, 40 B (40 bytes)\n\
-             credited by match  exact 31 B, wildcard 32 B, recent 33 B, late 34 B\n\
+             credited by match  exact 31 B, wildcard 32 B, recent 33 B, late 34 B, packet sender 38 B\n\
              unknown by reason  no socket 35 B, no process 36 B, pending expired 37 B, unsupported 38 B\n\
              non-IP packets     23\n\
              malformed packets  24\n\

@@ -232,6 +232,7 @@ pub fn exact_share(matched: &MatchBytes) -> String {
         matched.wildcard,
         matched.recent,
         matched.late,
+        matched.packet_sender,
     ]
     .iter()
     .fold(0u128, |sum, &n| sum + u128::from(n));
@@ -286,6 +287,8 @@ impl Sum {
         self.matched.wildcard = self.matched.wildcard.saturating_add(matched.wildcard);
         self.matched.recent = self.matched.recent.saturating_add(matched.recent);
         self.matched.late = self.matched.late.saturating_add(matched.late);
+        self.matched.packet_sender =
+            (self.matched.packet_sender).saturating_add(matched.packet_sender);
     }
 }
 

@@ -359,6 +359,7 @@ fn attribution(registry: &mut Registry, s: &proto::Stats) {
         ("wildcard", m.wildcard),
         ("recent", m.recent),
         ("late", m.late),
+        ("packet_sender", m.packet_sender),
     ] {
         matched
             .get_or_create(&labels(&[("quality", quality)]))

@@ -93,6 +93,7 @@ fn matched(q: &QualityBytes) -> proto::MatchBytes {
         wildcard: q.wildcard,
         recent: q.recent,
         late: q.late,
+        packet_sender: q.packet_sender,
     }
 }
 
