@@ -294,24 +294,30 @@ impl TableAssembly {
             .with_packet_sends(Arc::clone(&self.packet_sends))
     }
 
-    /// Takes in frames `holder` sent through packet sockets (see [`crate::PacketSends`]);
-    /// its facts are kept like a departed holder's, so its credits name it after it exited.
-    /// The next table has them.
-    pub fn packet_sent(&mut self, holder: ProcessInfo, sends: &[PacketSend], now: Instant) {
-        if sends.is_empty() {
-            return;
-        }
+    /// Takes in frames sent through packet sockets, every one reported up to `read_to`
+    /// (see [`crate::PacketSends`]), and the facts of their `senders`, kept like departed
+    /// holders' so that credits name them after they exited. The next table has them.
+    pub fn packet_sent(
+        &mut self,
+        sends: &[PacketSend],
+        senders: Vec<ProcessInfo>,
+        read_to: Instant,
+        now: Instant,
+    ) {
         let all = Arc::make_mut(&mut self.packet_sends);
         for send in sends {
             all.push(*send);
         }
+        all.read_to(read_to);
         self.sends_version += 1;
-        let info = Arc::new(holder.clone());
-        let in_place = self.recent_is_current();
-        self.recent.depart(holder, now);
-        if in_place {
-            if let Some(recent) = self.recent_part_mut() {
-                recent.insert_departed(info);
+        for holder in senders {
+            let info = Arc::new(holder.clone());
+            let in_place = self.recent_is_current();
+            self.recent.depart(holder, now);
+            if in_place {
+                if let Some(recent) = self.recent_part_mut() {
+                    recent.insert_departed(info);
+                }
             }
         }
     }

@@ -9,7 +9,11 @@
 //!
 //! Invariants: never a guess between processes — a frame is credited only when every send
 //! that could be it ([`SEND_WINDOW`] around its capture, a length that fits) was made by one
-//! and the same process; otherwise it stays `unknown`. Bounded: at most [`SENDS_KEPT`] sends,
+//! and the same known process, and only once every send up to the end of that window is
+//! known ([`PacketSends::read_to`]: the tracer read its rings that far), so a send of
+//! another process still on its way cannot be missed; otherwise the frame waits or stays
+//! `unknown`. A send by a process nobody could name still counts as another process's.
+//! Bounded: at most [`SENDS_KEPT`] sends,
 //! none older than [`SENDS_FOR`] past the newest. No I/O; time is a parameter.
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +46,8 @@ pub struct PacketSend {
     pub at: Instant,
     /// The bytes the call took: the whole frame for `SOCK_RAW`, the packet for `SOCK_DGRAM`.
     pub len: u32,
-    pub sender: ProcessKey,
+    /// `None`: a process that exited before anyone could name it.
+    pub sender: Option<ProcessKey>,
     /// The network namespace of the sending process.
     pub netns: NetNsId,
 }
@@ -55,7 +60,7 @@ pub struct PacketSend {
 struct Span {
     from: Instant,
     to: Instant,
-    sender: ProcessKey,
+    sender: Option<ProcessKey>,
     netns: NetNsId,
 }
 
@@ -74,6 +79,8 @@ pub struct PacketSends {
     by_len: HashMap<u32, Spans>,
     spans: usize,
     newest: Option<Instant>,
+    /// Every send reported up to this instant is here.
+    read_to: Option<Instant>,
 }
 
 impl PacketSends {
@@ -137,6 +144,11 @@ impl PacketSends {
         self.spans -= 1;
     }
 
+    /// Every send reported up to `at` is known now (the tracer read its rings that far).
+    pub fn read_to(&mut self, at: Instant) {
+        self.read_to = Some(self.read_to.map_or(at, |r| r.max(at)));
+    }
+
     /// Spans of sends remembered (one per run of sends by one process of one length).
     pub fn len(&self) -> usize {
         self.spans
@@ -147,26 +159,32 @@ impl PacketSends {
     }
 
     /// The process that sent an IP packet of `ip_len` bytes captured at `captured`, when
-    /// every send that fits it was that process's; `None` when none fits or several
-    /// processes' do. `netns`: only sends from that namespace (a capture inside it).
+    /// every send that fits it was that known process's; `None` when none fits, several
+    /// processes' (or an unnamed one's) do, or the sends up to `captured` +
+    /// [`SEND_WINDOW`] are not all known yet. `netns`: only sends from that namespace (a
+    /// capture inside it).
     pub fn sender_of(
         &self,
         ip_len: u32,
         captured: Instant,
         netns: Option<NetNsId>,
     ) -> Option<ProcessKey> {
+        if self.read_to.is_none_or(|r| r < captured + SEND_WINDOW) {
+            return None;
+        }
         let mut found = None;
         for header in LINK_HEADERS {
             let Some(list) = self.by_len.get(&(ip_len + header)) else {
                 continue;
             };
             for span in list.covering(captured) {
-                if netns.is_some_and(|ns| span.netns != ns) {
+                // An unnamed sender's namespace is not known: it may be any.
+                if span.sender.is_some() && netns.is_some_and(|ns| span.netns != ns) {
                     continue;
                 }
                 match found {
-                    None => found = Some(span.sender),
-                    Some(k) if k != span.sender => return None,
+                    None => found = Some(span.sender?),
+                    Some(k) if Some(k) != span.sender => return None,
                     Some(_) => {}
                 }
             }
@@ -219,7 +237,9 @@ impl Spans {
     }
 }
 
+// Tests pick their starting instant from the clock; the code under test never reads it.
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -233,15 +253,21 @@ mod tests {
         PacketSend {
             at,
             len,
-            sender: key(pid),
+            sender: Some(key(pid)),
             netns: NS,
         }
+    }
+
+    /// Every send up to long after `t` is known.
+    fn read_long_after(sends: &mut PacketSends, t: Instant) {
+        sends.read_to(t + SENDS_FOR * 10);
     }
 
     #[test]
     fn a_frame_goes_to_the_one_process_whose_sends_fit_it() {
         let t = Instant::now();
         let mut sends = PacketSends::new();
+        read_long_after(&mut sends, t);
         sends.push(send(t, 342, 7)); // SOCK_RAW: 14 + 328
         sends.push(send(t + Duration::from_millis(1), 328, 7)); // SOCK_DGRAM
         sends.push(send(t, 500, 8)); // another length
@@ -256,6 +282,7 @@ mod tests {
     fn two_processes_sending_the_same_length_at_once_leave_the_frame_unknown() {
         let t = Instant::now();
         let mut sends = PacketSends::new();
+        read_long_after(&mut sends, t);
         sends.push(send(t, 342, 7));
         sends.push(send(t + Duration::from_millis(2), 342, 8));
         assert_eq!(sends.sender_of(328, t, None), None);
@@ -269,6 +296,7 @@ mod tests {
     fn a_send_fits_only_within_the_window_either_side() {
         let t = Instant::now() + SEND_WINDOW * 2;
         let mut sends = PacketSends::new();
+        read_long_after(&mut sends, t);
         sends.push(send(t, 342, 7));
         assert_eq!(sends.sender_of(328, t - SEND_WINDOW, None), Some(key(7)));
         assert_eq!(sends.sender_of(328, t + SEND_WINDOW, None), Some(key(7)));
@@ -281,6 +309,7 @@ mod tests {
     fn old_sends_are_forgotten_and_the_count_is_bounded() {
         let t = Instant::now();
         let mut sends = PacketSends::new();
+        read_long_after(&mut sends, t);
         sends.push(send(t, 342, 7));
         sends.push(send(t + SENDS_FOR + Duration::from_millis(1), 100, 8));
         assert_eq!(sends.len(), 1);
@@ -307,5 +336,37 @@ mod tests {
             None,
             "the oldest went first"
         );
+    }
+
+    #[test]
+    fn a_frame_waits_until_every_send_up_to_the_end_of_its_window_is_known() {
+        let t = Instant::now();
+        let mut sends = PacketSends::new();
+        sends.push(send(t, 342, 7));
+        assert_eq!(sends.sender_of(328, t, None), None, "nothing read yet");
+        sends.read_to(t + SEND_WINDOW - Duration::from_micros(1));
+        assert_eq!(
+            sends.sender_of(328, t, None),
+            None,
+            "another's may still come"
+        );
+        sends.read_to(t + SEND_WINDOW);
+        assert_eq!(sends.sender_of(328, t, None), Some(key(7)));
+        sends.read_to(t); // the horizon never goes back
+        assert_eq!(sends.sender_of(328, t, None), Some(key(7)));
+    }
+
+    #[test]
+    fn a_fitting_send_by_a_process_nobody_named_leaves_the_frame_unknown() {
+        let t = Instant::now();
+        let mut sends = PacketSends::new();
+        read_long_after(&mut sends, t);
+        sends.push(send(t, 342, 7));
+        let unnamed = PacketSend {
+            sender: None,
+            ..send(t + Duration::from_millis(1), 342, 0)
+        };
+        sends.push(unnamed);
+        assert_eq!(sends.sender_of(328, t, None), None);
     }
 }

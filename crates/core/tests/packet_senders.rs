@@ -49,7 +49,7 @@ fn send(pid: u32, at: Instant, len: u32) -> PacketSend {
     PacketSend {
         at,
         len,
-        sender: key(pid),
+        sender: Some(key(pid)),
         netns: NS,
     }
 }
@@ -132,9 +132,21 @@ fn a_frame_no_socket_owns_goes_to_its_packet_sender_once_the_send_is_known() {
             )
         })
         .collect();
+    // Not before every send up to the end of the last frame's window is known: another
+    // process's fitting send may still be on its way.
+    let all_read = t0 + Duration::from_millis(2) + SEND_WINDOW;
+    let early = all_read - Duration::from_millis(1);
+    let t = t0 + Duration::from_millis(10);
     run.assembly
-        .packet_sent(info(10, "injector"), &sends, t0 + Duration::from_millis(10));
+        .packet_sent(&sends, vec![info(10, "injector")], early, t);
     run.settle(t0 + Duration::from_millis(20));
+    let p = run
+        .ledger
+        .process(&key(10))
+        .expect("the first two frames are decided");
+    assert_eq!(p.usage.total.tx_bytes, u64::from(2 * IP_LEN));
+    run.assembly.packet_sent(&[], vec![], all_read, t);
+    run.settle(t0 + Duration::from_millis(30));
 
     let p = run
         .ledger
@@ -163,18 +175,38 @@ fn a_frame_no_socket_owns_goes_to_its_packet_sender_once_the_send_is_known() {
 }
 
 #[test]
+fn a_fitting_send_of_a_process_nobody_named_leaves_the_frame_unknown() {
+    let t0 = Instant::now();
+    let mut run = Run::new(t0);
+    let before = run.table();
+    capture(&mut run.pending, &mut run.tally, &before, t0);
+    let unnamed = PacketSend {
+        sender: None,
+        ..send(0, t0, FRAME_LEN)
+    };
+    let named = send(10, t0, FRAME_LEN);
+    let read = t0 + SEND_WINDOW;
+    run.assembly
+        .packet_sent(&[named, unnamed], vec![info(10, "named")], read, t0);
+    run.settle(t0 + Duration::from_millis(10));
+    run.settle(t0 + Duration::from_secs(3));
+    assert!(run.ledger.process(&key(10)).is_none());
+    assert_eq!(run.ledger.totals().credited_by_quality.packet_sender, 0);
+}
+
+#[test]
 fn two_processes_sending_that_length_at_that_time_leave_the_frame_unknown() {
     let t0 = Instant::now();
     let mut run = Run::new(t0);
     let before = run.table();
     capture(&mut run.pending, &mut run.tally, &before, t0);
+    let read = t0 + SEND_WINDOW * 2;
+    let one = send(10, t0, FRAME_LEN);
     run.assembly
-        .packet_sent(info(10, "one"), &[send(10, t0, FRAME_LEN)], t0);
-    run.assembly.packet_sent(
-        info(11, "two"),
-        &[send(11, t0 + Duration::from_millis(1), IP_LEN)],
-        t0,
-    );
+        .packet_sent(&[one], vec![info(10, "one")], t0, t0);
+    let two = send(11, t0 + Duration::from_millis(1), IP_LEN);
+    run.assembly
+        .packet_sent(&[two], vec![info(11, "two")], read, t0);
     run.settle(t0 + Duration::from_millis(10));
     run.settle(t0 + Duration::from_secs(3));
     assert!(run.ledger.process(&key(10)).is_none());
@@ -194,11 +226,10 @@ fn a_send_of_another_length_or_outside_the_window_is_not_the_frame() {
     let before = run.table();
     capture(&mut run.pending, &mut run.tally, &before, t0);
     let late = t0 + SEND_WINDOW + Duration::from_millis(1);
-    run.assembly.packet_sent(
-        info(10, "other"),
-        &[send(10, t0, FRAME_LEN + 1), send(10, late, FRAME_LEN)],
-        t0,
-    );
+    let sends = [send(10, t0, FRAME_LEN + 1), send(10, late, FRAME_LEN)];
+    let read = late + SEND_WINDOW;
+    run.assembly
+        .packet_sent(&sends, vec![info(10, "other")], read, t0);
     run.settle(t0 + Duration::from_millis(10));
     run.settle(t0 + Duration::from_secs(3));
     assert!(run.ledger.process(&key(10)).is_none());

@@ -9,7 +9,7 @@
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
-use pidcap_core::{NetNsId, ProcessInfo, ProcessKey, SocketEntry};
+use pidcap_core::{NetNsId, PacketSend, ProcessInfo, ProcessKey, SocketEntry};
 use pidcap_wire::FlowKey;
 
 /// Asks the refresher for an early refresh; never blocks. Concurrent requests coalesce into
@@ -109,6 +109,15 @@ pub enum News {
     /// A process started in a network namespace other than the daemon's: that namespace's
     /// sockets and addresses are to be read (through `pid`) before its traffic comes.
     Namespace { netns: NetNsId, pid: u32 },
+    /// Frames sent through packet sockets (`AF_PACKET`), every one up to `read_to`, and who
+    /// their senders are: frames no IP socket owns are credited to their sender when they
+    /// match ([`pidcap_core::PacketSends`]). Also sent with no sends, to move `read_to`
+    /// past the window of the last ones.
+    PacketSent {
+        sends: Vec<PacketSend>,
+        senders: Vec<ProcessInfo>,
+        read_to: Instant,
+    },
 }
 
 impl From<Learned> for News {

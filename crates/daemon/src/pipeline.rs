@@ -419,6 +419,8 @@ struct Handled {
     mark: TapMark,
     /// The flow and whether its ports were known, when the frame parsed.
     flow: Option<(FlowKey, bool)>,
+    /// The IP packet's length (0 when the frame did not parse).
+    ip_len: u32,
 }
 
 /// A copy of a handled frame for `capture` stream clients.
@@ -428,6 +430,7 @@ fn tapped(seen: &Seen<'_>, handled: Handled, generation: u64) -> Tapped {
         orig_len: seen.orig_len,
         frame: seen.frame.into(),
         flow: handled.flow,
+        ip_len: handled.ip_len,
         mark: handled.mark,
         generation,
     }
@@ -442,6 +445,7 @@ fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) -> Han
             Handled {
                 mark: attribute(misses, batch, seen, &meta),
                 flow: Some((meta.flow, meta.ports_known)),
+                ip_len: meta.ip_len,
             }
         }
         Err(WireError::NotIp(_)) => {
@@ -449,6 +453,7 @@ fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) -> Han
             Handled {
                 mark: TapMark::NotIp,
                 flow: None,
+                ip_len: 0,
             }
         }
         Err(_) => {
@@ -456,6 +461,7 @@ fn handle(misses: &MissSignal, batch: &mut CaptureState, seen: &Seen<'_>) -> Han
             Handled {
                 mark: TapMark::Malformed,
                 flow: None,
+                ip_len: 0,
             }
         }
     }

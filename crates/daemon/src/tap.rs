@@ -42,6 +42,8 @@ pub struct Tapped {
     pub frame: Box<[u8]>,
     /// The flow and whether its ports were known, for frames that parsed.
     pub flow: Option<(FlowKey, bool)>,
+    /// The IP packet's length (0 for frames that did not parse).
+    pub ip_len: u32,
     pub mark: TapMark,
     /// The socket table generation the verdict was made with.
     pub generation: u64,
@@ -108,6 +110,7 @@ mod tests {
             orig_len: 1,
             frame: Box::new([n]),
             flow: None,
+            ip_len: 0,
             mark: TapMark::NotIp,
             generation: 0,
         }

@@ -202,8 +202,9 @@ pub struct PacketOwner {
     /// Its start time (ticks after boot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
-    /// How it was found: `exact`, `wildcard`, `recent` or `late` (found by a refresh after
-    /// the packet was captured).
+    /// How it was found: `exact`, `wildcard`, `recent`, `late` (found by a refresh after
+    /// the packet was captured) or `packet_sender` (no socket's: the process that sent the
+    /// frame through a packet socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matched: Option<String>,
     /// Why none was found (as in `stats.unknown_reasons`), or `hidden`: another user's

@@ -98,9 +98,14 @@ fn the_kernels_format_files_parse_with_every_field_and_offset() {
     let send = TraceFormat::parse("fixture", SEND).unwrap();
     let io = SockIoLayout::new(&send).unwrap();
     assert_eq!(io.id, 2284);
+    assert!(io.send);
     let mut raw = vec![0u8; 28];
     raw[8..16].copy_from_slice(&7u64.to_ne_bytes());
-    assert_eq!(io.decode(&raw), Some(7));
+    raw[16..18].copy_from_slice(&17u16.to_ne_bytes());
+    raw[20..24].copy_from_slice(&342i32.to_ne_bytes());
+    let decoded = io.decode(&raw).unwrap();
+    assert_eq!((decoded.sk, decoded.family, decoded.ret), (7, 17, 342));
+    assert_eq!(io.decode(&raw[..22]), None, "too short for ret");
 }
 
 #[test]

@@ -100,6 +100,8 @@ struct Opts {
     size: usize,
     reply_size: usize,
     await_reply: bool,
+    /// `packet-send`: a `SOCK_DGRAM` packet socket (the kernel adds the link header).
+    dgram: bool,
     // Accuracy-suite modes only.
     bytes: usize,
     reply: Option<usize>,
@@ -119,6 +121,10 @@ impl Opts {
         while let Some(flag) = it.next() {
             if flag == "--await-reply" {
                 opts.await_reply = true;
+                continue;
+            }
+            if flag == "--dgram" {
+                opts.dgram = true;
                 continue;
             }
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -694,19 +700,19 @@ fn raw_send(opts: &Opts) -> Result<()> {
 
 /// `packet-send`: injects `--count` UDP datagrams of `--size` payload bytes from `--bind`
 /// to `--to` as whole Ethernet frames through an AF_PACKET socket on `lo` (no IP socket
-/// anywhere has those addresses: only the packet socket's holder sent them). Paced.
+/// anywhere has those addresses: only the packet socket's holder sent them). Paced. With
+/// `--dgram`, a `SOCK_DGRAM` packet socket is given the IP packets alone.
 fn packet_send(opts: &Opts) -> Result<()> {
     let (Some(SocketAddr::V4(from)), Some(SocketAddr::V4(to))) = (opts.bind, opts.to) else {
         bail!("packet-send needs --bind and --to, IPv4");
     };
-    // SAFETY: plain socket(2) call; the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from((libc::ETH_P_ALL as u16).to_be()),
-        )
+    let (kind, protocol) = if opts.dgram {
+        (libc::SOCK_DGRAM, libc::ETH_P_IP as u16)
+    } else {
+        (libc::SOCK_RAW, libc::ETH_P_ALL as u16)
     };
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, kind, i32::from(protocol.to_be())) };
     if fd < 0 {
         bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
     }
@@ -715,7 +721,9 @@ fn packet_send(opts: &Opts) -> Result<()> {
     let ifindex = nix_ifindex("lo")?;
     describe("udp", SocketAddr::V4(from), Some(SocketAddr::V4(to)))?;
     wait_for_go()?;
-    let frame = udp_frame(from, to, opts.size);
+    let whole = udp_frame(from, to, opts.size);
+    let frame = if opts.dgram { &whole[14..] } else { &whole[..] };
+    let pause = Duration::from_micros(opts.interval_ms.map_or(500, |ms| ms * 1000));
     let mut sent = 0;
     for _ in 0..opts.count {
         // SAFETY: an all-zero sockaddr_ll is valid; the fields set below are plain data.
@@ -723,6 +731,7 @@ fn packet_send(opts: &Opts) -> Result<()> {
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_ifindex = ifindex;
         addr.sll_halen = 6;
+        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: `frame` and `addr` are valid for the lengths given.
         let n = unsafe {
             libc::sendto(
@@ -737,8 +746,8 @@ fn packet_send(opts: &Opts) -> Result<()> {
         if n < 0 {
             bail!("sendto(AF_PACKET): {}", std::io::Error::last_os_error());
         }
-        sent += frame.len() - 14; // IP bytes, as captures count them
-        std::thread::sleep(Duration::from_micros(500));
+        sent += whole.len() - 14; // IP bytes, as captures count them
+        std::thread::sleep(pause);
     }
     done(sent, 0)?;
     wait_for_eof()

@@ -24,9 +24,11 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{canonical, NetNsId, ProcessInfo, RouteThreads, SocketEntry, TcpState};
+use pidcap_core::{
+    canonical, NetNsId, PacketSend, ProcessInfo, RouteThreads, SocketEntry, TcpState, SEND_WINDOW,
+};
 use pidcap_sockets::trace::{
-    instant_of, Connected, RouteLookup, RouteScope, SockTracer, SocketClaim,
+    instant_of, Connected, PacketSent, RouteLookup, RouteScope, SockTracer, SocketClaim,
 };
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
@@ -44,6 +46,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 const ACTIVE_FOR: Duration = Duration::from_secs(1);
 /// How often the tracer looks for CPUs brought online (each needs a ring of its own).
 const CPUS_EVERY: Duration = Duration::from_secs(10);
+/// How long past the [`SEND_WINDOW`] of the last packet send the read horizon is still
+/// reported (a few rounds: the rings are read every [`ACTIVE_WAIT`] meanwhile).
+const SENDS_SETTLE: Duration = Duration::from_millis(20);
 
 #[derive(Debug)]
 pub struct Tracer {
@@ -74,6 +79,8 @@ struct Round {
     /// The last poll failed (warned once per run of failures).
     failing: bool,
     cpus_at: Instant,
+    /// Packet sends were seen: how far the rings were read is reported until then.
+    sends_until: Option<Instant>,
 }
 
 /// How long to wait for events: not at all while some wait in the rings' reorder window,
@@ -97,6 +104,7 @@ impl Tracer {
             active_at: None,
             failing: false,
             cpus_at: Instant::now(),
+            sends_until: None,
         };
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Trace, Instant::now());
@@ -121,6 +129,7 @@ impl Tracer {
             if !round.claims.is_empty() {
                 self.send(&round.claims);
             }
+            self.send_packet_sends(&mut round);
             self.report_lost(&mut round.lost);
             if self.tracer.has_waiting() {
                 // Let events age past the reorder window, batching what comes meanwhile.
@@ -142,7 +151,8 @@ impl Tracer {
             return false;
         }
         round.failing = false;
-        if self.tracer.has_waiting() || !round.claims.is_empty() {
+        let sending = round.sends_until.is_some() || !self.tracer.packet_sends().is_empty();
+        if self.tracer.has_waiting() || !round.claims.is_empty() || sending {
             round.active_at = Some(Instant::now());
         }
         true
@@ -215,6 +225,42 @@ impl Tracer {
         side.traced_claims += delivered;
         side.traced_unknown_process += unknown;
         side.learned_dropped += dropped;
+    }
+
+    /// Hands the sends through packet sockets of the last read, with who sent them, to the
+    /// refresher; after the last ones, keeps telling it how far the rings were read until
+    /// that is past their [`SEND_WINDOW`] (a frame is credited to its sender only once no
+    /// other process's send of its window can still come).
+    fn send_packet_sends(&self, round: &mut Round) {
+        let now = Instant::now();
+        let sent = self.tracer.packet_sends();
+        if !sent.is_empty() {
+            round.sends_until = Some(now + SEND_WINDOW + SENDS_SETTLE);
+        } else if round.sends_until.is_none() {
+            return;
+        }
+        let mut senders: BTreeMap<u32, Option<(ProcessInfo, NetNsId)>> = BTreeMap::new();
+        for s in sent {
+            senders
+                .entry(s.pid)
+                .or_insert_with(|| match self.who(s.pid) {
+                    Known::Process(info, netns) => Some((info, netns)),
+                    Known::Unknown => None,
+                });
+        }
+        let sends = sent.iter().map(|s| packet_send(s, &senders)).collect();
+        let news = News::PacketSent {
+            sends,
+            senders: senders.into_values().flatten().map(|(i, _)| i).collect(),
+            read_to: instant_of(self.tracer.read_to()),
+        };
+        if round.sends_until.is_some_and(|until| now > until) {
+            round.sends_until = None; // this was the last report
+        }
+        match self.learned.try_send(news) {
+            Ok(()) => self.wake.request(),
+            Err(_) => self.shared.process_side().learned_dropped += 1,
+        }
     }
 
     /// The news that `info`'s process, in `netns`, used the connections of `claims` at `seen`
@@ -350,6 +396,22 @@ impl Tracer {
     fn who(&self, pid: u32) -> Known {
         self.facts
             .get_or_read(&self.proc, self.netns, pid, Instant::now())
+    }
+}
+
+/// A traced packet send as the tables keep it: by a process nobody knew (it exited unnamed)
+/// when `senders` has none for its pid.
+fn packet_send(
+    s: &PacketSent,
+    senders: &BTreeMap<u32, Option<(ProcessInfo, NetNsId)>>,
+) -> PacketSend {
+    let named = senders.get(&s.pid).and_then(Option::as_ref);
+    PacketSend {
+        at: instant_of(s.time),
+        len: s.len,
+        sender: named.map(|(info, _)| info.key),
+        // An unnamed sender's namespace is not known: the home one stands in.
+        netns: named.map_or(NetNsId(0), |&(_, netns)| netns),
     }
 }
 

@@ -11,10 +11,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use pidcap_capture::FrameFilter;
-use pidcap_core::{attribute, Credit, ProcessKey, SocketTable, UnknownReason, Verdict};
+use pidcap_core::{attribute, Credit, MatchKind, ProcessKey, SocketTable, UnknownReason, Verdict};
 use pidcap_proto as proto;
 use pidcap_proto::{CaptureLine, CapturedPacket, CapturedProcess, PacketOwner};
 
@@ -259,7 +259,7 @@ fn settled(tapped: &Tapped, table: &SocketTable, waited_out: bool) -> Settled {
         return same;
     };
     let now = if table.generation() > tapped.generation {
-        attribute(table, &flow, ports_known)
+        with_packet_sender(attribute(table, &flow, ports_known), table, tapped)
     } else {
         then
     };
@@ -271,6 +271,31 @@ fn settled(tapped: &Tapped, table: &SocketTable, waited_out: bool) -> Settled {
     } else {
         Settled::Waits
     }
+}
+
+/// `now` with a sent packet no socket owns credited to the process that sent it through a
+/// packet socket, as the ledger's pending buffer credits it ([`SocketTable::packet_sender`]).
+fn with_packet_sender(mut now: Verdict, table: &SocketTable, tapped: &Tapped) -> Verdict {
+    if now.tx != Some(Credit::Unknown(UnknownReason::NoSocket)) {
+        return now;
+    }
+    let captured = instant_of_us(tapped.at_us);
+    if let Some(key) = table.packet_sender(tapped.ip_len, captured, None) {
+        let kind = MatchKind::PacketSender;
+        now.tx = Some(Credit::Process { key, kind });
+    }
+    now
+}
+
+/// The monotonic instant of capture time `at_us` (µs since the epoch), to a few µs while
+/// the system clock is not stepped.
+fn instant_of_us(at_us: u64) -> Instant {
+    let real_now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let now = Instant::now();
+    let ago = Duration::from_micros(real_now.saturating_sub(at_us));
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// A verdict whose misses ran out of time: as the ledger counts them.
@@ -300,7 +325,12 @@ fn owner(
     let credit = if late { now.unwrap_or(then) } else { then };
     match credit {
         Credit::Process { key, kind } => {
-            let matched = if late { "late" } else { kind.name() };
+            // A packet sender is only ever found late; its own name says how.
+            let matched = match kind {
+                MatchKind::PacketSender => kind.name(),
+                _ if late => "late",
+                _ => kind.name(),
+            };
             let annotation = PacketOwner {
                 pid: Some(key.pid),
                 start_time: Some(key.start_time),
@@ -460,6 +490,7 @@ mod tests {
             orig_len: 60,
             frame: Box::new([1, 2, 3]),
             flow: Some((flow(), true)),
+            ip_len: 60,
             mark: TapMark::Verdict(attribute(table, &flow(), true)),
             generation: table.generation(),
         })

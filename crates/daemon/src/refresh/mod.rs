@@ -314,6 +314,18 @@ impl TableBuilder {
         new_namespace
     }
 
+    /// Takes in frames sent through packet sockets (all up to `read_to`) and who sent them;
+    /// the next table has them.
+    pub fn packet_sent(
+        &mut self,
+        sends: &[pidcap_core::PacketSend],
+        senders: Vec<pidcap_core::ProcessInfo>,
+        read_to: Instant,
+        now: Instant,
+    ) {
+        self.assembly.packet_sent(sends, senders, read_to, now);
+    }
+
     /// Asks for namespace `netns` to be read at the next pass (a miss inside it); true when
     /// it is known.
     pub fn want_namespace(&mut self, netns: NetNsId) -> bool {
@@ -535,6 +547,14 @@ impl Refresher {
                     false
                 }
                 News::Moved { key, from, to } => self.builder.moved(key, from, to),
+                News::PacketSent {
+                    sends,
+                    senders,
+                    read_to,
+                } => {
+                    self.builder.packet_sent(&sends, senders, read_to, now);
+                    true
+                }
             };
         }
         any

@@ -193,20 +193,42 @@ impl SetStateLayout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SockIoLayout {
     pub id: u16,
+    /// `sock_send_length` (else `sock_recv_length`).
+    pub send: bool,
     sk: usize,
+    family: usize,
+    ret: usize,
+}
+
+/// One send or receive as [`SockIoLayout::decode`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockIo {
+    /// The socket's kernel address.
+    pub sk: u64,
+    /// Its address family (`AF_INET`, `AF_PACKET`, …).
+    pub family: u16,
+    /// The bytes sent or received; negative: the call failed.
+    pub ret: i32,
 }
 
 impl SockIoLayout {
     pub fn new(format: &TraceFormat) -> Result<SockIoLayout> {
         Ok(SockIoLayout {
             id: trace_id(format)?,
+            send: format.name == "sock_send_length",
             sk: format.offset_of("sk", 8)?,
+            family: format.offset_of("family", 2)?,
+            ret: format.offset_of("ret", 4)?,
         })
     }
 
-    /// The socket's kernel address; `None` if the record is too short.
-    pub fn decode(&self, raw: &[u8]) -> Option<u64> {
-        bytes::<8>(raw, self.sk).map(u64::from_ne_bytes)
+    /// The record's socket, family and length; `None` if the record is too short.
+    pub fn decode(&self, raw: &[u8]) -> Option<SockIo> {
+        Some(SockIo {
+            sk: bytes::<8>(raw, self.sk).map(u64::from_ne_bytes)?,
+            family: bytes::<2>(raw, self.family).map(u16::from_ne_bytes)?,
+            ret: bytes::<4>(raw, self.ret).map(i32::from_ne_bytes)?,
+        })
     }
 }
 

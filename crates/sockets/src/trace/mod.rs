@@ -4,7 +4,8 @@
 //! TCP socket fire a tracepoint in the calling process, so a connection that lives one
 //! millisecond in a process of any age is still claimed by its process; a UDP socket's
 //! `connect()` is reported with its pid and fd (and, on demand, its addresses from the route
-//! lookup inside the call). [`format`](mod@format) reads the record layouts from tracefs,
+//! lookup inside the call). Every send on a packet socket (`AF_PACKET`) is reported with its
+//! pid and length ([`PacketSent`]): frames no IP socket owns get their sender. [`format`](mod@format) reads the record layouts from tracefs,
 //! [`pairing`] turns events into claims (pure), [`perf`] reads the events through perf ring
 //! buffers.
 
@@ -12,12 +13,13 @@ pub mod format;
 pub mod pairing;
 pub mod perf;
 
+pub use format::SockIo;
 pub use format::{
     RouteLayout, RouteLookup, SetState, SetStateLayout, SockIoLayout, SyscallLayout, TraceField,
     TraceFormat,
 };
 pub use pairing::{Connected, Connects, Pairing, SockEvent, SocketClaim};
 pub use perf::{
-    find_tracefs, instant_of, parse_cpu_list, RouteScope, SockTracer, MAX_ROUTE_THREADS,
-    ROUTE_COUNTERS,
+    find_tracefs, instant_of, parse_cpu_list, PacketSent, RouteScope, SockTracer,
+    MAX_ROUTE_THREADS, ROUTE_COUNTERS,
 };

@@ -1,8 +1,8 @@
 //! Reads the kernel's socket tracepoints through perf ring buffers (one per CPU).
 //!
 //! Three tracepoints, each filtered in the kernel to TCP: `sock:inet_sock_set_state` (only the
-//! changes to `ESTABLISHED`, `SYN_SENT` and `CLOSE`), `sock:sock_send_length` and
-//! `sock:sock_recv_length`; and `connect()` itself (`syscalls:sys_{enter,exit}_connect`), with
+//! changes to `ESTABLISHED`, `SYN_SENT` and `CLOSE`), `sock:sock_send_length` (and packet
+//! sockets: [`PacketSent`]) and `sock:sock_recv_length`; and `connect()` itself (`syscalls:sys_{enter,exit}_connect`), with
 //! the route lookups inside it (`fib:fib_table_lookup`, `fib6:fib6_table_lookup`; off unless
 //! asked for, see [`SockTracer::trace_routes`]). On each CPU they write into one ring
 //! (`SET_OUTPUT`), so a CPU's events arrive in order. Only a connect (`SYN_SENT`, or the
@@ -84,6 +84,10 @@ const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 7
 /// the reader at once (who a process is must be read while it lives).
 const CONNECT_FILTER: &str = "protocol == 6 && newstate == 2";
 const IO_FILTER: &str = "protocol == 6";
+/// Sends are traced on packet sockets too (`AF_PACKET`, 17): the sender of a frame that no
+/// IP socket owns ([`PacketSent`]).
+const SEND_FILTER: &str = "protocol == 6 || family == 17";
+const AF_PACKET: u16 = 17;
 
 /// When the kernel wakes the reader for an event of a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +223,13 @@ pub struct SockTracer {
     _route_anchor: Vec<Counter>,
     /// Read, but not yet old enough to pair.
     waiting: Vec<SockEvent>,
-    /// Processes seen acting on TCP sockets in the last read (deduplicated).
+    /// Processes seen acting on TCP sockets or sending through packet sockets in the last
+    /// read (deduplicated).
     actors: Vec<u32>,
+    /// Sends through packet sockets in the last read.
+    packet_sends: Vec<PacketSent>,
+    /// Every event up to this time (`CLOCK_MONOTONIC` ns) was in the rings at the last read.
+    read_to: u64,
     pairing: Pairing,
     lost: u64,
 }
@@ -288,6 +297,8 @@ impl SockTracer {
             _route_anchor: route_anchor,
             waiting: Vec::new(),
             actors: Vec::new(),
+            packet_sends: Vec::new(),
+            read_to: 0,
             pairing: Pairing::new(TRACKED),
             lost: 0,
         })
@@ -423,6 +434,7 @@ impl SockTracer {
         }
         let cutoff = monotonic_ns().saturating_sub(REORDER.as_nanos() as u64);
         self.read_rings();
+        self.read_to = cutoff;
         self.waiting.sort_by_key(SockEvent::time);
         let ready = self.waiting.partition_point(|e| e.time() <= cutoff);
         for event in self.waiting.drain(..ready) {
@@ -438,6 +450,22 @@ impl SockTracer {
     /// [`poll`]: SockTracer::poll
     pub fn actors(&self) -> &[u32] {
         &self.actors
+    }
+
+    /// The sends through packet sockets the last [`poll`] read, in no particular order
+    /// (they need no pairing).
+    ///
+    /// [`poll`]: SockTracer::poll
+    pub fn packet_sends(&self) -> &[PacketSent] {
+        &self.packet_sends
+    }
+
+    /// Every event up to this time (`CLOCK_MONOTONIC` ns; see [`instant_of`]) was read by
+    /// the last [`poll`]: no packet send of an earlier time comes later.
+    ///
+    /// [`poll`]: SockTracer::poll
+    pub fn read_to(&self) -> u64 {
+        self.read_to
     }
 
     /// True when events wait for their turn (the caller should poll again soon).
@@ -470,6 +498,7 @@ impl SockTracer {
     fn read_rings(&mut self) {
         let first = self.waiting.len();
         self.actors.clear();
+        self.packet_sends.clear();
         if let Some(c) = &mut self.connects {
             c.state.clear();
         }
@@ -488,8 +517,13 @@ impl SockTracer {
                                 continue;
                             }
                         }
-                        let Some(e) = decode(&self.set_state, &self.io, time, pid, raw) else {
-                            continue;
+                        let e = match decode(&self.set_state, &self.io, time, pid, raw) {
+                            Some(Decoded::Sock(e)) => e,
+                            Some(Decoded::PacketSent(sent)) => {
+                                self.packet_sends.push(sent);
+                                continue;
+                            }
+                            None => continue,
                         };
                         if let (SockEvent::State { change, .. }, Some(c)) = (&e, &mut self.connects)
                         {
@@ -516,31 +550,54 @@ impl SockTracer {
                 SockEvent::Io { pid, .. } => Some(*pid),
                 SockEvent::State { .. } => None,
             }));
+        self.actors.extend(self.packet_sends.iter().map(|s| s.pid));
         self.actors.sort_unstable();
         self.actors.dedup();
     }
 }
 
+/// A send through a packet socket (`AF_PACKET`): process `pid` handed the kernel a frame
+/// (or, for `SOCK_DGRAM`, a packet) of `len` bytes at `time` (`CLOCK_MONOTONIC` ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketSent {
+    pub time: u64,
+    pub pid: u32,
+    pub len: u32,
+}
+
+/// What one record is.
+enum Decoded {
+    Sock(SockEvent),
+    PacketSent(PacketSent),
+}
+
 /// Turns one raw tracepoint record into an event; `None` for a record this reader does not
-/// know or that is too short.
+/// know, that is too short, or a failed packet send.
 fn decode(
     set_state: &SetStateLayout,
     io: &[SockIoLayout],
     time: u64,
     pid: u32,
     raw: &[u8],
-) -> Option<SockEvent> {
+) -> Option<Decoded> {
     let ty = record_type(raw)?;
     if ty == set_state.id {
         let change = set_state.decode(raw)?;
-        return Some(SockEvent::State { time, pid, change });
+        return Some(Decoded::Sock(SockEvent::State { time, pid, change }));
     }
-    let io = io.iter().find(|l| l.id == ty)?;
-    Some(SockEvent::Io {
+    let layout = io.iter().find(|l| l.id == ty)?;
+    let io = layout.decode(raw)?;
+    if io.family == AF_PACKET {
+        let len = u32::try_from(io.ret).ok().filter(|&n| n > 0)?;
+        return layout
+            .send
+            .then_some(Decoded::PacketSent(PacketSent { time, pid, len }));
+    }
+    Some(Decoded::Sock(SockEvent::Io {
         time,
         pid,
-        sk: io.decode(raw)?,
-    })
+        sk: io.sk,
+    }))
 }
 
 fn open_ring(
@@ -554,7 +611,10 @@ fn open_ring(
         .sampled(RING_BYTES)
         .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
     let connect = (set_state.id, CONNECT_FILTER, Wakeup::Each);
-    let io = io.iter().map(|l| (l.id, IO_FILTER, Wakeup::Watermark));
+    let io = io.iter().map(|l| {
+        let filter = if l.send { SEND_FILTER } else { IO_FILTER };
+        (l.id, filter, Wakeup::Watermark)
+    });
     // The exit of a connect wakes the reader at once: the socket may close in microseconds.
     let syscalls = connects.into_iter().flat_map(|c| {
         [
