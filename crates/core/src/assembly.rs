@@ -162,6 +162,9 @@ struct Kept {
     from: Option<Instant>,
 }
 
+/// A socket of a table's live part, with when it was seen and when its holder lived.
+type TableSocket = (SocketEntry, Option<Seen>, Life);
+
 /// What [`RecentSockets`] is built from.
 #[derive(Debug, Default)]
 struct RecentInputs {
@@ -522,38 +525,59 @@ impl LiveInputs {
 
     fn build(&self, home: Option<NetNsId>) -> LiveSockets {
         let (local, guests) = &self.addrs;
-        let sockets = self.table_sockets();
-        // The kept (unconnected) sockets come first and are not connections: no time, but
-        // maybe an end.
-        let kept = sockets.len() - self.sockets.len();
-        let seen: Vec<Option<Seen>> = std::iter::repeat_n(None, kept)
-            .chain(self.sockets.iter().map(|s| self.seen_of(s)))
-            .collect();
-        // A listed socket may have ended too: its holder exited after the list was taken.
-        let life: Vec<Life> = sockets
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Life {
-                from: (i < kept).then(|| self.kept.get(&s.inode)?.from).flatten(),
-                until: self.ended.get(&s.inode).copied(),
-            })
-            .collect();
+        let mut sockets = Vec::new();
+        let mut seen = Vec::new();
+        let mut life = Vec::new();
+        for (socket, s, l) in self.table_sockets() {
+            sockets.push(socket);
+            seen.push(s);
+            life.push(l);
+        }
         LiveSockets::build_seen(home, sockets, seen, life, local.clone(), guests)
     }
 
-    /// The kept sockets that the list does not show, oldest first, then the listed ones
-    /// (later entries win an address in [`LiveSockets`]).
-    fn table_sockets(&self) -> Vec<SocketEntry> {
+    /// Every socket of the table with when it was seen (kept ones: never, they are not
+    /// connections) and when its holder lived as far as known, in the order in which later
+    /// entries win an address in [`LiveSockets`]: first the sockets a newer one on their
+    /// address may outdo — the kept ones the list does not show, and the listed ones whose
+    /// holder exited since the list was taken ([`TableAssembly::ended`]) — the one held
+    /// since later winning; then the other listed ones, which always win (their holder
+    /// lives). A port passed from an exited process to a new one, seen by the watcher
+    /// before the next pass lists it, is the new one's.
+    fn table_sockets(&self) -> Vec<TableSocket> {
         let listed: HashSet<u64> = self.sockets.iter().map(|s| s.inode).collect();
-        let mut kept: Vec<&Kept> = self
+        let until = |inode: &u64| self.ended.get(inode).copied();
+        let mut outdone: Vec<(Instant, u64, TableSocket)> = self
             .kept
             .values()
             .filter(|k| !listed.contains(&k.socket.inode))
+            .map(|k| {
+                let inode = k.socket.inode;
+                let life = Life {
+                    from: k.from,
+                    until: until(&inode),
+                };
+                (k.since, inode, (k.socket, None, life))
+            })
             .collect();
-        // Of two on one address, the one held since later wins.
-        kept.sort_by_key(|k| (k.since, k.socket.inode));
-        let mut sockets: Vec<SocketEntry> = kept.into_iter().map(|k| k.socket).collect();
-        sockets.extend_from_slice(&self.sockets);
+        let mut current = Vec::with_capacity(self.sockets.len());
+        for s in &self.sockets {
+            let seen = self.seen_of(s);
+            match until(&s.inode) {
+                Some(ended) => {
+                    let since = self.first_seen.get(&s.inode).copied().unwrap_or(ended);
+                    let life = Life {
+                        from: None,
+                        until: Some(ended),
+                    };
+                    outdone.push((since, s.inode, (*s, seen, life)));
+                }
+                None => current.push((*s, seen, Life::default())),
+            }
+        }
+        outdone.sort_by_key(|(since, inode, _)| (*since, *inode));
+        let mut sockets: Vec<_> = outdone.into_iter().map(|(_, _, entry)| entry).collect();
+        sockets.extend(current);
         sockets
     }
 }

@@ -197,7 +197,7 @@ fn side(
         undecided.set(undecided.get() || currency == Currency::Undecided);
         currency
     };
-    match table.lookup_current(proto, local, remote, &judged) {
+    match table.lookup_captured(proto, local, remote, &judged, captured) {
         Some(m) if !m.life.is_unbounded() => {
             timed.set(true);
             let outside = captured.is_some_and(|at| m.life.excludes(at));

@@ -150,6 +150,12 @@ pub struct LiveSockets {
     /// The local ends of `exact`'s sockets.
     connected: FastSet<BoundKey>,
     bound: FastMap<BoundKey, usize>,
+    /// For an address of `bound`, the earlier entries it displaced whose holder is known to
+    /// have exited (a port passed from process to process), oldest first, at most
+    /// [`HOLDERS_KEPT`]: a packet captured outside the winner's life is the holder's whose
+    /// life it is in ([`SocketTable::lookup_captured`]). Never one whose holder lives: a
+    /// socket it was seen with may have closed long ago (a port bound and let go).
+    displaced: FastMap<BoundKey, Vec<usize>>,
     /// Home's addresses (loopback addresses are always home's, listed or not).
     local: FastSet<IpAddr>,
     /// Guests' addresses, each with its namespace, or [`SHARED_ADDR`] when more than one
@@ -382,13 +388,18 @@ impl LiveSockets {
             // Bound and not listening: no packet is its own (once it connects it is listed
             // with its peer). Not indexed, so it never answers for its port.
         } else if wildcard {
-            index_at(
-                &mut self.bound,
-                (ns, entry.proto, entry.local),
-                at,
-                &self.sockets,
-                &entry,
-            );
+            let key = (ns, entry.proto, entry.local);
+            let before = self.bound.get(&key).copied();
+            index_at(&mut self.bound, key, at, &self.sockets, &entry);
+            if let Some(old) = before.filter(|&old| self.bound.get(&key) != Some(&old)) {
+                if self.life[old].until.is_some() {
+                    let earlier = self.displaced.entry(key).or_default();
+                    if earlier.len() == HOLDERS_KEPT {
+                        earlier.remove(0);
+                    }
+                    earlier.push(old);
+                }
+            }
         } else {
             let key = (ns, entry.proto, entry.local, entry.remote);
             self.connected.insert((ns, entry.proto, entry.local));
@@ -713,9 +724,25 @@ impl SocketTable {
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
     ) -> Option<SocketMatch> {
+        self.lookup_captured(proto, local, remote, judge, None)
+    }
+
+    /// [`SocketTable::lookup_current`] for a packet captured at `captured` (`None`: any
+    /// time): when the socket bound to the local address has a holder whose life excludes
+    /// that time, the latest earlier holder of the address whose life includes it answers
+    /// (a port passed on: a packet read late is still its sender's). The caller still
+    /// checks the answer's [`SocketMatch::life`].
+    pub fn lookup_captured(
+        &self,
+        proto: IpProto,
+        local: SocketAddr,
+        remote: SocketAddr,
+        judge: &dyn Fn(Seen) -> Currency,
+        captured: Option<Instant>,
+    ) -> Option<SocketMatch> {
         let local = canonical(local);
         let ns = self.live.ns_of(local.ip())?;
-        self.lookup_at(ns, proto, local, remote, judge)
+        self.lookup_at(ns, proto, local, remote, judge, captured)
     }
 
     /// [`SocketTable::lookup`] among the sockets of `netns` whatever the address (a query
@@ -729,7 +756,8 @@ impl SocketTable {
         remote: SocketAddr,
     ) -> Option<SocketMatch> {
         let ns = ns_key(self.live.home, netns);
-        self.lookup_at(ns, proto, canonical(local), remote, &|_| Currency::Current)
+        let current = &|_| Currency::Current;
+        self.lookup_at(ns, proto, canonical(local), remote, current, None)
     }
 
     /// The answer of namespace `ns`'s sockets; when none has a holder, that of the
@@ -742,8 +770,9 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
+        captured: Option<Instant>,
     ) -> Option<SocketMatch> {
-        let found = match self.answer_in(ns, proto, local, remote, judge) {
+        let found = match self.answer_in(ns, proto, local, remote, judge, captured) {
             Answer::Undecided => return None,
             Answer::Found(found) => found,
         };
@@ -751,7 +780,7 @@ impl SocketTable {
         if held || ns == UNPLACED || !(self.live.unplaced || self.recent.unplaced) {
             return found;
         }
-        match self.answer_in(UNPLACED, proto, local, remote, judge) {
+        match self.answer_in(UNPLACED, proto, local, remote, judge, captured) {
             Answer::Found(Some(unplaced)) if unplaced.owner.is_some() => Some(unplaced),
             Answer::Undecided => None,
             Answer::Found(_) => found,
@@ -765,6 +794,7 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
+        captured: Option<Instant>,
     ) -> Answer {
         let key = (ns, proto, local, canonical(remote));
         let judged = |seen: Option<Seen>| seen.map_or(Currency::Current, judge);
@@ -817,14 +847,17 @@ impl SocketTable {
                 }
             }
         }
-        let bound = self.lookup_bound(ns, proto, local).or_else(|| {
+        let bound = self.lookup_bound(ns, proto, local, captured).or_else(|| {
             // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
             let port_based = matches!(
                 proto,
                 IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp
             );
             (!port_based && local.port() != 0)
-                .then(|| self.lookup_bound(ns, proto, SocketAddr::new(local.ip(), 0)))
+                .then(|| {
+                    let any_port = SocketAddr::new(local.ip(), 0);
+                    self.lookup_bound(ns, proto, any_port, captured)
+                })
                 .flatten()
         });
         Answer::Found(
@@ -865,22 +898,52 @@ impl SocketTable {
         Some(*slots)
     }
 
-    fn lookup_bound(&self, ns: Ns, proto: IpProto, local: SocketAddr) -> Option<usize> {
-        if let Some(&at) = self.live.bound.get(&(ns, proto, local)) {
+    fn lookup_bound(
+        &self,
+        ns: Ns,
+        proto: IpProto,
+        local: SocketAddr,
+        captured: Option<Instant>,
+    ) -> Option<usize> {
+        let key = self.bound_key(ns, proto, local)?;
+        let at = *self.live.bound.get(&key)?;
+        let Some(captured) = captured.filter(|&t| self.live.life[at].excludes(t)) else {
             return Some(at);
+        };
+        let earlier = self
+            .live
+            .displaced
+            .get(&key)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let lived = earlier
+            .iter()
+            .rev()
+            .find(|&&i| !self.live.life[i].excludes(captured));
+        Some(lived.copied().unwrap_or(at))
+    }
+
+    /// The key of the bound socket that answers for `local`: its own address, else (for an
+    /// address of the namespace) the wildcard address of its family, IPv4 then IPv6.
+    fn bound_key(&self, ns: Ns, proto: IpProto, local: SocketAddr) -> Option<BoundKey> {
+        let found = |addr| {
+            let key = (ns, proto, addr);
+            self.live.bound.contains_key(&key).then_some(key)
+        };
+        if let Some(key) = found(local) {
+            return Some(key);
         }
         if !self.live.is_local_in(ns, local.ip()) {
             return None;
         }
         let port = local.port();
-        let any_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         if local.is_ipv4() {
             let any_v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            if let Some(&at) = self.live.bound.get(&(ns, proto, any_v4)) {
-                return Some(at);
+            if let Some(key) = found(any_v4) {
+                return Some(key);
             }
         }
-        self.live.bound.get(&(ns, proto, any_v6)).copied()
+        found(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
     }
 
     fn matched(&self, at: usize, kind: MatchKind) -> SocketMatch {

@@ -188,6 +188,7 @@ const LIFECYCLE: [ProcEvent; 3] = [
     ProcEvent::Exit {
         pid: 5678,
         exit_code: 0x300,
+        at_ns: 10_000_030_336,
     },
 ];
 
@@ -211,6 +212,7 @@ fn exit_from_kernels_without_parent_fields_is_read() {
     let expected = ProcEvent::Exit {
         pid: 12345,
         exit_code: 9,
+        at_ns: 10_000_027_664,
     };
     assert_eq!(parse(&EXIT_WITHOUT_PARENT).unwrap(), [expected]);
 }
@@ -362,7 +364,30 @@ fn lifecycle_of(events: &mut ProcEvents, pid: u32) -> Vec<ProcEvent> {
         events.recv_into(remaining, &mut batch).unwrap();
         mine.extend(batch.iter().filter(|e| concerns(e, pid)));
     }
+    // The exit's time is the kernel's clock: checked here, then left out of the comparison.
+    for e in &mut mine {
+        if let ProcEvent::Exit { at_ns, .. } = e {
+            assert!(
+                (1..=monotonic_ns()).contains(at_ns),
+                "an exit time {at_ns} ns on the monotonic clock, before now"
+            );
+            *at_ns = 0;
+        }
+    }
     mine
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn concerns(event: &ProcEvent, pid: u32) -> bool {
@@ -387,7 +412,11 @@ fn expected_lifecycle(pid: u32, exit_code: u32) -> [ProcEvent; 3] {
             child_pid: pid,
         },
         ProcEvent::Exec { pid },
-        ProcEvent::Exit { pid, exit_code },
+        ProcEvent::Exit {
+            pid,
+            exit_code,
+            at_ns: 0,
+        },
     ]
 }
 

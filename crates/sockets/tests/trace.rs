@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pidcap_sockets::trace::{
-    find_tracefs, parse_cpu_list, Connected, Connects, Pairing, RouteLayout, RouteLookup,
+    find_tracefs, parse_cpu_list, Bound, Connected, Connects, Pairing, RouteLayout, RouteLookup,
     RouteScope, SetState, SetStateLayout, SockEvent, SockIoLayout, SockTracer, SocketClaim,
     SyscallLayout, TraceFormat, MAX_ROUTE_THREADS,
 };
@@ -545,6 +545,49 @@ fn a_childs_udp_connect_is_reported_with_its_pid_and_fd() {
     let seen = seen.into_inner();
     assert!(child.wait().unwrap().success());
     assert!(ours(&seen), "connect by {pid} missing; saw {seen:?}");
+}
+
+/// A `bind()` of an IP address is reported with the binding pid and fd (the daemon reads
+/// the socket at once: a port passed on to a process that lives milliseconds).
+#[test]
+fn an_ip_bind_is_reported_with_its_pid_and_fd() {
+    use std::os::fd::AsRawFd;
+    let mut tracer = live_tracer();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (pid, fd) = (std::process::id(), socket.as_raw_fd());
+    let ours = |seen: &[Bound]| seen.iter().any(|b| b.pid == pid && b.fd == fd);
+    let seen = std::cell::RefCell::new(Vec::<Bound>::new());
+    poll_until(
+        &mut tracer,
+        |tracer, _| seen.borrow_mut().extend_from_slice(tracer.bound()),
+        || ours(&seen.borrow()),
+    );
+    let seen = seen.into_inner();
+    assert!(
+        ours(&seen),
+        "bind of fd {fd} by {pid} missing; saw {seen:?}"
+    );
+}
+
+#[test]
+fn binds_are_paired_by_thread_and_only_successes_reported() {
+    let mut c = Connects::new(16);
+    c.enter_bind(11, 10, 3);
+    c.enter_bind(12, 10, 4);
+    c.exit_bind(12, -98, 5); // EADDRINUSE
+    c.exit_bind(11, 0, 6);
+    c.exit_bind(13, 0, 7); // no enter seen (a bind of another family): nothing
+    assert_eq!(
+        c.bound(),
+        &[Bound {
+            pid: 10,
+            tid: 11,
+            fd: 3,
+            time: 6,
+        }]
+    );
+    c.clear();
+    assert!(c.bound().is_empty());
 }
 
 // ---- route lookups inside connect() ----

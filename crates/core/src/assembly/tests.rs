@@ -401,6 +401,131 @@ fn a_listed_socket_whose_holder_exited_answers_for_no_later_packet() {
     assert_eq!(tx(60), Some(Credit::Unknown(UnknownReason::NoSocket)));
 }
 
+/// Issue #12, scenario 15: a UDP port passed on while the previous holder's socket is still
+/// listed (the pass that drops it has not come). Once that holder's exit is known, the next
+/// holder's socket, seen by the watcher, takes the port at once — not only at the next
+/// pass (7 links of a chain went to unknown that way, every datagram of theirs).
+#[test]
+fn a_listed_socket_whose_holder_exited_yields_its_port_to_a_newer_sighting() {
+    let old = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 20);
+    let new = SocketEntry { inode: 21, ..old };
+    let mut shell = Shell::new(&[(20, 1)]);
+    shell.pass(0, &[old]);
+    shell.assembly.ended(&[20], shell.at(50));
+    let sighting = Sighting {
+        sockets: vec![new],
+        holder: info(2),
+        seen: Some(shell.at(60)),
+        started: Some(shell.at(55)),
+    };
+    shell.assembly.learn(sighting, shell.at(60));
+    let map = Arc::make_mut(&mut shell.owners);
+    map.holders.entry(21).or_default().push(key(2));
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    let tx = |ms: u64| sent_at(&cache, &table, &old, shell.at(ms));
+    assert!(matches!(tx(70), Some(Credit::Process { key, .. }) if key.pid == 2));
+    // Before the old holder exited the port was its own (a datagram read late).
+    assert!(matches!(tx(40), Some(Credit::Process { key, .. }) if key.pid == 1));
+    // Between the old holder's exit and the new one's start: nobody's.
+    assert_eq!(tx(52), Some(Credit::Unknown(UnknownReason::NoSocket)));
+    // A listed socket whose holder lives still wins over any sighting.
+    let mut live = Shell::new(&[(20, 1)]);
+    live.pass(0, &[old]);
+    live.learn(60, &[new], 2);
+    assert_eq!(
+        found(&live.table(), &old),
+        Some((20, MatchKind::Wildcard, Some(1)))
+    );
+}
+
+/// Issue #12, scenario 15: a chain of processes on one UDP port, each seen by the watcher
+/// (or its bind traced), each exit known, and the datagrams read late (the capture is
+/// polled every 500 ms while traffic is sparse): each is credited to the link that was
+/// alive when it was captured, however many links came since.
+#[test]
+fn datagrams_read_late_go_to_the_link_of_a_chain_that_lived_when_they_were_captured() {
+    let base = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 0);
+    let mut shell = Shell::new(&[]);
+    shell.pass(0, &[]);
+    let links = 12u64; // more than the earlier holders kept per address
+    for link in 0..links {
+        let socket = SocketEntry {
+            inode: 100 + link,
+            ..base
+        };
+        let (start, end) = (link * 100 + 10, link * 100 + 90);
+        let sighting = Sighting {
+            sockets: vec![socket],
+            holder: info(link as u32 + 1),
+            seen: Some(shell.at(start + 1)),
+            started: Some(shell.at(start)),
+        };
+        shell.assembly.learn(sighting, shell.at(start + 1));
+        let map = Arc::make_mut(&mut shell.owners);
+        map.holders
+            .entry(socket.inode)
+            .or_default()
+            .push(key(link as u32 + 1));
+        shell.assembly.ended(&[socket.inode], shell.at(end));
+    }
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    let tx = |ms: u64| sent_at(&cache, &table, &base, shell.at(ms));
+    let pid = |c: Option<Credit>| match c {
+        Some(Credit::Process { key, .. }) => Some(key.pid),
+        _ => None,
+    };
+    for link in 0..links {
+        let during = link * 100 + 50;
+        let kept = link + crate::table::HOLDERS_KEPT as u64 + 1 >= links;
+        let want = kept.then_some(link as u32 + 1);
+        assert_eq!(pid(tx(during)), want, "a datagram of link {link}");
+        assert_eq!(
+            pid(tx(link * 100 + 95)),
+            None,
+            "between links {link} and the next"
+        );
+    }
+}
+
+/// Issue #12, scenario 15 (a wrong credit found by the suite): a process that bound the
+/// port once and let it go (its socket seen, then closed; the process lives on) must not
+/// get a datagram of a link nobody saw, captured after later links took the port.
+#[test]
+fn a_datagram_of_an_unseen_link_never_goes_to_a_live_process_that_let_the_port_go() {
+    let base = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 0);
+    let mut shell = Shell::new(&[]);
+    shell.pass(0, &[]);
+    let sighting = |shell: &mut Shell, inode: u64, pid: u32, start: u64| {
+        let socket = SocketEntry { inode, ..base };
+        let seen = Sighting {
+            sockets: vec![socket],
+            holder: info(pid),
+            seen: Some(shell.at(start + 1)),
+            started: Some(shell.at(start)),
+        };
+        shell.assembly.learn(seen, shell.at(start + 1));
+        let map = Arc::make_mut(&mut shell.owners);
+        map.holders.entry(inode).or_default().push(key(pid));
+    };
+    sighting(&mut shell, 90, 9, 0); // bound and let go; lives on, never ends
+    sighting(&mut shell, 100, 1, 10);
+    shell.assembly.ended(&[100], shell.at(90));
+    // Link 2 (100..190) is never seen. Link 3:
+    sighting(&mut shell, 102, 3, 210);
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    let tx = |ms: u64| sent_at(&cache, &table, &base, shell.at(ms));
+    assert!(matches!(tx(50), Some(Credit::Process { key, .. }) if key.pid == 1));
+    assert_eq!(
+        tx(150),
+        Some(Credit::Unknown(UnknownReason::NoSocket)),
+        "link 2's"
+    );
+    assert!(matches!(tx(250), Some(Credit::Process { key, .. }) if key.pid == 3));
+}
+
 /// The other side of a UDP port passed on: the next holder's socket, learned after the
 /// previous holder's last datagrams were captured but before they were decided (they
 /// waited), is not theirs — its holder started after them.

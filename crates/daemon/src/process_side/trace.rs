@@ -117,7 +117,9 @@ impl Tracer {
                 std::thread::sleep(IDLE_WAIT);
                 continue;
             }
-            // Connected datagram sockets first: a resolver's lives one round trip.
+            // Bound and connected datagram sockets first: a link of a chain of processes on
+            // one port may live a millisecond after its bind, a resolver one round trip.
+            self.learn_all_bound();
             self.learn_all_connected();
             self.expire_routes();
             // Learn who the actors are now: a 5 ms process is gone by the time its
@@ -132,8 +134,9 @@ impl Tracer {
             self.send_packet_sends(&mut round);
             self.report_lost(&mut round.lost);
             if self.tracer.has_waiting() {
-                // Let events age past the reorder window, batching what comes meanwhile.
-                std::thread::sleep(pidcap_sockets::trace::perf::REORDER / 2);
+                // Let events age past the reorder window, batching what comes meanwhile;
+                // a connect or bind ends the wait at once (its process may be short-lived).
+                self.tracer.wait(pidcap_sockets::trace::perf::REORDER / 2);
             }
         }
     }
@@ -173,6 +176,62 @@ impl Tracer {
         if claims > 0 {
             self.wake.request();
             self.shared.process_side().traced_claims += claims;
+        }
+    }
+
+    /// Reads every datagram (non-TCP) socket bound since the last round: a port passed from
+    /// process to process (`SO_REUSEADDR`) is the new holder's from its first datagram,
+    /// even when that process lives milliseconds and the watcher's looks miss it. A TCP
+    /// socket is bound before it listens or connects: its state changes claim it.
+    fn learn_all_bound(&mut self) {
+        let bound = self.tracer.bound().to_vec();
+        let mut learned = 0;
+        for b in bound {
+            // The socket first (the process may exit any moment), then who it is.
+            let mut entry = match self.read_bound(b.pid, b.fd, self.netns) {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue, // TCP: claimed from its state changes
+                Err(why) => {
+                    let age = instant_of(b.time).elapsed();
+                    debug!(pid = b.pid, fd = b.fd, ?age, why, "bound socket not read");
+                    continue;
+                }
+            };
+            let Known::Process(info, netns) = self.who(b.pid) else {
+                continue; // gone unnamed
+            };
+            entry.uid = info.uid;
+            entry.netns = netns;
+            debug!(pid = b.pid, fd = b.fd, local = %entry.local, "bound socket");
+            let news = Learned {
+                sockets: vec![entry],
+                info,
+                seen: Instant::now(),
+            };
+            match self.learned.try_send(news.into()) {
+                Ok(()) => learned += 1,
+                Err(_) => self.shared.process_side().learned_dropped += 1,
+            }
+        }
+        if learned > 0 {
+            self.wake.request();
+        }
+    }
+
+    /// The datagram (non-TCP) IP socket behind `pid`'s `fd`; `Ok(None)` for a TCP socket,
+    /// an error saying why when it cannot be read (closed or replaced already, the process
+    /// gone).
+    fn read_bound(&self, pid: u32, fd: i32, netns: NetNsId) -> Result<Option<SocketEntry>, String> {
+        let inode = match self.proc.socket_inode(pid, fd) {
+            Ok(Some(inode)) => inode,
+            Ok(None) => return Err("not a socket any more".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let handle = ProcessHandle::open(pid).map_err(|e| e.to_string())?;
+        match handle.ip_socket(fd, inode, 0, netns) {
+            Ok(Some(entry)) => Ok((entry.proto != IpProto::Tcp).then_some(entry)),
+            Ok(None) => Err("not an IP socket with a port".into()),
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey, SocketEntry};
+use pidcap_sockets::trace::instant_of;
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
 use tracing::{debug, warn};
@@ -134,12 +135,18 @@ impl Watcher {
             for event in events.drain(..) {
                 match event {
                     ProcEvent::Exec { pid } => self.watch(&mut due, &mut watched, pid),
-                    ProcEvent::Exit { pid, .. } => {
+                    ProcEvent::Exit { pid, at_ns, .. } => {
                         watched.remove(&pid);
                         due.forget(pid);
                         let now = Instant::now();
                         self.facts.exited(pid, now);
-                        self.report_exit(pid, now);
+                        // When it exited (the kernel's time), not when that was read: a
+                        // socket it held answers for no packet captured after.
+                        let at = match at_ns {
+                            0 => now,
+                            ns => instant_of(ns).min(now),
+                        };
+                        self.report_exit(pid, at);
                     }
                     ProcEvent::Fork { child_pid, .. } => self.facts.forked(child_pid),
                 }

@@ -251,6 +251,13 @@ impl TableBuilder {
                 None => {}
             }
         }
+        debug!(
+            pid = key.pid,
+            learned = learned.len(),
+            ended = ended.len(),
+            open = open.len(),
+            "holder exited"
+        );
         self.assembly.ended(&ended, at);
         let inodes: Vec<u64> = open.iter().map(|s| s.inode).collect();
         let changed = match self.owners.recheck(&inodes, uid, key) {

@@ -43,7 +43,13 @@ pub enum ProcEvent {
     Exec { pid: u32 },
     /// The process exited. `exit_code` is the raw wait status (`exit(3)` is `3 << 8`; killed
     /// by `SIGKILL` is `9`), as `waitpid` would report it.
-    Exit { pid: u32, exit_code: u32 },
+    /// `at_ns`: when, on the kernel's `CLOCK_MONOTONIC` (`ktime_get_ns`), in nanoseconds —
+    /// not when it was read, which may be milliseconds later.
+    Exit {
+        pid: u32,
+        exit_code: u32,
+        at_ns: u64,
+    },
 }
 
 /// The socket's receive queue: events wait here while the caller is busy. 4 MiB holds about

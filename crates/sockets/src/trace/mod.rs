@@ -18,7 +18,7 @@ pub use format::{
     RouteLayout, RouteLookup, SetState, SetStateLayout, SockIoLayout, SyscallLayout, TraceField,
     TraceFormat,
 };
-pub use pairing::{Connected, Connects, Pairing, SockEvent, SocketClaim};
+pub use pairing::{Bound, Connected, Connects, Pairing, SockEvent, SocketClaim};
 pub use perf::{
     find_tracefs, instant_of, parse_cpu_list, PacketSent, RouteScope, SockTracer,
     MAX_ROUTE_THREADS, ROUTE_COUNTERS,

@@ -206,6 +206,18 @@ pub struct Connected {
     pub route: Option<RouteLookup>,
 }
 
+/// A `bind()` of an IP address that returned 0: the process and the fd it bound. The socket
+/// is read at once: a process that binds a port passed on by another (a chain of short-lived
+/// processes on one UDP port) may live only milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// When `bind()` returned (`CLOCK_MONOTONIC` ns).
+    pub time: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Inside {
     pid: u32,
@@ -227,6 +239,9 @@ struct Inside {
 pub struct Connects {
     inside: HashMap<u32, Inside>,
     connected: Vec<Connected>,
+    /// Threads inside `bind()` (pid, fd), and the binds that succeeded.
+    binding: HashMap<u32, (u32, i32)>,
+    bound: Vec<Bound>,
     capacity: usize,
 }
 
@@ -235,6 +250,8 @@ impl Connects {
         Connects {
             inside: HashMap::new(),
             connected: Vec::new(),
+            binding: HashMap::new(),
+            bound: Vec::new(),
             capacity: capacity.max(1),
         }
     }
@@ -296,7 +313,29 @@ impl Connects {
         &self.connected
     }
 
+    /// Thread `tid` of process `pid` entered `bind(fd, …)` with an IP address.
+    pub fn enter_bind(&mut self, tid: u32, pid: u32, fd: i32) {
+        if self.binding.len() >= self.capacity {
+            self.binding.clear();
+        }
+        self.binding.insert(tid, (pid, fd));
+    }
+
+    /// Thread `tid` left `bind()` with `ret` at `time`; a success is reported by
+    /// [`Connects::bound`].
+    pub fn exit_bind(&mut self, tid: u32, ret: i64, time: u64) {
+        if let (Some((pid, fd)), 0) = (self.binding.remove(&tid), ret) {
+            self.bound.push(Bound { pid, tid, fd, time });
+        }
+    }
+
+    /// The binds of IP addresses that succeeded since the last [`Connects::clear`].
+    pub fn bound(&self) -> &[Bound] {
+        &self.bound
+    }
+
     pub fn clear(&mut self) {
         self.connected.clear();
+        self.bound.clear();
     }
 }

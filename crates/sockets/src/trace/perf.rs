@@ -28,7 +28,7 @@ use tracing::debug;
 use super::format::{
     record_type, RouteLayout, SetStateLayout, SockIoLayout, SyscallLayout, TraceFormat,
 };
-use super::pairing::{Connected, Connects, Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
+use super::pairing::{Bound, Connected, Connects, Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
 use crate::error::{Error, Result};
 
 /// How much older than the read an event must be to be paired.
@@ -45,6 +45,8 @@ const SEND: &str = "sock/sock_send_length";
 const RECV: &str = "sock/sock_recv_length";
 const CONNECT_ENTER: &str = "syscalls/sys_enter_connect";
 const CONNECT_EXIT: &str = "syscalls/sys_exit_connect";
+const BIND_ENTER: &str = "syscalls/sys_enter_bind";
+const BIND_EXIT: &str = "syscalls/sys_exit_bind";
 /// `connect()` of an IPv4 or IPv6 address (`sizeof(struct sockaddr_in{,6})`)…
 const CONNECT_ENTER_FILTER: &str = "addrlen == 16 || addrlen == 28";
 /// …that succeeded at once. TCP connects are dropped in between, at their `SYN_SENT`: they
@@ -160,6 +162,8 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
 struct ConnectEvents {
     enter: SyscallLayout,
     exit: SyscallLayout,
+    /// `syscalls:sys_{enter,exit}_bind`, when this kernel has them.
+    bind: Option<(SyscallLayout, SyscallLayout)>,
     /// `fib:fib_table_lookup`, `fib6:fib6_table_lookup` (those this kernel has).
     routes: Vec<RouteLayout>,
     state: Connects,
@@ -167,7 +171,7 @@ struct ConnectEvents {
 
 impl ConnectEvents {
     /// Takes a connect enter or exit or a route lookup record; false for any other record.
-    fn take(&mut self, raw: &[u8], tid: u32, pid: u32) -> bool {
+    fn take(&mut self, raw: &[u8], time: u64, tid: u32, pid: u32) -> bool {
         let Some(ty) = record_type(raw) else {
             return false;
         };
@@ -182,6 +186,16 @@ impl ConnectEvents {
         } else if let Some(layout) = self.routes.iter().find(|l| l.id == ty) {
             if let Some(lookup) = layout.decode(raw) {
                 self.state.route(tid, lookup);
+            }
+        } else if let Some((enter, exit)) =
+            self.bind.as_ref().filter(|(e, x)| ty == e.id || ty == x.id)
+        {
+            if ty == enter.id {
+                if let Some(fd) = enter.decode(raw).and_then(|f| i32::try_from(f).ok()) {
+                    self.state.enter_bind(tid, pid, fd);
+                }
+            } else if let Some(ret) = exit.decode(raw) {
+                self.state.exit_bind(tid, ret, time);
             }
         } else {
             return false;
@@ -266,6 +280,13 @@ impl SockTracer {
             (Ok(enter), Ok(exit)) => Some(ConnectEvents {
                 enter: SyscallLayout::new(&enter, "fd")?,
                 exit: SyscallLayout::new(&exit, "ret")?,
+                bind: match (format(BIND_ENTER), format(BIND_EXIT)) {
+                    (Ok(enter), Ok(exit)) => Some((
+                        SyscallLayout::new(&enter, "fd")?,
+                        SyscallLayout::new(&exit, "ret")?,
+                    )),
+                    _ => None,
+                },
                 routes: optional_layouts(&format, &[ROUTE4, ROUTE6], RouteLayout::new)?,
                 state: Connects::new(IN_CONNECT),
             }),
@@ -343,6 +364,13 @@ impl SockTracer {
     /// [`poll`]: SockTracer::poll
     pub fn connected(&self) -> &[Connected] {
         self.connects.as_ref().map_or(&[], |c| c.state.connected())
+    }
+
+    /// The `bind()`s of IP addresses that succeeded in the events the last [`poll`] read.
+    ///
+    /// [`poll`]: SockTracer::poll
+    pub fn bound(&self) -> &[Bound] {
+        self.connects.as_ref().map_or(&[], |c| c.state.bound())
     }
 
     /// True when this kernel has route-lookup tracepoints to pair with connects.
@@ -430,7 +458,7 @@ impl SockTracer {
     /// every ring and appends the claims the events old enough complete to `out`.
     pub fn poll(&mut self, timeout: Duration, out: &mut Vec<SocketClaim>) -> Result<()> {
         if self.waiting.is_empty() {
-            self.wait(timeout)?;
+            self.wait_rings(timeout)?;
         }
         let cutoff = monotonic_ns().saturating_sub(REORDER.as_nanos() as u64);
         self.read_rings();
@@ -473,7 +501,16 @@ impl SockTracer {
         !self.waiting.is_empty()
     }
 
-    fn wait(&self, timeout: Duration) -> Result<()> {
+    /// Waits up to `timeout` for an event that wakes the reader (a connect, a bind) or a
+    /// quarter-full ring, without reading anything.
+    pub fn wait(&self, timeout: Duration) {
+        if let Err(error) = self.wait_rings(timeout) {
+            debug!(error = %error, "waiting on the perf rings");
+            std::thread::sleep(timeout);
+        }
+    }
+
+    fn wait_rings(&self, timeout: Duration) -> Result<()> {
         let mut fds: Vec<libc::pollfd> = self
             .rings
             .iter()
@@ -513,7 +550,7 @@ impl SockTracer {
                         };
                         let tid = sample.tid().unwrap_or(pid);
                         if let Some(c) = &mut self.connects {
-                            if c.take(raw, tid, pid) {
+                            if c.take(raw, time, tid, pid) {
                                 continue;
                             }
                         }
@@ -617,10 +654,19 @@ fn open_ring(
     });
     // The exit of a connect wakes the reader at once: the socket may close in microseconds.
     let syscalls = connects.into_iter().flat_map(|c| {
+        let binds = c.bind.iter().flat_map(|(enter, exit)| {
+            [
+                (enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
+                // Like a connect's: the process may live milliseconds.
+                (exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
+            ]
+        });
         [
             (c.enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
             (c.exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
         ]
+        .into_iter()
+        .chain(binds)
     });
     let mut others = Vec::new();
     for (id, filter, wakeup) in std::iter::once(connect).chain(io).chain(syscalls) {

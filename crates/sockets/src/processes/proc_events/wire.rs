@@ -56,7 +56,8 @@ mod cn {
 mod ev {
     use std::ops::Range;
     pub(super) const WHAT: Range<usize> = 0..4;
-    /// `cpu` (4..8) and `timestamp_ns` (8..16) are not read.
+    /// `cpu` (4..8) is not read; `timestamp_ns` (8..16) only for `exit`.
+    pub(super) const TIMESTAMP: Range<usize> = 8..16;
     pub(super) const HEADER_LEN: usize = 16;
     /// `ack.err`.
     pub(super) const ACK_ERR: Range<usize> = 16..20;
@@ -263,7 +264,14 @@ impl<'a> ProcEventBytes<'a> {
             }
             what::EXIT => process(ev::PROCESS_PID, ev::PROCESS_TGID).map(|pid| {
                 let exit_code = at(ev::EXIT_CODE);
-                ProcEvent::Exit { pid, exit_code }
+                let at_ns = (self.bytes.get(ev::TIMESTAMP))
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_ne_bytes);
+                ProcEvent::Exit {
+                    pid,
+                    exit_code,
+                    at_ns,
+                }
             }),
             _ => return Ok(Message::Skipped(Skip::OtherKind)),
         };
