@@ -700,7 +700,7 @@ mod tests {
 
     use std::net::{SocketAddr, TcpListener, UdpSocket};
 
-    use pidcap_core::MatchKind;
+    use pidcap_core::{MatchKind, ProcessInfo};
     use pidcap_wire::IpProto;
 
     use super::*;
@@ -779,6 +779,63 @@ mod tests {
         assert_eq!(udp_owner(&b.table_at(3), addr), Some((second_inode, me)));
         let after = 3 + BOUND_GRACE.as_secs();
         assert_eq!(udp_owner(&b.table_at(after), addr), None);
+    }
+
+    fn info(key: ProcessKey) -> ProcessInfo {
+        ProcessInfo {
+            key,
+            comm: "test".into(),
+            exe: None,
+            uid: 0,
+            cmdline: Vec::new(),
+            placement: Default::default(),
+        }
+    }
+
+    fn sighting(netns: NetNsId, local: SocketAddr, inode: u64, key: ProcessKey) -> Learned {
+        let socket = SocketEntry {
+            netns,
+            proto: IpProto::Udp,
+            local,
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: pidcap_core::TcpState::Close,
+            inode,
+            uid: 0,
+        };
+        Learned {
+            sockets: vec![socket],
+            info: info(key),
+            seen: Instant::now(),
+        }
+    }
+
+    /// Issue #12, scenario 15 (7.5 % credited to the wrong link): a process whose socket a
+    /// pass listed with it as the holder before the watcher's sighting of it came in exits;
+    /// its socket must end then, or it keeps the port from the next processes (seen by the
+    /// watcher or their traced bind) until the next pass.
+    #[test]
+    fn a_socket_listed_before_its_sighting_ends_with_its_holder() {
+        let me = ProcessKey {
+            pid: std::process::id(),
+            start_time: ProcRoot::default().start_time(std::process::id()).unwrap(),
+        };
+        let mut b = Builder::new();
+        let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (addr, first_inode) = (first.local_addr().unwrap(), inode_of(&first));
+        assert_eq!(udp_owner(&b.table_at(0), addr), Some((first_inode, me.pid)));
+        let now = Instant::now();
+        b.builder
+            .learn(sighting(b.netns, addr, first_inode, me), now);
+        drop(first);
+        assert!(b.builder.exited(me, 0, b.netns, Instant::now()));
+        let next = ProcessKey {
+            pid: 1,
+            start_time: 1,
+        };
+        b.builder
+            .learn(sighting(b.netns, addr, 999_999_999, next), Instant::now());
+        let table = b.builder.current(b.netns, 99);
+        assert_eq!(udp_owner(&table, addr), Some((999_999_999, 1)));
     }
 
     #[test]

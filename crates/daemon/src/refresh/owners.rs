@@ -67,10 +67,16 @@ impl OwnerTracker {
             .or_default();
         if !holders.contains(&key) {
             holders.push(key);
-            if self.learned.len() >= MAX_LEARNED {
-                self.learned.clear();
-            }
-            self.learned.entry(key).or_default().push(*socket);
+        }
+        // Remembered for its exit even when a scan already listed it as the holder (the
+        // scan may come first): at its exit the socket must end, or it keeps its port from
+        // the next process until the next pass.
+        if self.learned.len() >= MAX_LEARNED {
+            self.learned.clear();
+        }
+        let held = self.learned.entry(key).or_default();
+        if !held.iter().any(|s| s.inode == inode) {
+            held.push(*socket);
         }
         self.unplaceable.remove(&inode);
     }
