@@ -105,6 +105,11 @@ pub fn attribute_captured(
     let supported = !port_based(flow.proto) || ports_known;
     let (tx, rx) = match table.nat_view(flow) {
         Some(view) => (view.tx, view.rx),
+        // Neither end can be local: foreign, without a socket lookup (most of what a
+        // capture of a busy segment sees, and every packet of such a replay).
+        None if !table.may_be_local(flow.src.ip()) && !table.may_be_local(flow.dst.ip()) => {
+            return (Verdict { tx: None, rx: None }, false);
+        }
         None => ((flow.src, flow.dst), (flow.dst, flow.src)),
     };
     let timed = Cell::new(false);

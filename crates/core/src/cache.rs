@@ -153,6 +153,14 @@ impl AttributionCache {
         judge: &dyn Fn(Seen) -> Currency,
         captured: Option<Instant>,
     ) -> Lookup {
+        if is_foreign(table, flow) {
+            // Neither end can be local: no socket to look up, no refresh to ask for.
+            return Lookup {
+                verdict: Verdict { tx: None, rx: None },
+                new_miss: false,
+                undecided: false,
+            };
+        }
         let generation = table.generation();
         if let Some(hit) = self.entries.get(flow) {
             if hit.generation == generation {
@@ -249,6 +257,14 @@ impl AttributionCache {
     pub fn clears(&self) -> u64 {
         self.clears.load(Ordering::Relaxed)
     }
+}
+
+/// True when neither end of `flow` can be local (see [`SocketTable::may_be_local`]) and it
+/// is no form of a translated connection: a foreign packet, decided without a lookup.
+fn is_foreign(table: &SocketTable, flow: &FlowKey) -> bool {
+    !table.may_be_local(flow.src.ip())
+        && !table.may_be_local(flow.dst.ip())
+        && table.nat_view(flow).is_none()
 }
 
 /// Whether openings weigh the records of `flow`: only for a packet between this host's own

@@ -163,6 +163,11 @@ pub struct LiveSockets {
     guests: FastMap<IpAddr, Ns>,
     /// Whether some socket is [`NetNsId::UNPLACED`] (else no second lookup is made).
     unplaced: bool,
+    /// Every address an end may be local at, but loopback: `local`, `guests`' and the
+    /// specific local addresses of `sockets` (a transparent proxy's socket may have one
+    /// that is not the host's). An address not here is no socket's end: one lookup decides
+    /// that a packet of a busy segment is foreign.
+    known_ips: FastSet<IpAddr>,
 }
 
 /// Connected sockets that closed recently (or that a process was seen using), with their
@@ -186,6 +191,9 @@ pub struct RecentSockets {
     any_local: bool,
     /// Whether some entry is [`NetNsId::UNPLACED`] (else no second lookup is made).
     unplaced: bool,
+    /// The specific local addresses of `closed`'s entries (not loopback, not unspecified):
+    /// an address none has, and the host does not have, is no end of theirs.
+    local_ips: FastSet<IpAddr>,
 }
 
 /// Holders of one 4-tuple remembered, newest first.
@@ -290,6 +298,7 @@ impl RecentSockets {
         let key = (ns, c.proto, canonical(c.local), canonical(c.remote));
         self.any_local |= key.2.ip().is_unspecified();
         self.unplaced |= ns == UNPLACED;
+        note_specific(&mut self.local_ips, key.2.ip());
         self.closed_ports.insert((key.1, key.2.port()));
         let record = RecentRecord {
             inode: c.inode,
@@ -362,12 +371,14 @@ impl LiveSockets {
             let shared = local.contains(&ip) || guests.get(&ip).is_some_and(|&n| n != ns);
             guests.insert(ip, if shared { SHARED_ADDR } else { ns });
         }
+        let known_ips = local.iter().chain(guests.keys()).copied().collect();
         let mut live = LiveSockets {
             home,
             local,
             guests,
             seen,
             life,
+            known_ips,
             ..LiveSockets::default()
         };
         live.sockets.reserve(sockets.len());
@@ -381,6 +392,7 @@ impl LiveSockets {
 
     fn index(&mut self, entry: SocketEntry) {
         let at = self.sockets.len();
+        note_specific(&mut self.known_ips, entry.local.ip());
         let ns = ns_key(self.home, entry.netns);
         self.unplaced |= ns == UNPLACED;
         let wildcard = entry.is_wildcard_remote();
@@ -431,6 +443,13 @@ impl LiveSockets {
             } else {
                 self.guests.get(&ip) == Some(&ns)
             }
+    }
+}
+
+/// Adds `ip` to `ips` unless it is loopback or unspecified (those stand for the host's own).
+fn note_specific(ips: &mut FastSet<IpAddr>, ip: IpAddr) {
+    if !ip.is_loopback() && !ip.is_unspecified() {
+        ips.insert(ip);
     }
 }
 
@@ -675,6 +694,15 @@ impl SocketTable {
     pub fn is_local(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         ip.is_loopback() || self.live.local.contains(&ip) || self.live.guests.contains_key(&ip)
+    }
+
+    /// False only when no socket of this table, live or recently closed, can have `ip` as
+    /// its local address and `ip` is none of the host's: an end at `ip` is not local.
+    pub fn may_be_local(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_loopback()
+            || self.live.known_ips.contains(&ip)
+            || (!self.recent.local_ips.is_empty() && self.recent.local_ips.contains(&ip))
     }
 
     /// True when `ip` is one of the table's own namespace's addresses (loopback included).

@@ -186,6 +186,55 @@ fn wildcard_socket_does_not_claim_traffic_to_foreign_addresses() {
     assert_eq!(v.tx, None);
 }
 
+/// Foreign packets skip the socket lookups (a busy segment, a replayed capture): only
+/// when no socket, live or recently closed, has either address. A transparent proxy's
+/// socket on an address that is not the host's still gets its packets.
+#[test]
+fn a_socket_on_an_address_that_is_not_the_hosts_still_gets_its_packets() {
+    let proxied = sock(IpProto::Tcp, "203.0.113.5:80", "192.0.2.9:4000", 1);
+    let mut p = parts(
+        vec![proxied],
+        &[(1, &[key(1, 1)]), (2, &[key(2, 1)])],
+        &["10.0.0.1"],
+    );
+    p.closed = vec![ClosedSocket {
+        netns: NS,
+        proto: IpProto::Tcp,
+        local: addr("203.0.113.6:80"),
+        remote: addr("192.0.2.9:4001"),
+        inode: 2,
+        owner: key(2, 1),
+        seen: None,
+    }];
+    let t = SocketTable::build(1, p);
+    let to_proxy = attribute(
+        &t,
+        &flow(IpProto::Tcp, "192.0.2.9:4000", "203.0.113.5:80"),
+        true,
+    );
+    assert_eq!(credited(to_proxy.rx), Some((1, MatchKind::Exact)));
+    assert_eq!(to_proxy.tx, None);
+    let closed = attribute(
+        &t,
+        &flow(IpProto::Tcp, "203.0.113.6:80", "192.0.2.9:4001"),
+        true,
+    );
+    assert_eq!(credited(closed.tx), Some((2, MatchKind::Recent)));
+    let foreign = attribute(
+        &t,
+        &flow(IpProto::Tcp, "192.0.2.9:4000", "198.51.100.1:80"),
+        true,
+    );
+    assert_eq!((foreign.tx, foreign.rx), (None, None));
+    // Another port on the proxy's address is not the proxy's, but that address is an end.
+    let other = attribute(
+        &t,
+        &flow(IpProto::Tcp, "192.0.2.9:4000", "203.0.113.5:81"),
+        true,
+    );
+    assert_eq!(other.tx, None);
+}
+
 #[test]
 fn loopback_packet_credits_sender_tx_and_receiver_rx() {
     let t = table(
