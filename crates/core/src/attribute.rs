@@ -129,6 +129,28 @@ pub fn attribute_captured(
     (verdict, timed.get())
 }
 
+/// The credit of one end of a packet of `proto` captured at `captured`: `local` → `remote`
+/// as [`attribute_captured`] decides that end (no NAT view: the caller checked there is
+/// none), and whether it met a socket whose holder's life bounds it (then the credit
+/// depends on the capture time). `None` when that end is not local.
+pub(crate) fn attribute_end(
+    table: &SocketTable,
+    proto: IpProto,
+    (local, remote): (std::net::SocketAddr, std::net::SocketAddr),
+    ports_known: bool,
+    captured: Option<Instant>,
+) -> (Option<Credit>, bool) {
+    let timed = Cell::new(false);
+    let end = End {
+        proto,
+        local,
+        remote,
+        supported: !port_based(proto) || ports_known,
+    };
+    let credit = side(table, end, &|_| Currency::Current, captured, &timed);
+    (credit, timed.get())
+}
+
 /// One end of a packet, as [`side`] looks it up.
 struct End {
     proto: IpProto,

@@ -6,11 +6,12 @@
 //! a re-lookup per live flow and nothing else. Concurrent readers (the capture thread, the
 //! `lookup` query) share it through `dashmap`'s sharded locks; no global lock is taken.
 //!
-//! A flow whose local ends have no socket at all, connected or bound (a port scan, a flood of
-//! spoofed flows to closed ports), or that has no local end (foreign), is not cached per flow: its verdict is recomputed for each
-//! packet (a few lookups in small maps), and only its local ends are remembered, so that a
-//! refresh is asked for once per local end and generation, not once per flow. A flood of
-//! 320,000 such flows then costs 20,000 small entries, not 320,000 cold 128-byte ones.
+//! A flow none of whose local ends any connected socket uses, live or recently closed
+//! (datagrams to or from bound sockets, a port scan, a flood of spoofed flows to closed ports),
+//! has a verdict that no remote end can change: it is cached per local end, not per flow,
+//! and so is a miss's request for a refresh (once per local end and generation, not once
+//! per flow). A flood of 320,000 such flows then costs 20,000 small entries, not 320,000 cold
+//! 128-byte ones. A flow with no local end at all (foreign) is decided without a lookup.
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
@@ -22,7 +23,7 @@ use pidcap_wire::{FlowKey, IpProto};
 use std::cell::Cell;
 use std::time::Instant;
 
-use crate::attribute::{attribute_captured, Credit, UnknownReason, Verdict};
+use crate::attribute::{attribute_captured, attribute_end, Credit, Verdict};
 use crate::openings::{Currency, Openings, Seen};
 use crate::table::SocketTable;
 
@@ -48,8 +49,8 @@ pub struct Lookup {
 #[derive(Debug)]
 pub struct AttributionCache {
     entries: DashMap<FlowKey, Cached, RandomState>,
-    /// Local ends with no socket, and the generation they were last missed under.
-    unowned: DashMap<UnownedEnds, u64, RandomState>,
+    /// Local ends of flows whose verdict no remote end can change, by protocol and address.
+    ends: DashMap<(IpProto, SocketAddr), CachedEnd, RandomState>,
     /// Flows whose lookup met an undecided record, and the generation they last asked for
     /// a refresh under.
     undecided: DashMap<FlowKey, u64, RandomState>,
@@ -61,16 +62,38 @@ pub struct AttributionCache {
     openings: Openings,
 }
 
-/// The protocol and the local ends (source for `tx`, destination for `rx`) that matched no
-/// socket, for a flow whose verdict does not depend on its remote ends.
-type UnownedEnds = (IpProto, Option<SocketAddr>, Option<SocketAddr>);
+/// What one local end of a packet is under one table generation.
+#[derive(Debug, Clone, Copy)]
+struct CachedEnd {
+    generation: u64,
+    answer: EndAnswer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndAnswer {
+    /// A connected socket uses this end: the flow's remote end matters (cached per flow).
+    Dependent,
+    /// The end's credit (`None`: not local), whatever the remote end.
+    Credit(Option<Credit>),
+    /// A socket whose holder's life bounds it answers: decided per packet by its capture
+    /// time; `miss_asked` once a miss of it asked for a refresh.
+    Timed { miss_asked: bool },
+}
+
+/// One end of a flow, decided through [`AttributionCache::ends`].
+struct EndLookup {
+    credit: Option<Credit>,
+    new_miss: bool,
+    /// Decided by the packet's capture time (see [`EndAnswer::Timed`]).
+    timed: bool,
+}
 
 impl AttributionCache {
     /// A cache holding at most `capacity` flows (at least 1).
     pub fn new(capacity: usize) -> AttributionCache {
         AttributionCache {
             entries: DashMap::with_hasher(RandomState::default()),
-            unowned: DashMap::with_hasher(RandomState::default()),
+            ends: DashMap::with_hasher(RandomState::default()),
             undecided: DashMap::with_hasher(RandomState::default()),
             clears: AtomicU64::new(0),
             capacity: capacity.max(1),
@@ -171,6 +194,14 @@ impl AttributionCache {
                 };
             }
         }
+        if let Some((found, timed)) = self.by_ends(table, flow, ports_known, captured, generation) {
+            // A flow with no miss is cached per flow too (one lookup for its next packets);
+            // one with a miss (a flood to closed ports) is not: its ends answer.
+            if !found.verdict.has_miss() && !timed {
+                self.insert(flow, generation, found.verdict);
+            }
+            return found;
+        }
         let undecided = Cell::new(false);
         let judged = |seen| {
             let currency = judge(seen);
@@ -188,14 +219,16 @@ impl AttributionCache {
                 undecided: undecided.get(),
             };
         }
-        if let Some(ends) = unowned_ends(table, flow, &verdict) {
-            let new_miss = verdict.has_miss() && self.first_unowned(ends, generation);
-            return Lookup {
-                verdict,
-                new_miss,
-                undecided: false,
-            };
+        self.insert(flow, generation, verdict);
+        Lookup {
+            verdict,
+            new_miss: verdict.has_miss(),
+            undecided: false,
         }
+    }
+
+    /// Caches `verdict` for `flow` under `generation` (emptying the cache at its bound).
+    fn insert(&self, flow: &FlowKey, generation: u64, verdict: Verdict) {
         if self.entries.len() >= self.capacity {
             self.entries.clear();
             self.clears.fetch_add(1, Ordering::Relaxed);
@@ -207,11 +240,6 @@ impl AttributionCache {
                 verdict,
             },
         );
-        Lookup {
-            verdict,
-            new_miss: verdict.has_miss(),
-            undecided: false,
-        }
     }
 
     /// Records that `flow`, undecided, missed under `generation`; true the first time.
@@ -219,9 +247,101 @@ impl AttributionCache {
         self.first_under(&self.undecided, *flow, generation)
     }
 
-    /// Records that `ends` missed under `generation`; true the first time.
-    fn first_unowned(&self, ends: UnownedEnds, generation: u64) -> bool {
-        self.first_under(&self.unowned, ends, generation)
+    /// The verdict of a flow none of whose local ends a connected socket uses (so no
+    /// remote end can change it), from each end's cached answer; `None` for any other flow
+    /// (a translated one, one with unknown ports, one with an end a connection uses).
+    fn by_ends(
+        &self,
+        table: &SocketTable,
+        flow: &FlowKey,
+        ports_known: bool,
+        captured: Option<Instant>,
+        generation: u64,
+    ) -> Option<(Lookup, bool)> {
+        if !ports_known || table.nat_view(flow).is_some() {
+            return None;
+        }
+        let end =
+            |local, remote| self.end(table, flow.proto, (local, remote), captured, generation);
+        let tx = end(flow.src, flow.dst)?;
+        let rx = end(flow.dst, flow.src)?;
+        let found = Lookup {
+            verdict: Verdict {
+                tx: tx.credit,
+                rx: rx.credit,
+            },
+            new_miss: tx.new_miss || rx.new_miss,
+            undecided: false,
+        };
+        Some((found, tx.timed || rx.timed))
+    }
+
+    /// The credit of the end `local` (a packet to or from `remote`), when no remote end can
+    /// change it; `None` when a connected socket uses it. A miss is new once per end and
+    /// generation.
+    fn end(
+        &self,
+        table: &SocketTable,
+        proto: IpProto,
+        (local, remote): (SocketAddr, SocketAddr),
+        captured: Option<Instant>,
+        generation: u64,
+    ) -> Option<EndLookup> {
+        let key = (proto, crate::table::canonical(local));
+        let cached = self.ends.get(&key).map(|e| *e);
+        let answer = match cached {
+            Some(e) if e.generation == generation => e.answer,
+            _ if !table.remote_independent(proto, local) => {
+                self.put_end(key, generation, EndAnswer::Dependent);
+                return None;
+            }
+            _ => {
+                let (credit, timed) = attribute_end(table, proto, (local, remote), true, captured);
+                let answer = match timed {
+                    true => EndAnswer::Timed { miss_asked: false },
+                    false => EndAnswer::Credit(credit),
+                };
+                self.put_end(key, generation, answer);
+                let new_miss = credit.is_some_and(Credit::is_miss);
+                if new_miss && timed {
+                    self.put_end(key, generation, EndAnswer::Timed { miss_asked: true });
+                }
+                return Some(EndLookup {
+                    credit,
+                    new_miss,
+                    timed,
+                });
+            }
+        };
+        match answer {
+            EndAnswer::Dependent => None,
+            EndAnswer::Credit(credit) => Some(EndLookup {
+                credit,
+                new_miss: false,
+                timed: false,
+            }),
+            EndAnswer::Timed { miss_asked } => {
+                let (credit, _) = attribute_end(table, proto, (local, remote), true, captured);
+                let new_miss = !miss_asked && credit.is_some_and(Credit::is_miss);
+                if new_miss {
+                    self.put_end(key, generation, EndAnswer::Timed { miss_asked: true });
+                }
+                Some(EndLookup {
+                    credit,
+                    new_miss,
+                    timed: true,
+                })
+            }
+        }
+    }
+
+    /// Caches `answer` for the end `key` under `generation` (emptying the map at its bound).
+    fn put_end(&self, key: (IpProto, SocketAddr), generation: u64, answer: EndAnswer) {
+        if self.ends.len() >= self.capacity && !self.ends.contains_key(&key) {
+            self.ends.clear();
+            self.clears.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ends.insert(key, CachedEnd { generation, answer });
     }
 
     /// Records `key` in `seen` under `generation` (emptying the map at its bound); true the
@@ -278,26 +398,4 @@ fn judged_by_openings(table: &SocketTable, flow: &FlowKey) -> bool {
         && table.is_home(flow.src.ip())
         && table.is_home(flow.dst.ip())
         && table.nat_view(flow).is_none()
-}
-
-/// The local ends of `flow` when its verdict is one that no remote end could change: every
-/// end is either not local (a foreign flow has two such) or local with no socket, and no
-/// connected socket (live or recently closed) has it as its local end. `None` for every
-/// other verdict: those are cached per flow.
-fn unowned_ends(table: &SocketTable, flow: &FlowKey, verdict: &Verdict) -> Option<UnownedEnds> {
-    if table.nat_view(flow).is_some() {
-        return None; // each end looked up in its own form: the whole flow matters
-    }
-    let end = |credit: Option<Credit>, local: SocketAddr| -> Option<Option<SocketAddr>> {
-        match credit {
-            None => Some(None),
-            Some(Credit::Unknown(UnknownReason::NoSocket)) => Some(Some(local)),
-            Some(_) => None,
-        }
-    };
-    let tx = end(verdict.tx, flow.src)?;
-    let rx = end(verdict.rx, flow.dst)?;
-    let independent = table.remote_independent(flow.proto, flow.src)
-        && table.remote_independent(flow.proto, flow.dst);
-    independent.then_some((flow.proto, tx, rx))
 }

@@ -904,7 +904,10 @@ impl SocketTable {
         let Some(ns) = self.live.ns_of(local.ip()) else {
             return true; // no lookup is made for an address several namespaces have
         };
-        !self.live.connected.contains(&(ns, proto, local))
+        let unplaced =
+            self.live.unplaced && self.live.connected.contains(&(UNPLACED, proto, local));
+        !unplaced
+            && !self.live.connected.contains(&(ns, proto, local))
             && !self.recent.closed_ports.contains(&(proto, local.port()))
     }
 

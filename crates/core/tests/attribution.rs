@@ -365,10 +365,14 @@ fn cache_is_invalidated_by_a_new_generation() {
 
 #[test]
 fn cache_stays_within_capacity() {
-    // A bound sender: each flow has an owned end, so each is cached per flow.
+    // A bound sender whose port a connection also uses: the remote end matters, so each
+    // flow is cached per flow.
     let t = table(
-        vec![sock(IpProto::Udp, "127.0.0.1:1", "0.0.0.0:0", 1)],
-        &[(1, &[key(1, 1)])],
+        vec![
+            sock(IpProto::Udp, "127.0.0.1:1", "0.0.0.0:0", 1),
+            sock(IpProto::Udp, "127.0.0.1:1", "127.0.0.9:1", 2),
+        ],
+        &[(1, &[key(1, 1)]), (2, &[key(2, 1)])],
         &[],
     );
     let cache = AttributionCache::new(8);
@@ -383,6 +387,35 @@ fn cache_stays_within_capacity() {
         98 / 8,
         "each clear counted for stats.bounds"
     );
+}
+
+/// A local sender spraying datagrams from its bound socket to ports nobody holds (the
+/// bench's flood of misses once its namespace is known): its end is credited, the other end
+/// is a miss, and nothing is cached per flow — one answer per local end.
+#[test]
+fn a_bound_senders_flood_to_unowned_ports_is_cached_per_end_not_per_flow() {
+    let t = table(
+        vec![sock(IpProto::Udp, "10.0.0.2:5000", "0.0.0.0:0", 1)],
+        &[(1, &[key(1, 1)])],
+        &["10.0.0.1", "10.0.0.2"],
+    );
+    let cache = AttributionCache::new(1024);
+    let mut misses = 0;
+    for dst_port in 1000..1300u16 {
+        let f = flow(
+            IpProto::Udp,
+            "10.0.0.2:5000",
+            &format!("10.0.0.1:{dst_port}"),
+        );
+        for _ in 0..3 {
+            let got = cache.attribute(&t, &f, true);
+            assert_eq!(got.verdict, attribute(&t, &f, true));
+            assert_eq!(credited(got.verdict.tx), Some((1, MatchKind::Wildcard)));
+            misses += usize::from(got.new_miss);
+        }
+    }
+    assert_eq!(misses, 300, "one miss per unowned port, not per packet");
+    assert_eq!(cache.len(), 0, "no flow cached");
 }
 
 /// A flood of flows to local ports nobody holds (spoofed sources, a scan): no flow is cached,
@@ -602,11 +635,15 @@ proptest! {
             let got = cache.attribute(&t, &f, true);
             prop_assert_eq!(got.verdict, attribute(&t, &f, true));
             prop_assert!(!got.new_miss || got.verdict.has_miss());
-            let ends = missed_ends(&f, &got.verdict);
+            // A refresh is asked for once per missed local end and table (the refresher then
+            // looks up both ends of the flow that asked).
+            let (tx, rx) = missed_ends(&f, &got.verdict);
             if got.new_miss {
-                reported.insert(ends);
+                reported.extend([tx, rx].into_iter().flatten());
             }
-            prop_assert!(!got.verdict.has_miss() || reported.contains(&ends), "{:?} never reported", f);
+            for end in [tx, rx].into_iter().flatten() {
+                prop_assert!(reported.contains(&end), "{:?}: end {} never reported", f, end);
+            }
         }
     }
 }
