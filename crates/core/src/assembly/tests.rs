@@ -141,6 +141,20 @@ impl Shell {
         self.pass(ms, sockets).unwrap_or_else(|| self.table())
     }
 
+    /// `pid`, started at `started` ms, seen holding `socket` at `seen` ms (its holding
+    /// recorded in the owner map).
+    fn learn_started(&mut self, socket: SocketEntry, pid: u32, started: u64, seen: u64) {
+        let sighting = Sighting {
+            sockets: vec![socket],
+            holder: info(pid),
+            seen: Some(self.at(seen)),
+            started: Some(self.at(started)),
+        };
+        self.assembly.learn(sighting, self.at(seen));
+        let map = Arc::make_mut(&mut self.owners);
+        map.holders.entry(socket.inode).or_default().push(key(pid));
+    }
+
     fn learn(&mut self, ms: u64, sockets: &[SocketEntry], pid: u32) {
         let map = Arc::make_mut(&mut self.owners);
         for s in sockets.iter().filter(|s| s.inode != 0) {
@@ -412,15 +426,7 @@ fn a_listed_socket_whose_holder_exited_yields_its_port_to_a_newer_sighting() {
     let mut shell = Shell::new(&[(20, 1)]);
     shell.pass(0, &[old]);
     shell.assembly.ended(&[20], shell.at(50));
-    let sighting = Sighting {
-        sockets: vec![new],
-        holder: info(2),
-        seen: Some(shell.at(60)),
-        started: Some(shell.at(55)),
-    };
-    shell.assembly.learn(sighting, shell.at(60));
-    let map = Arc::make_mut(&mut shell.owners);
-    map.holders.entry(21).or_default().push(key(2));
+    shell.learn_started(new, 2, 55, 60);
     let table = shell.table();
     let cache = AttributionCache::new(64);
     let tx = |ms: u64| sent_at(&cache, &table, &old, shell.at(ms));
@@ -498,16 +504,7 @@ fn a_datagram_of_an_unseen_link_never_goes_to_a_live_process_that_let_the_port_g
     let mut shell = Shell::new(&[]);
     shell.pass(0, &[]);
     let sighting = |shell: &mut Shell, inode: u64, pid: u32, start: u64| {
-        let socket = SocketEntry { inode, ..base };
-        let seen = Sighting {
-            sockets: vec![socket],
-            holder: info(pid),
-            seen: Some(shell.at(start + 1)),
-            started: Some(shell.at(start)),
-        };
-        shell.assembly.learn(seen, shell.at(start + 1));
-        let map = Arc::make_mut(&mut shell.owners);
-        map.holders.entry(inode).or_default().push(key(pid));
+        shell.learn_started(SocketEntry { inode, ..base }, pid, start, start + 1);
     };
     sighting(&mut shell, 90, 9, 0); // bound and let go; lives on, never ends
     sighting(&mut shell, 100, 1, 10);
@@ -534,15 +531,7 @@ fn a_kept_socket_answers_for_no_packet_captured_before_its_holder_started() {
     let udp = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 21);
     let mut shell = Shell::new(&[]);
     shell.pass(0, &[]);
-    let sighting = Sighting {
-        sockets: vec![udp],
-        holder: info(2),
-        seen: Some(shell.at(120)),
-        started: Some(shell.at(100)),
-    };
-    shell.assembly.learn(sighting, shell.at(120));
-    let map = Arc::make_mut(&mut shell.owners);
-    map.holders.entry(21).or_default().push(key(2));
+    shell.learn_started(udp, 2, 100, 120);
     let table = shell.table();
     let cache = AttributionCache::new(64);
     let tx = |ms: u64| sent_at(&cache, &table, &udp, shell.at(ms));
