@@ -228,16 +228,21 @@ impl Daemon {
         Client::connect(&self.socket)?.try_request(request)
     }
 
-    /// The `processes` entry for `pid`, if the daemon lists it.
-    pub fn process(&self, pid: u32) -> Option<Value> {
+    /// Every `processes` row the daemon lists.
+    pub fn processes(&self) -> Vec<Value> {
         let reply = self.query(&json!({"cmd": "processes"}));
         assert_eq!(reply["ok"], true, "processes failed: {reply}");
-        let list = reply["processes"]
+        reply["processes"]
             .as_array()
-            .expect("processes is an array");
-        list.iter()
+            .expect("processes is an array")
+            .clone()
+    }
+
+    /// The `processes` entry for `pid`, if the daemon lists it.
+    pub fn process(&self, pid: u32) -> Option<Value> {
+        self.processes()
+            .into_iter()
             .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
-            .cloned()
     }
 
     /// The since-first-seen totals of `pid` (zero if the daemon does not list it).

@@ -11,16 +11,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pidcap_e2e::{wait_bounded, wait_until, Daemon};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const DATAGRAMS: u64 = 100;
 
 /// `(pid, comm, tx_packets_total)` of every process the daemon credited with sent packets.
 fn senders(daemon: &Daemon) -> Vec<(u64, String, u64)> {
-    let reply = daemon.query(&json!({"cmd": "processes"}));
-    reply["processes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("processes: {reply}"))
+    daemon
+        .processes()
         .iter()
         .map(|p: &Value| {
             (

@@ -66,10 +66,8 @@ fn injector(from: &str, to: &str, payload: usize, extra: &[&str]) -> Peer {
 
 /// `(pid, tx_bytes_total, matched.packet_sender)` of every process credited with sent bytes.
 fn senders(daemon: &Daemon) -> Vec<(u32, u64, u64)> {
-    let reply = daemon.query(&json!({"cmd": "processes"}));
-    reply["processes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("processes: {reply}"))
+    daemon
+        .processes()
         .iter()
         .map(|p: &Value| {
             (
