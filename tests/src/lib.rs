@@ -30,7 +30,7 @@ pub use daemon::{
 pub use macvlan::Macvlan;
 pub use nat::Nat;
 pub use netns::Netns;
-pub use peer::{Done, Peer, PeerInfo};
+pub use peer::{udp_exchange, Done, Peer, PeerInfo};
 pub use refcap::{RefCapture, Tally, Truth};
 
 /// The path of a workspace binary (`pidcapd`, `pidcap`, `pidcap-peer`).

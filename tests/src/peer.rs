@@ -204,3 +204,38 @@ fn parse_info(v: &Value) -> PeerInfo {
         remote: (!v["remote"].is_null()).then(|| addr(&v["remote"])),
     }
 }
+
+/// A connected UDP exchange on loopback that `daemon` knows the sender of before it starts:
+/// `count` datagrams of `size` bytes, each answered with 64 bytes. Returns (receiver,
+/// sender) once both are done; crediting is the caller's to wait for.
+pub fn udp_exchange(daemon: &crate::Daemon, count: u64, size: u64) -> (Peer, Peer) {
+    let (count, size) = (count.to_string(), size.to_string());
+    let mut receiver = Peer::spawn(&[
+        "udp-recv",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        &count,
+        "--reply-size",
+        "64",
+    ]);
+    let to = receiver.info.local.to_string();
+    let mut sender = Peer::spawn(&[
+        "udp-send",
+        "--bind",
+        "127.0.0.1:0",
+        "--connect",
+        &to,
+        "--count",
+        &count,
+        "--size",
+        &size,
+        "--await-reply",
+    ]);
+    daemon.wait_owner("udp", sender.info.local, receiver.info.local, sender.pid());
+    receiver.go();
+    sender.go();
+    sender.wait_done();
+    receiver.wait_done();
+    (receiver, sender)
+}

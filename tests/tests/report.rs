@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use pidcap_e2e::{bin_path, usage_log, wait_until, Counters, Daemon, Peer};
+use pidcap_e2e::{bin_path, udp_exchange, usage_log, wait_until, Counters, Daemon};
 use serde_json::Value;
 
 const PACKETS: u64 = 20;
@@ -14,36 +14,8 @@ const PAYLOAD: u64 = 400;
 /// A UDP exchange on loopback of `PACKETS` datagrams of `PAYLOAD` bytes, each answered;
 /// returns the sender's pid once the daemon has credited it.
 fn exchange(daemon: &Daemon) -> u32 {
-    let count = PACKETS.to_string();
-    let size = PAYLOAD.to_string();
-    let mut receiver = Peer::spawn(&[
-        "udp-recv",
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        &count,
-        "--reply-size",
-        "64",
-    ]);
-    let to = receiver.info.local.to_string();
-    let mut sender = Peer::spawn(&[
-        "udp-send",
-        "--bind",
-        "127.0.0.1:0",
-        "--connect",
-        &to,
-        "--count",
-        &count,
-        "--size",
-        &size,
-        "--await-reply",
-    ]);
+    let (receiver, sender) = udp_exchange(daemon, PACKETS, PAYLOAD);
     let pid = sender.pid();
-    daemon.wait_owner("udp", sender.info.local, receiver.info.local, pid);
-    receiver.go();
-    sender.go();
-    sender.wait_done();
-    receiver.wait_done();
     let credited = wait_until(Duration::from_secs(10), || {
         daemon.totals(pid).tx_bytes >= PACKETS * PAYLOAD
     });

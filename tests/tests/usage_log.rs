@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pidcap_e2e::{usage_log, wait_until, Daemon, Peer};
+use pidcap_e2e::{udp_exchange, usage_log, wait_until, Daemon};
 use serde_json::Value;
 
 const FIELDS: [&str; 23] = [
@@ -135,34 +135,7 @@ fn check_line(line: &Value) {
 #[test]
 fn log_lines_have_exactly_the_documented_fields_and_types() {
     let mut daemon = Daemon::start(&["--interface", "lo"]);
-    let mut receiver = Peer::spawn(&[
-        "udp-recv",
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "20",
-        "--reply-size",
-        "64",
-    ]);
-    let to = receiver.info.local.to_string();
-    let mut sender = Peer::spawn(&[
-        "udp-send",
-        "--bind",
-        "127.0.0.1:0",
-        "--connect",
-        &to,
-        "--count",
-        "20",
-        "--size",
-        "400",
-        "--await-reply",
-    ]);
-    let local = sender.info.local;
-    daemon.wait_owner("udp", local, receiver.info.local, sender.pid());
-    receiver.go();
-    sender.go();
-    sender.wait_done();
-    receiver.wait_done();
+    let (receiver, sender) = udp_exchange(&daemon, 20, 400);
     let pid = u64::from(sender.pid());
     let credited = wait_until(Duration::from_secs(10), || {
         daemon.totals(sender.pid()).tx_bytes > 0

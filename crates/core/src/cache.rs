@@ -297,15 +297,14 @@ impl AttributionCache {
             }
             _ => {
                 let (credit, timed) = attribute_end(table, proto, (local, remote), true, captured);
+                let new_miss = credit.is_some_and(Credit::is_miss);
                 let answer = match timed {
-                    true => EndAnswer::Timed { miss_asked: false },
+                    true => EndAnswer::Timed {
+                        miss_asked: new_miss,
+                    },
                     false => EndAnswer::Credit(credit),
                 };
                 self.put_end(key, generation, answer);
-                let new_miss = credit.is_some_and(Credit::is_miss);
-                if new_miss && timed {
-                    self.put_end(key, generation, EndAnswer::Timed { miss_asked: true });
-                }
                 return Some(EndLookup {
                     credit,
                     new_miss,

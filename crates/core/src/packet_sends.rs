@@ -13,8 +13,9 @@
 //! known ([`PacketSends::read_to`]: the tracer read its rings that far), so a send of
 //! another process still on its way cannot be missed; otherwise the frame waits or stays
 //! `unknown`. A send by a process nobody could name still counts as another process's.
-//! Bounded: at most [`SENDS_KEPT`] sends,
-//! none older than [`SENDS_FOR`] past the newest. No I/O; time is a parameter.
+//! Bounded: at most [`SENDS_KEPT`] runs of sends, none older than [`SENDS_FOR`] past the
+//! newest by more than a second (they are swept once per second of send time). No I/O; time
+//! is a parameter.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -79,9 +80,15 @@ pub struct PacketSends {
     by_len: HashMap<u32, Spans>,
     spans: usize,
     newest: Option<Instant>,
+    /// The `newest` of the last sweep by age (a sweep visits every span: at most one per
+    /// [`SWEEP_EVERY`] of send time).
+    swept_at: Option<Instant>,
     /// Every send reported up to this instant is here.
     read_to: Option<Instant>,
 }
+
+/// How much send time passes between two sweeps of the spans by age.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl PacketSends {
     pub fn new() -> PacketSends {
@@ -104,7 +111,11 @@ impl PacketSends {
     /// Forgets spans that ended [`SENDS_FOR`] before `newest`, then the oldest ones while
     /// there are more than [`SENDS_KEPT`].
     fn expire(&mut self, newest: Instant) {
-        if let Some(cutoff) = newest.checked_sub(SENDS_FOR) {
+        let due = self
+            .swept_at
+            .is_none_or(|at| newest.saturating_duration_since(at) >= SWEEP_EVERY);
+        if let Some(cutoff) = newest.checked_sub(SENDS_FOR).filter(|_| due) {
+            self.swept_at = Some(newest);
             let mut removed = 0;
             self.by_len.retain(|_, list| {
                 let before = list.spans.len();

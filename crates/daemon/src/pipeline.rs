@@ -83,13 +83,13 @@ struct CaptureState {
 /// clock that socket records are seen on: the two clocks are read together once per batch,
 /// never per packet. Exact to a few µs while the system clock is not stepped.
 #[derive(Debug, Clone, Copy)]
-struct PacketClock {
+pub(crate) struct PacketClock {
     real_us: u64,
     mono: Instant,
 }
 
 impl PacketClock {
-    fn now() -> PacketClock {
+    pub(crate) fn now() -> PacketClock {
         let mono = Instant::now();
         PacketClock {
             real_us: micros(SystemTime::now()),
@@ -99,7 +99,7 @@ impl PacketClock {
 
     /// The instant of capture time `at_us` (a time before the monotonic clock's start is
     /// its start: a replayed file's).
-    fn instant(&self, at_us: u64) -> Instant {
+    pub(crate) fn instant(&self, at_us: u64) -> Instant {
         match at_us.checked_sub(self.real_us) {
             Some(ahead) => self.mono + Duration::from_micros(ahead),
             None => self

@@ -222,6 +222,13 @@ impl Tracer {
     /// an error saying why when it cannot be read (closed or replaced already, the process
     /// gone).
     fn read_bound(&self, pid: u32, fd: i32, netns: NetNsId) -> Result<Option<SocketEntry>, String> {
+        let entry = self.read_socket(pid, fd, netns)?;
+        Ok((entry.proto != IpProto::Tcp).then_some(entry))
+    }
+
+    /// The IP socket with a port behind `pid`'s `fd` (a duplicate through `pidfd_getfd`),
+    /// or why it cannot be read: closed or replaced already, the process gone.
+    fn read_socket(&self, pid: u32, fd: i32, netns: NetNsId) -> Result<SocketEntry, String> {
         let inode = match self.proc.socket_inode(pid, fd) {
             Ok(Some(inode)) => inode,
             Ok(None) => return Err("not a socket any more".into()),
@@ -229,7 +236,7 @@ impl Tracer {
         };
         let handle = ProcessHandle::open(pid).map_err(|e| e.to_string())?;
         match handle.ip_socket(fd, inode, 0, netns) {
-            Ok(Some(entry)) => Ok((entry.proto != IpProto::Tcp).then_some(entry)),
+            Ok(Some(entry)) => Ok(entry),
             Ok(None) => Err("not an IP socket with a port".into()),
             Err(e) => Err(e.to_string()),
         }
@@ -396,9 +403,7 @@ impl Tracer {
     /// The connected IP socket behind `pid`'s `fd` (a socket of `netns`), if it is still
     /// there.
     fn read_connected(&self, pid: u32, fd: i32, netns: NetNsId) -> Option<SocketEntry> {
-        let inode = self.proc.socket_inode(pid, fd).ok()??;
-        let handle = ProcessHandle::open(pid).ok()?;
-        let entry = handle.ip_socket(fd, inode, 0, netns).ok()??;
+        let entry = self.read_socket(pid, fd, netns).ok()?;
         (!entry.is_wildcard_remote()).then_some(entry)
     }
 

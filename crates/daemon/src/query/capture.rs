@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use pidcap_capture::FrameFilter;
 use pidcap_core::{attribute, Credit, MatchKind, ProcessKey, SocketTable, UnknownReason, Verdict};
@@ -20,6 +20,7 @@ use pidcap_proto::{CaptureLine, CapturedPacket, CapturedProcess, PacketOwner};
 
 use super::access::Viewer;
 use super::queries::{placement, Names};
+use crate::pipeline::PacketClock;
 use crate::state::DaemonState;
 use crate::tap::{TapMark, Tapped};
 
@@ -279,23 +280,12 @@ fn with_packet_sender(mut now: Verdict, table: &SocketTable, tapped: &Tapped) ->
     if now.tx != Some(Credit::Unknown(UnknownReason::NoSocket)) {
         return now;
     }
-    let captured = instant_of_us(tapped.at_us);
+    let captured = PacketClock::now().instant(tapped.at_us);
     if let Some(key) = table.packet_sender(tapped.ip_len, captured, None) {
         let kind = MatchKind::PacketSender;
         now.tx = Some(Credit::Process { key, kind });
     }
     now
-}
-
-/// The monotonic instant of capture time `at_us` (µs since the epoch), to a few µs while
-/// the system clock is not stepped.
-fn instant_of_us(at_us: u64) -> Instant {
-    let real_now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    let now = Instant::now();
-    let ago = Duration::from_micros(real_now.saturating_sub(at_us));
-    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// A verdict whose misses ran out of time: as the ledger counts them.
