@@ -46,7 +46,7 @@ use crate::openings::Seen;
 use crate::packet_sends::{PacketSend, PacketSends};
 use crate::table::{canonical, seen_both, socket_identity, succeed, Holders, Life};
 use crate::{
-    choose_owner, ClosedSocket, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
+    choose_owner, ClosedSocket, Forks, LiveSockets, NetNsId, OwnerMap, ProcessInfo, ProcessKey,
     RecentSockets, SocketEntry, SocketTable,
 };
 
@@ -98,8 +98,12 @@ pub struct Pass<'a> {
 
 type ExactKey = (NetNsId, IpProto, SocketAddr, SocketAddr);
 
-/// The change counts of the inputs: live, recent, translations, packet sends.
-type Versions = (u64, u64, u64, u64);
+/// The change counts of the inputs: live, recent, translations, packet sends, claims read,
+/// forks.
+type Versions = (u64, u64, u64, u64, u64, u64);
+
+/// Forks kept at most (the socket tracer reports only those of processes that made claims).
+const FORKS_KEPT: usize = 65_536;
 
 /// The state between passes from which tables are assembled (see the module doc).
 #[derive(Debug, Default)]
@@ -118,6 +122,14 @@ pub struct TableAssembly {
     packet_sends: Arc<PacketSends>,
     /// Counts every change of `packet_sends`.
     sends_version: u64,
+    /// Every traced claim made up to this time was taken in (`None`: not told).
+    claims_read_to: Option<Instant>,
+    /// Counts every change of `claims_read_to`.
+    claims_version: u64,
+    /// Forks of processes that made claims, shared by every table until more come.
+    forks: Arc<Forks>,
+    /// Counts every change of `forks`.
+    forks_version: u64,
     /// The versions the last table was assembled from; `None` before the first.
     published: Option<Versions>,
 }
@@ -193,6 +205,7 @@ impl TableAssembly {
         self.set_home(netns);
         self.live.expire(now);
         self.recent.expire(now);
+        self.expire_forks(now);
         let listed_changed = *pass.sockets != self.live.sockets;
         if listed_changed {
             self.remember_departed(pass.sockets, pass.owners_before, now);
@@ -295,6 +308,45 @@ impl TableAssembly {
         SocketTable::from_shared(generation, Some(netns), live, owners, recent)
             .with_nat(Arc::clone(&self.nat))
             .with_packet_sends(Arc::clone(&self.packet_sends))
+            .with_claims_read_to(self.claims_read_to)
+            .with_forks(Arc::clone(&self.forks))
+    }
+
+    /// `pid`, a process that made claims, forked at `at` (see
+    /// [`SocketTable::with_forks`]); kept for [`CLOSE_GRACE`], as its claims are. The next
+    /// table has it.
+    pub fn forked(&mut self, pid: u32, at: Instant) {
+        let forks = Arc::make_mut(&mut self.forks);
+        if forks.len() >= FORKS_KEPT && !forks.contains_key(&pid) {
+            let oldest = forks.iter().min_by_key(|(_, at)| **at).map(|(pid, _)| *pid);
+            if let Some(oldest) = oldest {
+                forks.remove(&oldest);
+            }
+        }
+        let last = forks.entry(pid).or_insert(at);
+        *last = (*last).max(at);
+        self.forks_version += 1;
+    }
+
+    /// Forgets the forks older than [`CLOSE_GRACE`] at `now`: the claims made before them
+    /// are gone too.
+    fn expire_forks(&mut self, now: Instant) {
+        let old = |at: &Instant| now.saturating_duration_since(*at) >= CLOSE_GRACE;
+        if self.forks.values().any(old) {
+            Arc::make_mut(&mut self.forks).retain(|_, at| !old(at));
+            self.forks_version += 1;
+        }
+    }
+
+    /// Every claim the socket tracer made up to `read_to` was taken in ([`Self::learn`]):
+    /// the pending packets captured up to then may rest on claims (see
+    /// [`crate::Captured::late`]). The next table has it.
+    pub fn claims_read(&mut self, read_to: Instant) {
+        if self.claims_read_to.is_some_and(|known| known >= read_to) {
+            return;
+        }
+        self.claims_read_to = Some(read_to);
+        self.claims_version += 1;
     }
 
     /// Takes in frames sent through packet sockets, every one reported up to `read_to`
@@ -372,6 +424,8 @@ impl TableAssembly {
             self.recent.version,
             self.nat_version,
             self.sends_version,
+            self.claims_version,
+            self.forks_version,
         )
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use pidcap_wire::{FlowKey, IpProto};
 
 use crate::openings::{Currency, Seen};
-use crate::table::{MatchKind, SocketTable};
+use crate::table::{Captured, MatchKind, SocketTable};
 use crate::{NetNsId, ProcessKey};
 
 /// Why a direction of a packet went to the `unknown` bucket.
@@ -87,7 +87,7 @@ pub fn attribute_current(
     ports_known: bool,
     judge: &dyn Fn(Seen) -> Currency,
 ) -> Verdict {
-    attribute_captured(table, flow, ports_known, judge, None).0
+    attribute_captured(table, flow, ports_known, judge, Captured::default()).0
 }
 
 /// [`attribute_current`] for a packet captured at `captured` (`None`: any time): a kept
@@ -100,7 +100,7 @@ pub fn attribute_captured(
     flow: &FlowKey,
     ports_known: bool,
     judge: &dyn Fn(Seen) -> Currency,
-    captured: Option<Instant>,
+    captured: Captured,
 ) -> (Verdict, bool) {
     let supported = !port_based(flow.proto) || ports_known;
     let (tx, rx) = match table.nat_view(flow) {
@@ -147,7 +147,16 @@ pub(crate) fn attribute_end(
         remote,
         supported: !port_based(proto) || ports_known,
     };
-    let credit = side(table, end, &|_| Currency::Current, captured, &timed);
+    let credit = side(
+        table,
+        end,
+        &|_| Currency::Current,
+        Captured {
+            at: captured,
+            late: false,
+        },
+        &timed,
+    );
     (credit, timed.get())
 }
 
@@ -204,7 +213,7 @@ fn side(
     table: &SocketTable,
     end: End,
     judge: &dyn Fn(Seen) -> Currency,
-    captured: Option<Instant>,
+    captured: Captured,
     timed: &Cell<bool>,
 ) -> Option<Credit> {
     let End {
@@ -227,7 +236,7 @@ fn side(
     match table.lookup_captured(proto, local, remote, &judged, captured) {
         Some(m) if !m.life.is_unbounded() => {
             timed.set(true);
-            let outside = captured.is_some_and(|at| m.life.excludes(at));
+            let outside = captured.at.is_some_and(|at| m.life.excludes(at));
             Some(credit_of((!outside).then_some(m)))
         }
         Some(m) => Some(credit_of(Some(m))),

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crate::attribute::{attribute_captured, attribute_end, Credit, Verdict};
 use crate::openings::{Currency, Openings, Seen};
-use crate::table::SocketTable;
+use crate::table::{Captured, SocketTable};
 
 #[derive(Debug, Clone, Copy)]
 struct Cached {
@@ -146,8 +146,15 @@ impl AttributionCache {
         at: Instant,
         horizon: Instant,
     ) -> (Verdict, bool) {
+        let current = &|_| Currency::Current;
         if !self.openings.knows(flow) || !judged_by_openings(table, flow) {
-            let lookup = self.lookup(table, flow, true, &|_| Currency::Current, Some(at));
+            if table.claims_unread(Captured::late(at)) {
+                // Not from the cache: its verdicts are for packets decided as they are read.
+                let (verdict, _) =
+                    attribute_captured(table, flow, true, current, Captured::late(at));
+                return (verdict, false);
+            }
+            let lookup = self.lookup(table, flow, true, current, Some(at));
             return (lookup.verdict, false);
         }
         let undecided = Cell::new(false);
@@ -156,7 +163,7 @@ impl AttributionCache {
             undecided.set(undecided.get() || currency == Currency::Undecided);
             currency
         };
-        let (verdict, _) = attribute_captured(table, flow, true, &judge, Some(at));
+        let (verdict, _) = attribute_captured(table, flow, true, &judge, Captured::late(at));
         (verdict, undecided.get())
     }
 
@@ -208,7 +215,11 @@ impl AttributionCache {
             undecided.set(undecided.get() || currency == Currency::Undecided);
             currency
         };
-        let (verdict, timed) = attribute_captured(table, flow, ports_known, &judged, captured);
+        let at = Captured {
+            at: captured,
+            late: false,
+        };
+        let (verdict, timed) = attribute_captured(table, flow, ports_known, &judged, at);
         if undecided.get() || timed {
             // Not cached (the next packet may decide it); a miss of its other end (a socket
             // or a translation not known yet) still asks for a refresh, once per generation.

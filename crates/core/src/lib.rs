@@ -40,6 +40,6 @@ pub use process::{ProcessInfo, ProcessKey};
 pub use routes::{RouteThreads, ROUTES_FOR};
 pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
-    canonical, canonical_ip, choose_owner, ClosedSocket, Life, LiveSockets, MatchKind, OwnerMap,
-    RecentSockets, SocketMatch, SocketTable, TableParts,
+    canonical, canonical_ip, choose_owner, Captured, ClosedSocket, Forks, Life, LiveSockets,
+    MatchKind, OwnerMap, RecentSockets, SocketMatch, SocketTable, TableParts, FORK_WINDOW,
 };

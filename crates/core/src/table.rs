@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use pidcap_wire::IpProto;
@@ -134,6 +134,50 @@ pub struct SocketTable {
     nat: Arc<NatMap>,
     /// Recent sends through packet sockets: who sent a frame no socket owns.
     packet_sends: Arc<PacketSends>,
+    /// Every traced claim made up to this time is in the table (`None`: claims are not
+    /// traced, or nothing says how far; every answer is final).
+    claims_read_to: Option<Instant>,
+    /// Processes with traced claims that forked since, by pid: when each last forked.
+    forks: Arc<Forks>,
+}
+
+/// Processes that forked, by pid, and when each last did.
+pub type Forks = FastMap<u32, Instant>;
+
+/// How long after a process forked a packet is not credited, as it is read, to a claim the
+/// process made before (see [`SocketTable::with_forks`]): its child may use the connection,
+/// and claim it a tracer round later.
+pub const FORK_WINDOW: Duration = Duration::from_millis(500);
+
+/// When the packet a lookup is for was captured, and whether it is decided late.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Captured {
+    /// `None`: any time.
+    pub at: Option<Instant>,
+    /// Decided late (from the pending buffer, where waiting costs nothing but time): an
+    /// answer that rests on a traced claim is final only once the table holds every claim
+    /// made up to `at` ([`SocketTable::with_claims_read_to`]). A child that forked off
+    /// with a connection claims it at its first send, a tracer round after its parent's
+    /// connect claim: decided between the two, its packets would be the parent's.
+    pub late: bool,
+}
+
+impl Captured {
+    /// A packet captured at `at`, decided as it is read.
+    pub fn at(at: Instant) -> Captured {
+        Captured {
+            at: Some(at),
+            late: false,
+        }
+    }
+
+    /// A packet captured at `at`, decided late.
+    pub fn late(at: Instant) -> Captured {
+        Captured {
+            at: Some(at),
+            late: true,
+        }
+    }
 }
 
 /// The live sockets of a refresh, indexed, and the addresses of each namespace.
@@ -604,6 +648,34 @@ impl SocketTable {
             recent,
             nat: Arc::default(),
             packet_sends: Arc::default(),
+            claims_read_to: None,
+            forks: Arc::default(),
+        }
+    }
+
+    /// This table with the forks of processes that made claims. A packet read within
+    /// [`FORK_WINDOW`] of such a fork whose answer rests on a claim the process made before
+    /// it waits (pending) instead: the child that inherited the connection may be the one
+    /// that uses it, and the packet is decided once every claim up to its capture is in
+    /// (see [`Captured::late`]).
+    pub fn with_forks(self, forks: Arc<Forks>) -> SocketTable {
+        SocketTable { forks, ..self }
+    }
+
+    /// This table, holding every traced claim made up to `read_to` (see [`Captured::late`]).
+    pub fn with_claims_read_to(self, read_to: Option<Instant>) -> SocketTable {
+        SocketTable {
+            claims_read_to: read_to,
+            ..self
+        }
+    }
+
+    /// True when a late answer for a packet `captured` must not rest on a traced claim yet:
+    /// claims made up to its capture may still be on their way to the table.
+    pub(crate) fn claims_unread(&self, captured: Captured) -> bool {
+        match (captured.late, captured.at, self.claims_read_to) {
+            (true, Some(at), Some(read_to)) => read_to < at,
+            _ => false,
         }
     }
 
@@ -752,7 +824,7 @@ impl SocketTable {
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
     ) -> Option<SocketMatch> {
-        self.lookup_captured(proto, local, remote, judge, None)
+        self.lookup_captured(proto, local, remote, judge, Captured::default())
     }
 
     /// [`SocketTable::lookup_current`] for a packet captured at `captured` (`None`: any
@@ -766,7 +838,7 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
-        captured: Option<Instant>,
+        captured: Captured,
     ) -> Option<SocketMatch> {
         let local = canonical(local);
         let ns = self.live.ns_of(local.ip())?;
@@ -785,7 +857,8 @@ impl SocketTable {
     ) -> Option<SocketMatch> {
         let ns = ns_key(self.live.home, netns);
         let current = &|_| Currency::Current;
-        self.lookup_at(ns, proto, canonical(local), remote, current, None)
+        let any_time = Captured::default();
+        self.lookup_at(ns, proto, canonical(local), remote, current, any_time)
     }
 
     /// The answer of namespace `ns`'s sockets; when none has a holder, that of the
@@ -798,7 +871,7 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
-        captured: Option<Instant>,
+        captured: Captured,
     ) -> Option<SocketMatch> {
         let found = match self.answer_in(ns, proto, local, remote, judge, captured) {
             Answer::Undecided => return None,
@@ -822,19 +895,66 @@ impl SocketTable {
         local: SocketAddr,
         remote: SocketAddr,
         judge: &dyn Fn(Seen) -> Currency,
-        captured: Option<Instant>,
+        captured: Captured,
     ) -> Answer {
         let key = (ns, proto, local, canonical(remote));
+        let records = self.recently_closed(&key).unwrap_or_default();
+        let claimed = || records.iter().flatten().any(|r| r.inode == 0);
+        if self.claims_unread(captured) && claimed() {
+            // Another process's claim of this connection may still come (see
+            // [`Captured::late`]).
+            return Answer::Undecided;
+        }
+        let fork = match (captured.late, captured.at) {
+            (false, Some(at)) if !self.forks.is_empty() => {
+                self.claimant_fork(&records).map(|fork| (at, fork))
+            }
+            _ => None,
+        };
+        let Some((at, fork)) = fork else {
+            return self.answer_of(&key, &records, judge, captured);
+        };
+        match self.answer_of(&key, &records, judge, captured) {
+            // Timed, so that no cache keeps it: it answers for the packets before the fork,
+            // or after the window; one of the window falls outside and waits (decided late,
+            // see [`SocketTable::with_forks`]).
+            Answer::Found(Some(mut found)) if found.life.is_unbounded() => {
+                let slack = crate::openings::OPENING_SLACK;
+                found.life = match at + slack < fork {
+                    true => Life {
+                        from: None,
+                        until: Some(fork.checked_sub(slack).unwrap_or(fork)),
+                    },
+                    false => Life {
+                        from: Some(fork + FORK_WINDOW),
+                        until: None,
+                    },
+                };
+                Answer::Found(Some(found))
+            }
+            answer => answer,
+        }
+    }
+
+    /// The answer of the sockets of `key` (a namespace, protocol and both ends), live,
+    /// recently closed (`records`) and bound, each connected record judged by `judge`.
+    fn answer_of(
+        &self,
+        key: &ExactKey,
+        records: &Holders<RecentRecord>,
+        judge: &dyn Fn(Seen) -> Currency,
+        captured: Captured,
+    ) -> Answer {
+        let &(ns, proto, local, _) = key;
         let judged = |seen: Option<Seen>| seen.map_or(Currency::Current, judge);
         // A connected socket with no holder (TIME_WAIT, orphaned) is the last resort: its
         // last holder, or the listener that accepted it, is a better answer.
         let mut holderless = None;
         let mut open = false;
-        let records = self.recently_closed(&key).unwrap_or_default();
         let used_by = |holder, holders: &[ProcessKey]| {
-            used_by_another(&records, holder, holders, &judged).unwrap_or(holder)
+            used_by_another(records, holder, holders, &judged).unwrap_or(holder)
         };
-        if let Some(&at) = self.live.exact.get(&key) {
+        if let Some(&at) = self.live.exact.get(key) {
             match judged(self.live.seen[at]) {
                 Currency::Undecided => return Answer::Undecided,
                 Currency::Stale => {}
@@ -850,7 +970,7 @@ impl SocketTable {
                 }
             }
         }
-        for record in records.into_iter().flatten() {
+        for record in records.iter().flatten() {
             let found = SocketMatch {
                 life: Life::default(),
                 inode: record.inode,
@@ -875,25 +995,42 @@ impl SocketTable {
                 }
             }
         }
-        let bound = self.lookup_bound(ns, proto, local, captured).or_else(|| {
-            // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
-            let port_based = matches!(
-                proto,
-                IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp
-            );
-            (!port_based && local.port() != 0)
-                .then(|| {
-                    let any_port = SocketAddr::new(local.ip(), 0);
-                    self.lookup_bound(ns, proto, any_port, captured)
-                })
-                .flatten()
-        });
+        let bound = self
+            .lookup_bound(ns, proto, local, captured.at)
+            .or_else(|| {
+                // Raw sockets (and raw ICMP sockets) are keyed by protocol with port 0.
+                let port_based = matches!(
+                    proto,
+                    IpProto::Tcp | IpProto::Udp | IpProto::UdpLite | IpProto::Sctp
+                );
+                (!port_based && local.port() != 0)
+                    .then(|| {
+                        let any_port = SocketAddr::new(local.ip(), 0);
+                        self.lookup_bound(ns, proto, any_port, captured.at)
+                    })
+                    .flatten()
+            });
         Answer::Found(
             match bound.map(|at| self.matched(at, MatchKind::Wildcard)) {
                 Some(found) if found.owner.is_some() => Some(found),
                 other => holderless.or(other),
             },
         )
+    }
+
+    /// The latest fork of a process that claimed a connection among `records` before it
+    /// forked (see [`SocketTable::with_forks`]).
+    fn claimant_fork(&self, records: &Holders<RecentRecord>) -> Option<Instant> {
+        let slack = crate::openings::OPENING_SLACK;
+        records
+            .iter()
+            .flatten()
+            .filter(|r| r.inode == 0)
+            .filter_map(|r| {
+                let fork = *self.forks.get(&r.owner.pid)?;
+                (fork + slack >= r.seen?.first).then_some(fork)
+            })
+            .max()
     }
 
     /// True when no connected socket, live or recently closed, has `local` as its local

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    ClosedSocket, NetNsId, OwnerMap, ProcessKey, Seen, SocketEntry, SocketTable, TableParts,
-    TcpState,
+    AttributionCache, Captured, ClosedSocket, Credit, Currency, Forks, NetNsId, OwnerMap,
+    ProcessKey, Seen, SocketEntry, SocketTable, TableParts, TcpState, FORK_WINDOW,
 };
-use pidcap_wire::IpProto;
+use pidcap_wire::{FlowKey, IpProto};
 
 const NS: NetNsId = NetNsId(4026531840);
 const INODE: u64 = 777;
@@ -172,4 +172,113 @@ fn many_idle_children_do_not_push_out_the_claim_of_the_user() {
     }
     let t = table(&[PARENT, last_child], records);
     assert_eq!(credited(&t), Some(PARENT));
+}
+
+/// The owner a packet of the connection captured at `captured` is credited to (`None`: it
+/// waits).
+fn owner_at(t: &SocketTable, captured: Captured) -> Option<ProcessKey> {
+    let current = &|_| Currency::Current;
+    t.lookup_captured(IpProto::Tcp, local(), remote(), current, captured)?
+        .owner
+}
+
+/// Under CPU load the child's first-send claim reaches the table a tracer round after the
+/// parent's connect claim. A packet decided late (it waited for the claims) is decided only
+/// once the table holds every claim made up to its capture: never the parent's meanwhile.
+#[test]
+fn a_late_packet_waits_until_every_claim_up_to_its_capture_is_in() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis(1);
+    let connect = record(PARENT, 0, t0);
+    let first_send = record(CHILD, 0, t0 + 2 * ms);
+    let late = Captured::late(t0 + 3 * ms);
+    let read_to = |t: SocketTable, at| t.with_claims_read_to(Some(at));
+
+    let parent_only = read_to(table(&[], vec![connect]), t0 + ms);
+    assert_eq!(
+        owner_at(&parent_only, late),
+        None,
+        "the child's claim may come"
+    );
+    let both = read_to(table(&[], vec![connect, first_send]), t0 + 4 * ms);
+    assert_eq!(owner_at(&both, late), Some(CHILD));
+    // Listed with both holders (an fd scan came first): the same.
+    let listed = read_to(table(&[PARENT, CHILD], vec![connect]), t0 + ms);
+    assert_eq!(owner_at(&listed, late), None);
+    // Read past the capture and no other claim came: the parent used it.
+    let alone = read_to(table(&[], vec![connect]), t0 + 4 * ms);
+    assert_eq!(owner_at(&alone, late), Some(PARENT));
+    // Without claims traced (no horizon), or for a packet read as it comes, as before.
+    assert_eq!(owner_at(&table(&[], vec![connect]), late), Some(PARENT));
+    let read_now = Captured::at(t0 + 3 * ms);
+    assert_eq!(owner_at(&parent_only, read_now), Some(PARENT));
+    // A connection nobody claimed does not wait for claims.
+    let looked = read_to(table(&[], vec![record(PARENT, INODE, t0)]), t0 + ms);
+    assert_eq!(owner_at(&looked, late), Some(PARENT));
+}
+
+/// A packet read as it comes, shortly after the process whose claim it rests on forked,
+/// waits (the child may be the user, and claim it a round later); before the fork and
+/// after [`FORK_WINDOW`] the claim answers, for that capture time only, so that no cache
+/// of verdicts per flow credits the window's packets with it.
+#[test]
+fn a_packet_read_just_after_its_claimant_forked_waits() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis(1);
+    let fork = t0 + 5 * ms;
+    let forks = |pid: u32| Arc::new(Forks::from_iter([(pid, fork)]));
+    let t = table(&[], vec![record(PARENT, 0, t0)]).with_forks(forks(PARENT.pid));
+    let read = |t: &SocketTable, at| {
+        t.lookup_captured(
+            IpProto::Tcp,
+            local(),
+            remote(),
+            &|_| Currency::Current,
+            Captured::at(at),
+        )
+    };
+
+    let before = read(&t, t0 + ms).expect("the parent's, before its fork");
+    assert_eq!(before.owner, Some(PARENT));
+    assert!(before.life.excludes(fork + ms), "and for no packet after");
+    for at in [fork, fork + ms, fork + FORK_WINDOW - ms] {
+        let m = read(&t, at).expect("the parent's claim…");
+        assert!(m.life.excludes(at), "…but not for this packet: it waits");
+    }
+    let after = read(&t, fork + FORK_WINDOW).expect("the parent's again");
+    assert_eq!(after.owner, Some(PARENT));
+    assert!(after.life.excludes(fork + ms));
+
+    // A fork before the claim (the child never had the socket), or another process's
+    // fork, changes nothing.
+    let later = table(&[], vec![record(PARENT, 0, fork + 10 * ms)]).with_forks(forks(PARENT.pid));
+    let m = read(&later, fork + 20 * ms).unwrap();
+    assert_eq!((m.owner, m.life.is_unbounded()), (Some(PARENT), true));
+    let other = table(&[], vec![record(PARENT, 0, t0)]).with_forks(forks(EARLIER.pid));
+    let m = read(&other, fork + ms).unwrap();
+    assert_eq!((m.owner, m.life.is_unbounded()), (Some(PARENT), true));
+}
+
+/// Through the cache of verdicts: a packet before the fork does not make one in the window
+/// the parent's under the same table.
+#[test]
+fn the_cache_keeps_no_verdict_for_the_packets_of_a_fork_window() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis(1);
+    let fork = t0 + 5 * ms;
+    let t = table(&[], vec![record(PARENT, 0, t0)])
+        .with_forks(Arc::new(Forks::from_iter([(PARENT.pid, fork)])));
+    let cache = AttributionCache::new(64);
+    let flow = FlowKey {
+        proto: IpProto::Tcp,
+        src: local(),
+        dst: remote(),
+    };
+    let tx = |at| match cache.attribute_at(&t, &flow, true, at).verdict.tx {
+        Some(Credit::Process { key, .. }) => Some(key),
+        _ => None,
+    };
+    assert_eq!(tx(t0 + ms), Some(PARENT));
+    assert_eq!(tx(fork + ms), None, "waits");
+    assert_eq!(tx(fork + FORK_WINDOW + ms), Some(PARENT));
 }

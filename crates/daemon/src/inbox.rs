@@ -118,6 +118,13 @@ pub enum News {
         senders: Vec<ProcessInfo>,
         read_to: Instant,
     },
+    /// The socket tracer sent every claim it made up to `read_to` (the news before this
+    /// one): a pending packet captured by then may be decided on claims
+    /// (`pidcap_core::Captured::late`).
+    ClaimsRead { read_to: Instant },
+    /// Process `pid`, which the socket tracer saw claim connections, forked at `at`: its
+    /// child may use them (`pidcap_core::SocketTable::with_forks`).
+    Forked { pid: u32, at: Instant },
 }
 
 impl From<Learned> for News {

@@ -183,6 +183,7 @@ const LIFECYCLE: [ProcEvent; 3] = [
     ProcEvent::Fork {
         parent_pid: 1234,
         child_pid: 5678,
+        at_ns: 10_000_000_000,
     },
     ProcEvent::Exec { pid: 5678 },
     ProcEvent::Exit {
@@ -364,12 +365,12 @@ fn lifecycle_of(events: &mut ProcEvents, pid: u32) -> Vec<ProcEvent> {
         events.recv_into(remaining, &mut batch).unwrap();
         mine.extend(batch.iter().filter(|e| concerns(e, pid)));
     }
-    // The exit's time is the kernel's clock: checked here, then left out of the comparison.
+    // The fork's and exit's times are the kernel's clock: checked here, then left out of the comparison.
     for e in &mut mine {
-        if let ProcEvent::Exit { at_ns, .. } = e {
+        if let ProcEvent::Exit { at_ns, .. } | ProcEvent::Fork { at_ns, .. } = e {
             assert!(
                 (1..=monotonic_ns()).contains(at_ns),
-                "an exit time {at_ns} ns on the monotonic clock, before now"
+                "an event time {at_ns} ns on the monotonic clock, before now"
             );
             *at_ns = 0;
         }
@@ -410,6 +411,7 @@ fn expected_lifecycle(pid: u32, exit_code: u32) -> [ProcEvent; 3] {
         ProcEvent::Fork {
             parent_pid: std::process::id(),
             child_pid: pid,
+            at_ns: 0,
         },
         ProcEvent::Exec { pid },
         ProcEvent::Exit {

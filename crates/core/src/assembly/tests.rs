@@ -10,7 +10,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    AttributionCache, Credit, MatchKind, SocketMatch, TableParts, TcpState, UnknownReason,
+    AttributionCache, Captured, Credit, Currency, MatchKind, SocketMatch, TableParts, TcpState,
+    UnknownReason,
 };
 
 const NS: NetNsId = NetNsId(4026531840);
@@ -753,4 +754,46 @@ proptest! {
             assert_eq!(table.sockets(), rebuilt.sockets());
         });
     }
+}
+
+/// A claimed connection whose claimant forks, then whose child claims it: each of the
+/// tracer's reports is a change (a new table), the child's claim wins once the claims are
+/// read past the packet, and the fork is forgotten with the claims, after [`CLOSE_GRACE`].
+#[test]
+fn forks_and_claims_read_make_tables_and_forks_expire_with_the_claims() {
+    let mut shell = Shell::new(&[]);
+    let conn = sock(IpProto::Tcp, "192.0.2.1:40000", "198.51.100.7:80", 0);
+    assert!(shell.pass(0, &[]).is_some(), "the first table");
+    shell.learn(10, &[conn], 100);
+    assert!(shell.pass(11, &[]).is_some(), "a claim is a change");
+    shell.assembly.forked(100, shell.at(12));
+    assert!(shell.pass(13, &[]).is_some(), "a fork is a change");
+    shell.learn(14, &[conn], 101);
+    let read_to = shell.at(20);
+    shell.assembly.claims_read(read_to);
+    let table = shell.pass(21, &[]).expect("claims read is a change");
+    assert!(shell.pass(22, &[]).is_none(), "nothing new");
+    shell.assembly.claims_read(shell.at(15));
+    assert!(shell.pass(23, &[]).is_none(), "an older horizon is no news");
+
+    let late = |t: &SocketTable, ms| {
+        let current = &|_| Currency::Current;
+        let captured = Captured::late(shell.at(ms));
+        t.lookup_captured(IpProto::Tcp, conn.local, conn.remote, current, captured)
+            .and_then(|m| m.owner)
+    };
+    assert_eq!(late(&table, 16), Some(key(101)), "the child's claim");
+    assert_eq!(late(&table, 30), None, "claims after 20 ms may still come");
+    // Read as it comes, 1 ms after the fork: it waits (outside the answer's life).
+    let now = Captured::at(shell.at(13));
+    let current = &|_| Currency::Current;
+    let m = table
+        .lookup_captured(IpProto::Tcp, conn.local, conn.remote, current, now)
+        .unwrap();
+    assert!(m.life.excludes(shell.at(13)));
+
+    let grace = CLOSE_GRACE.as_millis() as u64;
+    let gone = shell.table_at(13 + grace, &[]);
+    let m = gone.lookup_captured(IpProto::Tcp, conn.local, conn.remote, current, now);
+    assert!(m.is_none_or(|m| m.life.is_unbounded()), "{m:?}");
 }

@@ -13,7 +13,7 @@
 //! go first, then the table is emptied (facts are re-read), and [`ProcessFacts::evictions`]
 //! counts it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,13 @@ struct Inner {
     pruned: Option<Instant>,
     /// Times the bounds made the table drop live or exited entries early.
     evictions: u64,
+    /// Forks not yet taken ([`ProcessFacts::take_forks`]): the parent and when, the oldest
+    /// dropped beyond [`FORKS_KEPT`].
+    forks: VecDeque<(u32, Instant)>,
 }
+
+/// Forks kept for the socket tracer between its rounds (a few milliseconds).
+const FORKS_KEPT: usize = 4096;
 
 impl Fact {
     fn heap_bytes(&self) -> usize {
@@ -136,9 +142,20 @@ impl ProcessFacts {
         }
     }
 
-    /// A new process got `pid`: forget the previous holder.
-    pub fn forked(&self, pid: u32) {
-        self.inner().remove(pid);
+    /// `parent` forked at `at`, and the new process got `pid`: forget the previous holder
+    /// of `pid`, and note the fork for [`ProcessFacts::take_forks`].
+    pub fn forked(&self, parent: u32, pid: u32, at: Instant) {
+        let mut inner = self.inner();
+        inner.remove(pid);
+        if inner.forks.len() == FORKS_KEPT {
+            inner.forks.pop_front();
+        }
+        inner.forks.push_back((parent, at));
+    }
+
+    /// The forks noted since the last call (parent, when), oldest first.
+    pub fn take_forks(&self) -> Vec<(u32, Instant)> {
+        self.inner().forks.drain(..).collect()
     }
 
     /// Reads who holds `pid` now, and its network namespace, from `/proc` and records it. A
@@ -295,8 +312,27 @@ mod tests {
         let t0 = Instant::now();
         facts.record(10, info(10, 1), HOME, t0);
         facts.exited(10, t0);
-        facts.forked(10);
+        facts.forked(1, 10, t0);
         assert_eq!(facts.get(10), Known::Unknown);
+    }
+
+    #[test]
+    fn forks_are_taken_once_in_order_and_bounded() {
+        let facts = ProcessFacts::default();
+        let t0 = Instant::now();
+        facts.forked(1, 10, t0);
+        facts.forked(2, 11, t0 + Duration::from_millis(1));
+        assert_eq!(
+            facts.take_forks(),
+            vec![(1, t0), (2, t0 + Duration::from_millis(1))]
+        );
+        assert!(facts.take_forks().is_empty());
+        for pid in 0..FORKS_KEPT as u32 + 5 {
+            facts.forked(pid, pid + 1, t0);
+        }
+        let kept = facts.take_forks();
+        assert_eq!(kept.len(), FORKS_KEPT);
+        assert_eq!(kept[0].0, 5, "the oldest are dropped");
     }
 
     fn hog(pid: u32) -> ProcessInfo {
@@ -335,7 +371,7 @@ mod tests {
         facts.record(1, hog(1), HOME, t0);
         facts.record(1, info(1, 2), HOME, t0);
         assert_eq!(facts.bytes(), info(1, 2).heap_bytes());
-        facts.forked(1);
+        facts.forked(0, 1, Instant::now());
         assert_eq!(facts.bytes(), 0);
         facts.record(2, hog(2), HOME, t0);
         facts.exited(2, t0);

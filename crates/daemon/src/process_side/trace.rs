@@ -18,14 +18,15 @@
 //! and attributes as before. The tracepoints are system-wide: each claim is labelled with the
 //! network namespace of the process that made it (containers included).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    canonical, NetNsId, PacketSend, ProcessInfo, RouteThreads, SocketEntry, TcpState, SEND_WINDOW,
+    canonical, NetNsId, PacketSend, ProcessInfo, RouteThreads, SocketEntry, TcpState, CLOSE_GRACE,
+    FORK_WINDOW, SEND_WINDOW,
 };
 use pidcap_sockets::trace::{
     instant_of, Connected, PacketSent, RouteLookup, RouteScope, SockTracer, SocketClaim,
@@ -49,6 +50,10 @@ const CPUS_EVERY: Duration = Duration::from_secs(10);
 /// How long past the [`SEND_WINDOW`] of the last packet send the read horizon is still
 /// reported (a few rounds: the rings are read every [`ACTIVE_WAIT`] meanwhile).
 const SENDS_SETTLE: Duration = Duration::from_millis(20);
+/// How long after the last claims the read horizon is still reported: past the table that
+/// takes them in (the refresher gathers news for up to 50 ms), so every packet that waited
+/// for them can be decided (`pidcap_core::Captured::late`).
+const CLAIMS_SETTLE: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 pub struct Tracer {
@@ -81,7 +86,18 @@ struct Round {
     cpus_at: Instant,
     /// Packet sends were seen: how far the rings were read is reported until then.
     sends_until: Option<Instant>,
+    /// Claims were made: how far the rings were read is reported until then.
+    claims_until: Option<Instant>,
+    /// Processes that made claims, and when last (for [`CLOSE_GRACE`], as the claims are
+    /// kept).
+    claimants: HashMap<u32, Instant>,
+    /// Forks not yet matched with a claim made before them (their claim may come a round
+    /// later), for [`FORK_WINDOW`].
+    forks: VecDeque<(u32, Instant)>,
 }
+
+/// Claimants and unmatched forks the tracer remembers at most.
+const CLAIMANTS_KEPT: usize = 65_536;
 
 /// How long to wait for events: not at all while some wait in the rings' reorder window,
 /// briefly while TCP is busy, else long (also how quickly `stop` is noticed).
@@ -105,6 +121,9 @@ impl Tracer {
             failing: false,
             cpus_at: Instant::now(),
             sends_until: None,
+            claims_until: None,
+            claimants: HashMap::new(),
+            forks: VecDeque::new(),
         };
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Trace, Instant::now());
@@ -120,7 +139,7 @@ impl Tracer {
             // Bound and connected datagram sockets first: a link of a chain of processes on
             // one port may live a millisecond after its bind, a resolver one round trip.
             self.learn_all_bound();
-            self.learn_all_connected();
+            let routed = self.learn_all_connected();
             self.expire_routes();
             // Learn who the actors are now: a 5 ms process is gone by the time its
             // connection's events are paired.
@@ -128,9 +147,12 @@ impl Tracer {
                 let pid = self.tracer.actors()[i];
                 self.who(pid);
             }
+            let claimed = routed || !round.claims.is_empty();
             if !round.claims.is_empty() {
                 self.send(&round.claims);
             }
+            self.report_forks(&mut round);
+            self.send_claims_read(&mut round, claimed);
             self.send_packet_sends(&mut round);
             self.report_lost(&mut round.lost);
             if self.tracer.has_waiting() {
@@ -162,13 +184,16 @@ impl Tracer {
     }
 
     /// Reads every socket connected since the last round; route tracing for the threads
-    /// whose sockets were gone.
-    fn learn_all_connected(&mut self) {
+    /// whose sockets were gone. True when a socket was learned from its route lookup (a
+    /// claim: no inode).
+    fn learn_all_connected(&mut self) -> bool {
         let connected = self.tracer.connected().to_vec();
         let mut claims = 0;
+        let mut routed = false;
         for c in connected {
             let (learned, missed) = self.learn_connected(c);
             claims += u64::from(learned);
+            routed |= learned && missed;
             if missed {
                 self.missed_connect(c.tid);
             }
@@ -177,6 +202,7 @@ impl Tracer {
             self.wake.request();
             self.shared.process_side().traced_claims += claims;
         }
+        routed
     }
 
     /// Reads every datagram (non-TCP) socket bound since the last round: a port passed from
@@ -323,6 +349,75 @@ impl Tracer {
         if round.sends_until.is_some_and(|until| now > until) {
             round.sends_until = None; // this was the last report
         }
+        match self.learned.try_send(news) {
+            Ok(()) => self.wake.request(),
+            Err(_) => self.shared.process_side().learned_dropped += 1,
+        }
+    }
+
+    /// Tells the refresher of the forks of processes that claimed connections before them
+    /// (their children may use those connections, and claim them only at their first send)
+    /// and keeps reporting how far the rings were read until past the [`FORK_WINDOW`]:
+    /// packets read in that window that rest on the parent's claims wait for the claims.
+    fn report_forks(&self, round: &mut Round) {
+        let now = Instant::now();
+        for c in &round.claims {
+            let at = instant_of(c.time);
+            let last = round.claimants.entry(c.pid).or_insert(at);
+            *last = (*last).max(at);
+        }
+        if round.claimants.len() >= CLAIMANTS_KEPT {
+            let young = |at: &Instant| now.saturating_duration_since(*at) < CLOSE_GRACE;
+            round.claimants.retain(|_, at| young(at));
+            if round.claimants.len() >= CLAIMANTS_KEPT {
+                round.claimants.clear(); // their forks' packets are decided as before
+            }
+        }
+        round.forks.extend(self.facts.take_forks());
+        let excess = round.forks.len().saturating_sub(CLAIMANTS_KEPT);
+        round.forks.drain(..excess);
+        let slack = pidcap_core::OPENING_SLACK;
+        let claimants = &round.claimants;
+        let mut reported = false;
+        round.forks.retain(|&(pid, at)| {
+            let before = claimants
+                .get(&pid)
+                .is_some_and(|&claim| claim <= at + slack);
+            if before {
+                debug!(pid, "a process that claimed connections forked");
+                match self.learned.try_send(News::Forked { pid, at }) {
+                    Ok(()) => reported = true,
+                    Err(_) => self.shared.process_side().learned_dropped += 1,
+                }
+            }
+            !before && now.saturating_duration_since(at) < FORK_WINDOW
+        });
+        if reported {
+            let until = now + FORK_WINDOW + CLAIMS_SETTLE;
+            round.claims_until = Some(round.claims_until.map_or(until, |u| u.max(until)));
+        }
+    }
+
+    /// After claims (`claimed`: some this round), tells the refresher how far the rings were
+    /// read, for [`CLAIMS_SETTLE`]: every claim made up to then is in the news before. A
+    /// pending packet whose owner rests on a claim is decided only once that is past its
+    /// capture (another process may have claimed the connection meanwhile: a child that
+    /// forked off with it).
+    fn send_claims_read(&self, round: &mut Round, claimed: bool) {
+        let now = Instant::now();
+        if claimed {
+            let until = now + CLAIMS_SETTLE;
+            round.claims_until = Some(round.claims_until.map_or(until, |u| u.max(until)));
+        }
+        let Some(until) = round.claims_until else {
+            return;
+        };
+        if now > until {
+            round.claims_until = None; // this is the last report
+        }
+        let news = News::ClaimsRead {
+            read_to: instant_of(self.tracer.read_to()),
+        };
         match self.learned.try_send(news) {
             Ok(()) => self.wake.request(),
             Err(_) => self.shared.process_side().learned_dropped += 1,

@@ -108,6 +108,15 @@ pub struct Watcher {
     pub namespaces_told: HashSet<NetNsId>,
 }
 
+/// When a process event happened: the kernel's time `at_ns` (`CLOCK_MONOTONIC`), never
+/// later than `now`, when it was read; `now` when the kernel gave none.
+fn event_time(at_ns: u64, now: Instant) -> Instant {
+    match at_ns {
+        0 => now,
+        ns => instant_of(ns).min(now),
+    }
+}
+
 /// Processes remembered for the report of their exit.
 const MAX_REPORTED: usize = 65_536;
 
@@ -142,13 +151,17 @@ impl Watcher {
                         self.facts.exited(pid, now);
                         // When it exited (the kernel's time), not when that was read: a
                         // socket it held answers for no packet captured after.
-                        let at = match at_ns {
-                            0 => now,
-                            ns => instant_of(ns).min(now),
-                        };
+                        let at = event_time(at_ns, now);
                         self.report_exit(pid, at);
                     }
-                    ProcEvent::Fork { child_pid, .. } => self.facts.forked(child_pid),
+                    ProcEvent::Fork {
+                        parent_pid,
+                        child_pid,
+                        at_ns,
+                    } => {
+                        let at = event_time(at_ns, Instant::now());
+                        self.facts.forked(parent_pid, child_pid, at);
+                    }
                 }
             }
             self.look_at_due(&mut due, &mut watched, &mut fds);

@@ -333,6 +333,17 @@ impl TableBuilder {
         self.assembly.packet_sent(sends, senders, read_to, now);
     }
 
+    /// Every claim the socket tracer made up to `read_to` was taken in; the next table says
+    /// so (see `pidcap_core::Captured::late`).
+    pub fn claims_read(&mut self, read_to: Instant) {
+        self.assembly.claims_read(read_to);
+    }
+
+    /// `pid`, a process that claimed connections, forked at `at`; the next table has it.
+    pub fn forked(&mut self, pid: u32, at: Instant) {
+        self.assembly.forked(pid, at);
+    }
+
     /// Asks for namespace `netns` to be read at the next pass (a miss inside it); true when
     /// it is known.
     pub fn want_namespace(&mut self, netns: NetNsId) -> bool {
@@ -560,6 +571,14 @@ impl Refresher {
                     read_to,
                 } => {
                     self.builder.packet_sent(&sends, senders, read_to, now);
+                    true
+                }
+                News::ClaimsRead { read_to } => {
+                    self.builder.claims_read(read_to);
+                    true
+                }
+                News::Forked { pid, at } => {
+                    self.builder.forked(pid, at);
                     true
                 }
             };

@@ -37,8 +37,13 @@ use wire::{subscription_request, McastOp, Message, Messages, Skip, CN_IDX_PROC};
 /// A process's fork, exec or exit, as the kernel reports it. Pids are thread-group ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProcEvent {
-    /// A new process (not a thread); `parent_pid` is the forking process's tgid.
-    Fork { parent_pid: u32, child_pid: u32 },
+    /// A new process (not a thread); `parent_pid` is the forking process's tgid. `at_ns`:
+    /// when, on the kernel's `CLOCK_MONOTONIC` (as for [`ProcEvent::Exit`]).
+    Fork {
+        parent_pid: u32,
+        child_pid: u32,
+        at_ns: u64,
+    },
     /// The process replaced its program (`execve`): its executable and command line changed.
     Exec { pid: u32 },
     /// The process exited. `exit_code` is the raw wait status (`exit(3)` is `3 << 8`; killed

@@ -247,6 +247,9 @@ impl<'a> ProcEventBytes<'a> {
             let tgid = at(tgid);
             (at(pid) == tgid).then_some(tgid)
         };
+        let at_ns = (self.bytes.get(ev::TIMESTAMP))
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_ne_bytes);
         let event = match self.what {
             what::NONE => {
                 let err = at(ev::ACK_ERR);
@@ -257,6 +260,7 @@ impl<'a> ProcEventBytes<'a> {
                 ProcEvent::Fork {
                     parent_pid,
                     child_pid,
+                    at_ns,
                 }
             }),
             what::EXEC => {
@@ -264,9 +268,6 @@ impl<'a> ProcEventBytes<'a> {
             }
             what::EXIT => process(ev::PROCESS_PID, ev::PROCESS_TGID).map(|pid| {
                 let exit_code = at(ev::EXIT_CODE);
-                let at_ns = (self.bytes.get(ev::TIMESTAMP))
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_ne_bytes);
                 ProcEvent::Exit {
                     pid,
                     exit_code,
