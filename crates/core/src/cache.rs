@@ -146,16 +146,15 @@ impl AttributionCache {
         at: Instant,
         horizon: Instant,
     ) -> (Verdict, bool) {
-        let current = &|_| Currency::Current;
         if !self.openings.knows(flow) || !judged_by_openings(table, flow) {
-            if table.claims_unread(Captured::late(at)) {
-                // Not from the cache: its verdicts are for packets decided as they are read.
-                let (verdict, _) =
-                    attribute_captured(table, flow, true, current, Captured::late(at));
-                return (verdict, false);
-            }
-            let lookup = self.lookup(table, flow, true, current, Some(at));
-            return (lookup.verdict, false);
+            // Not through the cache: its verdicts are for packets decided as they are read,
+            // some of which wait where a late one is decided (see `Captured::late`).
+            let current = &|_| Currency::Current;
+            let late = Captured::late(at);
+            return (
+                attribute_captured(table, flow, true, current, late).0,
+                false,
+            );
         }
         let undecided = Cell::new(false);
         let judge = |seen| {

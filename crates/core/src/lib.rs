@@ -42,4 +42,5 @@ pub use socket::{NetNsId, SocketEntry, TcpState};
 pub use table::{
     canonical, canonical_ip, choose_owner, Captured, ClosedSocket, Forks, Life, LiveSockets,
     MatchKind, OwnerMap, RecentSockets, SocketMatch, SocketTable, TableParts, FORK_WINDOW,
+    YOUNG_CONNECTION,
 };

@@ -95,6 +95,9 @@ pub struct Pending {
     horizon: Option<Instant>,
     /// The horizon at the last retry.
     retried_at_horizon: Option<Instant>,
+    /// Entries that, at their last retry, may have waited for the claims made up to their
+    /// capture ([`Pending::waits_for_claims`]).
+    for_claims: usize,
 }
 
 impl Pending {
@@ -110,6 +113,7 @@ impl Pending {
             evicted: 0,
             horizon: None,
             retried_at_horizon: None,
+            for_claims: 0,
         }
     }
 
@@ -117,6 +121,13 @@ impl Pending {
     /// retried knowing that. Without it, a retry takes its own time as the horizon.
     pub fn read_up_to(&mut self, at: Instant) {
         self.horizon = Some(self.horizon.map_or(at, |h| h.max(at)));
+    }
+
+    /// True when, at the last retry, some entries may have waited for the claims made up to
+    /// their capture to reach a table ([`SocketTable::may_wait_for_claims`]): the socket
+    /// tracer is to report how far it read meanwhile.
+    pub fn waits_for_claims(&self) -> bool {
+        self.for_claims > 0
     }
 
     pub fn level(&self) -> PendingLevel {
@@ -257,6 +268,7 @@ impl Pending {
         all: bool,
     ) {
         let bytes = &mut self.bytes;
+        let mut for_claims = 0;
         let horizon = self.horizon;
         self.queue.retain_mut(|w| {
             if !all && !w.undecided {
@@ -278,10 +290,15 @@ impl Pending {
             };
             if decided {
                 *bytes -= u64::from(w.len);
+            } else if table.may_wait_for_claims(&w.flow, w.captured) {
+                for_claims += 1;
             }
             !decided
         });
         self.retried_at_horizon = horizon;
+        if all {
+            self.for_claims = for_claims;
+        }
     }
 
     fn expire_one(&mut self, tally: &mut Tally, w: Waiting) {

@@ -137,17 +137,50 @@ pub struct SocketTable {
     /// Every traced claim made up to this time is in the table (`None`: claims are not
     /// traced, or nothing says how far; every answer is final).
     claims_read_to: Option<Instant>,
-    /// Processes with traced claims that forked since, by pid: when each last forked.
+    /// Processes seen with connections that forked, by pid: when each last forked.
     forks: Arc<Forks>,
 }
 
 /// Processes that forked, by pid, and when each last did.
 pub type Forks = FastMap<u32, Instant>;
 
-/// How long after a process forked a packet is not credited, as it is read, to a claim the
-/// process made before (see [`SocketTable::with_forks`]): its child may use the connection,
-/// and claim it a tracer round later.
+/// How long after a process forked a packet of a connection it holds is not credited as it
+/// is read (see [`SocketTable::with_forks`]): its child may use the connection, and claim
+/// it a tracer round later.
 pub const FORK_WINDOW: Duration = Duration::from_millis(500);
+
+/// How long after a TCP connection was first seen (its claim, a look at its holder's fds)
+/// its packets are not credited as they are read, while claims are traced: a process that
+/// connects or accepts and forks at once hands the connection to a child, whose claim (its
+/// first send) may reach the table after the parent's records and before the fork does.
+/// They wait and are decided once every claim up to their capture is in (see
+/// [`Captured::late`]).
+pub const YOUNG_CONNECTION: Duration = Duration::from_millis(200);
+
+/// The span of capture times around `at` in which a connection's answer stands: after it
+/// was young (until `young`), and outside the window of its holder's `fork`. When `at`
+/// itself is in neither, the span excludes it (the packet waits).
+fn settled(at: Instant, fork: Option<Instant>, young: Option<Instant>) -> Life {
+    let Some(fork) = fork else {
+        return Life {
+            from: young,
+            until: None,
+        };
+    };
+    let start = fork
+        .checked_sub(crate::openings::OPENING_SLACK)
+        .unwrap_or(fork);
+    match at < start {
+        true => Life {
+            from: young,
+            until: Some(start),
+        },
+        false => Life {
+            from: Some((fork + FORK_WINDOW).max(young.unwrap_or(fork))),
+            until: None,
+        },
+    }
+}
 
 /// When the packet a lookup is for was captured, and whether it is decided late.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -653,11 +686,14 @@ impl SocketTable {
         }
     }
 
-    /// This table with the forks of processes that made claims. A packet read within
-    /// [`FORK_WINDOW`] of such a fork whose answer rests on a claim the process made before
-    /// it waits (pending) instead: the child that inherited the connection may be the one
-    /// that uses it, and the packet is decided once every claim up to its capture is in
-    /// (see [`Captured::late`]).
+    /// This table with the forks of processes seen with connections (their claims, their
+    /// fds). A packet of such a connection read within [`FORK_WINDOW`] after its holder
+    /// forked is credited to nobody as it is read: the child holds the connection too, may
+    /// be the one that uses it, and claims it only at its first send or receive, a tracer
+    /// round (or, under CPU load, many milliseconds) later. It waits (pending) and is
+    /// decided once the table holds every claim made up to its capture (see
+    /// [`Captured::late`]). Packets before the fork and after the window are credited as
+    /// before, but per packet (not cached per flow).
     pub fn with_forks(self, forks: Arc<Forks>) -> SocketTable {
         SocketTable { forks, ..self }
     }
@@ -668,6 +704,21 @@ impl SocketTable {
             claims_read_to: read_to,
             ..self
         }
+    }
+
+    /// Every traced claim made up to this time is in the table (`None`: not known).
+    pub fn claims_read_to(&self) -> Option<Instant> {
+        self.claims_read_to
+    }
+
+    /// True when a packet of `flow` captured at `captured` may wait, decided late, for the
+    /// claims made up to then ([`Captured::late`]): a TCP packet, or any while a holder's
+    /// fork is known, captured after the claims read so far.
+    pub fn may_wait_for_claims(&self, flow: &pidcap_wire::FlowKey, captured: Instant) -> bool {
+        let unread = self
+            .claims_read_to
+            .is_some_and(|read_to| read_to < captured);
+        unread && (flow.proto == IpProto::Tcp || !self.forks.is_empty())
     }
 
     /// True when a late answer for a packet `captured` must not rest on a traced claim yet:
@@ -899,37 +950,39 @@ impl SocketTable {
     ) -> Answer {
         let key = (ns, proto, local, canonical(remote));
         let records = self.recently_closed(&key).unwrap_or_default();
+        let fork = match self.forks.is_empty() {
+            true => None,
+            false => self.holder_fork(&key, &records),
+        };
+        // Until when the connection is young: only while claims are traced, and in the
+        // table's own namespace (a guest's packets may be captured once per interface they
+        // cross, and wait whole: they are credited as they are read, as before).
+        let young = match (proto, self.claims_read_to) {
+            (IpProto::Tcp, Some(_)) if ns == HOME => records
+                .iter()
+                .flatten()
+                .filter_map(|r| r.seen)
+                .map(|seen| seen.first + YOUNG_CONNECTION)
+                .max(),
+            _ => None,
+        };
         let claimed = || records.iter().flatten().any(|r| r.inode == 0);
-        if self.claims_unread(captured) && claimed() {
+        if self.claims_unread(captured) && (fork.is_some() || young.is_some() || claimed()) {
             // Another process's claim of this connection may still come (see
             // [`Captured::late`]).
             return Answer::Undecided;
         }
-        let fork = match (captured.late, captured.at) {
-            (false, Some(at)) if !self.forks.is_empty() => {
-                self.claimant_fork(&records).map(|fork| (at, fork))
-            }
-            _ => None,
-        };
-        let Some((at, fork)) = fork else {
+        let (false, Some(at)) = (captured.late, captured.at) else {
             return self.answer_of(&key, &records, judge, captured);
         };
+        if fork.is_none() && young.is_none_or(|young| at >= young) {
+            return self.answer_of(&key, &records, judge, captured);
+        }
         match self.answer_of(&key, &records, judge, captured) {
-            // Timed, so that no cache keeps it: it answers for the packets before the fork,
-            // or after the window; one of the window falls outside and waits (decided late,
-            // see [`SocketTable::with_forks`]).
+            // Timed, so that no cache keeps it for the packets it does not answer for: those
+            // wait, and are decided late (see [`SocketTable::with_forks`]).
             Answer::Found(Some(mut found)) if found.life.is_unbounded() => {
-                let slack = crate::openings::OPENING_SLACK;
-                found.life = match at + slack < fork {
-                    true => Life {
-                        from: None,
-                        until: Some(fork.checked_sub(slack).unwrap_or(fork)),
-                    },
-                    false => Life {
-                        from: Some(fork + FORK_WINDOW),
-                        until: None,
-                    },
-                };
+                found.life = settled(at, fork, young);
                 Answer::Found(Some(found))
             }
             answer => answer,
@@ -1018,18 +1071,20 @@ impl SocketTable {
         )
     }
 
-    /// The latest fork of a process that claimed a connection among `records` before it
-    /// forked (see [`SocketTable::with_forks`]).
-    fn claimant_fork(&self, records: &Holders<RecentRecord>) -> Option<Instant> {
-        let slack = crate::openings::OPENING_SLACK;
-        records
-            .iter()
-            .flatten()
-            .filter(|r| r.inode == 0)
-            .filter_map(|r| {
-                let fork = *self.forks.get(&r.owner.pid)?;
-                (fork + slack >= r.seen?.first).then_some(fork)
-            })
+    /// The latest fork of a process that was seen with the connection `key` (`records`) or
+    /// holds its live socket: its child holds the socket too (see
+    /// [`SocketTable::with_forks`]).
+    fn holder_fork(&self, key: &ExactKey, records: &Holders<RecentRecord>) -> Option<Instant> {
+        let live = self
+            .live
+            .exact
+            .get(key)
+            .map(|&at| self.live.sockets[at].inode);
+        let holders = live.map_or(&[][..], |inode| self.holders(inode));
+        let owners = records.iter().flatten().map(|r| &r.owner);
+        owners
+            .chain(holders)
+            .filter_map(|owner| self.forks.get(&owner.pid).copied())
             .max()
     }
 

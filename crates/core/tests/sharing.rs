@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    AttributionCache, Captured, ClosedSocket, Credit, Currency, Forks, NetNsId, OwnerMap,
-    ProcessKey, Seen, SocketEntry, SocketTable, TableParts, TcpState, FORK_WINDOW,
+    Arrival, AttributionCache, Captured, ClosedSocket, CopyFilter, Credit, Currency, Direction,
+    Forks, Ledger, NetNsId, OwnerMap, Pending, ProcessKey, Seen, SocketEntry, SocketTable,
+    TableParts, Tally, TcpState, UnknownReason, FORK_WINDOW, YOUNG_CONNECTION,
 };
 use pidcap_wire::{FlowKey, IpProto};
 
@@ -58,6 +59,11 @@ fn record(owner: ProcessKey, inode: u64, at: Instant) -> ClosedSocket {
 /// A table with the connection live and held by `holders` (none: not listed) and `records`
 /// inserted in the order given.
 fn table(holders: &[ProcessKey], records: Vec<ClosedSocket>) -> SocketTable {
+    table_of(1, holders, records)
+}
+
+/// [`table`] of generation `generation`.
+fn table_of(generation: u64, holders: &[ProcessKey], records: Vec<ClosedSocket>) -> SocketTable {
     let sockets = match holders {
         [] => Vec::new(),
         _ => vec![SocketEntry {
@@ -75,7 +81,7 @@ fn table(holders: &[ProcessKey], records: Vec<ClosedSocket>) -> SocketTable {
         ..OwnerMap::default()
     };
     SocketTable::build(
-        1,
+        generation,
         TableParts {
             netns: Some(NS),
             sockets,
@@ -208,18 +214,42 @@ fn a_late_packet_waits_until_every_claim_up_to_its_capture_is_in() {
     // Read past the capture and no other claim came: the parent used it.
     let alone = read_to(table(&[], vec![connect]), t0 + 4 * ms);
     assert_eq!(owner_at(&alone, late), Some(PARENT));
-    // Without claims traced (no horizon), or for a packet read as it comes, as before.
+    // Without claims traced (no horizon), as before.
     assert_eq!(owner_at(&table(&[], vec![connect]), late), Some(PARENT));
-    let read_now = Captured::at(t0 + 3 * ms);
-    assert_eq!(owner_at(&parent_only, read_now), Some(PARENT));
-    // A connection nobody claimed does not wait for claims.
+    // A connection only seen in its holder's fds (no claim in yet) waits too.
     let looked = read_to(table(&[], vec![record(PARENT, INODE, t0)]), t0 + ms);
-    assert_eq!(owner_at(&looked, late), Some(PARENT));
+    assert_eq!(owner_at(&looked, late), None);
+
+    // Read as it comes, a packet of the young connection waits (outside the answer's
+    // life); one read after [`YOUNG_CONNECTION`] is credited, and may be cached.
+    let current = &|_| Currency::Current;
+    let read = |at| {
+        let captured = Captured::at(at);
+        let m = parent_only.lookup_captured(IpProto::Tcp, local(), remote(), current, captured);
+        m.expect("the parent's claim answers")
+    };
+    let young = read(t0 + 3 * ms);
+    assert!(young.life.excludes(t0 + 3 * ms));
+    let settled = read(t0 + YOUNG_CONNECTION);
+    assert_eq!(
+        (settled.owner, settled.life.is_unbounded()),
+        (Some(PARENT), true)
+    );
+    // Without claims traced, nothing waits.
+    let untraced = table(&[], vec![connect]);
+    let m = untraced.lookup_captured(
+        IpProto::Tcp,
+        local(),
+        remote(),
+        current,
+        Captured::at(t0 + ms),
+    );
+    assert!(m.unwrap().life.is_unbounded());
 }
 
-/// A packet read as it comes, shortly after the process whose claim it rests on forked,
+/// A packet read as it comes, shortly after the process it would be credited to forked,
 /// waits (the child may be the user, and claim it a round later); before the fork and
-/// after [`FORK_WINDOW`] the claim answers, for that capture time only, so that no cache
+/// after [`FORK_WINDOW`] the holder answers, for that capture time only, so that no cache
 /// of verdicts per flow credits the window's packets with it.
 #[test]
 fn a_packet_read_just_after_its_claimant_forked_waits() {
@@ -249,14 +279,27 @@ fn a_packet_read_just_after_its_claimant_forked_waits() {
     assert_eq!(after.owner, Some(PARENT));
     assert!(after.life.excludes(fork + ms));
 
-    // A fork before the claim (the child never had the socket), or another process's
-    // fork, changes nothing.
-    let later = table(&[], vec![record(PARENT, 0, fork + 10 * ms)]).with_forks(forks(PARENT.pid));
-    let m = read(&later, fork + 20 * ms).unwrap();
-    assert_eq!((m.owner, m.life.is_unbounded()), (Some(PARENT), true));
+    // Another process's fork changes nothing.
     let other = table(&[], vec![record(PARENT, 0, t0)]).with_forks(forks(EARLIER.pid));
     let m = read(&other, fork + ms).unwrap();
     assert_eq!((m.owner, m.life.is_unbounded()), (Some(PARENT), true));
+    // A holder seen in the fd tables (the watcher's look, before any claim came) or
+    // listed with the live socket waits the same.
+    for t in [
+        table(&[], vec![record(PARENT, INODE, t0)]),
+        table(&[PARENT], vec![]),
+    ] {
+        let t = t.with_forks(forks(PARENT.pid));
+        let m = read(&t, fork + ms).expect("the parent's…");
+        assert!(m.life.excludes(fork + ms), "…but not for this packet");
+        // Decided late, it waits for the claims up to its capture too.
+        let t = t.with_claims_read_to(Some(fork));
+        let current = &|_| Currency::Current;
+        let late = Captured::late(fork + ms);
+        assert!(t
+            .lookup_captured(IpProto::Tcp, local(), remote(), current, late)
+            .is_none());
+    }
 }
 
 /// Through the cache of verdicts: a packet before the fork does not make one in the window
@@ -281,4 +324,48 @@ fn the_cache_keeps_no_verdict_for_the_packets_of_a_fork_window() {
     assert_eq!(tx(t0 + ms), Some(PARENT));
     assert_eq!(tx(fork + ms), None, "waits");
     assert_eq!(tx(fork + FORK_WINDOW + ms), Some(PARENT));
+}
+
+/// Through the pending buffer, as the daemon runs it: the child's packet, read before any
+/// claim, waits; the table with the parent's claim alone (read short of its capture) does
+/// not decide it, and says so (the tracer is asked to report on); the next one, with the
+/// child's claim and read past it, credits the child.
+#[test]
+fn a_waiting_packet_goes_to_the_child_once_the_claims_up_to_it_are_in() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis(1);
+    let flow = FlowKey {
+        proto: IpProto::Tcp,
+        src: local(),
+        dst: remote(),
+    };
+    let cache = AttributionCache::new(64);
+    let copies = CopyFilter::new();
+    let mut pending = Pending::new(100, Duration::from_secs(2));
+    let mut tally = Tally::default();
+    let captured = t0 + 3 * ms;
+    let arrival = Arrival {
+        captured,
+        now: captured,
+        undecided: false,
+    };
+    let miss = Credit::Unknown(UnknownReason::NoSocket);
+    pending.hold(&mut tally, flow, Direction::Tx, miss, 100, arrival, None);
+
+    let connect = record(PARENT, 0, t0);
+    let parent_only = table_of(2, &[], vec![connect]).with_claims_read_to(Some(t0 + ms));
+    pending.settle(&mut tally, &parent_only, &cache, &copies, t0 + 10 * ms);
+    assert_eq!(pending.level().packets, 1, "not the parent's");
+    assert!(pending.waits_for_claims());
+
+    let first_send = record(CHILD, 0, t0 + 2 * ms);
+    let both = table_of(3, &[], vec![connect, first_send]).with_claims_read_to(Some(t0 + 5 * ms));
+    pending.settle(&mut tally, &both, &cache, &copies, t0 + 20 * ms);
+    assert_eq!(pending.level().packets, 0);
+    assert!(!pending.waits_for_claims());
+    let mut ledger = Ledger::new(t0);
+    ledger.merge(&mut tally, &both);
+    let child = ledger.process(&CHILD).expect("the child is credited");
+    assert_eq!((child.usage.total.tx_bytes, child.quality.late), (100, 100));
+    assert!(ledger.process(&PARENT).is_none());
 }

@@ -118,12 +118,19 @@ pub enum News {
         senders: Vec<ProcessInfo>,
         read_to: Instant,
     },
-    /// The socket tracer sent every claim it made up to `read_to` (the news before this
-    /// one): a pending packet captured by then may be decided on claims
-    /// (`pidcap_core::Captured::late`).
-    ClaimsRead { read_to: Instant },
-    /// Process `pid`, which the socket tracer saw claim connections, forked at `at`: its
-    /// child may use them (`pidcap_core::SocketTable::with_forks`).
+    /// The socket tracer's claims of one round (a process used these connections), the
+    /// forks of processes that claimed connections before them (their children may use
+    /// them: `pidcap_core::SocketTable::with_forks`), and how far its rings were read:
+    /// every claim made up to `read_to` is in this news or an earlier one
+    /// (`pidcap_core::Captured::late`). One message, so that no table has the claims
+    /// without the rest.
+    Claimed {
+        claims: Vec<Learned>,
+        forks: Vec<(u32, Instant)>,
+        read_to: Instant,
+    },
+    /// A process reported holding sockets (or to be: this comes first) forked at `at`:
+    /// its child holds them too (`pidcap_core::SocketTable::with_forks`).
     Forked { pid: u32, at: Instant },
 }
 

@@ -380,6 +380,11 @@ fn merge(shared: &DaemonState, batch: &mut CaptureState) {
     shared.beat(now);
 }
 
+/// How long the socket tracer is asked to go on reporting how far it read, each time
+/// packets are found waiting for the claims up to their capture (a few of its rounds, a few
+/// tables).
+const CLAIMS_WANTED: Duration = Duration::from_millis(100);
+
 /// What the pending buffer is retried with.
 pub(crate) struct Settle<'a> {
     pub cache: &'a AttributionCache,
@@ -402,6 +407,10 @@ pub(crate) fn merge_and_settle(
     }
     *table = shared.table();
     pending.settle(tally, table, settle.cache, settle.copies, settle.now);
+    if pending.waits_for_claims() {
+        // They may wait for the claims up to their capture (`Captured::late`).
+        shared.want_claims_read(settle.now + CLAIMS_WANTED);
+    }
     if !tally.is_empty() {
         shared.ledger().merge(tally, table);
     }

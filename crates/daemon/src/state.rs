@@ -170,6 +170,10 @@ pub struct DaemonState {
     heartbeats: [AtomicU64; Worker::ALL.len()],
     /// Frames handled by the capture loop since start (published once per batch).
     frames: AtomicU64,
+    /// Until when (µs after `started`) the socket tracer is to report how far it read its
+    /// rings: the refresher learned of a fork whose packets wait for the claims up to their
+    /// capture (`pidcap_core::SocketTable::with_forks`).
+    claims_wanted: AtomicU64,
 }
 
 impl DaemonState {
@@ -191,6 +195,7 @@ impl DaemonState {
             started: now,
             heartbeats: Default::default(),
             frames: AtomicU64::new(0),
+            claims_wanted: AtomicU64::new(0),
         })
     }
 
@@ -290,6 +295,20 @@ impl DaemonState {
     /// Frames handled since start.
     pub fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Asks the socket tracer to report how far it read its rings until `until`.
+    pub fn want_claims_read(&self, until: Instant) {
+        let us = until.saturating_duration_since(self.started).as_micros() as u64;
+        self.claims_wanted.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Until when the socket tracer is asked to report how far it read its rings.
+    pub fn claims_read_wanted(&self) -> Option<Instant> {
+        match self.claims_wanted.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(self.started + Duration::from_micros(us)),
+        }
     }
 
     /// Called by the capture loop each time round.

@@ -127,6 +127,7 @@ impl Threads {
             learned,
             stop: stop.clone(),
             pass_due: false,
+            fork_due: false,
         };
         let refresher = spawn("refresh", move || refresher.run())?;
         let pipeline = pipeline(&config, source, shared, misses, stop);
@@ -237,6 +238,7 @@ fn start_watcher(
         shared: shared.clone(),
         reported: HashMap::new(),
         namespaces_told: Default::default(),
+        forks: HashMap::new(),
     };
     spawn("watch", move || watcher.run()).map(Some)
 }

@@ -794,6 +794,7 @@ fn forks_and_claims_read_make_tables_and_forks_expire_with_the_claims() {
 
     let grace = CLOSE_GRACE.as_millis() as u64;
     let gone = shell.table_at(13 + grace, &[]);
+    let now = Captured::at(shell.at(13 + grace));
     let m = gone.lookup_captured(IpProto::Tcp, conn.local, conn.remote, current, now);
     assert!(m.is_none_or(|m| m.life.is_unbounded()), "{m:?}");
 }

@@ -88,16 +88,64 @@ struct Round {
     sends_until: Option<Instant>,
     /// Claims were made: how far the rings were read is reported until then.
     claims_until: Option<Instant>,
-    /// Processes that made claims, and when last (for [`CLOSE_GRACE`], as the claims are
-    /// kept).
-    claimants: HashMap<u32, Instant>,
-    /// Forks not yet matched with a claim made before them (their claim may come a round
-    /// later), for [`FORK_WINDOW`].
-    forks: VecDeque<(u32, Instant)>,
+    /// Processes that made claims, and their forks.
+    claimants: Claimants,
 }
 
 /// Claimants and unmatched forks the tracer remembers at most.
 const CLAIMANTS_KEPT: usize = 65_536;
+
+/// The processes that claimed connections and the forks of theirs made after a claim: their
+/// children may use those connections (see `pidcap_core::SocketTable::with_forks`).
+#[derive(Debug, Default)]
+struct Claimants {
+    /// Processes that made claims, and when last (for [`CLOSE_GRACE`], as the claims are
+    /// kept), at most [`CLAIMANTS_KEPT`].
+    last_claim: HashMap<u32, Instant>,
+    /// Forks not yet matched with a claim made before them (their claim may come a round
+    /// later), for [`FORK_WINDOW`], at most [`CLAIMANTS_KEPT`].
+    forks: VecDeque<(u32, Instant)>,
+}
+
+impl Claimants {
+    /// `pid` claimed a connection at `at` (noted at `now`).
+    fn claimed(&mut self, pid: u32, at: Instant, now: Instant) {
+        if self.last_claim.len() >= CLAIMANTS_KEPT && !self.last_claim.contains_key(&pid) {
+            let young = |at: &Instant| now.saturating_duration_since(*at) < CLOSE_GRACE;
+            self.last_claim.retain(|_, at| young(at));
+            if self.last_claim.len() >= CLAIMANTS_KEPT {
+                self.last_claim.clear(); // their forks' packets are decided as before
+            }
+        }
+        let last = self.last_claim.entry(pid).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// Takes in the forks (parent, when) seen since the last call and returns those, new or
+    /// kept, made by a process after one of its claims; the others are kept for
+    /// [`FORK_WINDOW`].
+    fn match_forks(&mut self, new: Vec<(u32, Instant)>, now: Instant) -> Vec<(u32, Instant)> {
+        self.forks.extend(new);
+        let excess = self.forks.len().saturating_sub(CLAIMANTS_KEPT);
+        self.forks.drain(..excess);
+        let slack = pidcap_core::OPENING_SLACK;
+        let last_claim = &self.last_claim;
+        let mut matched = Vec::new();
+        self.forks.retain(|&(pid, at)| {
+            if now.saturating_duration_since(at) >= FORK_WINDOW {
+                return false; // its window is over: nothing waits for it
+            }
+            let after_claim = last_claim
+                .get(&pid)
+                .is_some_and(|&claim| claim <= at + slack);
+            if after_claim {
+                matched.push((pid, at));
+            }
+            !after_claim
+        });
+        matched
+    }
+}
 
 /// How long to wait for events: not at all while some wait in the rings' reorder window,
 /// briefly while TCP is busy, else long (also how quickly `stop` is noticed).
@@ -121,9 +169,10 @@ impl Tracer {
             failing: false,
             cpus_at: Instant::now(),
             sends_until: None,
-            claims_until: None,
-            claimants: HashMap::new(),
-            forks: VecDeque::new(),
+            // Reported once at start: the tables then know that claims are traced (see
+            // `pidcap_core::YOUNG_CONNECTION`).
+            claims_until: Some(Instant::now()),
+            claimants: Claimants::default(),
         };
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Trace, Instant::now());
@@ -147,12 +196,7 @@ impl Tracer {
                 let pid = self.tracer.actors()[i];
                 self.who(pid);
             }
-            let claimed = routed || !round.claims.is_empty();
-            if !round.claims.is_empty() {
-                self.send(&round.claims);
-            }
-            self.report_forks(&mut round);
-            self.send_claims_read(&mut round, claimed);
+            self.send_claims(&mut round, routed);
             self.send_packet_sends(&mut round);
             self.report_lost(&mut round.lost);
             if self.tracer.has_waiting() {
@@ -177,7 +221,13 @@ impl Tracer {
         }
         round.failing = false;
         let sending = round.sends_until.is_some() || !self.tracer.packet_sends().is_empty();
-        if self.tracer.has_waiting() || !round.claims.is_empty() || sending {
+        // Packets wait for how far the rings were read: report it every short round.
+        let reporting = round.claims_until.is_some()
+            || self
+                .shared
+                .claims_read_wanted()
+                .is_some_and(|until| until > Instant::now());
+        if self.tracer.has_waiting() || !round.claims.is_empty() || sending || reporting {
             round.active_at = Some(Instant::now());
         }
         true
@@ -281,42 +331,89 @@ impl Tracer {
         );
     }
 
-    /// Groups claims by time and process (each keeps the time of its own event) and hands
-    /// them to the refresher in the kernel's order.
-    fn send(&self, claims: &[SocketClaim]) {
+    /// Hands the round's claims to the refresher in one message, with the forks of the
+    /// processes that claimed connections before them and how far the rings were read (so
+    /// that no table holds a claim without them). Also sent, without claims, for
+    /// [`CLAIMS_SETTLE`] after the last claims (`routed`: a connected datagram socket was
+    /// learned from its route lookup this round, a claim too) and for [`FORK_WINDOW`] after
+    /// a claimant's fork: packets that wait for the claims up to their capture are decided
+    /// as the horizon passes them (`pidcap_core::Captured::late`).
+    fn send_claims(&self, round: &mut Round, routed: bool) {
+        let now = Instant::now();
+        let claims = self.claims_news(&round.claims);
+        let forks = self.claimant_forks(round, now);
+        let mut until = round.claims_until;
+        if routed || !claims.is_empty() {
+            until = until.max(Some(now + CLAIMS_SETTLE));
+        }
+        if !forks.is_empty() {
+            until = until.max(Some(now + FORK_WINDOW + CLAIMS_SETTLE));
+        }
+        // The refresher's forks (of processes the watcher saw holding sockets) too.
+        until = until.max(self.shared.claims_read_wanted().filter(|&w| w > now));
+        let Some(until) = until else {
+            return;
+        };
+        // The last report once past its time.
+        round.claims_until = (now <= until).then_some(until);
+        let n = claims.iter().map(|l| l.sockets.len() as u64).sum::<u64>();
+        let news = News::Claimed {
+            claims,
+            forks,
+            read_to: instant_of(self.tracer.read_to()),
+        };
+        let mut side = self.shared.process_side();
+        match self.learned.try_send(news) {
+            Ok(()) => {
+                self.wake.request();
+                // Only what reached the refresher counts as claimed.
+                side.traced_claims += n;
+            }
+            Err(_) => side.learned_dropped += n.max(1),
+        }
+    }
+
+    /// The news of the round's claims: grouped by time and process (each keeps the time of
+    /// its own event), in the kernel's order. Claims of processes nobody knew are counted.
+    fn claims_news(&self, claims: &[SocketClaim]) -> Vec<Learned> {
         let mut by_pid: BTreeMap<(u64, u32), Vec<&SocketClaim>> = BTreeMap::new();
         for c in claims {
             by_pid.entry((c.time, c.pid)).or_default().push(c);
         }
-        let (mut delivered, mut unknown, mut dropped) = (0, 0, 0);
+        let mut news = Vec::new();
+        let mut unknown = 0;
         for ((time, pid), claims) in by_pid {
-            let n = claims.len() as u64;
             match self.who(pid) {
                 Known::Process(info, netns) => {
-                    let news = self.claimed(info, netns, &claims, instant_of(time));
-                    match self.learned.try_send(news) {
-                        Ok(()) => delivered += n,
-                        Err(_) => dropped += n,
-                    }
+                    news.push(self.claimed(info, netns, &claims, instant_of(time)));
                 }
                 Known::Unknown => {
-                    unknown += n;
+                    unknown += claims.len() as u64;
                     debug!(
                         pid,
-                        sockets = n,
+                        sockets = claims.len(),
                         "connections claimed by a process nobody knew"
                     );
                 }
             }
         }
-        if delivered > 0 {
-            self.wake.request();
+        self.shared.process_side().traced_unknown_process += unknown;
+        news
+    }
+
+    /// The forks (pid, when) of processes that claimed connections before them, among those
+    /// the watcher saw since the last round and those of the last [`FORK_WINDOW`] not
+    /// matched yet (their claims may come a round later): their children may use those
+    /// connections, and claim them only at their first send or receive.
+    fn claimant_forks(&self, round: &mut Round, now: Instant) -> Vec<(u32, Instant)> {
+        for c in &round.claims {
+            round.claimants.claimed(c.pid, instant_of(c.time), now);
         }
-        // Only what reached the refresher counts as claimed.
-        let mut side = self.shared.process_side();
-        side.traced_claims += delivered;
-        side.traced_unknown_process += unknown;
-        side.learned_dropped += dropped;
+        let matched = round.claimants.match_forks(self.facts.take_forks(), now);
+        for (pid, _) in &matched {
+            debug!(pid, "a process that claimed connections forked");
+        }
+        matched
     }
 
     /// Hands the sends through packet sockets of the last read, with who sent them, to the
@@ -355,75 +452,6 @@ impl Tracer {
         }
     }
 
-    /// Tells the refresher of the forks of processes that claimed connections before them
-    /// (their children may use those connections, and claim them only at their first send)
-    /// and keeps reporting how far the rings were read until past the [`FORK_WINDOW`]:
-    /// packets read in that window that rest on the parent's claims wait for the claims.
-    fn report_forks(&self, round: &mut Round) {
-        let now = Instant::now();
-        for c in &round.claims {
-            let at = instant_of(c.time);
-            let last = round.claimants.entry(c.pid).or_insert(at);
-            *last = (*last).max(at);
-        }
-        if round.claimants.len() >= CLAIMANTS_KEPT {
-            let young = |at: &Instant| now.saturating_duration_since(*at) < CLOSE_GRACE;
-            round.claimants.retain(|_, at| young(at));
-            if round.claimants.len() >= CLAIMANTS_KEPT {
-                round.claimants.clear(); // their forks' packets are decided as before
-            }
-        }
-        round.forks.extend(self.facts.take_forks());
-        let excess = round.forks.len().saturating_sub(CLAIMANTS_KEPT);
-        round.forks.drain(..excess);
-        let slack = pidcap_core::OPENING_SLACK;
-        let claimants = &round.claimants;
-        let mut reported = false;
-        round.forks.retain(|&(pid, at)| {
-            let before = claimants
-                .get(&pid)
-                .is_some_and(|&claim| claim <= at + slack);
-            if before {
-                debug!(pid, "a process that claimed connections forked");
-                match self.learned.try_send(News::Forked { pid, at }) {
-                    Ok(()) => reported = true,
-                    Err(_) => self.shared.process_side().learned_dropped += 1,
-                }
-            }
-            !before && now.saturating_duration_since(at) < FORK_WINDOW
-        });
-        if reported {
-            let until = now + FORK_WINDOW + CLAIMS_SETTLE;
-            round.claims_until = Some(round.claims_until.map_or(until, |u| u.max(until)));
-        }
-    }
-
-    /// After claims (`claimed`: some this round), tells the refresher how far the rings were
-    /// read, for [`CLAIMS_SETTLE`]: every claim made up to then is in the news before. A
-    /// pending packet whose owner rests on a claim is decided only once that is past its
-    /// capture (another process may have claimed the connection meanwhile: a child that
-    /// forked off with it).
-    fn send_claims_read(&self, round: &mut Round, claimed: bool) {
-        let now = Instant::now();
-        if claimed {
-            let until = now + CLAIMS_SETTLE;
-            round.claims_until = Some(round.claims_until.map_or(until, |u| u.max(until)));
-        }
-        let Some(until) = round.claims_until else {
-            return;
-        };
-        if now > until {
-            round.claims_until = None; // this is the last report
-        }
-        let news = News::ClaimsRead {
-            read_to: instant_of(self.tracer.read_to()),
-        };
-        match self.learned.try_send(news) {
-            Ok(()) => self.wake.request(),
-            Err(_) => self.shared.process_side().learned_dropped += 1,
-        }
-    }
-
     /// The news that `info`'s process, in `netns`, used the connections of `claims` at `seen`
     /// (no inode: the tracepoints do not give it).
     fn claimed(
@@ -432,7 +460,7 @@ impl Tracer {
         netns: NetNsId,
         claims: &[&SocketClaim],
         seen: Instant,
-    ) -> News {
+    ) -> Learned {
         let sockets = claims
             .iter()
             .map(|c| SocketEntry {
@@ -451,7 +479,6 @@ impl Tracer {
             info,
             seen,
         }
-        .into()
     }
 
     /// Reads the socket a process just connected (a duplicate of its fd through
@@ -604,6 +631,33 @@ fn same_flow(entry: &SocketEntry, route: &RouteLookup) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fork counts when its process claimed a connection before it, whichever of the
+    /// two the tracer learns first; a fork before any claim, or of another process, never.
+    #[test]
+    fn forks_of_claimants_after_their_claims_are_matched_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let mut c = Claimants::default();
+        c.claimed(10, t0, t0);
+        let matched = c.match_forks(vec![(10, t0 + ms), (11, t0 + ms)], t0 + 2 * ms);
+        assert_eq!(matched, vec![(10, t0 + ms)]);
+        assert!(c.match_forks(vec![], t0 + 3 * ms).is_empty(), "once");
+        // The fork read a round before the claim that preceded it.
+        let matched = c.match_forks(vec![(12, t0 + 5 * ms)], t0 + 6 * ms);
+        assert!(matched.is_empty());
+        c.claimed(12, t0 + 4 * ms, t0 + 7 * ms);
+        assert_eq!(c.match_forks(vec![], t0 + 8 * ms), vec![(12, t0 + 5 * ms)]);
+        // A fork before the process's only claim: its child never had that connection.
+        c.claimed(13, t0 + 20 * ms, t0 + 20 * ms);
+        assert!(c
+            .match_forks(vec![(13, t0 + 10 * ms)], t0 + 21 * ms)
+            .is_empty());
+        // Unmatched forks are forgotten after the window: 11's never matches.
+        c.claimed(11, t0, t0 + FORK_WINDOW + 10 * ms);
+        let later = t0 + FORK_WINDOW + 11 * ms;
+        assert!(c.match_forks(vec![], later).is_empty());
+    }
 
     #[test]
     fn the_wait_is_none_while_events_wait_short_while_busy_and_long_when_idle() {

@@ -24,7 +24,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey, SocketEntry};
+use pidcap_core::{LookSchedule, NetNsId, ProcessInfo, ProcessKey, SocketEntry, FORK_WINDOW};
 use pidcap_sockets::trace::instant_of;
 use pidcap_sockets::{ProcEvent, ProcEvents, ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
@@ -106,6 +106,9 @@ pub struct Watcher {
     pub reported: HashMap<u32, (ProcessKey, u32)>,
     /// Network namespaces already told to the refresher (at most `MAX_REPORTED`).
     pub namespaces_told: HashSet<NetNsId>,
+    /// Processes that forked within the last [`FORK_WINDOW`], and when each last did (at
+    /// most `MAX_REPORTED`): reported with their sockets (the child holds them too).
+    pub forks: HashMap<u32, Instant>,
 }
 
 /// When a process event happened: the kernel's time `at_ns` (`CLOCK_MONOTONIC`), never
@@ -161,6 +164,7 @@ impl Watcher {
                     } => {
                         let at = event_time(at_ns, Instant::now());
                         self.facts.forked(parent_pid, child_pid, at);
+                        self.forked(parent_pid, at);
                     }
                 }
             }
@@ -340,14 +344,40 @@ impl Watcher {
         parents
     }
 
-    /// Sends what `pid` was seen holding, and remembers it to report its exit.
+    /// Sends what `pid` was seen holding, and remembers it to report its exit. A fork of
+    /// `pid` within the last [`FORK_WINDOW`] goes first: its child may hold these sockets
+    /// too, and no table is to have them without it.
     fn report(&mut self, pid: u32, learned: Learned) {
         if self.reported.len() >= MAX_REPORTED {
             self.reported.clear();
         }
         self.reported
             .insert(pid, (learned.info.key, learned.info.uid));
+        let fork = self.forks.get(&pid).copied();
+        if let Some(at) = fork.filter(|at| at.elapsed() < FORK_WINDOW) {
+            debug!(pid, ago = ?at.elapsed(), "a process that forked holds sockets");
+            self.send(News::Forked { pid, at });
+        }
         self.send(learned.into());
+    }
+
+    /// `pid` forked at `at`: told to the refresher when it was reported holding sockets
+    /// (its child holds them too: `pidcap_core::SocketTable::with_forks`), and kept for
+    /// [`FORK_WINDOW`] in case it is reported later.
+    fn forked(&mut self, pid: u32, at: Instant) {
+        if self.forks.len() >= MAX_REPORTED {
+            let now = Instant::now();
+            self.forks
+                .retain(|_, at| now.saturating_duration_since(*at) < FORK_WINDOW);
+            if self.forks.len() >= MAX_REPORTED {
+                self.forks.clear();
+            }
+        }
+        self.forks.insert(pid, at);
+        if self.reported.contains_key(&pid) {
+            debug!(pid, ago = ?at.elapsed(), "a process seen holding sockets forked");
+            self.send(News::Forked { pid, at });
+        }
     }
 
     /// Tells the refresher about a network namespace it has not been told of (the first

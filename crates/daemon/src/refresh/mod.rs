@@ -57,6 +57,9 @@ const TARGETED_GAP: Duration = Duration::from_millis(20);
 
 /// The shortest time between two tables published for learned sockets alone.
 const LEARNED_GAP: Duration = Duration::from_millis(50);
+/// How long past a fork's window the socket tracer still reports how far it read: past
+/// the table that takes the last claims of the window in (see [`LEARNED_GAP`]).
+const FORK_SETTLE: Duration = Duration::from_millis(250);
 
 /// Full scans of every process's fds happen at most this often; in between, only new
 /// sockets are looked for.
@@ -407,6 +410,8 @@ pub struct Refresher {
     pub stop: Arc<AtomicBool>,
     /// A full pass is due at once (a socket of a namespace not read yet was learned).
     pub pass_due: bool,
+    /// A fork of a process seen with connections was learned: a table is due at once.
+    pub fork_due: bool,
 }
 
 /// The refresher loop's state between rounds.
@@ -515,6 +520,11 @@ impl Refresher {
     /// learned, and a full pass only when those cannot settle it.
     fn woken(&mut self, round: &mut Round) -> Step {
         let learned = self.take_learned();
+        if std::mem::take(&mut self.fork_due) {
+            // At once, not gathered: until the table has the fork, the child's packets are
+            // credited to its parent as they are read.
+            self.publish(round);
+        }
         for netns in self.requests.namespaces.try_iter() {
             // A miss inside a namespace: only a read of that namespace can settle it.
             self.pass_due |= self.builder.want_namespace(netns);
@@ -542,6 +552,12 @@ impl Refresher {
     fn publish_learned(&mut self, round: &mut Round) {
         std::thread::sleep(LEARNED_GAP.saturating_sub(round.learned_at.elapsed()));
         self.take_learned();
+        self.publish(round);
+    }
+
+    /// Publishes a table of everything known now.
+    fn publish(&mut self, round: &mut Round) {
+        self.fork_due = false;
         round.learned_at = Instant::now();
         round.generation += 1;
         let table = self.builder.current(self.netns, round.generation);
@@ -573,17 +589,37 @@ impl Refresher {
                     self.builder.packet_sent(&sends, senders, read_to, now);
                     true
                 }
-                News::ClaimsRead { read_to } => {
+                News::Claimed {
+                    claims,
+                    forks,
+                    read_to,
+                } => {
+                    for learned in claims {
+                        self.pass_due |= self.builder.learn(learned, now);
+                    }
+                    for (pid, at) in forks {
+                        self.forked(pid, at);
+                    }
                     self.builder.claims_read(read_to);
                     true
                 }
                 News::Forked { pid, at } => {
-                    self.builder.forked(pid, at);
+                    self.forked(pid, at);
                     true
                 }
             };
         }
         any
+    }
+
+    /// `pid`, a process with claims or sockets, forked at `at`: the tables have it, and the
+    /// socket tracer reports how far it read until past the fork's window (packets of the
+    /// window wait for the claims up to their capture).
+    fn forked(&mut self, pid: u32, at: Instant) {
+        self.builder.forked(pid, at);
+        self.fork_due = true;
+        self.shared
+            .want_claims_read(at + pidcap_core::FORK_WINDOW + FORK_SETTLE);
     }
 
     /// Asks the kernel for exactly the sockets of missed flows and publishes what it
