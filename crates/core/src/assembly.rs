@@ -349,6 +349,12 @@ impl TableAssembly {
         self.claims_version += 1;
     }
 
+    /// How far the socket tracer's claims were taken in ([`Self::claims_read`]); `None`
+    /// before its first report (or without the tracer).
+    pub fn claims_read_to(&self) -> Option<Instant> {
+        self.claims_read_to
+    }
+
     /// Takes in frames sent through packet sockets, every one reported up to `read_to`
     /// (see [`crate::PacketSends`]), and the facts of their `senders`, kept like departed
     /// holders' so that credits name them after they exited. The next table has them.

@@ -57,6 +57,10 @@ const TARGETED_GAP: Duration = Duration::from_millis(20);
 
 /// The shortest time between two tables published for learned sockets alone.
 const LEARNED_GAP: Duration = Duration::from_millis(50);
+/// How often the refresher looks whether missed flows it put off are due a pass.
+const DEFERRED_POLL: Duration = Duration::from_millis(10);
+/// The longest a missed flow's pass waits for the socket tracer to report how far it read.
+const CLAIMS_PATIENCE: Duration = Duration::from_millis(250);
 /// How long past a fork's window the socket tracer still reports how far it read: past
 /// the table that takes the last claims of the window in (see [`LEARNED_GAP`]).
 const FORK_SETTLE: Duration = Duration::from_millis(250);
@@ -342,6 +346,11 @@ impl TableBuilder {
         self.assembly.claims_read(read_to);
     }
 
+    /// How far the socket tracer's claims were taken in (`None` without its reports).
+    pub fn claims_read_to(&self) -> Option<Instant> {
+        self.assembly.claims_read_to()
+    }
+
     /// `pid`, a process that claimed connections, forked at `at`; the next table has it.
     pub fn forked(&mut self, pid: u32, at: Instant) {
         self.assembly.forked(pid, at);
@@ -387,14 +396,14 @@ fn socket_ends(nat: &pidcap_core::NatMap, flow: &FlowKey) -> [(SocketAddr, Socke
 }
 
 /// What a targeted lookup of missed flows achieved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Missed {
     /// No flow was waiting.
     None,
     /// Every waiting flow was found, and a table published.
     Settled,
-    /// Some flow needs a full pass.
-    Unsettled,
+    /// Some of these flows need a full pass.
+    Unsettled(Vec<FlowKey>),
 }
 
 /// The refresher's loop; returns when `stop` is set.
@@ -429,6 +438,11 @@ struct Round {
     seen_frames: u64,
     /// When namespaces were last listed between passes (idle only).
     discovered: Instant,
+    /// Missed flows no targeted lookup found (at most [`MISSED_FLOWS`]), and when the
+    /// first of them was put off: a pass comes for them only if the table still misses one
+    /// once the socket tracer's claims up to then are in (see [`Refresher::deferred_ready`]).
+    deferred: Vec<FlowKey>,
+    deferred_at: Instant,
 }
 
 /// What the refresher does after a wait.
@@ -457,6 +471,8 @@ impl Refresher {
             learned_at: now,
             seen_frames: self.shared.frames(),
             discovered: now,
+            deferred: Vec::new(),
+            deferred_at: now,
         };
         // The first table (read before capture started) already found the other
         // namespaces: their captures need not wait for the first pass.
@@ -472,6 +488,7 @@ impl Refresher {
             }
             self.take_learned();
             self.pass_due = false;
+            round.deferred.clear();
             round.seen_frames = self.shared.frames();
             round.generation += 1;
             round.last = Instant::now();
@@ -492,8 +509,11 @@ impl Refresher {
         } else {
             self.interval
         };
-        let wait = period.saturating_sub(round.last.elapsed()).min(MAX_WAIT);
-        match self.requests.wake.recv_timeout(wait) {
+        let mut wait = period.saturating_sub(round.last.elapsed()).min(MAX_WAIT);
+        if !round.deferred.is_empty() {
+            wait = wait.min(DEFERRED_POLL);
+        }
+        let step = match self.requests.wake.recv_timeout(wait) {
             Ok(()) => self.woken(round),
             Err(RecvTimeoutError::Timeout) if round.last.elapsed() < period => {
                 match idle && round.discovered.elapsed() >= IDLE_DISCOVERY.min(period) {
@@ -503,7 +523,24 @@ impl Refresher {
             }
             Err(RecvTimeoutError::Timeout) => Step::Pass,
             Err(RecvTimeoutError::Disconnected) => Step::Stop,
+        };
+        match step {
+            Step::Done if self.deferred_ready(round) => self.deferred_due(round),
+            step => step,
         }
+    }
+
+    /// True when the deferred flows' pass may be due: [`MIN_GAP`] after the last pass, once
+    /// the socket tracer (if it runs) has reported every claim made up to their deferral, or
+    /// [`CLAIMS_PATIENCE`] after it regardless.
+    fn deferred_ready(&self, round: &Round) -> bool {
+        let claims_in = self
+            .builder
+            .claims_read_to()
+            .is_none_or(|read_to| read_to >= round.deferred_at);
+        !round.deferred.is_empty()
+            && round.last.elapsed() >= MIN_GAP
+            && (claims_in || round.deferred_at.elapsed() >= CLAIMS_PATIENCE)
     }
 
     /// Lists the namespaces between idle passes; a pass when a new one waits to be read.
@@ -538,11 +575,47 @@ impl Refresher {
                 self.publish_learned(round);
                 Step::Done
             }
-            Missed::None | Missed::Unsettled if learned => Step::Pass,
-            Missed::None | Missed::Unsettled => {
+            Missed::Unsettled(flows) => {
+                // Under connection churn most misses are connections that closed before
+                // their lookup (no lookup or pass finds them) and that the socket tracer
+                // claims a round later: publish what was learned, and pass only if a flow
+                // is still missed once the claims up to now are in.
+                if learned {
+                    self.publish_learned(round);
+                }
+                if round.deferred.is_empty() {
+                    round.deferred_at = Instant::now();
+                    self.shared
+                        .want_claims_read(round.deferred_at + CLAIMS_PATIENCE);
+                }
+                let room = MISSED_FLOWS.saturating_sub(round.deferred.len());
+                round.deferred.extend(flows.into_iter().take(room));
+                Step::Done
+            }
+            Missed::None => {
                 std::thread::sleep(MIN_GAP.saturating_sub(round.last.elapsed()));
                 Step::Pass
             }
+        }
+    }
+
+    /// The deferred flows' pass is due: done without it when the newest table (with what
+    /// was learned meanwhile) names a socket for every one of them.
+    fn deferred_due(&mut self, round: &mut Round) -> Step {
+        if self.take_learned() {
+            self.publish(round);
+        }
+        let table = self.shared.table();
+        let missed = |flow: &FlowKey| pidcap_core::attribute(&table, flow, true).has_miss();
+        let unsettled = round.deferred.iter().filter(|f| missed(f)).count();
+        debug!(
+            deferred = round.deferred.len(),
+            unsettled, "missed flows' pass due"
+        );
+        round.deferred.clear();
+        match unsettled {
+            0 => Step::Done,
+            _ => Step::Pass,
         }
     }
 
@@ -643,10 +716,10 @@ impl Refresher {
                 self.shared.publish(table);
                 Missed::Settled
             }
-            Ok(None) => Missed::Unsettled,
+            Ok(None) => Missed::Unsettled(flows),
             Err(error) => {
                 debug!(error = %error, "targeted socket lookup failed; doing a full pass");
-                Missed::Unsettled
+                Missed::Unsettled(flows)
             }
         }
     }
