@@ -5,8 +5,9 @@
 //! sockets: [`PacketSent`]) and `sock:sock_recv_length`; and `connect()` itself (`syscalls:sys_{enter,exit}_connect`), with
 //! the route lookups inside it (`fib:fib_table_lookup`, `fib6:fib6_table_lookup`; off unless
 //! asked for, see [`SockTracer::trace_routes`]). On each CPU they write into one ring
-//! (`SET_OUTPUT`), so a CPU's events arrive in order. Only a connect (`SYN_SENT`, or the
-//! return of `connect()`) wakes the reader at once; the rest wait for the ring to fill a
+//! (`SET_OUTPUT`), so a CPU's events arrive in order. Only a connect or a bind wakes the
+//! reader at once, once (the return of `connect()` or `bind()`; a TCP `SYN_SENT` where
+//! syscalls are not traced); the rest wait for the ring to fill a
 //! quarter or for the reader's poll timeout; across CPUs they are merged by their
 //! `CLOCK_MONOTONIC` time.
 //! An event is handed to [`Pairing`] only once it is older than [`REORDER`] at the moment the
@@ -49,9 +50,12 @@ const BIND_ENTER: &str = "syscalls/sys_enter_bind";
 const BIND_EXIT: &str = "syscalls/sys_exit_bind";
 /// `connect()` of an IPv4 or IPv6 address (`sizeof(struct sockaddr_in{,6})`)…
 const CONNECT_ENTER_FILTER: &str = "addrlen == 16 || addrlen == 28";
-/// …that succeeded at once. TCP connects are dropped in between, at their `SYN_SENT`: they
-/// are claimed from their state changes.
-const CONNECT_EXIT_FILTER: &str = "ret == 0";
+/// …that succeeded at once, or started (`EINPROGRESS`, 115: a non-blocking TCP connect).
+/// TCP connects are dropped in between, at their `SYN_SENT`: they are claimed from their
+/// state changes; the return only wakes the reader (one wakeup per connect, not two).
+const CONNECT_EXIT_FILTER: &str = "ret == 0 || ret == -115";
+/// A `bind()` that succeeded.
+const BIND_EXIT_FILTER: &str = "ret == 0";
 /// Threads remembered inside `connect()` at once.
 const IN_CONNECT: usize = 4096;
 const ROUTE4: &str = "fib/fib_table_lookup";
@@ -82,8 +86,9 @@ pub enum RouteScope {
 
 /// Only TCP changes that matter: to ESTABLISHED (1) and CLOSE (7)…
 const SET_STATE_FILTER: &str = "protocol == 6 && (newstate == 1 || newstate == 7)";
-/// …and to SYN_SENT (2), in the connecting process, counted apart so that it alone wakes
-/// the reader at once (who a process is must be read while it lives).
+/// …and to SYN_SENT (2), in the connecting process, counted apart so that it wakes the
+/// reader at once (who a process is must be read while it lives) where `connect()`'s return
+/// is not traced; where it is, that return wakes it instead.
 const CONNECT_FILTER: &str = "protocol == 6 && newstate == 2";
 const IO_FILTER: &str = "protocol == 6";
 /// Sends are traced on packet sockets too (`AF_PACKET`, 17): the sender of a frame that no
@@ -647,7 +652,13 @@ fn open_ring(
     let mut sampler = leader
         .sampled(RING_BYTES)
         .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
-    let connect = (set_state.id, CONNECT_FILTER, Wakeup::Each);
+    // Each wakeup costs a self-IPI (a VM exit in a guest) inside the connecting thread:
+    // one per connect, from the return of `connect()` when it is traced.
+    let syn_sent = match connects {
+        Some(_) => Wakeup::Watermark,
+        None => Wakeup::Each,
+    };
+    let connect = (set_state.id, CONNECT_FILTER, syn_sent);
     let io = io.iter().map(|l| {
         let filter = if l.send { SEND_FILTER } else { IO_FILTER };
         (l.id, filter, Wakeup::Watermark)
@@ -658,7 +669,7 @@ fn open_ring(
             [
                 (enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
                 // Like a connect's: the process may live milliseconds.
-                (exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
+                (exit.id, BIND_EXIT_FILTER, Wakeup::Each),
             ]
         });
         [
