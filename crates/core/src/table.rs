@@ -712,13 +712,31 @@ impl SocketTable {
     }
 
     /// True when a packet of `flow` captured at `captured` may wait, decided late, for the
-    /// claims made up to then ([`Captured::late`]): a TCP packet, or any while a holder's
-    /// fork is known, captured after the claims read so far.
+    /// claims made up to then ([`Captured::late`]): captured after the claims read so far,
+    /// with a connection, live or recently closed or claimed, at either end (only those
+    /// answers wait for claims; a flow no socket is known for waits for a table with one).
     pub fn may_wait_for_claims(&self, flow: &pidcap_wire::FlowKey, captured: Instant) -> bool {
         let unread = self
             .claims_read_to
             .is_some_and(|read_to| read_to < captured);
-        unread && (flow.proto == IpProto::Tcp || !self.forks.is_empty())
+        unread
+            && [(flow.src, flow.dst), (flow.dst, flow.src)]
+                .into_iter()
+                .any(|(local, remote)| self.has_connection(flow.proto, local, remote))
+    }
+
+    /// True when a connection, live or recently closed (or claimed), has these ends, in the
+    /// local end's namespace or among the unplaced sockets; also when the local address is
+    /// several namespaces' (not looked up by address).
+    fn has_connection(&self, proto: IpProto, local: SocketAddr, remote: SocketAddr) -> bool {
+        let local = canonical(local);
+        let Some(ns) = self.live.ns_of(local.ip()) else {
+            return true;
+        };
+        [ns, UNPLACED].into_iter().any(|ns| {
+            let key = (ns, proto, local, canonical(remote));
+            self.live.exact.contains_key(&key) || self.recently_closed(&key).is_some()
+        })
     }
 
     /// True when a late answer for a packet `captured` must not rest on a traced claim yet:

@@ -369,3 +369,55 @@ fn a_waiting_packet_goes_to_the_child_once_the_claims_up_to_it_are_in() {
     assert_eq!((child.usage.total.tx_bytes, child.quality.late), (100, 100));
     assert!(ledger.process(&PARENT).is_none());
 }
+
+/// Only an answer that rests on a connection waits for the claims: a packet of a flow no
+/// socket is known for waits for a table with its socket, and does not keep the tracer
+/// reporting (each report would cost a table and a retry of every waiting packet, under a
+/// flood of misses too); a packet of a claimed connection read past the claims does.
+#[test]
+fn only_a_packet_of_a_known_connection_waits_for_the_claims() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis(1);
+    let claimed = FlowKey {
+        proto: IpProto::Tcp,
+        src: local(),
+        dst: remote(),
+    };
+    let unknown = FlowKey {
+        proto: IpProto::Tcp,
+        src: local(),
+        dst: "127.0.0.1:9".parse().unwrap(),
+    };
+    let t = table_of(2, &[], vec![record(PARENT, 0, t0)]).with_claims_read_to(Some(t0 + ms));
+    assert!(t.may_wait_for_claims(&claimed, t0 + 2 * ms));
+    let reversed = FlowKey {
+        proto: IpProto::Tcp,
+        src: remote(),
+        dst: local(),
+    };
+    assert!(t.may_wait_for_claims(&reversed, t0 + 2 * ms), "either end");
+    assert!(
+        !t.may_wait_for_claims(&claimed, t0),
+        "read past its capture"
+    );
+    assert!(
+        !t.may_wait_for_claims(&unknown, t0 + 2 * ms),
+        "no connection"
+    );
+
+    let cache = AttributionCache::new(64);
+    let copies = CopyFilter::new();
+    let mut pending = Pending::new(100, Duration::from_secs(2));
+    let mut tally = Tally::default();
+    let captured = t0 + 2 * ms;
+    let arrival = Arrival {
+        captured,
+        now: captured,
+        undecided: false,
+    };
+    let miss = Credit::Unknown(UnknownReason::NoSocket);
+    pending.hold(&mut tally, unknown, Direction::Tx, miss, 100, arrival, None);
+    pending.settle(&mut tally, &t, &cache, &copies, t0 + 10 * ms);
+    assert_eq!(pending.level().packets, 1, "still a miss");
+    assert!(!pending.waits_for_claims());
+}

@@ -585,8 +585,6 @@ impl Refresher {
                 }
                 if round.deferred.is_empty() {
                     round.deferred_at = Instant::now();
-                    self.shared
-                        .want_claims_read(round.deferred_at + CLAIMS_PATIENCE);
                 }
                 let room = MISSED_FLOWS.saturating_sub(round.deferred.len());
                 round.deferred.extend(flows.into_iter().take(room));
@@ -667,6 +665,7 @@ impl Refresher {
                     forks,
                     read_to,
                 } => {
+                    let (claims_empty, forks_empty) = (claims.is_empty(), forks.is_empty());
                     for learned in claims {
                         self.pass_due |= self.builder.learn(learned, now);
                     }
@@ -674,7 +673,14 @@ impl Refresher {
                         self.forked(pid, at);
                     }
                     self.builder.claims_read(read_to);
-                    true
+                    // How far the tracer read needs a table of its own only while packets
+                    // wait for it (the pipeline asks); a table costs a retry of every
+                    // waiting packet, and a flood of misses may fill the pending buffer.
+                    let news = !claims_empty || !forks_empty;
+                    news || self
+                        .shared
+                        .claims_read_wanted()
+                        .is_some_and(|until| until > now)
                 }
                 News::Forked { pid, at } => {
                     self.forked(pid, at);
