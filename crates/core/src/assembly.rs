@@ -277,6 +277,25 @@ impl TableAssembly {
         }
     }
 
+    /// The kept unconnected sockets of `netns` (sightings, or sockets a pass no longer
+    /// lists) kept since before `before` and not ended, newest first, at most `max`.
+    pub fn kept_unended_before(
+        &self,
+        before: Instant,
+        netns: NetNsId,
+        max: usize,
+    ) -> Vec<SocketEntry> {
+        let mut kept: Vec<&Kept> = self
+            .live
+            .kept
+            .values()
+            .filter(|k| k.since < before && k.socket.netns == netns)
+            .filter(|k| !self.live.ended.contains_key(&k.socket.inode))
+            .collect();
+        kept.sort_by_key(|k| std::cmp::Reverse(k.since));
+        kept.iter().take(max).map(|k| k.socket).collect()
+    }
+
     /// Adds sockets the kernel listed at `now` (their holders already in the owner map) to
     /// the live list; the next table has them. A live socket's known holder wins over any
     /// sighting of the same addresses.

@@ -1157,10 +1157,12 @@ impl SocketTable {
             .get(&key)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let lived = earlier
-            .iter()
-            .rev()
-            .find(|&&i| !self.live.life[i].excludes(captured));
+        // Only a socket whose end is known: one whose holder lives on may have closed it
+        // long ago (a port probed and let go), and the packet be an unread new holder's.
+        let lived = earlier.iter().rev().find(|&&i| {
+            let life = self.live.life[i];
+            life.until.is_some() && !life.excludes(captured)
+        });
         Some(lived.copied().unwrap_or(at))
     }
 

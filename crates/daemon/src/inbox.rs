@@ -118,6 +118,10 @@ pub enum News {
         senders: Vec<ProcessInfo>,
         read_to: Instant,
     },
+    /// A process bound a socket at `at` (the kernel's time) and was gone, or had closed it,
+    /// before the tracer could read which: a port some socket seen earlier held may have
+    /// passed to it (see `TableBuilder::bound_unread`).
+    BoundUnread { at: Instant },
     /// The socket tracer's claims of one round (a process used these connections), the
     /// forks of processes that claimed connections before them (their children may use
     /// them: `pidcap_core::SocketTable::with_forks`), and how far its rings were read:

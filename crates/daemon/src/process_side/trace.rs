@@ -268,8 +268,14 @@ impl Tracer {
                 Ok(Some(entry)) => entry,
                 Ok(None) => continue, // TCP: claimed from its state changes
                 Err(why) => {
-                    let age = instant_of(b.time).elapsed();
-                    debug!(pid = b.pid, fd = b.fd, ?age, why, "bound socket not read");
+                    let at = instant_of(b.time);
+                    debug!(pid = b.pid, fd = b.fd, age = ?at.elapsed(), why, "bound socket not read");
+                    // In order with the sightings: the refresher ends the sockets seen
+                    // before it that the kernel no longer has.
+                    match self.learned.try_send(News::BoundUnread { at }) {
+                        Ok(()) => learned += 1,
+                        Err(_) => self.shared.process_side().learned_dropped += 1,
+                    }
                     continue;
                 }
             };

@@ -57,6 +57,8 @@ const TARGETED_GAP: Duration = Duration::from_millis(20);
 
 /// The shortest time between two tables published for learned sockets alone.
 const LEARNED_GAP: Duration = Duration::from_millis(50);
+/// At most this many kept sockets are looked up in the kernel per unread bind (newest first).
+const UNREAD_CHECKS: usize = 256;
 /// How often the refresher looks whether missed flows it put off are due a pass.
 const DEFERRED_POLL: Duration = Duration::from_millis(10);
 /// The longest a missed flow's pass waits for the socket tracer to report how far it read.
@@ -281,6 +283,30 @@ impl TableBuilder {
             }
         };
         changed || !ended.is_empty()
+    }
+
+    /// A process bound a socket at `at` and could not be read (gone, or the socket closed):
+    /// the port it took may be one a socket seen earlier held. Each kept UDP socket of this
+    /// namespace seen before `at` (a sighting, or a socket a pass no longer lists)
+    /// that the kernel no longer has answers only for packets captured before `at`, so the
+    /// unread process's datagrams are never credited to a holder that let the port go —
+    /// they stay `unknown`. True when one ended.
+    pub fn bound_unread(&mut self, at: Instant, netns: NetNsId) -> bool {
+        let kept = self.assembly.kept_unended_before(at, netns, UNREAD_CHECKS);
+        // UDP only: sock_diag answers for it (a socket of another protocol it cannot be
+        // asked about would count as closed).
+        let gone: Vec<u64> = kept
+            .iter()
+            .filter(|s| s.proto == IpProto::Udp && self.still_open(s, netns).is_none())
+            .map(|s| s.inode)
+            .collect();
+        debug!(
+            checked = kept.len(),
+            ended = gone.len(),
+            "a bound socket was not read"
+        );
+        self.assembly.ended(&gone, at);
+        !gone.is_empty()
     }
 
     /// The kernel's entry for `socket` if it still has it (asked by its addresses through
@@ -525,7 +551,16 @@ impl Refresher {
             Err(RecvTimeoutError::Disconnected) => Step::Stop,
         };
         match step {
-            Step::Done if self.deferred_ready(round) => self.deferred_due(round),
+            Step::Done if !round.deferred.is_empty() => {
+                // What came meanwhile (the tracer's reports wake it only once).
+                if self.take_learned() {
+                    self.publish_learned(round);
+                }
+                match self.deferred_ready(round) {
+                    true => self.deferred_due(round),
+                    false => Step::Done,
+                }
+            }
             step => step,
         }
     }
@@ -556,7 +591,7 @@ impl Refresher {
     /// A miss or the process side woke the refresher: targeted lookups first, then what was
     /// learned, and a full pass only when those cannot settle it.
     fn woken(&mut self, round: &mut Round) -> Step {
-        let learned = self.take_learned();
+        let (received, learned) = self.take_news();
         if std::mem::take(&mut self.fork_due) {
             // At once, not gathered: until the table has the fork, the child's packets are
             // credited to its parent as they are read.
@@ -590,6 +625,8 @@ impl Refresher {
                 round.deferred.extend(flows.into_iter().take(room));
                 Step::Done
             }
+            // Woken for news that needed no table (the tracer's report of how far it read).
+            Missed::None if received => Step::Done,
             Missed::None => {
                 std::thread::sleep(MIN_GAP.saturating_sub(round.last.elapsed()));
                 Step::Pass
@@ -638,9 +675,17 @@ impl Refresher {
     /// Moves what the process watcher learned into the builder; true if there was any (such
     /// a refresh is not delayed: the process may already be gone).
     fn take_learned(&mut self) -> bool {
+        self.take_news().1
+    }
+
+    /// [`Refresher::take_learned`], also saying whether any news came at all (some need
+    /// no table of their own: how far the tracer read while nothing waits for it).
+    fn take_news(&mut self) -> (bool, bool) {
         let now = Instant::now();
         let mut any = false;
+        let mut received = false;
         while let Ok(news) = self.learned.try_recv() {
+            received = true;
             any |= match news {
                 News::Learned(learned) => {
                     self.pass_due |= self.builder.learn(learned, now);
@@ -686,9 +731,10 @@ impl Refresher {
                     self.forked(pid, at);
                     true
                 }
+                News::BoundUnread { at } => self.builder.bound_unread(at, self.netns),
             };
         }
-        any
+        (received, any)
     }
 
     /// `pid`, a process with claims or sockets, forked at `at`: the tables have it, and the
@@ -834,7 +880,7 @@ mod tests {
 
     use std::net::{SocketAddr, TcpListener, UdpSocket};
 
-    use pidcap_core::{MatchKind, ProcessInfo};
+    use pidcap_core::{Captured, MatchKind, ProcessInfo};
     use pidcap_wire::IpProto;
 
     use super::*;
@@ -970,6 +1016,59 @@ mod tests {
             .learn(sighting(b.netns, addr, 999_999_999, next), Instant::now());
         let table = b.builder.current(b.netns, 99);
         assert_eq!(udp_owner(&table, addr), Some((999_999_999, 1)));
+    }
+
+    /// Issue #12, scenario 15 (a link credited to the suite's own process): a process that
+    /// lives on binds a port and lets it go; the next holder binds it and is gone before the
+    /// tracer reads which socket it bound. Its datagrams must not go to the first process:
+    /// the kept sighting the kernel no longer has ends at the unread bind.
+    #[test]
+    fn a_port_let_go_by_a_live_process_is_not_its_own_after_an_unread_bind() {
+        let me = ProcessKey {
+            pid: std::process::id(),
+            start_time: ProcRoot::default().start_time(std::process::id()).unwrap(),
+        };
+        let mut b = Builder::new();
+        let kept = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let seen = Instant::now();
+        for s in [&kept, &other, &probe] {
+            let (addr, inode) = (s.local_addr().unwrap(), inode_of(s));
+            b.builder.learn(sighting(b.netns, addr, inode, me), seen);
+        }
+        let (addr, inode) = (probe.local_addr().unwrap(), inode_of(&probe));
+        drop(probe);
+        let ms = Duration::from_millis(1);
+        let (before, bound, after) = (seen + ms, seen + 2 * ms, seen + 3 * ms);
+        let owner = |t: &SocketTable, local: SocketAddr, at: Instant| {
+            let peer: SocketAddr = "127.0.0.9:53".parse().unwrap();
+            let current = &|_| pidcap_core::Currency::Current;
+            t.lookup_captured(IpProto::Udp, local, peer, current, Captured::late(at))
+                .filter(|m| !m.life.excludes(at))
+                .and_then(|m| Some((m.inode, m.owner?.pid)))
+        };
+        let t = b.builder.current(b.netns, 1);
+        assert_eq!(
+            owner(&t, addr, after),
+            Some((inode, me.pid)),
+            "kept until then"
+        );
+
+        assert!(b.builder.bound_unread(bound, b.netns));
+        let t = b.builder.current(b.netns, 2);
+        assert_eq!(
+            owner(&t, addr, before),
+            Some((inode, me.pid)),
+            "its own datagrams"
+        );
+        assert_eq!(owner(&t, addr, after), None, "not the unread process's");
+        // Sockets the kernel still has keep answering.
+        let open = kept.local_addr().unwrap();
+        assert_eq!(owner(&t, open, after), Some((inode_of(&kept), me.pid)));
+        // Nothing more to end: no new table needed.
+        assert!(!b.builder.bound_unread(after, b.netns));
+        drop(other);
     }
 
     #[test]
