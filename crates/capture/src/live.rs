@@ -7,9 +7,11 @@
 //! empty ring is waited on with `poll(2)` for at most the configured timeout.
 //!
 //! Idle, the wait grows: after [`IDLE_AFTER`] timeouts in a row it is at least
-//! [`IDLE_TIMEOUT_MS`], until the next frame (a daemon on a quiet interface wakes twice a
-//! second instead of ten times; a frame is not delayed by it, `poll` returns as soon as the
-//! kernel hands over a block; shutdown and the heartbeat are noticed within the longer wait).
+//! [`IDLE_TIMEOUT_MS`], until the next frame (a daemon on a quiet interface wakes about
+//! three times a second instead of ten; a frame is not delayed by it, `poll` returns as soon
+//! as the kernel hands over a block; shutdown and the heartbeat are noticed within the
+//! longer wait, which stays well under half of a 1 s systemd watchdog period, after which
+//! the capture thread counts as stale: at 500 ms it sat on that boundary).
 //!
 //! Invariant: `poll` is only called after libpcap reported its buffer empty, so no frame
 //! already handed to libpcap is ever waited on. A frame is copied once into a reused buffer
@@ -34,7 +36,7 @@ pub(crate) struct LiveCapture {
 /// Timeouts in a row after which the capture counts as idle.
 pub const IDLE_AFTER: u32 = 10;
 /// The least `poll` timeout of an idle capture, ms.
-pub const IDLE_TIMEOUT_MS: i32 = 500;
+pub const IDLE_TIMEOUT_MS: i32 = 300;
 
 /// libpcap's maximum snapshot length, used when the configured one is not positive.
 const MAX_SNAPLEN: usize = 262_144;

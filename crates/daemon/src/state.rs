@@ -91,7 +91,7 @@ pub struct NamespaceCaptureInfo {
 pub type GuestList = Arc<Vec<(NetNsId, Vec<u32>)>>;
 
 /// Without a systemd watchdog, a running thread that has not gone round its loop for this
-/// long is reported `stale` in `stats`: every loop goes round at least every 200 ms, or once
+/// long is reported `stale` in `stats`: every loop goes round at least every 300 ms, or once
 /// per capture batch or refresh pass, which take milliseconds.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
