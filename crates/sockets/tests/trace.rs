@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pidcap_sockets::trace::format::{sockaddr_in_stack, BindArgs, BindLayout};
 use pidcap_sockets::trace::{
     find_tracefs, parse_cpu_list, Bound, Connected, Connects, Pairing, RouteLayout, RouteLookup,
     RouteScope, SetState, SetStateLayout, SockEvent, SockIoLayout, SockTracer, SocketClaim,
@@ -548,32 +549,159 @@ fn a_childs_udp_connect_is_reported_with_its_pid_and_fd() {
 }
 
 /// A `bind()` of an IP address is reported with the binding pid and fd (the daemon reads
-/// the socket at once: a port passed on to a process that lives milliseconds).
+/// the socket at once: a port passed on to a process that lives milliseconds), and the
+/// address it was given, read from the stack copy taken at the call: a process that exits
+/// before its fd can be read is still known by the port it bound.
 #[test]
-fn an_ip_bind_is_reported_with_its_pid_and_fd() {
+fn an_ip_bind_is_reported_with_the_address_it_was_given() {
     use std::os::fd::AsRawFd;
     let mut tracer = live_tracer();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (pid, fd) = (std::process::id(), socket.as_raw_fd());
-    let ours = |seen: &[Bound]| seen.iter().any(|b| b.pid == pid && b.fd == fd);
-    let seen = std::cell::RefCell::new(Vec::<Bound>::new());
-    poll_until(
-        &mut tracer,
-        |tracer, _| seen.borrow_mut().extend_from_slice(tracer.bound()),
-        || ours(&seen.borrow()),
+    let pid = std::process::id();
+    for any in ["127.0.0.1:0", "[::1]:0"] {
+        // A port free now, then bound by its number: the address bind() is given.
+        let free = std::net::UdpSocket::bind(any)
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let socket = std::net::UdpSocket::bind(free).unwrap();
+        let fd = socket.as_raw_fd();
+        // (The fd of the probe socket is reused by the second: its bind, of port 0, is
+        // reported with that fd too.)
+        let ours = |seen: &[Bound]| {
+            seen.iter()
+                .any(|b| b.pid == pid && b.fd == fd && b.addr == Some(free))
+        };
+        let seen = std::cell::RefCell::new(Vec::<Bound>::new());
+        poll_until(
+            &mut tracer,
+            |tracer, _| seen.borrow_mut().extend_from_slice(tracer.bound()),
+            || ours(&seen.borrow()),
+        );
+        let seen = seen.into_inner();
+        assert!(
+            ours(&seen),
+            "bind of {free} on fd {fd} missing; saw {seen:?}"
+        );
+        let probe = seen.iter().find(|b| b.pid == pid && b.addr != Some(free));
+        assert!(
+            probe.is_some_and(|b| b.addr.is_some_and(|a| a.port() == 0)),
+            "the probe's bind of port 0 is reported as such: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn bind_enter_records_give_the_fd_and_where_the_address_is() {
+    let enter = TraceFormat::parse(
+        "fixture",
+        include_str!("fixtures/trace/sys_enter_bind.format"),
+    )
+    .unwrap();
+    let layout = BindLayout::new(&enter).unwrap();
+    let mut raw = vec![0u8; 40];
+    raw[16..24].copy_from_slice(&5u64.to_ne_bytes());
+    raw[24..32].copy_from_slice(&0x7ffd_0000_1000u64.to_ne_bytes());
+    raw[32..40].copy_from_slice(&16u64.to_ne_bytes());
+    assert_eq!(
+        layout.decode(&raw),
+        Some(BindArgs {
+            fd: 5,
+            addr_ptr: 0x7ffd_0000_1000,
+            addr_len: 16
+        })
     );
-    let seen = seen.into_inner();
-    assert!(
-        ours(&seen),
-        "bind of fd {fd} by {pid} missing; saw {seen:?}"
+    assert_eq!(layout.decode(&raw[..39]), None, "too short for addrlen");
+    raw[16..24].copy_from_slice(&(1u64 << 40).to_ne_bytes());
+    assert_eq!(layout.decode(&raw), None, "an fd out of an int's range");
+}
+
+/// A stack copy from `sp` with `sockaddr` bytes at `at`.
+fn stack_with(at: usize, sockaddr: &[u8]) -> Vec<u8> {
+    let mut stack = vec![0xa5u8; 256];
+    stack[at..at + sockaddr.len()].copy_from_slice(sockaddr);
+    stack
+}
+
+fn sockaddr_in(port: u16, ip: [u8; 4]) -> Vec<u8> {
+    let mut b = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+    b.extend_from_slice(&port.to_be_bytes());
+    b.extend_from_slice(&ip);
+    b.extend_from_slice(&[0; 8]);
+    b
+}
+
+fn sockaddr_in6(port: u16, ip: Ipv6Addr) -> Vec<u8> {
+    let mut b = (libc::AF_INET6 as u16).to_ne_bytes().to_vec();
+    b.extend_from_slice(&port.to_be_bytes());
+    b.extend_from_slice(&[0; 4]); // flow info
+    b.extend_from_slice(&ip.octets());
+    b.extend_from_slice(&[0; 4]); // scope id
+    b
+}
+
+#[test]
+fn a_sockaddr_is_read_only_when_wholly_inside_the_stack_copy() {
+    let sp = 0x7ffd_0000_0000u64;
+    let v4 = stack_with(40, &sockaddr_in(4242, [127, 0, 0, 7]));
+    let want4: SocketAddr = "127.0.0.7:4242".parse().unwrap();
+    assert_eq!(sockaddr_in_stack(&v4, sp, sp + 40, 16), Some(want4));
+    assert_eq!(
+        sockaddr_in_stack(&v4, sp, sp + 40, 28),
+        None,
+        "a v4 sockaddr's length is 16"
     );
+    assert_eq!(
+        sockaddr_in_stack(&v4, sp, sp + 41, 16),
+        None,
+        "not a sockaddr there"
+    );
+    assert_eq!(
+        sockaddr_in_stack(&v4, sp, sp - 8, 16),
+        None,
+        "below the stack pointer"
+    );
+    assert_eq!(
+        sockaddr_in_stack(&v4, sp, sp + 248, 16),
+        None,
+        "past the copy's end"
+    );
+    let v6 = stack_with(0, &sockaddr_in6(53, "2001:db8::1".parse().unwrap()));
+    assert_eq!(
+        sockaddr_in_stack(&v6, sp, sp, 28),
+        Some("[2001:db8::1]:53".parse().unwrap())
+    );
+    let mapped = stack_with(100, &sockaddr_in6(9, "::ffff:10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        sockaddr_in_stack(&mapped, sp, sp + 100, 28),
+        Some("10.0.0.1:9".parse().unwrap()),
+        "a v4-mapped address is its v4 address, as the tables keep it"
+    );
+    assert_eq!(sockaddr_in_stack(&[], sp, sp, 16), None);
+}
+
+proptest! {
+    /// Whatever the stack, pointer and length (a racing process may rewrite its stack), the
+    /// reader never panics and answers only with an address inside the copy.
+    #[test]
+    fn reading_a_sockaddr_from_any_stack_never_panics(
+        stack in proptest::collection::vec(any::<u8>(), 0..300),
+        sp in any::<u64>(),
+        off in any::<u64>(),
+        len in prop_oneof![Just(16u64), Just(28u64), any::<u64>()],
+    ) {
+        let got = sockaddr_in_stack(&stack, sp, sp.wrapping_add(off), len);
+        if got.is_some() {
+            prop_assert!(off.checked_add(len).is_some_and(|end| end <= stack.len() as u64));
+        }
+    }
 }
 
 #[test]
 fn binds_are_paired_by_thread_and_only_successes_reported() {
     let mut c = Connects::new(16);
-    c.enter_bind(11, 10, 3);
-    c.enter_bind(12, 10, 4);
+    let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    c.enter_bind(11, 10, 3, Some(addr));
+    c.enter_bind(12, 10, 4, None);
     c.exit_bind(12, -98, 5); // EADDRINUSE
     c.exit_bind(11, 0, 6);
     c.exit_bind(13, 0, 7); // no enter seen (a bind of another family): nothing
@@ -584,6 +712,7 @@ fn binds_are_paired_by_thread_and_only_successes_reported() {
             tid: 11,
             fd: 3,
             time: 6,
+            addr: Some(addr),
         }]
     );
     c.clear();

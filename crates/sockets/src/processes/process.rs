@@ -53,6 +53,16 @@ pub(crate) fn parse_stat_ppid(stat: &[u8]) -> std::result::Result<u32, String> {
         .ok_or_else(|| "bad ppid (field 4)".into())
 }
 
+/// True when `/proc/<pid>/stat` says the process has ended: a zombie (`Z`) or dead (`X`,
+/// field 3, the first after `comm`), or of another start time than `start_time` (the pid
+/// was reused).
+pub(crate) fn parse_stat_ended(stat: &[u8], start_time: u64) -> std::result::Result<bool, String> {
+    let (_, started) = parse_stat(stat)?;
+    let close = stat.iter().rposition(|&b| b == b')').ok_or("no ')'")?;
+    let [state] = fields::<1>(&stat[close + 1..]).ok_or("no state (field 3)")?;
+    Ok(started != start_time || matches!(state, b"Z" | b"X" | b"x"))
+}
+
 /// The real uid: first number of the `Uid:` line of `/proc/<pid>/status`.
 pub(crate) fn parse_status_uid(status: &[u8]) -> std::result::Result<u32, (usize, String)> {
     let mut lines = status.split(|&b| b == b'\n').enumerate();
@@ -148,6 +158,17 @@ impl ProcRoot {
         stat_of(&self.pid_dir(pid)).map(|(_, start)| start)
     }
 
+    /// True when the process `key` names has ended: gone, a zombie, or its pid held by
+    /// another process since. An unreadable or malformed `stat` counts as not ended (what
+    /// cannot be told is not taken as an exit).
+    pub fn has_ended(&self, key: ProcessKey) -> bool {
+        let path = self.pid_dir(key.pid).join("stat");
+        match read_file(&path) {
+            Ok(stat) => parse_stat_ended(&stat, key.start_time).unwrap_or(false),
+            Err(e) => e.is_not_found(),
+        }
+    }
+
     /// The pid of `pid`'s parent (0 for the first process). [`Error::NotFound`] if it
     /// exited.
     pub fn parent_pid(&self, pid: u32) -> Result<u32> {
@@ -197,6 +218,52 @@ mod tests {
 
     /// A child started now is placed between the instants taken around its spawn, within
     /// the ticks' precision (and never after the instant it is asked at).
+    #[test]
+    fn a_zombie_a_dead_process_and_a_reused_pid_have_ended() {
+        let (_, start) = parse_stat(STAT_LINUX_6_18).unwrap();
+        assert_eq!(
+            parse_stat_ended(STAT_LINUX_6_18, start),
+            Ok(false),
+            "running (R)"
+        );
+        let zombie = String::from_utf8_lossy(STAT_LINUX_6_18).replacen(") R ", ") Z ", 1);
+        assert_eq!(parse_stat_ended(zombie.as_bytes(), start), Ok(true));
+        let dead = String::from_utf8_lossy(STAT_LINUX_6_18).replacen(") R ", ") X ", 1);
+        assert_eq!(parse_stat_ended(dead.as_bytes(), start), Ok(true));
+        assert_eq!(
+            parse_stat_ended(STAT_LINUX_6_18, start + 1),
+            Ok(true),
+            "pid reused"
+        );
+        assert!(parse_stat_ended(b"7843 (x", start).is_err());
+    }
+
+    /// A live child has not ended; once it exited (a zombie until reaped) and once reaped
+    /// (gone) it has.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a bounded wait for the kill
+    fn a_child_has_ended_once_it_exits_reaped_or_not() {
+        let proc = ProcRoot::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let key = ProcessKey {
+            pid: child.id(),
+            start_time: proc.start_time(child.id()).unwrap(),
+        };
+        assert!(!proc.has_ended(key));
+        child.kill().unwrap();
+        // Not reaped: a zombie once the kill is delivered (bounded wait).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !proc.has_ended(key) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(proc.has_ended(key), "a killed, unreaped child is a zombie");
+        child.wait().unwrap();
+        assert!(proc.has_ended(key), "a reaped child is gone");
+    }
+
     #[test]
     #[allow(clippy::disallowed_methods)] // the test takes the instants around the spawn
     fn a_start_time_in_ticks_is_placed_on_the_monotonic_clock() {

@@ -273,6 +273,66 @@ impl SyscallLayout {
     }
 }
 
+/// The arguments of a `bind()` as `syscalls:sys_enter_bind` records them: the fd, and where
+/// and how long the caller's `sockaddr` is (a user address: the record does not copy it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindArgs {
+    pub fd: i32,
+    pub addr_ptr: u64,
+    pub addr_len: u64,
+}
+
+/// Field offsets of `syscalls:sys_enter_bind` (`fd`, `umyaddr`, `addrlen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindLayout {
+    pub id: u16,
+    fd: SyscallLayout,
+    addr: SyscallLayout,
+    len: SyscallLayout,
+}
+
+impl BindLayout {
+    pub fn new(format: &TraceFormat) -> Result<BindLayout> {
+        Ok(BindLayout {
+            id: trace_id(format)?,
+            fd: SyscallLayout::new(format, "fd")?,
+            addr: SyscallLayout::new(format, "umyaddr")?,
+            len: SyscallLayout::new(format, "addrlen")?,
+        })
+    }
+
+    /// Decodes a raw record; `None` if it is too short or the fd is out of range.
+    pub fn decode(&self, raw: &[u8]) -> Option<BindArgs> {
+        Some(BindArgs {
+            fd: i32::try_from(self.fd.decode(raw)?).ok()?,
+            addr_ptr: self.addr.decode(raw)? as u64,
+            addr_len: self.len.decode(raw)? as u64,
+        })
+    }
+}
+
+const SOCKADDR_IN: usize = 16;
+const SOCKADDR_IN6: usize = 28;
+
+/// The IP socket address a `bind()` was given, read from a copy of the caller's stack:
+/// `stack` is the memory from the user stack pointer `sp` up (a perf `STACK_USER` dump taken
+/// at the syscall's entry), the `sockaddr` is `len` bytes at user address `ptr`. `None`
+/// unless the whole `sockaddr_in` or `sockaddr_in6` lies inside the copy (an address built
+/// on the heap is not there) and `len` is its size. Never panics, whatever the inputs.
+pub fn sockaddr_in_stack(stack: &[u8], sp: u64, ptr: u64, len: u64) -> Option<SocketAddr> {
+    let start = usize::try_from(ptr.checked_sub(sp)?).ok()?;
+    let len = usize::try_from(len).ok()?;
+    let raw = stack.get(start..start.checked_add(len)?)?;
+    let family = u16::from_ne_bytes(bytes::<2>(raw, 0)?);
+    let port = u16::from_be_bytes(bytes::<2>(raw, 2)?);
+    let ip: IpAddr = match (family, len) {
+        (AF_INET, SOCKADDR_IN) => Ipv4Addr::from(bytes::<4>(raw, 4)?).into(),
+        (AF_INET6, SOCKADDR_IN6) => Ipv6Addr::from(bytes::<16>(raw, 8)?).to_canonical(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Records carry the id as a 16-bit `common_type`.
 fn trace_id(format: &TraceFormat) -> Result<u16> {
     u16::try_from(format.id)

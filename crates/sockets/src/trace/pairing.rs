@@ -216,6 +216,10 @@ pub struct Bound {
     pub fd: i32,
     /// When `bind()` returned (`CLOCK_MONOTONIC` ns).
     pub time: u64,
+    /// The address it was given, when the caller's `sockaddr` was in the stack copy taken at
+    /// the call ([`crate::trace::format::sockaddr_in_stack`]): what the socket is known by
+    /// when its process exits before the fd can be read.
+    pub addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -239,8 +243,8 @@ struct Inside {
 pub struct Connects {
     inside: HashMap<u32, Inside>,
     connected: Vec<Connected>,
-    /// Threads inside `bind()` (pid, fd), and the binds that succeeded.
-    binding: HashMap<u32, (u32, i32)>,
+    /// Threads inside `bind()` (pid, fd, address), and the binds that succeeded.
+    binding: HashMap<u32, (u32, i32, Option<SocketAddr>)>,
     bound: Vec<Bound>,
     capacity: usize,
 }
@@ -313,19 +317,26 @@ impl Connects {
         &self.connected
     }
 
-    /// Thread `tid` of process `pid` entered `bind(fd, …)` with an IP address.
-    pub fn enter_bind(&mut self, tid: u32, pid: u32, fd: i32) {
+    /// Thread `tid` of process `pid` entered `bind(fd, addr)` with an IP address (`None`:
+    /// not read from the caller's stack).
+    pub fn enter_bind(&mut self, tid: u32, pid: u32, fd: i32, addr: Option<SocketAddr>) {
         if self.binding.len() >= self.capacity {
             self.binding.clear();
         }
-        self.binding.insert(tid, (pid, fd));
+        self.binding.insert(tid, (pid, fd, addr));
     }
 
     /// Thread `tid` left `bind()` with `ret` at `time`; a success is reported by
     /// [`Connects::bound`].
     pub fn exit_bind(&mut self, tid: u32, ret: i64, time: u64) {
-        if let (Some((pid, fd)), 0) = (self.binding.remove(&tid), ret) {
-            self.bound.push(Bound { pid, tid, fd, time });
+        if let (Some((pid, fd, addr)), 0) = (self.binding.remove(&tid), ret) {
+            self.bound.push(Bound {
+                pid,
+                tid,
+                fd,
+                time,
+                addr,
+            });
         }
     }
 

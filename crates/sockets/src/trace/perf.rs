@@ -21,13 +21,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use perf_event::data::Record as Parsed;
+use perf_event::data::{Record as Parsed, SampleRegsAbi};
 use perf_event::events::Tracepoint;
 use perf_event::{Builder, Clock, Counter, SampleFlag, Sampler};
 use tracing::debug;
 
 use super::format::{
-    record_type, RouteLayout, SetStateLayout, SockIoLayout, SyscallLayout, TraceFormat,
+    record_type, sockaddr_in_stack, BindLayout, RouteLayout, SetStateLayout, SockIoLayout,
+    SyscallLayout, TraceFormat,
 };
 use super::pairing::{Bound, Connected, Connects, Pairing, SockEvent, SocketClaim, TCP_SYN_SENT};
 use crate::error::{Error, Result};
@@ -37,6 +38,22 @@ pub const REORDER: Duration = Duration::from_millis(2);
 
 /// Bytes of ring buffer per CPU (a power of two; an event takes about 100 bytes).
 const RING_BYTES: usize = 256 * 1024;
+
+/// Bytes of ring buffer per CPU for the binds (each record carries [`STACK_COPY`]).
+const BIND_RING_BYTES: usize = 128 * 1024;
+
+/// Bytes of the caller's stack copied with each bind: `bind()`'s `sockaddr` is usually a
+/// local of the function that calls it, a few frames above the stack pointer at the syscall.
+const STACK_COPY: u32 = 1024;
+
+/// The user stack pointer among perf's sampled registers (`PERF_REG_X86_SP`,
+/// `PERF_REG_ARM64_SP`); elsewhere binds are traced without their address.
+#[cfg(target_arch = "x86_64")]
+const SP_REGISTER: Option<u32> = Some(7);
+#[cfg(target_arch = "aarch64")]
+const SP_REGISTER: Option<u32> = Some(31);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SP_REGISTER: Option<u32> = None;
 
 /// Sockets the pairing tracks at most, per kind.
 const TRACKED: usize = 65_536;
@@ -167,8 +184,9 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
 struct ConnectEvents {
     enter: SyscallLayout,
     exit: SyscallLayout,
-    /// `syscalls:sys_{enter,exit}_bind`, when this kernel has them.
-    bind: Option<(SyscallLayout, SyscallLayout)>,
+    /// `syscalls:sys_{enter,exit}_bind`, when this kernel has them (read from their own
+    /// rings: [`BindRing`]).
+    bind: Option<(BindLayout, SyscallLayout)>,
     /// `fib:fib_table_lookup`, `fib6:fib6_table_lookup` (those this kernel has).
     routes: Vec<RouteLayout>,
     state: Connects,
@@ -176,7 +194,7 @@ struct ConnectEvents {
 
 impl ConnectEvents {
     /// Takes a connect enter or exit or a route lookup record; false for any other record.
-    fn take(&mut self, raw: &[u8], time: u64, tid: u32, pid: u32) -> bool {
+    fn take(&mut self, raw: &[u8], tid: u32, pid: u32) -> bool {
         let Some(ty) = record_type(raw) else {
             return false;
         };
@@ -192,20 +210,116 @@ impl ConnectEvents {
             if let Some(lookup) = layout.decode(raw) {
                 self.state.route(tid, lookup);
             }
-        } else if let Some((enter, exit)) =
-            self.bind.as_ref().filter(|(e, x)| ty == e.id || ty == x.id)
-        {
-            if ty == enter.id {
-                if let Some(fd) = enter.decode(raw).and_then(|f| i32::try_from(f).ok()) {
-                    self.state.enter_bind(tid, pid, fd);
-                }
-            } else if let Some(ret) = exit.decode(raw) {
-                self.state.exit_bind(tid, ret, time);
-            }
         } else {
             return false;
         }
         true
+    }
+
+    /// Takes a bind enter or exit record of a [`BindRing`]; `stack` is the stack pointer
+    /// and the copy of the caller's stack from it, when the ring samples them.
+    fn take_bind(
+        &mut self,
+        raw: &[u8],
+        time: u64,
+        tid: u32,
+        pid: u32,
+        stack: Option<(u64, &[u8])>,
+    ) {
+        let (Some((enter, exit)), Some(ty)) = (&self.bind, record_type(raw)) else {
+            return;
+        };
+        if ty == enter.id {
+            if let Some(args) = enter.decode(raw) {
+                let addr = stack.and_then(|(sp, copy)| {
+                    sockaddr_in_stack(copy, sp, args.addr_ptr, args.addr_len)
+                });
+                self.state.enter_bind(tid, pid, args.fd, addr);
+            }
+        } else if ty == exit.id {
+            if let Some(ret) = exit.decode(raw) {
+                self.state.exit_bind(tid, ret, time);
+            }
+        }
+    }
+}
+
+/// A CPU's ring of `bind()` events, apart from the other events because each enter carries
+/// a copy of the caller's stack (perf's `STACK_USER`, with the user stack pointer), where
+/// the `sockaddr` the event only points to usually is: a process that binds and exits
+/// within the reader's wakeup is still known by the address it bound.
+struct BindRing {
+    sampler: Sampler,
+    _exit: Counter,
+}
+
+impl BindRing {
+    /// The ring on `cpu`, with stack copies where the kernel and architecture give them,
+    /// without otherwise.
+    fn open(cpu: usize, enter: &BindLayout, exit: &SyscallLayout) -> Result<BindRing> {
+        let with_stack = |stack| -> Result<BindRing> {
+            let leader = open_counter(
+                cpu,
+                enter.id,
+                CONNECT_ENTER_FILTER,
+                Wakeup::Watermark,
+                None,
+                stack,
+            )?;
+            let sampler = leader
+                .sampled(BIND_RING_BYTES)
+                .map_err(|e| Error::from_io(Path::new("mmap(perf bind ring)"), e))?;
+            // Like a connect's: the process may live milliseconds.
+            let mut exit = open_into(
+                cpu,
+                exit.id,
+                BIND_EXIT_FILTER,
+                Wakeup::Each,
+                None,
+                &sampler,
+                stack,
+            )?;
+            exit.enable()
+                .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE(bind)"), e))?;
+            let mut ring = BindRing {
+                sampler,
+                _exit: exit,
+            };
+            ring.sampler
+                .enable()
+                .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE(bind)"), e))?;
+            Ok(ring)
+        };
+        match SP_REGISTER {
+            Some(_) => with_stack(true).or_else(|e| {
+                debug!(error = %e, "bind events without stack copies");
+                with_stack(false)
+            }),
+            None => with_stack(false),
+        }
+    }
+
+    /// Feeds every record in the ring to `events`; counts lost records into `lost`.
+    fn drain(&mut self, events: &mut ConnectEvents, lost: &mut u64) {
+        while let Some(record) = self.sampler.next_record() {
+            match record.parse_record() {
+                Ok(Parsed::Sample(sample)) => {
+                    let Some((time, pid, tid, raw)) = sample_parts(&sample) else {
+                        continue;
+                    };
+                    let sp = sample
+                        .regs_user()
+                        .filter(|r| r.abi != SampleRegsAbi::NONE)
+                        .and_then(|r| r.regs.first().copied());
+                    let stack = sp.zip(sample.stack_user());
+                    events.take_bind(raw, time, tid, pid, stack);
+                }
+                // A lost bind is one socket not read at once (no pairing to forget).
+                Ok(Parsed::Lost(l)) => *lost += l.lost,
+                Ok(_) => {}
+                Err(error) => debug!(error = %error, "unparsable perf bind record"),
+            }
+        }
     }
 }
 
@@ -214,6 +328,7 @@ struct Ring {
     cpu: usize,
     sampler: Sampler,
     _others: Vec<Counter>,
+    binds: Option<BindRing>,
 }
 
 /// The socket-event reader. See the module doc.
@@ -286,10 +401,9 @@ impl SockTracer {
                 enter: SyscallLayout::new(&enter, "fd")?,
                 exit: SyscallLayout::new(&exit, "ret")?,
                 bind: match (format(BIND_ENTER), format(BIND_EXIT)) {
-                    (Ok(enter), Ok(exit)) => Some((
-                        SyscallLayout::new(&enter, "fd")?,
-                        SyscallLayout::new(&exit, "ret")?,
-                    )),
+                    (Ok(enter), Ok(exit)) => {
+                        Some((BindLayout::new(&enter)?, SyscallLayout::new(&exit, "ret")?))
+                    }
                     _ => None,
                 },
                 routes: optional_layouts(&format, &[ROUTE4, ROUTE6], RouteLayout::new)?,
@@ -519,8 +633,12 @@ impl SockTracer {
         let mut fds: Vec<libc::pollfd> = self
             .rings
             .iter()
-            .map(|r| libc::pollfd {
-                fd: r.sampler.as_raw_fd(),
+            .flat_map(|r| {
+                let binds = r.binds.as_ref().map(|b| &b.sampler);
+                std::iter::once(&r.sampler).chain(binds)
+            })
+            .map(|sampler| libc::pollfd {
+                fd: sampler.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -545,17 +663,17 @@ impl SockTracer {
             c.state.clear();
         }
         for ring in &mut self.rings {
+            if let (Some(binds), Some(c)) = (&mut ring.binds, &mut self.connects) {
+                binds.drain(c, &mut self.lost);
+            }
             while let Some(record) = ring.sampler.next_record() {
                 match record.parse_record() {
                     Ok(Parsed::Sample(sample)) => {
-                        let (Some(time), Some(pid), Some(raw)) =
-                            (sample.time(), sample.pid(), sample.raw())
-                        else {
+                        let Some((time, pid, tid, raw)) = sample_parts(&sample) else {
                             continue;
                         };
-                        let tid = sample.tid().unwrap_or(pid);
                         if let Some(c) = &mut self.connects {
-                            if c.take(raw, time, tid, pid) {
+                            if c.take(raw, tid, pid) {
                                 continue;
                             }
                         }
@@ -607,6 +725,13 @@ pub struct PacketSent {
     pub len: u32,
 }
 
+/// A sample's time, pid, thread id (the pid when absent) and raw record; `None` when one of
+/// the others is missing.
+fn sample_parts<'a>(sample: &'a perf_event::data::Sample<'_>) -> Option<(u64, u32, u32, &'a [u8])> {
+    let (time, pid, raw) = (sample.time()?, sample.pid()?, sample.raw()?);
+    Some((time, pid, sample.tid().unwrap_or(pid), raw))
+}
+
 /// What one record is.
 enum Decoded {
     Sock(SockEvent),
@@ -648,7 +773,14 @@ fn open_ring(
     io: &[SockIoLayout],
     connects: Option<&ConnectEvents>,
 ) -> Result<Ring> {
-    let leader = open_counter(cpu, set_state.id, SET_STATE_FILTER, Wakeup::Watermark, None)?;
+    let leader = open_counter(
+        cpu,
+        set_state.id,
+        SET_STATE_FILTER,
+        Wakeup::Watermark,
+        None,
+        false,
+    )?;
     let mut sampler = leader
         .sampled(RING_BYTES)
         .map_err(|e| Error::from_io(Path::new("mmap(perf ring)"), e))?;
@@ -665,23 +797,14 @@ fn open_ring(
     });
     // The exit of a connect wakes the reader at once: the socket may close in microseconds.
     let syscalls = connects.into_iter().flat_map(|c| {
-        let binds = c.bind.iter().flat_map(|(enter, exit)| {
-            [
-                (enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
-                // Like a connect's: the process may live milliseconds.
-                (exit.id, BIND_EXIT_FILTER, Wakeup::Each),
-            ]
-        });
         [
             (c.enter.id, CONNECT_ENTER_FILTER, Wakeup::Watermark),
             (c.exit.id, CONNECT_EXIT_FILTER, Wakeup::Each),
         ]
-        .into_iter()
-        .chain(binds)
     });
     let mut others = Vec::new();
     for (id, filter, wakeup) in std::iter::once(connect).chain(io).chain(syscalls) {
-        let mut counter = open_into(cpu, id, filter, wakeup, None, &sampler)?;
+        let mut counter = open_into(cpu, id, filter, wakeup, None, &sampler, false)?;
         counter
             .enable()
             .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
@@ -690,10 +813,15 @@ fn open_ring(
     sampler
         .enable()
         .map_err(|e| Error::from_io(Path::new("PERF_EVENT_IOC_ENABLE"), e))?;
+    let binds = connects
+        .and_then(|c| c.bind.as_ref())
+        .map(|(enter, exit)| BindRing::open(cpu, enter, exit))
+        .transpose()?;
     Ok(Ring {
         cpu,
         sampler,
         _others: others,
+        binds,
     })
 }
 
@@ -714,7 +842,15 @@ fn open_routes(
     for ring in rings {
         for &id in ids {
             let wakeup = Wakeup::Watermark;
-            let mut counter = open_into(ring.cpu, id, ROUTE_FILTER, wakeup, thread, &ring.sampler)?;
+            let mut counter = open_into(
+                ring.cpu,
+                id,
+                ROUTE_FILTER,
+                wakeup,
+                thread,
+                &ring.sampler,
+                false,
+            )?;
             if enable {
                 counter
                     .enable()
@@ -734,8 +870,9 @@ fn open_into(
     wakeup: Wakeup,
     thread: Option<u32>,
     sampler: &Sampler,
+    stack: bool,
 ) -> Result<Counter> {
-    let counter = open_counter(cpu, id, filter, wakeup, thread)?;
+    let counter = open_counter(cpu, id, filter, wakeup, thread, stack)?;
     ioctl(&counter, "PERF_EVENT_IOC_SET_OUTPUT", |fd| {
         // SAFETY: both are perf event fds opened on the same CPU.
         unsafe { perf_event_open_sys::ioctls::SET_OUTPUT(fd, sampler.as_raw_fd()) }
@@ -761,13 +898,16 @@ fn optional_layouts<L>(
     Ok(found)
 }
 
-/// A disabled, filtered, sampled tracepoint counter on `cpu`, for every thread or one.
+/// A disabled, filtered, sampled tracepoint counter on `cpu`, for every thread or one; with
+/// `stack`, each sample also carries the user stack pointer and [`STACK_COPY`] bytes of the
+/// stack from it (needs [`SP_REGISTER`]).
 fn open_counter(
     cpu: usize,
     id: u16,
     filter: &str,
     wakeup: Wakeup,
     thread: Option<u32>,
+    stack: bool,
 ) -> Result<Counter> {
     let mut builder = Builder::new(Tracepoint::with_id(id.into()));
     builder.one_cpu(cpu);
@@ -782,6 +922,18 @@ fn open_counter(
         .sample(SampleFlag::TID | SampleFlag::TIME | SampleFlag::RAW)
         .clockid(Clock::MONOTONIC)
         .enabled(false);
+    if let (true, Some(sp)) = (stack, SP_REGISTER) {
+        builder
+            .sample(
+                SampleFlag::TID
+                    | SampleFlag::TIME
+                    | SampleFlag::RAW
+                    | SampleFlag::REGS_USER
+                    | SampleFlag::STACK_USER,
+            )
+            .sample_regs_user(1 << sp)
+            .sample_stack_user(STACK_COPY);
+    }
     match wakeup {
         Wakeup::Each => builder.wakeup_events(1),
         Wakeup::Watermark => builder.wakeup_watermark(RING_BYTES / 4),
