@@ -635,6 +635,7 @@ impl LiveInputs {
                 let life = Life {
                     from: k.from,
                     until: until(&inode),
+                    unlisted: true,
                 };
                 (k.since, inode, (k.socket, None, life))
             })
@@ -648,6 +649,7 @@ impl LiveInputs {
                     let life = Life {
                         from: None,
                         until: Some(ended),
+                        unlisted: false,
                     };
                     outdone.push((since, s.inode, (*s, seen, life)));
                 }

@@ -76,6 +76,10 @@ pub struct SocketMatch {
 pub struct Life {
     pub from: Option<Instant>,
     pub until: Option<Instant>,
+    /// The kernel's listing does not show the socket (a sighting, or one a pass no longer
+    /// lists): a holder that lives on may have closed it since it was seen, and its port
+    /// be another process's (see [`SocketTable::with_claims_read_to`]).
+    pub unlisted: bool,
 }
 
 impl Life {
@@ -164,7 +168,7 @@ fn settled(at: Instant, fork: Option<Instant>, young: Option<Instant>) -> Life {
     let Some(fork) = fork else {
         return Life {
             from: young,
-            until: None,
+            ..Life::default()
         };
     };
     let start = fork
@@ -174,12 +178,23 @@ fn settled(at: Instant, fork: Option<Instant>, young: Option<Instant>) -> Life {
         true => Life {
             from: young,
             until: Some(start),
+            ..Life::default()
         },
         false => Life {
             from: Some((fork + FORK_WINDOW).max(young.unwrap_or(fork))),
-            until: None,
+            ..Life::default()
         },
     }
+}
+
+/// True for a bound socket the kernel's listing does not show whose holder has no known
+/// end (see [`SocketTable::with_claims_read_to`]).
+fn unlisted_unended_match(found: &SocketMatch) -> bool {
+    found.kind == MatchKind::Wildcard && found.life.unlisted && found.life.until.is_none()
+}
+
+fn unlisted_unended(answer: &Answer) -> bool {
+    matches!(answer, Answer::Found(Some(found)) if unlisted_unended_match(found))
 }
 
 /// When the packet a lookup is for was captured, and whether it is decided late.
@@ -699,6 +714,14 @@ impl SocketTable {
     }
 
     /// This table, holding every traced claim made up to `read_to` (see [`Captured::late`]).
+    ///
+    /// The tracer reads binds as it reads claims, so the table also holds every traced
+    /// `bind()` made up to `read_to`: a bound socket the kernel's listing does not show
+    /// ([`Life::unlisted`]), whose holder lives on, answers as read only for packets
+    /// captured up to `read_to` (in the table's own namespace). Its holder may have closed
+    /// it since it was seen (a port bound once to find it free) and a new process bound
+    /// the port, whose bind is not in the table yet: a later packet waits, and is decided
+    /// once every bind up to its capture is in (the newer holder wins the port).
     pub fn with_claims_read_to(self, read_to: Option<Instant>) -> SocketTable {
         SocketTable {
             claims_read_to: read_to,
@@ -722,7 +745,24 @@ impl SocketTable {
         unread
             && [(flow.src, flow.dst), (flow.dst, flow.src)]
                 .into_iter()
-                .any(|(local, remote)| self.has_connection(flow.proto, local, remote))
+                .any(|(local, remote)| {
+                    self.has_connection(flow.proto, local, remote)
+                        || self.has_unlisted_bound(flow.proto, local)
+                })
+    }
+
+    /// True when the bound socket that answers for `local` in the table's own namespace is
+    /// one the kernel's listing does not show, of a holder with no known end (see
+    /// [`SocketTable::with_claims_read_to`]).
+    fn has_unlisted_bound(&self, proto: IpProto, local: SocketAddr) -> bool {
+        let local = canonical(local);
+        self.live.ns_of(local.ip()) == Some(HOME)
+            && self
+                .lookup_bound(HOME, proto, local, None)
+                .is_some_and(|at| {
+                    let life = self.live.life[at];
+                    life.unlisted && life.until.is_none()
+                })
     }
 
     /// True when a connection, live or recently closed (or claimed), has these ends, in the
@@ -991,10 +1031,23 @@ impl SocketTable {
             return Answer::Undecided;
         }
         let (false, Some(at)) = (captured.late, captured.at) else {
-            return self.answer_of(&key, &records, judge, captured);
+            let answer = self.answer_of(&key, &records, judge, captured);
+            if self.claims_unread(captured) && ns == HOME && unlisted_unended(&answer) {
+                return Answer::Undecided; // a newer holder's bind may be on its way
+            }
+            return answer;
         };
         if fork.is_none() && young.is_none_or(|young| at >= young) {
-            return self.answer_of(&key, &records, judge, captured);
+            let mut answer = self.answer_of(&key, &records, judge, captured);
+            if let (Answer::Found(Some(found)), Some(read_to), HOME) =
+                (&mut answer, self.claims_read_to, ns)
+            {
+                if unlisted_unended_match(found) && read_to < at {
+                    // Timed: the packets after `read_to` wait (see `with_claims_read_to`).
+                    found.life.until = Some(read_to);
+                }
+            }
+            return answer;
         }
         match self.answer_of(&key, &records, judge, captured) {
             // Timed, so that no cache keeps it for the packets it does not answer for: those

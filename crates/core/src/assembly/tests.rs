@@ -798,3 +798,79 @@ fn forks_and_claims_read_make_tables_and_forks_expire_with_the_claims() {
     let m = gone.lookup_captured(IpProto::Tcp, conn.local, conn.remote, current, now);
     assert!(m.is_none_or(|m| m.life.is_unbounded()), "{m:?}");
 }
+
+/// The owner a late (pending) lookup of a datagram from `s`'s port captured at `at` finds,
+/// `None` when it is undecided.
+fn late_owner(table: &SocketTable, s: &SocketEntry, at: Instant) -> Option<Option<u32>> {
+    let current = &|_| Currency::Current;
+    let captured = Captured {
+        at: Some(at),
+        late: true,
+    };
+    table
+        .lookup_captured(s.proto, s.local, addr(STRANGER), current, captured)
+        .map(|m| m.owner.filter(|_| !m.life.excludes(at)).map(|k| k.pid))
+}
+
+/// Issue #12, scenario 15's probe: a process that bound a port once to find it free and
+/// let it go while living on (its socket seen at its bind, then closed, never listed) does
+/// not answer for a datagram captured after the binds the tracer read so far: a new
+/// process may have bound the port, its bind on its way. The datagram waits, and is
+/// decided once every bind up to its capture is in — the new holder's if one bound it, the
+/// prober's if none did. A socket the kernel lists answers as read.
+#[test]
+fn a_datagram_on_a_port_let_go_by_a_live_process_waits_for_the_binds_up_to_its_capture() {
+    let base = sock(IpProto::Udp, "127.0.0.1:5353", "0.0.0.0:0", 0);
+    let probe = SocketEntry { inode: 90, ..base };
+    let flow = FlowKey {
+        proto: IpProto::Udp,
+        src: base.local,
+        dst: addr(STRANGER),
+    };
+    let start = |shell: &mut Shell| {
+        shell.pass(0, &[]);
+        shell.learn_started(probe, 9, 0, 1); // the prober: lives on, never ends
+        shell.assembly.claims_read(shell.at(50));
+    };
+    let mut shell = Shell::new(&[]);
+    start(&mut shell);
+    let table = shell.table();
+    let cache = AttributionCache::new(64);
+    assert!(
+        matches!(
+            sent_at(&cache, &table, &base, shell.at(40)),
+            Some(Credit::Process { key, .. }) if key.pid == 9
+        ),
+        "captured before the binds read: as read"
+    );
+    assert_eq!(
+        sent_at(&cache, &table, &base, shell.at(60)),
+        Some(Credit::Unknown(UnknownReason::NoSocket)),
+        "captured after: waits"
+    );
+    assert_eq!(late_owner(&table, &base, shell.at(60)), None, "undecided");
+    assert!(table.may_wait_for_claims(&flow, shell.at(60)));
+
+    // A new process bound the port at 55; the binds up to 70 are in: its datagram.
+    shell.learn_started(SocketEntry { inode: 100, ..base }, 1, 54, 55);
+    shell.assembly.claims_read(shell.at(70));
+    let table = shell.table();
+    assert_eq!(late_owner(&table, &base, shell.at(60)), Some(Some(1)));
+    assert!(!table.may_wait_for_claims(&flow, shell.at(60)));
+
+    // Nobody bound it: the prober's, once the binds up to it are in.
+    let mut shell = Shell::new(&[]);
+    start(&mut shell);
+    shell.assembly.claims_read(shell.at(70));
+    let table = shell.table();
+    assert_eq!(late_owner(&table, &base, shell.at(60)), Some(Some(9)));
+
+    // Listed by the kernel, it answers as read.
+    let mut shell = Shell::new(&[(90, 9)]);
+    start(&mut shell);
+    let table = shell.table_at(2, &[probe]);
+    assert!(matches!(
+        sent_at(&AttributionCache::new(64), &table, &base, shell.at(60)),
+        Some(Credit::Process { key, .. }) if key.pid == 9
+    ));
+}
