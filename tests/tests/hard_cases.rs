@@ -175,14 +175,28 @@ fn a_reused_port_is_never_credited_to_its_previous_or_next_holder() {
 }
 
 /// Processes on one local UDP port, one after another (`SO_REUSEADDR`), each exchanging
-/// datagrams with one server: never credited to the previous or the next holder. (A link
-/// that exits within a millisecond of its `bind` may leave some bytes `unknown`: the bind
-/// gives the tracer a file descriptor, not an address; see ACCURACY.md, scenario 15.)
+/// datagrams with one server and exiting (about 100 µs after its `bind()`, often before
+/// the tracer reads its fd: then it is known by the address it bound): each credited with
+/// its own datagrams, never the previous or the next holder, nor the suite's process, which
+/// bound the port once to find it free.
 #[test]
-fn a_udp_port_passed_along_a_chain_is_never_credited_to_another_link() {
+fn a_udp_port_passed_along_a_chain_is_credited_to_each_link() {
     require_root();
     let outcome = scenarios::port_reuse_udp(Size::Quick);
     assert_sound(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
+}
+
+/// The same on a saturated CPU: the tracer reads binds later, so more links are gone by
+/// then.
+#[test]
+fn a_udp_port_passed_along_a_chain_is_credited_to_each_link_on_a_saturated_cpu() {
+    require_root();
+    let hogs = Hogs::one_per_core().expect("start one CPU hog per core");
+    let outcome = scenarios::port_reuse_udp(Size::Quick);
+    drop(hogs);
+    assert_sound(&outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
 }
 
 /// Parents that connect and fork; each child does all the traffic on the inherited

@@ -122,6 +122,11 @@ pub enum News {
     /// before the tracer could read which: a port some socket seen earlier held may have
     /// passed to it (see `TableBuilder::bound_unread`).
     BoundUnread { at: Instant },
+    /// A process bound the sockets of `learned` (known by the addresses it gave `bind()`,
+    /// with inodes no kernel socket has) at `learned.seen` and had ended by `by`, before
+    /// they could be read: its holder for the packets captured in between (see
+    /// `TableBuilder::learn_gone`). Sent after the [`News::BoundUnread`] of the same bind.
+    BoundGone { learned: Learned, by: Instant },
     /// The socket tracer's claims of one round (a process used these connections), the
     /// forks of processes that claimed connections before them (their children may use
     /// them: `pidcap_core::SocketTable::with_forks`), and how far its rings were read:

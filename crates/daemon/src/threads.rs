@@ -25,6 +25,7 @@ use crate::inbox::{miss_channel, MissSignal, News};
 use crate::namespaces::NamespaceCapture;
 use crate::pipeline::{End, Pipeline};
 use crate::process_side::facts::ProcessFacts;
+use crate::process_side::holders::Holders;
 use crate::process_side::{trace, watch};
 use crate::refresh::Refresher;
 use crate::state::DaemonState;
@@ -194,17 +195,19 @@ fn start_process_side(
     stop: &Arc<AtomicBool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let facts = shared.facts().clone();
+    let holders = Holders::default();
     let mut threads = Vec::new();
     if config.socket_tracer && config.pcap_file.is_none() {
         let tracer = open_tracer(proc, netns, &facts, shared, &to, stop.clone());
         if let Some(mut tracer) = tracer {
             tracer.route_tracing = config.route_tracing;
+            tracer.holders = holders.clone();
             threads.push(spawn("trace", move || tracer.run())?);
         }
     } else {
         info!("socket tracer off (configured, or replaying a file)");
     }
-    let watcher = start_watcher(proc, netns, facts, to, stop.clone(), shared)?;
+    let watcher = start_watcher(proc, netns, facts, holders, to, stop.clone(), shared)?;
     shared.process_side().watcher = watcher.is_some();
     threads.extend(watcher);
     Ok(threads)
@@ -216,6 +219,7 @@ fn start_watcher(
     proc: &ProcRoot,
     netns: NetNsId,
     facts: ProcessFacts,
+    holders: Holders,
     to: ToRefresher,
     stop: Arc<AtomicBool>,
     shared: &Arc<DaemonState>,
@@ -236,7 +240,7 @@ fn start_watcher(
         stop,
         facts,
         shared: shared.clone(),
-        reported: HashMap::new(),
+        reported: holders,
         namespaces_told: Default::default(),
         forks: HashMap::new(),
     };
@@ -280,5 +284,6 @@ fn open_tracer(
         shared: shared.clone(),
         route_tracing: true,
         route_threads: RouteThreads::default(),
+        holders: Holders::default(),
     })
 }

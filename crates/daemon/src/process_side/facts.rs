@@ -197,6 +197,11 @@ impl ProcessFacts {
         }
     }
 
+    /// When the process recorded for `pid` exited, if it did (as the watcher read it).
+    pub fn exited_at(&self, pid: u32) -> Option<Instant> {
+        self.inner().map.get(&pid).and_then(|f| f.exited)
+    }
+
     pub fn get(&self, pid: u32) -> Known {
         match self.inner().map.get(&pid) {
             Some(f) => Known::Process(f.info.clone(), f.netns),

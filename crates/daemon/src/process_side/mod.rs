@@ -10,5 +10,6 @@
 //! namespace is never credited here.
 
 pub mod facts;
+pub mod holders;
 pub mod trace;
 pub mod watch;

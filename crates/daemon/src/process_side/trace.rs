@@ -19,17 +19,18 @@
 //! network namespace of the process that made it (containers included).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pidcap_core::{
-    canonical, NetNsId, PacketSend, ProcessInfo, RouteThreads, SocketEntry, TcpState, CLOSE_GRACE,
-    FORK_WINDOW, SEND_WINDOW,
+    canonical, NetNsId, PacketSend, ProcessInfo, ProcessKey, RouteThreads, SocketEntry, TcpState,
+    CLOSE_GRACE, FORK_WINDOW, SEND_WINDOW,
 };
 use pidcap_sockets::trace::{
-    instant_of, Connected, PacketSent, RouteLookup, RouteScope, SockTracer, SocketClaim,
+    instant_of, Bound, Connected, PacketSent, RouteLookup, RouteScope, SockTracer, SocketClaim,
 };
 use pidcap_sockets::{ProcRoot, ProcessHandle};
 use pidcap_wire::IpProto;
@@ -37,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::inbox::{Learned, MissSignal, News};
 use crate::process_side::facts::{Known, ProcessFacts};
+use crate::process_side::holders::Holders;
 use crate::state::{DaemonState, Worker};
 
 /// How long events may wait in the rings while TCP is busy (the latency of a claim, and of
@@ -71,6 +73,9 @@ pub struct Tracer {
     pub route_tracing: bool,
     /// Threads whose route lookups are traced, and until when (the policy is core's).
     pub route_threads: RouteThreads,
+    /// Holders told to the refresher, whose exits it is to be told (shared with the
+    /// process watcher, which reads the exits).
+    pub holders: Holders,
 }
 
 /// The tracer loop's own state between rounds.
@@ -88,6 +93,10 @@ struct Round {
     sends_until: Option<Instant>,
     /// Claims were made: how far the rings were read is reported until then.
     claims_until: Option<Instant>,
+    /// Binds whose socket could not be read while their process still ran (closed on the
+    /// way out, or a port probed and let go), with when the bind was: looked at again each
+    /// round for [`UNREAD_PATIENCE`], in case the process ends ([`Tracer::bound_by_ended`]).
+    unread: Vec<(Bound, Instant)>,
     /// Processes that made claims, and their forks.
     claimants: Claimants,
 }
@@ -173,6 +182,7 @@ impl Tracer {
             // `pidcap_core::YOUNG_CONNECTION`).
             claims_until: Some(Instant::now()),
             claimants: Claimants::default(),
+            unread: Vec::new(),
         };
         while !self.stop.load(Ordering::Relaxed) {
             self.shared.beat_worker(Worker::Trace, Instant::now());
@@ -187,7 +197,7 @@ impl Tracer {
             }
             // Bound and connected datagram sockets first: a link of a chain of processes on
             // one port may live a millisecond after its bind, a resolver one round trip.
-            self.learn_all_bound();
+            self.learn_all_bound(&mut round);
             let routed = self.learn_all_connected();
             self.expire_routes();
             // Learn who the actors are now: a 5 ms process is gone by the time its
@@ -259,9 +269,9 @@ impl Tracer {
     /// process to process (`SO_REUSEADDR`) is the new holder's from its first datagram,
     /// even when that process lives milliseconds and the watcher's looks miss it. A TCP
     /// socket is bound before it listens or connects: its state changes claim it.
-    fn learn_all_bound(&mut self) {
+    fn learn_all_bound(&mut self, round: &mut Round) {
         let bound = self.tracer.bound().to_vec();
-        let mut learned = 0;
+        let mut learned = self.look_again_at_unread(round);
         for b in bound {
             // The socket first (the process may exit any moment), then who it is.
             let mut entry = match self.read_bound(b.pid, b.fd, self.netns) {
@@ -271,10 +281,20 @@ impl Tracer {
                     let at = instant_of(b.time);
                     debug!(pid = b.pid, fd = b.fd, age = ?at.elapsed(), why, "bound socket not read");
                     // In order with the sightings: the refresher ends the sockets seen
-                    // before it that the kernel no longer has.
-                    match self.learned.try_send(News::BoundUnread { at }) {
-                        Ok(()) => learned += 1,
-                        Err(_) => self.shared.process_side().learned_dropped += 1,
+                    // before it that the kernel no longer has…
+                    let gone = self.bound_by_ended(&b, at);
+                    if gone.is_none() && b.addr.is_some_and(|a| a.port() != 0) {
+                        if round.unread.len() >= UNREAD_KEPT {
+                            round.unread.remove(0);
+                        }
+                        round.unread.push((b, at));
+                    }
+                    let news = std::iter::once(News::BoundUnread { at }).chain(gone);
+                    for news in news {
+                        match self.learned.try_send(news) {
+                            Ok(()) => learned += 1,
+                            Err(_) => self.shared.process_side().learned_dropped += 1,
+                        }
                     }
                     continue;
                 }
@@ -285,6 +305,7 @@ impl Tracer {
             entry.uid = info.uid;
             entry.netns = netns;
             debug!(pid = b.pid, fd = b.fd, local = %entry.local, "bound socket");
+            let (key, uid) = (info.key, info.uid);
             let news = Learned {
                 sockets: vec![entry],
                 info,
@@ -294,10 +315,102 @@ impl Tracer {
                 Ok(()) => learned += 1,
                 Err(_) => self.shared.process_side().learned_dropped += 1,
             }
+            learned += usize::from(self.note_holder(key, uid));
         }
         if learned > 0 {
             self.wake.request();
         }
+    }
+
+    /// Looks again at the unread binds of processes that still ran: those that ended since
+    /// are told ([`Tracer::bound_by_ended`]), those older than [`UNREAD_PATIENCE`] are
+    /// dropped (a process that lives on closed the socket: its port may be anyone's).
+    /// Returns how many news were sent.
+    fn look_again_at_unread(&self, round: &mut Round) -> usize {
+        if round.unread.is_empty() {
+            return 0;
+        }
+        round.active_at = Some(Instant::now()); // short polls while they wait
+        let mut sent = 0;
+        let unread = std::mem::take(&mut round.unread);
+        for (b, at) in unread {
+            match self.bound_by_ended(&b, at) {
+                Some(news) => match self.learned.try_send(news) {
+                    Ok(()) => sent += 1,
+                    Err(_) => self.shared.process_side().learned_dropped += 1,
+                },
+                None if at.elapsed() < UNREAD_PATIENCE => round.unread.push((b, at)),
+                None => {}
+            }
+        }
+        sent
+    }
+
+    /// `key` was told holding a socket: its exit is to be told, so that the port it bound
+    /// is not its own after (the next process on it may be one nobody reads). A process
+    /// that exited before it was noted — the watcher read its exit first — is told exited
+    /// here, at the time the watcher read. True when an exit was sent.
+    fn note_holder(&self, key: ProcessKey, uid: u32) -> bool {
+        self.holders.note(key, uid);
+        if !self.proc.has_ended(key) {
+            return false;
+        }
+        let Some((key, uid)) = self.holders.take(key.pid) else {
+            return false; // the watcher told
+        };
+        let at = self.facts.exited_at(key.pid).unwrap_or_else(Instant::now);
+        debug!(pid = key.pid, "a holder read at its bind had exited");
+        match self.learned.try_send(News::Exited { key, uid, at }) {
+            Ok(()) => true,
+            Err(_) => {
+                self.shared.process_side().learned_dropped += 1;
+                false
+            }
+        }
+    }
+
+    /// …and a process that bound an address and ended before its socket could be read (it
+    /// may live 100 µs after its `bind()`: a link of a chain of processes on one port) is
+    /// still its holder from the bind until it ended, known by the address it gave
+    /// `bind()` (from the caller's stack, [`pidcap_sockets::trace::Bound::addr`]). Only a
+    /// process that ended: one that lives on closed the socket (it may have bound a port
+    /// to find it free), and its port may be anyone's now. The socket's protocol is not
+    /// known (`bind()` does not say): a TCP socket is bound before it listens or connects,
+    /// and those claim it, so an unread bound socket is taken for a UDP one. `None` when
+    /// the address (or its port) is not known, the process still runs, or was never named.
+    fn bound_by_ended(&self, b: &Bound, at: Instant) -> Option<News> {
+        let local = b.addr.filter(|a| a.port() != 0)?;
+        // A zombie (not reaped yet) can still be named.
+        let Known::Process(info, netns) = self.who(b.pid) else {
+            return None; // never named: nobody to credit
+        };
+        if !self.proc.has_ended(info.key) {
+            return None;
+        }
+        let by = self.facts.exited_at(b.pid).unwrap_or_else(Instant::now);
+        let socket = SocketEntry {
+            netns,
+            proto: IpProto::Udp,
+            local: canonical(local),
+            remote: SocketAddr::new(unspecified_like(local.ip()), 0),
+            state: TcpState::Close,
+            inode: next_unread_inode(),
+            uid: info.uid,
+        };
+        debug!(
+            pid = b.pid,
+            local = %socket.local,
+            bound_ago = ?at.elapsed(),
+            ended_ago = ?by.elapsed(),
+            started_ago = ?pidcap_sockets::process::start_instant(info.key.start_time, Instant::now()).map(|s| s.elapsed()),
+            "bound socket of an ended process, by its address"
+        );
+        let learned = Learned {
+            sockets: vec![socket],
+            info,
+            seen: at,
+        };
+        Some(News::BoundGone { learned, by })
     }
 
     /// The datagram (non-TCP) IP socket behind `pid`'s `fd`; `Ok(None)` for a TCP socket,
@@ -588,6 +701,30 @@ impl Tracer {
     fn who(&self, pid: u32) -> Known {
         self.facts
             .get_or_read(&self.proc, self.netns, pid, Instant::now())
+    }
+}
+
+/// How long an unread bind of a process that still ran is looked at again: a process that
+/// closes its socket on its way out ends within this; one that lives on is not its holder.
+const UNREAD_PATIENCE: Duration = Duration::from_millis(100);
+/// Unread binds looked at again at most (the oldest go first).
+const UNREAD_KEPT: usize = 256;
+
+/// Inode numbers of sockets known only by the address their process bound
+/// ([`Tracer::bound_by_ended`]): above any the kernel gives (socket inodes are 32-bit),
+/// unique within a run, so the table keeps and ends each on its own.
+const UNREAD_INODES: u64 = 1 << 63;
+static NEXT_UNREAD: AtomicU64 = AtomicU64::new(UNREAD_INODES);
+
+fn next_unread_inode() -> u64 {
+    NEXT_UNREAD.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The unspecified address of `ip`'s family (a bound socket's remote end).
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 

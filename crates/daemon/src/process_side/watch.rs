@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::inbox::{Learned, MissSignal, News};
 use crate::process_side::facts::{Known, ProcessFacts};
+use crate::process_side::holders::Holders;
 
 /// Processes watched at once (when looks are due: `pidcap_core::LookSchedule`).
 const MAX_WATCHED: usize = 4096;
@@ -103,7 +104,8 @@ pub struct Watcher {
     pub shared: Arc<crate::state::DaemonState>,
     /// Processes whose sockets were sent to the refresher, to be reported at their exit (at
     /// most `MAX_REPORTED` (65,536); beyond, full fd scans alone correct those holders).
-    pub reported: HashMap<u32, (ProcessKey, u32)>,
+    /// (Shared with the socket tracer, which tells of holders too.)
+    pub reported: Holders,
     /// Network namespaces already told to the refresher (at most `MAX_REPORTED`).
     pub namespaces_told: HashSet<NetNsId>,
     /// Processes that forked within the last [`FORK_WINDOW`], and when each last did (at
@@ -348,17 +350,15 @@ impl Watcher {
     /// `pid` within the last [`FORK_WINDOW`] goes first: its child may hold these sockets
     /// too, and no table is to have them without it.
     fn report(&mut self, pid: u32, learned: Learned) {
-        if self.reported.len() >= MAX_REPORTED {
-            self.reported.clear();
-        }
-        self.reported
-            .insert(pid, (learned.info.key, learned.info.uid));
+        let (key, uid) = (learned.info.key, learned.info.uid);
         let fork = self.forks.get(&pid).copied();
         if let Some(at) = fork.filter(|at| at.elapsed() < FORK_WINDOW) {
             debug!(pid, ago = ?at.elapsed(), "a process that forked holds sockets");
             self.send(News::Forked { pid, at });
         }
         self.send(learned.into());
+        // After the sockets: the refresher never reads the exit before them.
+        self.reported.note(key, uid);
     }
 
     /// `pid` forked at `at`: told to the refresher when it was reported holding sockets
@@ -374,7 +374,7 @@ impl Watcher {
             }
         }
         self.forks.insert(pid, at);
-        if self.reported.contains_key(&pid) {
+        if self.reported.contains(pid) {
             debug!(pid, ago = ?at.elapsed(), "a process seen holding sockets forked");
             self.send(News::Forked { pid, at });
         }
@@ -407,7 +407,7 @@ impl Watcher {
     /// Tells the refresher that a process it was told holds sockets has exited: it holds
     /// nothing now (a child that inherited a socket must not stay its newest holder).
     fn report_exit(&mut self, pid: u32, at: Instant) {
-        if let Some((key, uid)) = self.reported.remove(&pid) {
+        if let Some((key, uid)) = self.reported.take(pid) {
             self.send(News::Exited { key, uid, at });
         }
     }

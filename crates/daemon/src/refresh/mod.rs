@@ -354,6 +354,17 @@ impl TableBuilder {
         new_namespace
     }
 
+    /// Takes in sockets a process bound at `learned.seen` and had ended by `by` before they
+    /// could be read (see `News::BoundGone`): kept like any sighting from the bind (a newer
+    /// holder of the port wins), each answers only for packets captured until `by` (their
+    /// inodes, no kernel socket's, are each their own). True (the next table has them).
+    pub fn learn_gone(&mut self, learned: Learned, by: Instant, now: Instant) -> bool {
+        let inodes: Vec<u64> = learned.sockets.iter().map(|s| s.inode).collect();
+        self.learn(learned, now);
+        self.assembly.ended(&inodes, by);
+        true
+    }
+
     /// Takes in frames sent through packet sockets (all up to `read_to`) and who sent them;
     /// the next table has them.
     pub fn packet_sent(
@@ -732,6 +743,7 @@ impl Refresher {
                     true
                 }
                 News::BoundUnread { at } => self.builder.bound_unread(at, self.netns),
+                News::BoundGone { learned, by } => self.builder.learn_gone(learned, by, now),
             };
         }
         (received, any)
@@ -1069,6 +1081,38 @@ mod tests {
         // Nothing more to end: no new table needed.
         assert!(!b.builder.bound_unread(after, b.netns));
         drop(other);
+    }
+
+    /// Issue #12, scenario 15 (a link `unknown` in one run of four): a process that binds
+    /// a port and exits before the tracer can read its fd is known by the address it gave
+    /// `bind()` — its holder from the bind until it ended, and only then: the next holder's
+    /// datagrams are not its own.
+    #[test]
+    fn a_socket_bound_by_a_process_that_ended_unread_answers_from_its_bind_to_its_end() {
+        let mut b = Builder::new();
+        let addr: SocketAddr = "127.0.0.1:45155".parse().unwrap();
+        let link = ProcessKey {
+            pid: 7,
+            start_time: 1,
+        };
+        let now = Instant::now();
+        let ms = Duration::from_millis(1);
+        let (bound, ended) = (now + ms, now + 3 * ms);
+        let mut learned = sighting(b.netns, addr, (1 << 63) + 5, link);
+        learned.seen = bound;
+        b.builder.bound_unread(bound, b.netns); // sent first, as the tracer does
+        assert!(b.builder.learn_gone(learned, ended, now));
+        let owner = |t: &SocketTable, at: Instant| {
+            let peer: SocketAddr = "127.0.0.9:53".parse().unwrap();
+            let current = &|_| pidcap_core::Currency::Current;
+            t.lookup_captured(IpProto::Udp, addr, peer, current, Captured::late(at))
+                .filter(|m| !m.life.excludes(at))
+                .and_then(|m| m.owner)
+                .map(|k| k.pid)
+        };
+        let t = b.builder.current(b.netns, 1);
+        assert_eq!(owner(&t, now + 2 * ms), Some(7), "in its life");
+        assert_eq!(owner(&t, now + 4 * ms), None, "after it ended");
     }
 
     #[test]
