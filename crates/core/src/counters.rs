@@ -205,12 +205,28 @@ pub struct ProcessTally {
     pub quality: QualityBytes,
 }
 
+fn absorb_into(
+    map: &mut FastMap<ProcessKey, ProcessTally>,
+    key: ProcessKey,
+    counts: &ProcessTally,
+) {
+    let entry = map.entry(key).or_default();
+    entry.counters.absorb(&counts.counters);
+    entry.quality.absorb(&counts.quality);
+}
+
 /// Counts of one batch of packets, kept by the capture thread without any lock and merged
 /// into the shared ledger once per batch. Clearing keeps the map's capacity, so a steady
 /// workload allocates nothing per packet.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Read only after [`Tally::flush`] (the ledger's merge does it).
     pub(crate) processes: FastMap<ProcessKey, ProcessTally>,
+    /// The last process credited in each direction (tx, rx) and what it got since: a
+    /// flood's packets go to one process or two, whose counts then cost no hash per
+    /// packet. Moved into `processes` when another process is credited in that direction,
+    /// and by [`Tally::flush`].
+    last: [Option<(ProcessKey, ProcessTally)>; 2],
     pub(crate) totals: Totals,
     packets: u64,
 }
@@ -259,9 +275,16 @@ impl Tally {
                 };
                 self.totals.credited.add(dir, len);
                 self.totals.credited_by_quality.add(quality, len);
-                let entry = self.processes.entry(key).or_default();
-                entry.counters.add(dir, len);
-                entry.quality.add(quality, len);
+                let slot = &mut self.last[dir as usize];
+                if slot.as_ref().is_none_or(|(last, _)| *last != key) {
+                    if let Some((last, counts)) = slot.replace((key, ProcessTally::default())) {
+                        absorb_into(&mut self.processes, last, &counts);
+                    }
+                }
+                if let Some((_, entry)) = slot {
+                    entry.counters.add(dir, len);
+                    entry.quality.add(quality, len);
+                }
             }
             Credit::Unknown(reason) => {
                 self.totals.unknown.add(dir, len);
@@ -296,7 +319,17 @@ impl Tally {
         self.packets == 0 && self.totals == Totals::default()
     }
 
+    /// Moves the counts of the last processes credited into `processes`.
+    pub(crate) fn flush(&mut self) {
+        for slot in &mut self.last {
+            if let Some((key, counts)) = slot.take() {
+                absorb_into(&mut self.processes, key, &counts);
+            }
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
+        self.last = [None, None];
         self.processes.clear();
         self.totals = Totals::default();
         self.packets = 0;

@@ -125,6 +125,7 @@ impl Ledger {
     /// Moves a batch's counts into the ledger and clears the tally. Facts about newly seen
     /// processes come from `table` (the table their packets were attributed with).
     pub fn merge(&mut self, tally: &mut Tally, table: &SocketTable) {
+        tally.flush();
         for (key, counts) in tally.processes.drain() {
             let entry = self
                 .processes
@@ -427,6 +428,40 @@ mod tests {
         ledger.commit_log(&batch, t0);
         ledger.restore(KEY, meta(), counters(0, 100));
         assert_eq!(ledger.process(&KEY).unwrap().usage.total.tx_bytes, 800);
+    }
+
+    proptest::proptest! {
+        /// The tally keeps the last process of each direction apart (no hash per packet):
+        /// whatever the interleaving of processes, directions and merges, the ledger gets
+        /// every byte and packet of each process, in its direction and quality.
+        #[test]
+        fn a_tally_loses_no_count_whatever_the_order_of_credits(
+            credits in proptest::collection::vec((0u32..4, proptest::bool::ANY, proptest::bool::ANY, 1u32..1500), 0..200),
+            merge_every in 1usize..50,
+        ) {
+            let mut ledger = Ledger::new(Instant::now());
+            let mut tally = Tally::default();
+            let mut want: HashMap<ProcessKey, (Counters, u64, u64)> = HashMap::new();
+            for (i, &(pid, tx, late, len)) in credits.iter().enumerate() {
+                let key = ProcessKey { pid, start_time: 1 };
+                let dir = if tx { Direction::Tx } else { Direction::Rx };
+                let credit = Credit::Process { key, kind: MatchKind::Exact };
+                tally.record_side(dir, credit, late, len);
+                let w = want.entry(key).or_default();
+                w.0.add(dir, u64::from(len));
+                if late { w.2 += u64::from(len) } else { w.1 += u64::from(len) }
+                if i % merge_every == 0 {
+                    ledger.merge(&mut tally, &SocketTable::default());
+                }
+            }
+            ledger.merge(&mut tally, &SocketTable::default());
+            for (key, (counters, exact, late)) in &want {
+                let got = ledger.process(key).expect("every credited process");
+                proptest::prop_assert_eq!(&got.usage.total, counters);
+                proptest::prop_assert_eq!((got.quality.exact, got.quality.late), (*exact, *late));
+            }
+            proptest::prop_assert_eq!(ledger.processes().count(), want.len());
+        }
     }
 
     #[test]
