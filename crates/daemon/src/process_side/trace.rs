@@ -556,7 +556,14 @@ impl Tracer {
                     Known::Unknown => None,
                 });
         }
-        let sends = sent.iter().map(|s| packet_send(s, &senders)).collect();
+        let sends: Vec<PacketSend> = sent.iter().map(|s| packet_send(s, &senders)).collect();
+        debug!(
+            sends = sends.len(),
+            unnamed = sends.iter().filter(|s| s.sender.is_none()).count(),
+            read_to_ago = ?instant_of(self.tracer.read_to()).elapsed(),
+            last = round.sends_until.is_some_and(|until| now > until),
+            "packet sends"
+        );
         let news = News::PacketSent {
             sends,
             senders: senders.into_values().flatten().map(|(i, _)| i).collect(),
