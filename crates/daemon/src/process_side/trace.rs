@@ -293,12 +293,8 @@ impl Tracer {
                         }
                         round.unread.push((b, at));
                     }
-                    let news = std::iter::once(News::BoundUnread { at }).chain(gone);
-                    for news in news {
-                        match self.learned.try_send(news) {
-                            Ok(()) => learned += 1,
-                            Err(_) => self.shared.process_side().learned_dropped += 1,
-                        }
+                    for news in std::iter::once(News::BoundUnread { at }).chain(gone) {
+                        learned += usize::from(self.tell(news));
                     }
                     continue;
                 }
@@ -315,10 +311,7 @@ impl Tracer {
                 info,
                 seen: Instant::now(),
             };
-            match self.learned.try_send(news.into()) {
-                Ok(()) => learned += 1,
-                Err(_) => self.shared.process_side().learned_dropped += 1,
-            }
+            learned += usize::from(self.tell(news.into()));
             learned += usize::from(self.note_holder(key, uid));
         }
         if learned > 0 {
@@ -336,18 +329,25 @@ impl Tracer {
         }
         round.active_at = Some(Instant::now()); // short polls while they wait
         let mut sent = 0;
-        let unread = std::mem::take(&mut round.unread);
-        for (b, at) in unread {
-            match self.bound_by_ended(&b, at) {
-                Some(news) => match self.learned.try_send(news) {
-                    Ok(()) => sent += 1,
-                    Err(_) => self.shared.process_side().learned_dropped += 1,
-                },
-                None if at.elapsed() < UNREAD_PATIENCE => round.unread.push((b, at)),
-                None => {}
-            }
-        }
+        round
+            .unread
+            .retain(|(b, at)| match self.bound_by_ended(b, *at) {
+                Some(news) => {
+                    sent += usize::from(self.tell(news));
+                    false
+                }
+                None => at.elapsed() < UNREAD_PATIENCE,
+            });
         sent
+    }
+
+    /// Queues `news` for the refresher; false (counted) when its queue is full.
+    fn tell(&self, news: News) -> bool {
+        let told = self.learned.try_send(news).is_ok();
+        if !told {
+            self.shared.process_side().learned_dropped += 1;
+        }
+        told
     }
 
     /// `key` was told holding a socket: its exit is to be told, so that the port it bound
@@ -364,13 +364,7 @@ impl Tracer {
         };
         let at = self.facts.exited_at(key.pid).unwrap_or_else(Instant::now);
         debug!(pid = key.pid, "a holder read at its bind had exited");
-        match self.learned.try_send(News::Exited { key, uid, at }) {
-            Ok(()) => true,
-            Err(_) => {
-                self.shared.process_side().learned_dropped += 1;
-                false
-            }
-        }
+        self.tell(News::Exited { key, uid, at })
     }
 
     /// …and a process that bound an address and ended before its socket could be read (it
@@ -406,7 +400,6 @@ impl Tracer {
             local = %socket.local,
             bound_ago = ?at.elapsed(),
             ended_ago = ?by.elapsed(),
-            started_ago = ?pidcap_sockets::process::start_instant(info.key.start_time, Instant::now()).map(|s| s.elapsed()),
             "bound socket of an ended process, by its address"
         );
         let learned = Learned {

@@ -1001,6 +1001,16 @@ mod tests {
         }
     }
 
+    /// The socket and holder a late lookup finds for a datagram captured at `at` from
+    /// `local` to a peer no socket uses (`None` when none answers for that time).
+    fn udp_owner_at(t: &SocketTable, local: SocketAddr, at: Instant) -> Option<(u64, u32)> {
+        let peer: SocketAddr = "127.0.0.9:53".parse().unwrap();
+        let current = &|_| pidcap_core::Currency::Current;
+        t.lookup_captured(IpProto::Udp, local, peer, current, Captured::late(at))
+            .filter(|m| !m.life.excludes(at))
+            .and_then(|m| Some((m.inode, m.owner?.pid)))
+    }
+
     /// Issue #12, scenario 15 (7.5 % credited to the wrong link): a process whose socket a
     /// pass listed with it as the holder before the watcher's sighting of it came in exits;
     /// its socket must end then, or it keeps the port from the next processes (seen by the
@@ -1053,13 +1063,7 @@ mod tests {
         drop(probe);
         let ms = Duration::from_millis(1);
         let (before, bound, after) = (seen + ms, seen + 2 * ms, seen + 3 * ms);
-        let owner = |t: &SocketTable, local: SocketAddr, at: Instant| {
-            let peer: SocketAddr = "127.0.0.9:53".parse().unwrap();
-            let current = &|_| pidcap_core::Currency::Current;
-            t.lookup_captured(IpProto::Udp, local, peer, current, Captured::late(at))
-                .filter(|m| !m.life.excludes(at))
-                .and_then(|m| Some((m.inode, m.owner?.pid)))
-        };
+        let owner = udp_owner_at;
         let t = b.builder.current(b.netns, 1);
         assert_eq!(
             owner(&t, addr, after),
@@ -1102,14 +1106,7 @@ mod tests {
         learned.seen = bound;
         b.builder.bound_unread(bound, b.netns); // sent first, as the tracer does
         assert!(b.builder.learn_gone(learned, ended, now));
-        let owner = |t: &SocketTable, at: Instant| {
-            let peer: SocketAddr = "127.0.0.9:53".parse().unwrap();
-            let current = &|_| pidcap_core::Currency::Current;
-            t.lookup_captured(IpProto::Udp, addr, peer, current, Captured::late(at))
-                .filter(|m| !m.life.excludes(at))
-                .and_then(|m| m.owner)
-                .map(|k| k.pid)
-        };
+        let owner = |t: &SocketTable, at: Instant| udp_owner_at(t, addr, at).map(|(_, pid)| pid);
         let t = b.builder.current(b.netns, 1);
         assert_eq!(owner(&t, now + 2 * ms), Some(7), "in its life");
         assert_eq!(owner(&t, now + 4 * ms), None, "after it ended");
