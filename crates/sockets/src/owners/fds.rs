@@ -27,6 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use pidcap_core::{ProcessInfo, ProcessKey};
 
 use crate::error::{Error, Result};
+use crate::processes::pidfd::quiet_fds_of;
 use crate::root::ProcRoot;
 use crate::text::{bracketed, dec};
 
@@ -109,6 +110,7 @@ impl ProcRoot {
     /// Appends the inode of every socket fd of `pid` to `inodes`.
     fn socket_inodes(&self, pid: u32, inodes: &mut Vec<u64>, stats: &mut ScanStats) -> Result<()> {
         let dir = self.pid_dir(pid).join("fd");
+        let _quiet = quiet_fds_of(pid);
         for entry in fs::read_dir(&dir).map_err(|e| Error::from_io(&dir, e))? {
             let link = entry.map_err(|e| Error::from_io(&dir, e))?.path();
             stats.fds_read += 1;

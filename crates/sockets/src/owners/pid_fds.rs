@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, Result};
 use crate::owners::fds::parse_socket_link;
+use crate::processes::pidfd::quiet_fds_of;
 use crate::root::ProcRoot;
 
 impl ProcRoot {
@@ -14,6 +15,7 @@ impl ProcRoot {
     /// process has exited; an fd closed while reading is skipped.
     pub fn socket_fds_of(&self, pid: u32, out: &mut Vec<(RawFd, u64)>) -> Result<()> {
         let dir = self.pid_dir(pid).join("fd");
+        let _quiet = quiet_fds_of(pid);
         let entries = fs::read_dir(&dir).map_err(|e| Error::from_io(&dir, e))?;
         for entry in entries.flatten() {
             let Some(fd) = std::str::from_utf8(entry.file_name().as_bytes())
@@ -36,6 +38,7 @@ impl ProcRoot {
     /// `NotFound` when the process exited or the fd was closed.
     pub fn socket_inode(&self, pid: u32, fd: RawFd) -> Result<Option<u64>> {
         let path = self.pid_dir(pid).join("fd").join(fd.to_string());
+        let _quiet = quiet_fds_of(pid);
         let target = fs::read_link(&path).map_err(|e| Error::from_io(&path, e))?;
         Ok(parse_socket_link(target.as_os_str().as_bytes()))
     }

@@ -38,6 +38,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 use crate::owners::fds::{tolerate, OwnerScan, ScanStats};
+use crate::processes::pidfd::quiet_fds_of;
 use crate::root::ProcRoot;
 use dir::{PidName, LINK_BUFFER};
 
@@ -349,6 +350,7 @@ impl OwnerScanner {
         let fd_dir =
             dir::open_dir(&pid_dir, c"fd").map_err(|e| errno_error(root, pid, Some("fd"), e))?;
         let inodes = &mut self.inodes;
+        let _quiet = quiet_fds_of(pid);
         dir::socket_inodes(
             &fd_dir,
             &mut self.dents,

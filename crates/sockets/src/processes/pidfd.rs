@@ -5,18 +5,45 @@
 //! where a table dump would arrive too late. Needs Linux 5.6 and ptrace access
 //! (CAP_SYS_PTRACE).
 //!
-//! Invariant: the duplicate never outlives the call that made it (an `OwnedFd` dropped
-//! before returning); while it exists, a `close` by the process does not yet end the socket,
-//! which delays its FIN by those microseconds at most.
+//! Invariants:
+//! - The duplicate never outlives the call that made it (dropped before returning); while it
+//!   exists, a `close` by the process does not yet end the socket, which delays its FIN by
+//!   those microseconds at most.
+//! - No reading of this process's own fd table sees a duplicate: each is made and closed
+//!   under a shared hold of [`LENDING`], and every reader of `/proc/<pid>/fd` takes
+//!   [`quiet_fds_of`] for its own pid, which waits for the duplicates to be closed and keeps
+//!   new ones from being made. Without it a scan could find pidcapd holding another
+//!   process's socket, and credit that process's traffic to pidcapd.
 
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use pidcap_core::{NetNsId, SocketEntry, TcpState};
 use pidcap_wire::IpProto;
 
 use crate::error::{Error, Result};
+
+/// Held shared while a borrowed duplicate exists, exclusively while this process's own fd
+/// table is read. It guards no data: the fd table is the shared state.
+static LENDING: RwLock<()> = RwLock::new(());
+
+/// A duplicate of another process's fd, closed when dropped, with the shared hold of
+/// [`LENDING`] that keeps readers of our own fd table from seeing it.
+struct Borrowed {
+    // Declared first: dropped (closed) before the hold is let go.
+    fd: OwnedFd,
+    _lent: RwLockReadGuard<'static, ()>,
+}
+
+/// While the returned guard lives, this process holds no borrowed duplicate, so its fd
+/// table shows only its own sockets; `None` (nothing to wait for) when `pid` is another
+/// process. Take it around any read of `/proc/<pid>/fd`; never while holding a [`Borrowed`]
+/// in the same thread.
+pub(crate) fn quiet_fds_of(pid: u32) -> Option<RwLockWriteGuard<'static, ()>> {
+    (pid == std::process::id()).then(|| LENDING.write().unwrap_or_else(PoisonError::into_inner))
+}
 
 /// A pinned process whose socket fds can be inspected.
 #[derive(Debug)]
@@ -50,7 +77,7 @@ impl ProcessHandle {
         netns: NetNsId,
     ) -> Result<Option<SocketEntry>> {
         let dup = self.borrow_fd(fd)?;
-        let sock = dup.as_raw_fd();
+        let sock = dup.fd.as_raw_fd();
         let Some(proto) = protocol(sock) else {
             return Ok(None);
         };
@@ -95,7 +122,8 @@ impl ProcessHandle {
         }))
     }
 
-    fn borrow_fd(&self, fd: RawFd) -> Result<OwnedFd> {
+    fn borrow_fd(&self, fd: RawFd) -> Result<Borrowed> {
+        let lent = LENDING.read().unwrap_or_else(PoisonError::into_inner);
         // SAFETY: pidfd_getfd(2) takes a pidfd, a target fd number and flags, and returns a
         // new fd in this process or -1.
         let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
@@ -103,7 +131,8 @@ impl ProcessHandle {
             return Err(os_error(self.pid, "pidfd_getfd"));
         }
         // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+        let fd = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
+        Ok(Borrowed { fd, _lent: lent })
     }
 }
 
@@ -236,6 +265,71 @@ mod tests {
         );
         // SAFETY: ours.
         unsafe { libc::close(raw) };
+    }
+
+    /// A `sleep` holding a UDP socket this process does not hold: its fd number there, and
+    /// its inode.
+    fn child_holding_a_socket() -> (std::process::Child, RawFd, u64) {
+        use std::os::unix::process::CommandExt;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (fd, inode) = (socket.as_raw_fd(), inode_of(socket.as_raw_fd()));
+        let mut command = std::process::Command::new("sleep");
+        command.arg("30");
+        // SAFETY: fcntl is async-signal-safe; it only lets the child keep the fd across exec.
+        unsafe {
+            command.pre_exec(move || match libc::fcntl(fd, libc::F_SETFD, 0) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            })
+        };
+        let child = command.spawn().unwrap();
+        drop(socket);
+        (child, fd, inode)
+    }
+
+    #[test]
+    fn readers_of_our_own_fds_never_see_a_borrowed_duplicate() {
+        let (mut child, fd, inode) = child_holding_a_socket();
+        let handle = ProcessHandle::open(child.id()).unwrap();
+        let me = std::process::id();
+        let root = crate::root::ProcRoot::default();
+        let hold = std::time::Duration::from_millis(200);
+        std::thread::scope(|s| {
+            let (lent, borrowed) = std::sync::mpsc::channel();
+            let handle = &handle;
+            s.spawn(move || {
+                let dup = handle.borrow_fd(fd).unwrap();
+                assert_eq!(inode_of(dup.fd.as_raw_fd()), inode);
+                lent.send(()).unwrap();
+                // Held while the reader below starts: it must wait for the duplicate.
+                std::thread::sleep(hold);
+                drop(dup);
+            });
+            borrowed.recv().expect("the borrowing thread failed");
+            let mut fds = Vec::new();
+            root.socket_fds_of(me, &mut fds).unwrap();
+            assert!(fds.iter().all(|&(_, i)| i != inode), "{fds:?}");
+            assert_eq!(root.socket_inode(me, fd).ok().flatten(), None);
+        });
+        // Every reader takes the same hold; the full scans list the child alone.
+        let holders = |scan: crate::owners::fds::OwnerScan| {
+            let keys = scan.holders.get(&inode).cloned().unwrap_or_default();
+            keys.iter().map(|k| k.pid).collect::<Vec<_>>()
+        };
+        let dup = handle.borrow_fd(fd).unwrap();
+        let reader = std::thread::spawn(move || {
+            let root = crate::root::ProcRoot::default();
+            let mut scanner = crate::owners::scanner::OwnerScanner::open(&root).unwrap();
+            let plain = root.scan_socket_owners().unwrap();
+            (plain, scanner.scan_all().unwrap())
+        });
+        std::thread::sleep(hold);
+        drop(dup);
+        let (plain, fast) = reader.join().unwrap();
+        assert_eq!(holders(plain), vec![child.id()]);
+        assert_eq!(holders(fast), vec![child.id()]);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
