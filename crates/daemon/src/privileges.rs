@@ -63,6 +63,14 @@ pub fn check() -> Result<(), Missing> {
     }
 }
 
+/// Whether this process holds CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, which reading every
+/// process's fds needs.
+pub fn reads_every_process() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let wanted = (1u64 << 19) | (1 << 2);
+    effective(&status).is_some_and(|eff| eff & wanted == wanted)
+}
+
 /// A capability the daemon keeps for its whole life, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kept {

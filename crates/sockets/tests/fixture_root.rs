@@ -142,6 +142,7 @@ fn vanished_processes_are_counted_not_errors() {
         processes_scanned: 5,
         vanished: 2, // 400 (no fd dir) and 500 (no stat); 300 needs no facts
         permission_denied: 0,
+        first_denied: None,
         fds_read: 5 + 1 + 2 + 1, // 100, 200, 300, 500
         sockets_found: 3,        // (100, 123), (100, 456), (200, 123)
     };
@@ -271,6 +272,11 @@ fn scan_as_nobody_child() {
     let path = std::env::var_os(CHILD_ROOT_ENV).expect("only run by the parent test");
     let scan = ProcRoot::new(path).scan_socket_owners().unwrap();
     assert_eq!(scan.stats.permission_denied, 1);
+    assert_eq!(
+        scan.stats.first_denied,
+        Some(600),
+        "the forbidden process is named"
+    );
     assert_eq!(scan.stats.processes_scanned, 6);
     assert!(!scan.holders.contains_key(&999));
     assert_eq!(sorted(scan.holders[&123].clone()), [KEY_100, KEY_200]);

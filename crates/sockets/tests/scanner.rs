@@ -246,6 +246,11 @@ fn scanner_as_nobody_child() {
     let root = ProcRoot::new(path);
     let scan = OwnerScanner::open(&root).unwrap().scan_all().unwrap();
     assert_eq!(scan.stats.permission_denied, 1);
+    assert_eq!(
+        scan.stats.first_denied,
+        Some(600),
+        "the forbidden process is named"
+    );
     assert!(!scan.holders.contains_key(&999));
     assert_same_scan(&scan, &root.scan_socket_owners().unwrap());
 

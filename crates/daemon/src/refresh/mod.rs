@@ -48,6 +48,44 @@ pub const MIN_GAP: Duration = Duration::from_millis(100);
 /// The full-pass period while no packet is captured.
 pub const IDLE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Warns that some processes' fds could not be read (see [`denied_warning`]).
+fn warn_denied(stats: &ScanStats) {
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let holds = crate::privileges::reads_every_process();
+    warn!(
+        processes = stats.permission_denied,
+        "{} (reported once)",
+        denied_warning(stats, holds, comm)
+    );
+}
+
+/// What to tell when some processes' fds could not be read: the first one by pid and name,
+/// and whether a capability is missing (`holds`: CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH are
+/// held) or the kernel refuses anyway (a security module, or a sandbox whose pid 1 outranks
+/// its root).
+fn denied_warning(stats: &ScanStats, holds: bool, comm: impl Fn(u32) -> Option<String>) -> String {
+    let first = match stats.first_denied {
+        Some(pid) => match comm(pid) {
+            Some(name) => format!(" (first: pid {pid}, {})", name.trim()),
+            None => format!(" (first: pid {pid})"),
+        },
+        None => String::new(),
+    };
+    let n = stats.permission_denied;
+    if holds {
+        format!(
+            "the kernel refuses to show the file descriptors of {n} process(es){first} although \
+             pidcapd holds CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (a security module or the \
+             sandbox forbids it); their traffic goes to unknown"
+        )
+    } else {
+        format!(
+            "the file descriptors of {n} process(es){first} are unreadable; their traffic goes \
+             to unknown. pidcapd needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"
+        )
+    }
+}
+
 /// While idle, how often the network namespaces are listed between full passes (a new one
 /// triggers a pass that reads it: a container's own loopback capture opens within this).
 pub const IDLE_DISCOVERY: Duration = Duration::from_secs(10);
@@ -808,11 +846,7 @@ impl Refresher {
             Ok(built) => {
                 if built.stats.permission_denied > 0 && !*denied_warned {
                     *denied_warned = true;
-                    warn!(
-                        processes = built.stats.permission_denied,
-                        "some processes' file descriptors are unreadable; their traffic goes to unknown. \
-                         pidcapd needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (reported once)"
-                    );
+                    warn_denied(&built.stats);
                 }
                 if let Some(table) = built.table {
                     self.shared.publish(table);
@@ -946,6 +980,31 @@ mod tests {
             .trim_end_matches(']')
             .parse()
             .unwrap_or_else(|_| panic!("not a socket link: {link}"))
+    }
+
+    #[test]
+    fn the_denied_warning_names_the_first_process_and_the_likely_cause() {
+        let stats = ScanStats {
+            permission_denied: 2,
+            first_denied: Some(1),
+            ..ScanStats::default()
+        };
+        let named = |_| Some("init\n".to_string());
+        let refused = denied_warning(&stats, true, named);
+        assert!(
+            refused.contains("2 process(es) (first: pid 1, init) although"),
+            "{refused}"
+        );
+        assert!(!refused.contains("needs"), "{refused}");
+        let missing = denied_warning(&stats, false, |_| None);
+        assert!(
+            missing.contains("2 process(es) (first: pid 1) are unreadable"),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct ScanStats {
     pub vanished: u64,
     /// Processes whose fds or facts we were not allowed to read.
     pub permission_denied: u64,
+    /// The first of those, to name it in a warning.
+    pub first_denied: Option<u32>,
     /// fd links read.
     pub fds_read: u64,
     /// (process, socket inode) pairs recorded in `holders`.
@@ -67,9 +69,9 @@ pub(crate) fn parse_pid(name: &[u8]) -> Option<u32> {
     dec(name).and_then(|n| u32::try_from(n).ok())
 }
 
-/// Turns the expected per-process failures into counts: `Ok(None)` when the process vanished
-/// or is off limits, `Err` for anything else.
-pub(crate) fn tolerate<T>(result: Result<T>, stats: &mut ScanStats) -> Result<Option<T>> {
+/// Turns the expected failures of reading process `pid` into counts: `Ok(None)` when it
+/// vanished or is off limits, `Err` for anything else.
+pub(crate) fn tolerate<T>(result: Result<T>, pid: u32, stats: &mut ScanStats) -> Result<Option<T>> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(Error::NotFound { .. }) => {
@@ -78,6 +80,7 @@ pub(crate) fn tolerate<T>(result: Result<T>, stats: &mut ScanStats) -> Result<Op
         }
         Err(Error::PermissionDenied { .. }) => {
             stats.permission_denied += 1;
+            stats.first_denied.get_or_insert(pid);
             Ok(None)
         }
         Err(other) => Err(other),
@@ -99,7 +102,7 @@ impl ProcRoot {
             scan.stats.processes_scanned += 1;
             inodes.clear();
             let listed = self.socket_inodes(pid, &mut inodes, &mut scan.stats);
-            if tolerate(listed, &mut scan.stats)?.is_some() && !inodes.is_empty() {
+            if tolerate(listed, pid, &mut scan.stats)?.is_some() && !inodes.is_empty() {
                 self.record_holder(pid, &mut inodes, &mut scan)?;
             }
         }
@@ -127,7 +130,7 @@ impl ProcRoot {
     /// Records `pid` as a holder of each of `inodes` (deduplicated: a socket may sit in
     /// several fds of one process), after reading its facts.
     fn record_holder(&self, pid: u32, inodes: &mut Vec<u64>, scan: &mut OwnerScan) -> Result<()> {
-        let Some(info) = tolerate(self.process(pid), &mut scan.stats)? else {
+        let Some(info) = tolerate(self.process(pid), pid, &mut scan.stats)? else {
             return Ok(());
         };
         inodes.sort_unstable();
@@ -179,14 +182,15 @@ mod tests {
         let denied: Result<()> = Err(Error::PermissionDenied {
             path: "/proc/1/fd".into(),
         });
-        assert!(tolerate(gone, &mut stats).unwrap().is_none());
-        assert!(tolerate(denied, &mut stats).unwrap().is_none());
+        assert!(tolerate(gone, 1, &mut stats).unwrap().is_none());
+        assert!(tolerate(denied, 1, &mut stats).unwrap().is_none());
         assert_eq!((stats.vanished, stats.permission_denied), (1, 1));
+        assert_eq!(stats.first_denied, Some(1));
         let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
         let other: Result<()> = Err(Error::Io {
             path: "/proc/1/fd".into(),
             source: emfile,
         });
-        assert!(tolerate(other, &mut stats).is_err());
+        assert!(tolerate(other, 1, &mut stats).is_err());
     }
 }

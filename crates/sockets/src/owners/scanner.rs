@@ -121,7 +121,7 @@ impl OwnerScanner {
             let pid = self.pids[index];
             scan.stats.processes_scanned += 1;
             let listed = self.read_socket_fds(pid, &mut scan.stats);
-            let Some(pid_dir) = tolerate(listed, &mut scan.stats)? else {
+            let Some(pid_dir) = tolerate(listed, pid, &mut scan.stats)? else {
                 continue;
             };
             if let Some(info) = self.holder_facts(&pid_dir, pid, &mut scan.stats)? {
@@ -247,7 +247,7 @@ impl OwnerScanner {
         };
         let status = facts::read_at(&pid_dir, c"status", &mut self.file)
             .map_err(|e| Error::from_io(&facts::proc_path(self.root.path(), pid, "status"), e));
-        if tolerate(status, stats)?.is_none() {
+        if tolerate(status, pid, stats)?.is_none() {
             self.probed.push(pid);
             return Ok(None);
         }
@@ -296,7 +296,7 @@ impl OwnerScanner {
         let name = PidName::new(pid);
         let stat = statat(&self.proc_dir, name.as_c_str(), AtFlags::empty())
             .map_err(|e| errno_error(self.root.path(), pid, None, e));
-        Ok(tolerate(stat, stats)?.map(|stat| uids.contains(&stat.st_uid)))
+        Ok(tolerate(stat, pid, stats)?.map(|stat| uids.contains(&stat.st_uid)))
     }
 
     /// Reads the fds of `pid` (through `pid_dir` if already open) and records it as a holder
@@ -315,7 +315,7 @@ impl OwnerScanner {
             Some(pid_dir) => self.read_fds_in(pid_dir, pid, &mut into.stats),
             None => self.read_socket_fds(pid, &mut into.stats),
         };
-        let Some(pid_dir) = tolerate(listed, &mut into.stats)? else {
+        let Some(pid_dir) = tolerate(listed, pid, &mut into.stats)? else {
             return Ok(());
         };
         self.inodes.retain(|&inode| search.wants(inode));
@@ -378,7 +378,7 @@ impl OwnerScanner {
         }
         if let Some(known) = self.known.get(&pid) {
             let seen = facts::stat_at(pid_dir, self.root.path(), pid, &mut self.file);
-            match tolerate(seen, stats)? {
+            match tolerate(seen, pid, stats)? {
                 Some((comm, start)) if start == known.key.start_time && comm == known.comm => {
                     return Ok(Some(known.clone()));
                 }
@@ -387,7 +387,7 @@ impl OwnerScanner {
             }
         }
         let facts = facts::process_at(pid_dir, self.root.path(), pid, &mut self.file);
-        tolerate(facts, stats)
+        tolerate(facts, pid, stats)
     }
 
     /// Replaces `self.pids` with the processes of the root.
@@ -422,7 +422,7 @@ fn owned_by(
         return Ok(Some(true));
     }
     let stat = fstat(pid_dir).map_err(|e| errno_error(root, pid, None, e));
-    Ok(tolerate(stat, stats)?.map(|stat| uids.contains(&stat.st_uid)))
+    Ok(tolerate(stat, pid, stats)?.map(|stat| uids.contains(&stat.st_uid)))
 }
 
 /// Records the holder `info` of each of `inodes` in a scan being built (each process is
