@@ -37,6 +37,21 @@ fn assert_sound(outcome: &Outcome) {
     eprintln!("{}", outcome.summary());
 }
 
+/// Sound, and both targets met (at least 99 % right as well).
+fn assert_meets_targets(outcome: &Outcome) {
+    assert_sound(outcome);
+    assert!(outcome.meets_targets(), "{}", outcome.summary());
+}
+
+/// `run` with a spinning process per core at the daemon's priority, stopped before the
+/// outcome is judged.
+fn on_a_saturated_cpu(run: impl FnOnce() -> Outcome) -> Outcome {
+    let hogs = Hogs::one_per_core().expect("start one CPU hog per core");
+    let outcome = run();
+    drop(hogs);
+    outcome
+}
+
 /// At least 4 in 5 processes got all their bytes (the known limits of processes that live
 /// milliseconds; see the module doc).
 fn assert_mostly_fully_credited(outcome: &Outcome) {
@@ -133,8 +148,7 @@ fn icmp_echo_from_ping_sockets_is_credited_to_the_pinger() {
 fn containers_behind_a_bridge_are_credited_once_at_both_ends() {
     require_root();
     let outcome = scenarios::bridge(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    assert_meets_targets(&outcome);
 }
 
 /// Containers behind NAT, daemon on `any`: 5 short-lived clients in container A through
@@ -144,8 +158,7 @@ fn containers_behind_a_bridge_are_credited_once_at_both_ends() {
 fn containers_behind_nat_are_credited_once_at_both_ends() {
     require_root();
     let outcome = scenarios::nat(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    assert_meets_targets(&outcome);
 }
 
 /// A container's own loopback with `--namespaces all`: 10 short-lived TCP clients and a UDP
@@ -158,8 +171,7 @@ fn containers_behind_nat_are_credited_once_at_both_ends() {
 fn a_containers_own_loopback_is_credited_at_both_ends() {
     require_root();
     let outcome = scenarios::container_loopback(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    assert_meets_targets(&outcome);
 }
 
 /// A local port reused by a new process over TCP: two chains of 6 processes, each binding
@@ -170,8 +182,7 @@ fn a_containers_own_loopback_is_credited_at_both_ends() {
 fn a_reused_port_is_never_credited_to_its_previous_or_next_holder() {
     require_root();
     let outcome = scenarios::port_reuse(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    assert_meets_targets(&outcome);
 }
 
 /// Processes on one local UDP port, one after another (`SO_REUSEADDR`), each exchanging
@@ -183,8 +194,7 @@ fn a_reused_port_is_never_credited_to_its_previous_or_next_holder() {
 fn a_udp_port_passed_along_a_chain_is_credited_to_each_link() {
     require_root();
     let outcome = scenarios::port_reuse_udp(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    assert_meets_targets(&outcome);
 }
 
 /// The same on a saturated CPU: the tracer reads binds later, so more links are gone by
@@ -192,11 +202,8 @@ fn a_udp_port_passed_along_a_chain_is_credited_to_each_link() {
 #[test]
 fn a_udp_port_passed_along_a_chain_is_credited_to_each_link_on_a_saturated_cpu() {
     require_root();
-    let hogs = Hogs::one_per_core().expect("start one CPU hog per core");
-    let outcome = scenarios::port_reuse_udp(Size::Quick);
-    drop(hogs);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    let outcome = on_a_saturated_cpu(|| scenarios::port_reuse_udp(Size::Quick));
+    assert_meets_targets(&outcome);
 }
 
 /// Frames written whole to a packet socket (scenario 17), on a saturated CPU: every frame is
@@ -206,11 +213,8 @@ fn a_udp_port_passed_along_a_chain_is_credited_to_each_link_on_a_saturated_cpu()
 #[test]
 fn frames_sent_through_a_packet_socket_are_credited_on_a_saturated_cpu() {
     require_root();
-    let hogs = Hogs::one_per_core().expect("start one CPU hog per core");
-    let outcome = scenarios::af_packet();
-    drop(hogs);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    let outcome = on_a_saturated_cpu(scenarios::af_packet);
+    assert_meets_targets(&outcome);
 }
 
 /// Parents that connect and fork; each child does all the traffic on the inherited
@@ -219,8 +223,7 @@ fn frames_sent_through_a_packet_socket_are_credited_on_a_saturated_cpu() {
 fn a_connection_shared_after_fork_is_credited_to_the_child_that_uses_it() {
     require_root();
     let outcome = scenarios::shared_after_fork(Size::Quick);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    assert_meets_targets(&outcome);
 }
 
 /// The same, with a spinning process per core at the daemon's priority: the child's claim
@@ -229,19 +232,14 @@ fn a_connection_shared_after_fork_is_credited_to_the_child_that_uses_it() {
 #[test]
 fn a_connection_shared_after_fork_goes_to_the_child_on_a_saturated_cpu() {
     require_root();
-    let hogs = Hogs::one_per_core().expect("start one CPU hog per core");
-    let outcome = scenarios::shared_after_fork(Size::Quick);
-    drop(hogs);
-    assert_sound(&outcome);
-    assert!(outcome.meets_targets(), "{}", outcome.summary());
+    let outcome = on_a_saturated_cpu(|| scenarios::shared_after_fork(Size::Quick));
+    assert_meets_targets(&outcome);
 }
 
 /// Port reuse over TCP on a saturated CPU: a stale holder never wins under load either.
 #[test]
 fn a_reused_port_is_never_credited_to_another_holder_on_a_saturated_cpu() {
     require_root();
-    let hogs = Hogs::one_per_core().expect("start one CPU hog per core");
-    let outcome = scenarios::port_reuse(Size::Quick);
-    drop(hogs);
+    let outcome = on_a_saturated_cpu(|| scenarios::port_reuse(Size::Quick));
     assert_sound(&outcome);
 }
