@@ -56,8 +56,7 @@ pub fn missing(eff: u64) -> Option<Missing> {
 
 /// Reads this process's effective capabilities and reports what is missing.
 pub fn check() -> Result<(), Missing> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    match effective(&status) {
+    match own_effective() {
         Some(eff) => missing(eff).map_or(Ok(()), Err),
         None => Err(Missing(NEEDED.map(|(n, _)| n).to_vec())),
     }
@@ -66,9 +65,16 @@ pub fn check() -> Result<(), Missing> {
 /// Whether this process holds CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, which reading every
 /// process's fds needs.
 pub fn reads_every_process() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let wanted = (1u64 << 19) | (1 << 2);
-    effective(&status).is_some_and(|eff| eff & wanted == wanted)
+    const READ_FDS: [&str; 2] = ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"];
+    own_effective().is_some_and(|eff| match missing(eff) {
+        Some(Missing(absent)) => !absent.iter().any(|name| READ_FDS.contains(name)),
+        None => true,
+    })
+}
+
+/// This process's effective capabilities, from `/proc/self/status`.
+fn own_effective() -> Option<u64> {
+    effective(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
 }
 
 /// A capability the daemon keeps for its whole life, and why.
